@@ -1,0 +1,141 @@
+"""The SAGD forward process ``x_t = alpha_t x_0 + sigma_t Sigma^{1/2} eps`` (SAGD.md sections 2-3).
+
+``DiffusionProcess`` bundles a schedule (``alpha_t``, ``sigma_t``, SDE coefficients) with the noise
+covariance ``Sigma`` and the network's prediction type, and gives the training targets, the
+projected white-space loss, the score and the Tweedie denoiser. Shapes: images
+``x: (B, H, W, C)``; times ``t``: a scalar or ``(B,)`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from sagd_jax.schedules import Schedule, get_schedule
+from sagd_jax.spectral import SpectralCovariance
+
+PREDICTIONS = ("eps", "x0", "v")
+
+
+def expand_to(coef: jax.Array, x: jax.Array) -> jax.Array:
+    """Reshape a per-example coefficient ``(B,)`` (or a scalar) to broadcast against ``x``."""
+    coef = jnp.asarray(coef)
+    return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
+
+
+@struct.dataclass
+class DiffusionProcess:
+    """SAGD forward process: schedule + noise covariance + prediction type.
+
+    cov: the noise covariance ``Sigma`` (a pytree leaf: its weights can be traced).
+    schedule: any schedule of ``sagd_jax.schedules`` (static).
+    prediction: what the network outputs: ``eps`` (white noise), ``x0`` (the clean image, pixel
+      space) or ``v`` (``alpha eps - sigma Sigma^{-1/2} x0``, white space).
+    """
+
+    cov: SpectralCovariance
+    schedule: Schedule = struct.field(pytree_node=False)
+    prediction: str = struct.field(pytree_node=False, default="eps")
+
+    def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(
+                f"prediction={self.prediction!r}: must be one of {', '.join(PREDICTIONS)}"
+            )
+
+    @classmethod
+    def from_config(cls, config: Any, height: int, width: int) -> DiffusionProcess:
+        """From a config with ``noise`` (see ``SpectralCovariance.from_config``) and
+        ``diffusion`` (``schedule``, ``prediction``, optional ``schedule_kwargs``) sections."""
+        cov = SpectralCovariance.from_config(config.noise, height, width)
+        diffusion = config.diffusion
+        kwargs = dict(diffusion.get("schedule_kwargs", {}) or {})
+        try:
+            schedule = get_schedule(diffusion.schedule, **kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"diffusion.{err}") from None
+        try:
+            return cls(cov=cov, schedule=schedule, prediction=diffusion.get("prediction", "eps"))
+        except ValueError as err:
+            raise ValueError(f"diffusion.{err}") from None
+
+    # --- marginals -----------------------------------------------------------------------
+    def coefficients(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(alpha_t, sigma_t)``, float32, same shape as ``t``."""
+        return self.schedule.alpha_sigma(t)
+
+    def perturb(self, x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
+        """``x_t = alpha_t x0 + sigma_t Sigma^{1/2} eps`` for white ``eps`` shaped like ``x0``."""
+        alpha, sigma = self.coefficients(t)
+        noise = self.cov.sqrt(eps)
+        return (expand_to(alpha, x0) * x0 + expand_to(sigma, x0) * noise).astype(x0.dtype)
+
+    def marginal_sample(
+        self, key: jax.Array, x0: jax.Array, t: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """Draw ``x_t ~ q(x_t | x0)``; returns ``(x_t, eps)`` with ``eps`` the white noise."""
+        eps = jax.random.normal(key, x0.shape, jnp.float32)
+        return self.perturb(x0, eps, t), eps
+
+    def prior_sample(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        """``x_T ~ N(0, sigma_T^2 Sigma)`` at ``t = 1``."""
+        _, sigma_T = self.coefficients(jnp.float32(1.0))
+        return sigma_T * self.cov.sample(key, shape)
+
+    def sde(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Forward SDE ``dx = f x dt + sqrt(g2) Sigma^{1/2} dw``: returns ``(f, g2)``."""
+        return self.schedule.sde(t)
+
+    # --- targets and loss (white space) ---------------------------------------------------
+    def target(self, x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
+        """What the network should output for ``x_t = perturb(x0, eps, t)``."""
+        if self.prediction == "eps":
+            return eps
+        if self.prediction == "x0":
+            return x0
+        alpha, sigma = self.coefficients(t)
+        return expand_to(alpha, eps) * eps - expand_to(sigma, eps) * self.cov.inv_sqrt(x0)
+
+    def _white(self, value: jax.Array) -> jax.Array:
+        """A prediction in white space: ``x0`` is whitened by ``Sigma^{-1/2}``."""
+        return self.cov.inv_sqrt(value) if self.prediction == "x0" else value
+
+    def loss(
+        self, output: jax.Array, x0: jax.Array, eps: jax.Array, t: jax.Array
+    ) -> jax.Array:
+        """Per-example projected white-space loss ``||P (target - output)||^2 / (C trace(P))``.
+
+        output, x0, eps: ``(B, H, W, C)``; returns ``(B,)`` float32. Normalised by the
+        number of supported dimensions, so predicting 0 for ``eps`` costs 1 whatever the mask.
+        Components off the support never reach ``x_t`` and are excluded by the projector.
+        """
+        diff = self._white(self.target(x0, eps, t).astype(jnp.float32)) - self._white(
+            output.astype(jnp.float32)
+        )
+        proj = self.cov.project(diff)
+        dims = self.cov.support_fraction * diff.shape[-3] * diff.shape[-2] * diff.shape[-1]
+        return jnp.sum(proj**2, axis=(-3, -2, -1)) / dims
+
+    # --- converting a network output -----------------------------------------------------
+    def eps_from_output(self, output: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
+        """White ``eps_hat`` from a network output of this process's prediction type."""
+        if self.prediction == "eps":
+            return output
+        alpha, sigma = self.coefficients(t)
+        alpha, sigma = expand_to(alpha, x_t), expand_to(sigma, x_t)
+        if self.prediction == "x0":
+            return self.cov.inv_sqrt(x_t - alpha * output) / sigma
+        return (sigma * self.cov.inv_sqrt(x_t) + alpha * output) / (alpha**2 + sigma**2)
+
+    def score(self, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+        """``grad log p_t(x_t) = -Sigma^{-1/2} eps / sigma_t`` (pseudo-inverse off the support)."""
+        _, sigma = self.coefficients(t)
+        return -self.cov.inv_sqrt(eps) / expand_to(sigma, x_t)
+
+    def denoise(self, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+        """Tweedie: ``x0_hat = (x_t - sigma_t Sigma^{1/2} eps) / alpha_t``."""
+        alpha, sigma = self.coefficients(t)
+        return (x_t - expand_to(sigma, x_t) * self.cov.sqrt(eps)) / expand_to(alpha, x_t)

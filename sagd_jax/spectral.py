@@ -1,0 +1,359 @@
+"""The frequency-diagonal noise covariance ``Sigma = F^H diag(w) F`` (SAGD.md section 1).
+
+Images are real arrays ``(..., H, W, C)``; the 2-D DFT acts on the two spatial axes and channels
+are independent. Because ``w`` is real and even (``w(k) = w(-k)``), ``Sigma`` is real, symmetric,
+PSD and circulant, and every operator is a real multiplier on the ``rfft2`` half-plane of shape
+``(H, W // 2 + 1)``. Weights are built once on the host in float64; the operators are pure ``jnp``
+functions (jit, vmap and grad friendly) that compute in float32 and return the input dtype.
+
+Radial frequency: ``rho = sqrt(fy^2 + fx^2) / 0.5`` with ``fy = fftfreq(H)``, ``fx = fftfreq(W)``
+in cycles/pixel, so the axis Nyquist is 1 and the corner is sqrt(2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+RHO_MAX = math.sqrt(2.0)
+BAND_KINDS = ("lowpass", "highpass", "bandpass", "bandstop")
+# Mask values below this are snapped to exactly 0 so that the support {w > 0} is well defined
+# (a raised-cosine edge evaluated in floating point can leave values like 1e-17).
+MASK_FLOOR = 1e-9
+
+
+def radial_frequency(height: int, width: int, *, half: bool = True) -> np.ndarray:
+    """Radial frequency ``rho`` of each DFT bin, float64.
+
+    Shape ``(H, W // 2 + 1)`` on the rfft half-plane (``half=True``) or ``(H, W)`` on the full
+    grid. Units: fraction of the axis Nyquist frequency (axis Nyquist = 1, corner = sqrt(2)).
+    """
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = (np.fft.rfftfreq(width) if half else np.fft.fftfreq(width))[None, :]
+    return np.sqrt(fy**2 + fx**2) / 0.5
+
+
+def half_plane_multiplicity(height: int, width: int) -> np.ndarray:
+    """How many full-grid bins each rfft half-plane column stands for, shape ``(1, W//2+1)``.
+
+    Column 0 and (for even W) the Nyquist column stand for themselves; every other column also
+    stands for its mirror ``W - j``. ``sum(mult * ones((H, W//2+1))) == H * W``.
+    """
+    mult = np.full((1, width // 2 + 1), 2.0)
+    mult[0, 0] = 1.0
+    if width % 2 == 0:
+        mult[0, -1] = 1.0
+    return mult
+
+
+def full_grid_mean(values: np.ndarray | jax.Array, width: int) -> Any:
+    """Mean over all ``H * W`` DFT bins of an even function given on the half-plane."""
+    height = values.shape[0]
+    mult = half_plane_multiplicity(height, width)
+    return (values * mult).sum() / (height * width)
+
+
+def _cosine_step_down(rho: np.ndarray, cutoff: float, edge: float) -> np.ndarray:
+    """1 below ``cutoff``, 0 above, raised-cosine transition of width ``edge`` centred on it."""
+    if edge == 0.0:
+        return (rho <= cutoff).astype(np.float64)
+    u = np.clip((rho - (cutoff - edge / 2)) / edge, 0.0, 1.0)
+    return 0.5 * (1.0 + np.cos(np.pi * u))
+
+
+@dataclasses.dataclass(frozen=True)
+class Band:
+    """A radial band mask ``m(rho) in [0, 1]``.
+
+    kind: ``lowpass`` keeps ``rho <= hi``; ``highpass`` keeps ``rho >= lo``; ``bandpass`` keeps
+      ``lo <= rho <= hi``; ``bandstop`` removes ``lo <= rho <= hi``.
+    lo, hi: band edges in units of the axis Nyquist (``0 <= lo <= hi <= sqrt(2)``). ``lowpass``
+      uses only ``hi`` (``lo`` must stay 0), ``highpass`` only ``lo`` (``hi`` must stay sqrt(2)).
+    edge: width of a raised-cosine transition centred on each used edge; 0 gives hard edges
+      (edges inclusive).
+    """
+
+    kind: str
+    lo: float = 0.0
+    hi: float = RHO_MAX
+    edge: float = 0.0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field."""
+        if self.kind not in BAND_KINDS:
+            raise ValueError(f"kind={self.kind!r}: must be one of {', '.join(BAND_KINDS)}")
+        for name in ("lo", "hi", "edge"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name}={value!r}: must be a finite number")
+        if not (0.0 <= self.lo <= RHO_MAX + 1e-12) or not (0.0 <= self.hi <= RHO_MAX + 1e-12):
+            raise ValueError(f"lo={self.lo}, hi={self.hi}: must lie in [0, sqrt(2)]")
+        if self.lo > self.hi:
+            raise ValueError(f"lo={self.lo} > hi={self.hi}")
+        if self.edge < 0:
+            raise ValueError(f"edge={self.edge}: must be >= 0")
+        if self.kind == "lowpass" and self.lo != 0.0:
+            raise ValueError(f"lo={self.lo}: a lowpass band uses only hi (use bandpass)")
+        if self.kind == "highpass" and abs(self.hi - RHO_MAX) > 1e-12:
+            raise ValueError(f"hi={self.hi}: a highpass band uses only lo (use bandpass)")
+
+    def mask(self, rho: np.ndarray) -> np.ndarray:
+        """The mask ``m(rho)``, float64, same shape as ``rho``."""
+        below_hi = _cosine_step_down(rho, self.hi, self.edge)
+        # "at or above lo": the mirror image of a step down at lo (hard edge inclusive).
+        if self.edge == 0.0:
+            above_lo = (rho >= self.lo).astype(np.float64)
+        else:
+            above_lo = 1.0 - _cosine_step_down(rho, self.lo, self.edge)
+        if self.kind == "lowpass":
+            m = below_hi
+        elif self.kind == "highpass":
+            m = above_lo
+        elif self.kind == "bandpass":
+            m = above_lo * below_hi
+        else:
+            m = 1.0 - above_lo * below_hi
+        return np.where(m < MASK_FLOOR, 0.0, m)
+
+
+def parse_bands(spec: Any) -> tuple[Band, ...]:
+    """Bands from a config value.
+
+    Accepts ``Band`` objects, mappings ``{kind, lo, hi, edge}``, sequences
+    ``(kind, lo, hi[, edge])``, or a command-line string ``"kind:lo:hi[:edge]+kind:lo:hi"``
+    (empty fields take defaults, e.g. ``"lowpass::0.5"``). ``None`` or ``""`` mean no band.
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return ()
+    if isinstance(spec, str):
+        items: Iterable[Any] = [s.strip() for s in spec.split("+")]
+    elif isinstance(spec, (Band, Mapping)):
+        items = [spec]
+    else:
+        items = spec
+    bands = []
+    for i, item in enumerate(items):
+        try:
+            bands.append(_parse_band(item))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"bands[{i}]={item!r}: {err}") from None
+    return tuple(bands)
+
+
+def _parse_band(item: Any) -> Band:
+    if isinstance(item, Band):
+        band = item
+    elif isinstance(item, Mapping):
+        band = Band(**dict(item))
+    else:
+        if isinstance(item, str):
+            fields = item.split(":")
+            kind, numbers = fields[0].strip(), fields[1:]
+        else:
+            kind, numbers = item[0], list(item[1:])
+        if len(numbers) > 3:
+            raise ValueError("expected kind, lo, hi[, edge]")
+        names = ("lo", "hi", "edge")
+        kwargs = {n: float(v) for n, v in zip(names, numbers, strict=False) if str(v).strip()}
+        band = Band(kind, **kwargs)
+    band.validate()
+    return band
+
+
+def power_law(rho: np.ndarray, gamma: float, rho0: float) -> np.ndarray:
+    """The power-law weighting ``p = (rho + rho0)^(-gamma)``, float64."""
+    if gamma == 0.0:
+        return np.ones_like(rho)
+    return (rho + rho0) ** (-gamma)
+
+
+def spectral_weights(
+    height: int,
+    width: int,
+    *,
+    gamma: float = 0.0,
+    rho0: float = 0.1,
+    bands: Sequence[Band] | str | None = (),
+    normalize: bool = True,
+) -> np.ndarray:
+    """The SAGD weights ``w = prod(masks) * power_law`` on the rfft half-plane, float64.
+
+    Shape ``(H, W // 2 + 1)``. With ``normalize`` the mean over all ``H * W`` bins is 1, so
+    ``trace(Sigma) = H * W`` per channel (the noise energy of isotropic diffusion).
+    Raises ``ValueError`` naming the offending parameter.
+    """
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}={value!r}: must be a positive integer")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
+        raise ValueError(f"gamma={gamma!r}: must be a finite number")
+    if isinstance(rho0, bool) or not isinstance(rho0, (int, float)) or not math.isfinite(rho0):
+        raise ValueError(f"rho0={rho0!r}: must be a finite number")
+    if rho0 < 0 or (gamma > 0 and rho0 <= 0):
+        raise ValueError(f"rho0={rho0}: must be > 0 when gamma > 0 (and never negative)")
+    band_list = parse_bands(bands)
+    rho = radial_frequency(height, width)
+    w = power_law(rho, float(gamma), float(rho0))
+    for band in band_list:
+        w = w * band.mask(rho)
+    if not np.any(w > 0):
+        raise ValueError(f"bands={band_list}: the masks remove every frequency")
+    if normalize:
+        w = w / full_grid_mean(w, width)
+    return w
+
+
+def apply_multiplier(x: jax.Array, multiplier: jax.Array) -> jax.Array:
+    """``irfft2(multiplier * rfft2(x))`` over the spatial axes of ``x: (..., H, W, C)``.
+
+    ``multiplier``: real, shape ``(..., H, W // 2 + 1)`` broadcastable against the leading
+    dims of ``x`` (a trailing channel axis is added here). Computes in float32, returns
+    ``x.dtype``.
+    """
+    if x.ndim < 3:
+        raise ValueError(f"expected an image array (..., H, W, C), got shape {x.shape}")
+    height, width = x.shape[-3], x.shape[-2]
+    spectrum = jnp.fft.rfft2(x.astype(jnp.float32), axes=(-3, -2))
+    spectrum = spectrum * multiplier[..., None].astype(jnp.float32)
+    return jnp.fft.irfft2(spectrum, s=(height, width), axes=(-3, -2)).astype(x.dtype)
+
+
+def _safe_power(w: jax.Array, power: float) -> jax.Array:
+    """``w ** power`` on the support ``w > 0`` and 0 off it, gradient-safe."""
+    support = w > 0
+    return jnp.where(support, jnp.where(support, w, 1.0) ** power, 0.0)
+
+
+@struct.dataclass
+class SpectralCovariance:
+    """``Sigma = F^H diag(w) F`` as an immutable pytree (usable inside ``jit``).
+
+    weights: ``w`` on the rfft half-plane, float32 ``(H, W // 2 + 1)``, even and >= 0.
+    height, width: the image size (static pytree metadata).
+    Every operator takes real ``x: (..., H, W, C)`` (any leading batch dims, float32 or
+    bfloat16), computes in float32 and returns ``x.dtype``.
+    """
+
+    weights: jax.Array
+    height: int = struct.field(pytree_node=False)
+    width: int = struct.field(pytree_node=False)
+
+    @classmethod
+    def create(
+        cls,
+        height: int,
+        width: int,
+        *,
+        gamma: float = 0.0,
+        rho0: float = 0.1,
+        bands: Sequence[Band] | str | None = (),
+        normalize: bool = True,
+    ) -> SpectralCovariance:
+        """Power law ``(rho + rho0)^-gamma`` times band masks, normalised to mean 1 by default.
+
+        ``gamma > 0`` puts more noise in low frequencies, ``gamma < 0`` in high ones,
+        ``gamma = 0`` with no bands is isotropic diffusion (``Sigma = I``).
+        """
+        w = spectral_weights(
+            height, width, gamma=gamma, rho0=rho0, bands=bands, normalize=normalize
+        )
+        return cls(weights=jnp.asarray(w, jnp.float32), height=height, width=width)
+
+    @classmethod
+    def from_config(cls, noise: Any, height: int, width: int) -> SpectralCovariance:
+        """Build from a ``noise`` config section (``gamma``, ``rho0``, ``bands``, ``normalize``).
+
+        Errors name the key, e.g. ``noise.gamma=nan: must be a finite number``.
+        """
+        get = noise.get if hasattr(noise, "get") else lambda k, d=None: getattr(noise, k, d)
+        try:
+            w = spectral_weights(
+                height,
+                width,
+                gamma=get("gamma", 0.0),
+                rho0=get("rho0", 0.1),
+                bands=get("bands", ()),
+                normalize=bool(get("normalize", True)),
+            )
+        except ValueError as err:
+            message = str(err)
+            if not message.startswith(("height", "width")):
+                message = f"noise.{message}"
+            raise ValueError(message) from None
+        return cls(weights=jnp.asarray(w, jnp.float32), height=height, width=width)
+
+    @classmethod
+    def isotropic(cls, height: int, width: int) -> SpectralCovariance:
+        """``Sigma = I``: plain isotropic diffusion."""
+        return cls.create(height, width)
+
+    # --- derived quantities -------------------------------------------------------------
+    @property
+    def support(self) -> jax.Array:
+        """Boolean ``(H, W // 2 + 1)``: the bins where ``w > 0``."""
+        return self.weights > 0
+
+    @property
+    def support_fraction(self) -> jax.Array:
+        """Fraction of the ``H * W`` DFT bins in the support (``trace(P) / (H * W)``)."""
+        return full_grid_mean(self.support.astype(jnp.float32), self.width)
+
+    @property
+    def is_isotropic(self) -> bool:
+        """True when ``Sigma = I`` (host-side check; not for use on traced weights)."""
+        return bool(np.allclose(np.asarray(self.weights), 1.0))
+
+    def full_weights(self) -> jax.Array:
+        """``w`` on the full ``(H, W)`` DFT grid, using ``w(k) = w(-k)`` for the missing half."""
+        rows = np.arange(self.height)[:, None]
+        cols = np.arange(self.width)[None, :]
+        in_half = cols <= self.width // 2
+        src_rows = np.where(in_half, rows, (-rows) % self.height)
+        src_cols = np.where(in_half, cols, self.width - cols)
+        return self.weights[src_rows, src_cols]
+
+    # --- operators --------------------------------------------------------------------
+    def _check(self, x: jax.Array) -> None:
+        if x.ndim < 3 or x.shape[-3:-1] != (self.height, self.width):
+            raise ValueError(
+                f"expected x of shape (..., {self.height}, {self.width}, C), got {x.shape}"
+            )
+
+    def apply(self, x: jax.Array, power: float = 1.0) -> jax.Array:
+        """``Sigma^power x`` (pseudo-inverse for negative powers: 0 off the support)."""
+        self._check(x)
+        return apply_multiplier(x, _safe_power(self.weights, power))
+
+    def sqrt(self, x: jax.Array) -> jax.Array:
+        """``Sigma^{1/2} x``."""
+        return self.apply(x, 0.5)
+
+    def inv_sqrt(self, x: jax.Array) -> jax.Array:
+        """``Sigma^{-1/2} x`` (pseudo-inverse: ``1/sqrt(w)`` on ``w > 0``, 0 elsewhere)."""
+        return self.apply(x, -0.5)
+
+    def inv(self, x: jax.Array) -> jax.Array:
+        """``Sigma^{-1} x`` (pseudo-inverse)."""
+        return self.apply(x, -1.0)
+
+    def project(self, x: jax.Array) -> jax.Array:
+        """``P x``: the orthogonal projection onto the support ``{w > 0}``."""
+        self._check(x)
+        return apply_multiplier(x, self.support.astype(jnp.float32))
+
+    def sample(
+        self, key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32
+    ) -> jax.Array:
+        """``xi = Sigma^{1/2} eps`` with ``eps ~ N(0, I)`` of ``shape = (..., H, W, C)``.
+
+        The covariance of ``xi`` is exactly ``Sigma`` (per channel).
+        """
+        eps = jax.random.normal(key, tuple(shape), jnp.float32)
+        return self.sqrt(eps).astype(dtype)
