@@ -1,0 +1,58 @@
+"""Image data for training: uint8 NHWC sources and a stateless float32 [-1, 1] pipeline.
+
+Where things live:
+  config           default_data_config() and the checks of every data.* key
+  sources          the ImageSource interface, ArraySource, register_source / get_source
+  fashion_mnist    IDX parsing, Debian's Fashion-MNIST files (TFDS fallback)
+  tfds_source      any TFDS image dataset ("tfds:NAME")
+  natural_patches  random crops of scikit-image's bundled photographs
+  folder           PNG / JPEG files under a folder
+  corruption       additive patterns confined to a radial frequency band
+  pipeline         batch_indices / load_batch: batches as pure functions of (seed, step, process)
+
+Typical use:
+    source = get_source(config.data)
+    batch = load_batch(source, config.data, seed, step, global_batch, jax.process_index(),
+                       jax.process_count())
+
+More sources plug in with ``register_source(name, factory)``, ``factory(data_config)``
+returning an ``ImageSource``.
+"""
+
+from sagd_jax.data.config import default_data_config
+from sagd_jax.data.corruption import Corruption, corruption_from_config
+from sagd_jax.data.fashion_mnist import make_fashion_mnist, parse_idx, read_idx
+from sagd_jax.data.folder import make_folder
+from sagd_jax.data.natural_patches import make_natural_patches
+from sagd_jax.data.pipeline import batch_indices, flip_mask, load_batch, local_batch_size, to_float
+from sagd_jax.data.sources import (
+    ArraySource,
+    ImageSource,
+    get_source,
+    known_sources,
+    register_source,
+)
+from sagd_jax.data.tfds_source import make_tfds
+
+register_source("fashion_mnist", make_fashion_mnist)
+register_source("tfds", make_tfds)
+register_source("natural_patches", make_natural_patches)
+register_source("folder", make_folder)
+
+__all__ = [
+    "ArraySource",
+    "Corruption",
+    "ImageSource",
+    "batch_indices",
+    "corruption_from_config",
+    "default_data_config",
+    "flip_mask",
+    "get_source",
+    "known_sources",
+    "load_batch",
+    "local_batch_size",
+    "parse_idx",
+    "read_idx",
+    "register_source",
+    "to_float",
+]

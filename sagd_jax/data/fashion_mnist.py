@@ -1,0 +1,118 @@
+"""Fashion-MNIST images (28x28x1 uint8) from IDX files, with a TFDS fallback.
+
+Debian's package ``dataset-fashion-mnist`` installs gzipped IDX files in
+``/usr/share/datasets/fashion-mnist``; ``data.root`` may name another folder holding them
+(plain or ``.gz``). Labels are not read: the sources are label-free.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from typing import Any
+
+import numpy as np
+
+from sagd_jax.data.config import (
+    check_image_shape,
+    config_error,
+    get_bool,
+    get_root,
+    get_str,
+)
+from sagd_jax.data.sources import ArraySource, ImageSource
+
+DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
+SPLIT_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+SPLIT_SIZES = {"train": 60_000, "test": 10_000}
+
+# IDX element type code -> numpy dtype (big-endian where it matters).
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def parse_idx(data: bytes, what: str = "IDX data") -> np.ndarray:
+    """Decode the bytes of an IDX file into an array of its stored shape.
+
+    Layout: two zero bytes, a type code (0x08 = uint8, ...), the number of dimensions d, then d
+    big-endian uint32 sizes, then the elements in C order, big-endian. The result has native
+    byte order.
+    """
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{what}: not an IDX file (bad magic number)")
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES:
+        raise ValueError(f"{what}: unknown IDX element type 0x{code:02x}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{what}: truncated IDX header")
+    shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[code]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise ValueError(
+            f"{what}: IDX header announces shape {shape} ({expected} bytes) "
+            f"but {len(data) - header} bytes follow"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=True)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file, gzipped or not (detected from its first bytes)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return parse_idx(data, what=path)
+
+
+def find_idx_file(root: str, stem: str) -> str | None:
+    """Path of ``root/stem`` or ``root/stem.gz``, whichever exists first, else None."""
+    for name in (stem, stem + ".gz"):
+        path = os.path.join(root, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def load_fashion_mnist_images(root: str, split: str) -> np.ndarray:
+    """uint8 (N, 28, 28, 1) images of ``split`` from the IDX files in ``root``."""
+    path = find_idx_file(root, SPLIT_FILES[split])
+    if path is None:
+        raise FileNotFoundError(f"no {SPLIT_FILES[split]}[.gz] in {root}")
+    images = read_idx(path)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(
+            f"{path}: expected uint8 (N, H, W) images, got {images.dtype} {images.shape}"
+        )
+    return images[..., None]
+
+
+def make_fashion_mnist(data_config: Any) -> ImageSource:
+    """Factory for ``data.name = "fashion_mnist"`` (keys: split, root, image_size, channels)."""
+    split = get_str(data_config, "split", tuple(SPLIT_FILES))
+    root = get_root(data_config)
+    if root:
+        if not os.path.isdir(root):
+            raise config_error("root", root, "not a folder")
+        if find_idx_file(root, SPLIT_FILES[split]) is None:
+            raise config_error("root", root, f"holds no {SPLIT_FILES[split]}[.gz]")
+    elif find_idx_file(DEBIAN_ROOT, SPLIT_FILES[split]) is not None:
+        root = DEBIAN_ROOT
+    if root:
+        source: ImageSource = ArraySource(
+            f"fashion_mnist/{split}", load_fashion_mnist_images(root, split)
+        )
+    else:  # No local files: fall back to TensorFlow Datasets.
+        from sagd_jax.data.tfds_source import TfdsSource
+
+        source = TfdsSource("fashion_mnist", split, download=get_bool(data_config, "download"))
+    check_image_shape(data_config, source.image_shape, f"fashion_mnist/{split}")
+    return source

@@ -1,0 +1,111 @@
+"""The ``ImageSource`` interface and the registry that maps ``data.name`` to a source.
+
+A source is a fixed, random-access list of images: ``get(indices)`` returns uint8 NHWC arrays,
+always the same pixels for the same index. Shuffling, scaling to [-1, 1] and corruption live in
+``sagd_jax.data.pipeline``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from sagd_jax.data.config import config_error, get_value
+
+TFDS_PREFIX = "tfds:"
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """Random-access image dataset.
+
+    name:        identifier, e.g. "fashion_mnist/train".
+    image_shape: (H, W, C) of every image, in pixels / channels.
+    len(source): number of examples N; valid indices are 0 .. N - 1.
+    get(idx):    uint8 array (len(idx), H, W, C) for a 1-D integer array ``idx``.
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: np.ndarray) -> np.ndarray: ...
+
+
+def check_indices(indices: Any, num_examples: int) -> np.ndarray:
+    """``indices`` as a 1-D int64 array, checked to lie in [0, num_examples)."""
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+        raise ValueError(f"indices must be a 1-D integer array, got {idx.dtype} {idx.shape}")
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= num_examples):
+        raise ValueError(f"indices must lie in [0, {num_examples}), got [{idx.min()}, {idx.max()}]")
+    return idx
+
+
+def as_nhwc_uint8(images: np.ndarray, what: str) -> np.ndarray:
+    """Check a uint8 (N, H, W) or (N, H, W, C) array and return it as NHWC."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"{what}: images must be uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(f"{what}: images must be (N, H, W[, C]), got shape {images.shape}")
+    return images
+
+
+class ArraySource:
+    """An in-memory ``ImageSource`` over a uint8 array of shape (N, H, W[, C])."""
+
+    def __init__(self, name: str, images: np.ndarray):
+        self.name = name
+        self.images = as_nhwc_uint8(images, name)
+        h, w, c = self.images.shape[1:]
+        self.image_shape = (int(h), int(w), int(c))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        return self.images[check_indices(indices, len(self))]
+
+    def __repr__(self) -> str:
+        return f"ArraySource({self.name!r}, n={len(self)}, shape={self.image_shape})"
+
+
+SourceFactory = Callable[[Any], ImageSource]
+_REGISTRY: dict[str, SourceFactory] = {}
+
+
+def register_source(name: str, factory: SourceFactory, *, overwrite: bool = False) -> None:
+    """Make ``data.name == name`` build its source with ``factory(data_config)``.
+
+    The factory receives the ``data`` ConfigDict and must validate the keys it reads (use the
+    helpers of ``sagd_jax.data.config`` so that errors name the key). Registering the name
+    "tfds" serves every ``data.name`` of the form "tfds:NAME".
+    """
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"source name must be a non-empty string without ':', got {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"source {name!r} is already registered (pass overwrite=True)")
+    _REGISTRY[name] = factory
+
+
+def known_sources() -> list[str]:
+    """Sorted names accepted by ``get_source`` ("tfds" shown as "tfds:NAME")."""
+    return sorted(f"{TFDS_PREFIX}NAME" if n == "tfds" else n for n in _REGISTRY)
+
+
+def get_source(data_config: Any) -> ImageSource:
+    """Build the source named by ``data_config.name``."""
+    name = get_value(data_config, "name")
+    key = name
+    if isinstance(name, str) and name.startswith(TFDS_PREFIX):
+        key = "tfds" if name[len(TFDS_PREFIX) :] else None
+    if not isinstance(key, str) or key not in _REGISTRY:
+        raise config_error("name", name, f"unknown source; known: {', '.join(known_sources())}")
+    return _REGISTRY[key](data_config)

@@ -1,0 +1,94 @@
+"""Every data.* value is checked, with a one-line ValueError naming the key."""
+
+import math
+
+import ml_collections
+import numpy as np
+import pytest
+
+from sagd_jax.data import ArraySource, default_data_config, get_source, load_batch
+
+
+def test_default_config_holds_every_key():
+    cfg = default_data_config()
+    assert isinstance(cfg, ml_collections.ConfigDict)
+    assert set(cfg.keys()) == {
+        "name",
+        "split",
+        "image_size",
+        "channels",
+        "root",
+        "num_examples",
+        "seed",
+        "image_key",
+        "download",
+        "random_flip",
+        "corruption",
+    }
+    assert set(cfg.corruption.keys()) == {"kind", "lo", "hi", "amplitude", "seed"}
+    assert (cfg.name, cfg.split, cfg.image_size, cfg.channels) == ("fashion_mnist", "train", 28, 1)
+    assert cfg.random_flip is False and cfg.corruption.kind == "none"
+
+
+def test_missing_keys_fall_back_to_defaults():
+    source = ArraySource("tiny", np.zeros((4, 3, 3, 1), dtype=np.uint8))
+    batch = load_batch(source, ml_collections.ConfigDict({"name": "tiny"}), 0, 0, 2)
+    np.testing.assert_array_equal(batch, -np.ones((2, 3, 3, 1), dtype=np.float32))
+
+
+SOURCE_ERRORS = [
+    ({"image_size": 0}, "data.image_size=0"),
+    ({"image_size": 32}, "data.image_size=32"),  # fashion_mnist images are 28x28
+    ({"image_size": 28.0}, "data.image_size=28.0"),
+    ({"channels": 2}, "data.channels=2"),
+    ({"channels": 3}, "data.channels=3"),  # fashion_mnist is grayscale
+    ({"split": "valid"}, "data.split='valid'"),
+    ({"root": "/definitely/not/here"}, "data.root='/definitely/not/here'"),
+    ({"root": 5}, "data.root=5"),
+    ({"name": "folder"}, "data.root=''"),
+    ({"name": "natural_patches", "num_examples": 0}, "data.num_examples=0"),
+    ({"name": "natural_patches", "seed": -1}, "data.seed=-1"),
+    ({"name": "natural_patches", "channels": True}, "data.channels=True"),
+    ({"name": "tfds:mnist", "split": ""}, "data.split=''"),
+    ({"name": "xyz"}, "data.name='xyz': unknown source; known: "),
+]
+
+
+@pytest.mark.parametrize("overrides,prefix", SOURCE_ERRORS)
+def test_source_config_errors(overrides, prefix):
+    cfg = default_data_config().to_dict()
+    cfg.update(overrides)
+    with pytest.raises(ValueError) as err:
+        get_source(ml_collections.ConfigDict(cfg))
+    assert str(err.value).startswith(prefix), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+CORRUPTION_ERRORS = [
+    ({"kind": "blur"}, "data.corruption.kind='blur'"),
+    ({"lo": -0.1}, "data.corruption.lo=-0.1"),
+    ({"hi": 1.5}, "data.corruption.hi=1.5"),
+    ({"hi": math.nan}, "data.corruption.hi=nan"),
+    ({"lo": 0.8, "hi": 0.7}, "data.corruption.lo=0.8: must be <= data.corruption.hi"),
+    ({"amplitude": -1.0}, "data.corruption.amplitude=-1.0"),
+    ({"seed": -3}, "data.corruption.seed=-3"),
+    ({"kind": "stripes", "lo": 0.55, "hi": 0.6}, "data.corruption.lo=0.55"),  # no bin at 4x4
+]
+
+
+@pytest.mark.parametrize("overrides,prefix", CORRUPTION_ERRORS)
+def test_corruption_config_errors(overrides, prefix):
+    source = ArraySource("tiny", np.zeros((4, 4, 4, 1), dtype=np.uint8))
+    cfg = default_data_config()
+    cfg.corruption.update(overrides)
+    with pytest.raises(ValueError) as err:
+        load_batch(source, cfg, 0, 0, 2)
+    assert str(err.value).startswith(prefix), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_random_flip_must_be_boolean():
+    source = ArraySource("tiny", np.zeros((4, 4, 4, 1), dtype=np.uint8))
+    cfg = ml_collections.ConfigDict({"random_flip": "yes"})
+    with pytest.raises(ValueError, match=r"^data\.random_flip='yes'"):
+        load_batch(source, cfg, 0, 0, 2)
