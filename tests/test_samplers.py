@@ -2,9 +2,9 @@
 
 Tolerance, per rfft bin k (SAGD.md section 5):
 * discretisation: the sampler's exact output variance for the step count used is computed by
-  ``spectrum_oracle.predicted_spectrum`` (a float64 scalar recursion per frequency: with the exact
-  model each sampler is linear per frequency). ``|pred_k / c_k - 1|`` is the bias; it shrinks with
-  the step count at the sampler's order (checked below).
+  ``sagd_jax.gaussian.sampler_output_spectrum`` (a float64 scalar recursion per frequency: with
+  the exact model each sampler is linear per frequency). ``|pred_k / c_k - 1|`` is the bias; it
+  shrinks with the step count at the sampler's order (checked below).
 * Monte Carlo: the variance estimated from ``n = N * C`` draws has relative standard error
   ``sqrt(1/n)`` on complex bins and ``sqrt(2/n)`` on the real (self-conjugate) bins.
 The jitted samplers must match the prediction within 5 standard errors per bin (and the mean
@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from spectrum_oracle import predicted_spectrum
 
 from sagd_jax.gaussian import GaussianData
+from sagd_jax.gaussian import sampler_output_spectrum as predicted_spectrum
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.samplers import SAMPLERS, ddim, ddpm, get_sampler
 from sagd_jax.schedules import VE, VPSDE, Cosine, DDPMLinear

@@ -162,6 +162,10 @@ def test_radial_frequency_conventions():
     rho = radial_frequency(8, 8, half=False)
     assert rho[0, 0] == 0 and rho[4, 0] == 1 and rho[0, 4] == 1
     assert math.isclose(rho[4, 4], math.sqrt(2))
+    rho = radial_frequency(7, 5, half=False)
+    assert math.isclose(rho[3, 2], math.hypot(3 / 7, 2 / 5) / 0.5)
+    np.testing.assert_array_equal(rho, rho[(-np.arange(7)) % 7][:, (-np.arange(5)) % 5])
+    np.testing.assert_array_equal(radial_frequency(7, 5), rho[:, :3])
 
 
 @pytest.mark.parametrize(
