@@ -23,8 +23,10 @@ def test_default_config_holds_every_key():
         "image_key",
         "download",
         "random_flip",
+        "grf",
         "corruption",
     }
+    assert set(cfg.grf.keys()) == {"gamma", "rho0", "std"}
     assert set(cfg.corruption.keys()) == {"kind", "lo", "hi", "amplitude", "seed"}
     assert (cfg.name, cfg.split, cfg.image_size, cfg.channels) == ("fashion_mnist", "train", 28, 1)
     assert cfg.random_flip is False and cfg.corruption.kind == "none"

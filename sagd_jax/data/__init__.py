@@ -7,6 +7,7 @@ Where things live:
   tfds_source      any TFDS image dataset ("tfds:NAME")
   natural_patches  random crops of scikit-image's bundled photographs
   folder           PNG / JPEG files under a folder
+  grf              Gaussian random fields of known spectrum (float32; the exact answer)
   corruption       additive patterns confined to a radial frequency band
   pipeline         batch_indices / load_batch: batches as pure functions of (seed, step, process)
 
@@ -23,6 +24,7 @@ from sagd_jax.data.config import default_data_config
 from sagd_jax.data.corruption import Corruption, corruption_from_config
 from sagd_jax.data.fashion_mnist import make_fashion_mnist, parse_idx, read_idx
 from sagd_jax.data.folder import make_folder
+from sagd_jax.data.grf import grf_model, make_grf
 from sagd_jax.data.natural_patches import make_natural_patches
 from sagd_jax.data.pipeline import batch_indices, flip_mask, load_batch, local_batch_size, to_float
 from sagd_jax.data.sources import (
@@ -38,6 +40,7 @@ register_source("fashion_mnist", make_fashion_mnist)
 register_source("tfds", make_tfds)
 register_source("natural_patches", make_natural_patches)
 register_source("folder", make_folder)
+register_source("grf", make_grf)
 
 __all__ = [
     "ArraySource",
@@ -48,6 +51,7 @@ __all__ = [
     "default_data_config",
     "flip_mask",
     "get_source",
+    "grf_model",
     "known_sources",
     "load_batch",
     "local_batch_size",

@@ -19,16 +19,17 @@ CORRUPTION_KINDS = ("none", "stripes", "band_noise")
 def default_data_config() -> ml_collections.ConfigDict:
     """Every key read by ``sagd_jax.data``, with its default value.
 
-    name:          source name: "fashion_mnist", "natural_patches", "folder", "tfds:NAME", ...
+    name:          source name: "fashion_mnist", "natural_patches", "grf", "folder", "tfds:NAME"
     split:         dataset split ("train" / "test" for fashion_mnist, any TFDS split string).
     image_size:    H = W of the images, in pixels.
     channels:      1 (grayscale) or 3 (RGB).
     root:          folder with the data ("" = the source's default location).
-    num_examples:  size of the virtual natural_patches dataset.
-    seed:          seed of the natural_patches crops (the dataset itself, not the training order).
+    num_examples:  size of the virtual natural_patches and grf datasets.
+    seed:          seed of the natural_patches crops and grf fields (the dataset, not its order).
     image_key:     TFDS feature holding the image.
     download:      allow TFDS to download and prepare a missing dataset.
     random_flip:   random horizontal flips in ``load_batch``.
+    grf:           spectrum of the "grf" source: std * (rho + rho0)^-gamma (see data.grf).
     corruption:    additive band-limited pattern (see ``sagd_jax.data.corruption``);
                    lo/hi in radial-frequency units (axis Nyquist = 1), amplitude in [-1, 1]
                    image units, seed fixing each example's pattern.
@@ -44,6 +45,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.image_key = "image"
     cfg.download = False
     cfg.random_flip = False
+    cfg.grf = ml_collections.ConfigDict()
+    cfg.grf.gamma = 2.0
+    cfg.grf.rho0 = 0.1
+    cfg.grf.std = 0.5
     cfg.corruption = ml_collections.ConfigDict()
     cfg.corruption.kind = "none"
     cfg.corruption.lo = 0.5

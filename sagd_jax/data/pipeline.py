@@ -108,9 +108,10 @@ def load_batch(
 ) -> np.ndarray:
     """float32 (global_batch_size // process_count, H, W, C) batch of this process at ``step``.
 
-    Pixels are scaled to [-1, 1]; the configured corruption (``data.corruption``) is added per
-    example index, then ``data.random_flip`` flips images horizontally. Values may leave
-    [-1, 1] by the corruption's amplitude (no clipping).
+    uint8 pixels are scaled to [-1, 1] (float32 sources are taken as they are); the configured
+    corruption (``data.corruption``) is added per example index, then ``data.random_flip``
+    flips images horizontally. Values may leave [-1, 1] by the corruption's amplitude (no
+    clipping).
     """
     corruption = corruption_from_config(data_config)
     random_flip = get_bool(data_config, "random_flip")
@@ -118,12 +119,12 @@ def load_batch(
     corruption.check_image_size(height, width)
     idx = batch_indices(len(source), seed, step, global_batch_size, process_index, process_count)
     raw = source.get(idx)
-    if raw.dtype != np.uint8 or raw.shape != (idx.size, *source.image_shape):
+    if raw.dtype not in (np.uint8, np.float32) or raw.shape != (idx.size, *source.image_shape):
         raise ValueError(
-            f"{source.name}: get() returned {raw.dtype} {raw.shape}, expected uint8 "
+            f"{source.name}: get() returned {raw.dtype} {raw.shape}, expected uint8 or float32 "
             f"{(idx.size, *source.image_shape)}"
         )
-    images = corruption.apply(to_float(raw), idx)
+    images = corruption.apply(to_float(raw) if raw.dtype == np.uint8 else raw.copy(), idx)
     if random_flip:
         flips = flip_mask(seed, step, global_batch_size, process_index, process_count)
         images[flips] = images[flips, :, ::-1, :]

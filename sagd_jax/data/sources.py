@@ -1,7 +1,8 @@
 """The ``ImageSource`` interface and the registry that maps ``data.name`` to a source.
 
-A source is a fixed, random-access list of images: ``get(indices)`` returns uint8 NHWC arrays,
-always the same pixels for the same index. Shuffling, scaling to [-1, 1] and corruption live in
+A source is a fixed, random-access list of images: ``get(indices)`` returns uint8 NHWC arrays
+(or float32 ones already in model units, for synthetic data such as ``grf``), always the same
+pixels for the same index. Shuffling, scaling to [-1, 1] and corruption live in
 ``sagd_jax.data.pipeline``.
 """
 
@@ -24,7 +25,8 @@ class ImageSource(Protocol):
     name:        identifier, e.g. "fashion_mnist/train".
     image_shape: (H, W, C) of every image, in pixels / channels.
     len(source): number of examples N; valid indices are 0 .. N - 1.
-    get(idx):    uint8 array (len(idx), H, W, C) for a 1-D integer array ``idx``.
+    get(idx):    uint8 array (len(idx), H, W, C) for a 1-D integer array ``idx`` (float32 in
+                 model units for synthetic sources, which the pipeline does not rescale).
     """
 
     name: str
