@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sagd_jax.models.conv import Conv
+
 Dtype = Any
 
 # Resolution-preserving residual paths are rescaled by 1/sqrt(2) after each addition.
@@ -72,12 +74,11 @@ class GroupNorm(nn.Module):
 
 def conv(
     features: int, kernel: int, gain: float, dtype: Dtype, param_dtype: Dtype, name: str
-) -> nn.Conv:
+) -> Conv:
     """Square stride-1 'same' convolution with Glorot-uniform weights times ``gain``, zero bias."""
-    return nn.Conv(
+    return Conv(
         features,
-        (kernel, kernel),
-        padding="SAME",
+        kernel,
         kernel_init=xavier_uniform(gain),
         bias_init=nn.initializers.zeros,
         dtype=dtype,
