@@ -274,7 +274,7 @@ class SpectralCovariance:
         """
         get = noise.get if hasattr(noise, "get") else lambda k, d=None: getattr(noise, k, d)
         try:
-            w = spectral_weights(
+            return cls.create(
                 height,
                 width,
                 gamma=get("gamma", 0.0),
@@ -287,7 +287,6 @@ class SpectralCovariance:
             if not message.startswith(("height", "width")):
                 message = f"noise.{message}"
             raise ValueError(message) from None
-        return cls(weights=jnp.asarray(w, jnp.float32), height=height, width=width)
 
     @classmethod
     def isotropic(cls, height: int, width: int) -> SpectralCovariance:
