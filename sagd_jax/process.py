@@ -80,6 +80,14 @@ class DiffusionProcess:
         eps = jax.random.normal(key, x0.shape, jnp.float32)
         return self.perturb(x0, eps, t), eps
 
+    def sample_time(self, key: jax.Array, batch: int) -> jax.Array:
+        """Training noise levels ``(batch,)``: uniform on ``[t_min, 1]`` for continuous
+        schedules, uniform on the grid ``{1/T, ..., 1}`` for discrete ones."""
+        total = self.schedule.num_timesteps
+        if total is None:
+            return jax.random.uniform(key, (batch,), minval=self.schedule.t_min, maxval=1.0)
+        return jax.random.randint(key, (batch,), 1, total + 1).astype(jnp.float32) / total
+
     def prior_sample(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         """``x_T ~ N(0, sigma_T^2 Sigma)`` at ``t = 1``."""
         _, sigma_T = self.coefficients(jnp.float32(1.0))

@@ -192,3 +192,12 @@ def test_process_is_a_pytree_for_jit_and_vmap():
     mapped = jax.vmap(lambda a, b, c: proc.perturb(a[None], b[None], c[None])[0])(x0, eps, t)
     np.testing.assert_allclose(jitted, proc.perturb(x0, eps, t), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(mapped, proc.perturb(x0, eps, t), rtol=1e-5, atol=1e-5)
+
+
+def test_sample_time_ranges():
+    cov = SpectralCovariance.isotropic(4, 4)
+    t = DiffusionProcess(cov=cov, schedule=VPSDE()).sample_time(jax.random.key(0), 10000)
+    assert float(t.min()) >= 1e-3 and float(t.max()) <= 1.0 and abs(float(t.mean()) - 0.5) < 0.02
+    t = DiffusionProcess(cov=cov, schedule=DDPMLinear()).sample_time(jax.random.key(0), 10000)
+    np.testing.assert_allclose(t * 1000, np.round(t * 1000), atol=1e-3)  # on the grid i/T
+    assert float(t.min()) >= 1e-3 and float(t.max()) == 1.0
