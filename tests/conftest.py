@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+import jax
 import numpy as np
 import pytest
+
+# One persistent XLA compilation cache for the whole test session (subprocesses started by the
+# tests inherit it through the environment): the trainer tests compile the same tiny programs
+# many times, and on a 2-core CPU compiling costs far more than running them.
+_CACHE = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "sagd-jax-test-xla-cache")
+)
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def unitary_dft_matrix(height: int, width: int) -> np.ndarray:

@@ -1,0 +1,29 @@
+"""SAGD on Fashion-MNIST, 28x28, a ~6M-parameter DDPM++ U-Net.
+
+    python -m sagd_jax.main --config=configs/fashion_mnist.py --workdir=DIR \
+        [--config.noise.gamma=2 --config.noise.bands=bandstop:0.4:0.6]
+
+Variants (``--config=configs/fashion_mnist.py:VARIANT``): ``sagd`` (default, gamma = 1),
+``iso`` (isotropic diffusion, gamma = 0), ``bandstop`` (gamma = 1 with w = 0 on 0.4..0.6).
+"""
+
+from sagd_jax.config import default_config
+
+VARIANTS = {
+    "sagd": dict(gamma=1.0, bands=""),
+    "iso": dict(gamma=0.0, bands=""),
+    "bandstop": dict(gamma=1.0, bands="bandstop:0.4:0.6"),
+}
+
+
+def get_config(variant: str = "sagd"):
+    if variant not in VARIANTS:
+        raise ValueError(f"config variant {variant!r}: known: {', '.join(VARIANTS)}")
+    c = default_config()
+    c.data.name = "fashion_mnist"
+    c.data.image_size, c.data.channels = 28, 1
+    c.noise.update(VARIANTS[variant])
+    c.model.update(dict(ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,),
+                        dropout=0.1))
+    c.train.update(dict(num_steps=50_000, batch_size=128))
+    return c

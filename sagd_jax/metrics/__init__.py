@@ -1,0 +1,1 @@
+"""Metrics of generated images: radially averaged power spectra (more to come)."""

@@ -1,0 +1,1 @@
+"""Training: the train state, the pure jitted step and the loop."""

@@ -1,0 +1,42 @@
+"""Sample grids as PNG files."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float ``(N, H, W, C)`` in [-1, 1] -> uint8 in [0, 255] (clipped)."""
+    return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(
+        np.uint8)
+
+
+def image_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
+    """Tile ``(N, H, W, C)`` uint8 into one ``(rows*(H+pad)+pad, cols*(W+pad)+pad, C)`` image."""
+    n, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h,
+             pad + q * (w + pad): pad + q * (w + pad) + w] = images[i]
+    return grid
+
+
+def save_grid(images: np.ndarray, path: str) -> bool:
+    """Write a PNG grid of ``(N, H, W, C)`` images in [-1, 1] to a new file at ``path``.
+
+    Never overwrites: returns False (writing nothing) when ``path`` exists.
+    """
+    if os.path.exists(path):
+        return False
+    grid = image_grid(to_uint8(images))
+    mode = "L" if grid.shape[-1] == 1 else "RGB"
+    with open(path, "xb") as f:
+        Image.fromarray(grid[..., 0] if mode == "L" else grid, mode).save(f, format="PNG")
+    return True

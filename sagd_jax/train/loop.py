@@ -1,0 +1,240 @@
+"""The training loop: ``train_and_evaluate(config, workdir)`` trains or resumes a run.
+
+Everything is built and validated first (config values, data source, process, model); only
+then is anything compiled or written. The loop holds no state beyond the ``TrainState``: the
+batch of step s is a pure function of (seed, s, process index) and the step's randomness of
+(seed, s), so resuming from a checkpoint continues the exact same run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from clu import metric_writers
+
+from sagd_jax.checkpoint import Checkpointer, abstract_like
+from sagd_jax.config import validate_config
+from sagd_jax.data import get_source, load_batch, local_batch_size
+from sagd_jax.data.sources import ImageSource
+from sagd_jax.metrics.spectra import radial_power_spectrum, spectrum_log_error
+from sagd_jax.models import build_model, count_params
+from sagd_jax.process import DiffusionProcess
+from sagd_jax.samplers import get_sampler
+from sagd_jax.sharding import batch_sharding, global_batch, make_mesh, replicate, replicated
+from sagd_jax.train.images import save_grid
+from sagd_jax.train.state import TrainState, create_train_state, init_key, make_optimizer
+from sagd_jax.train.step import (
+    INIT_STREAM,
+    SAMPLE_STREAM,
+    TRAIN_STREAM,
+    make_eps_fn,
+    reduce_metrics,
+    stream_key,
+    train_step,
+)
+
+# Config sections that fix what a checkpoint means; a workdir never resumes under others.
+STRUCTURAL_KEYS = ("data.name", "data.image_size", "data.channels", "noise", "diffusion", "model")
+REFERENCE_IMAGES = 512  # data images behind the reference power spectrum
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What a run is built from (all validated)."""
+
+    config: Any
+    source: ImageSource
+    process: DiffusionProcess
+    model: Any
+    tx: Any
+
+
+def build_run(config: Any) -> Run:
+    """Validate the config and build its parts; raise a one-line ``ValueError`` on bad input."""
+    validate_config(config)
+    source = get_source(config.data)
+    height, width, _ = source.image_shape
+    process = DiffusionProcess.from_config(config, height, width)
+    model = build_model(config.model, source.image_shape)
+    return Run(config, source, process, model, make_optimizer(config.optim))
+
+
+def _structural(config_dict: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key in STRUCTURAL_KEYS:
+        node: Any = config_dict
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[key] = node
+    return out
+
+
+def prepare_workdir(workdir: str, config: Any) -> None:
+    """Create the workdir, or check that the run already in it used a compatible config.
+
+    Writes ``config.json`` on the first start only; raises ``ValueError`` naming the first
+    differing key when the workdir belongs to another run (nothing is written then).
+    """
+    config_dict = json.loads(config.to_json_best_effort())
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = _structural(json.load(f))
+        current = _structural(config_dict)
+        for key in STRUCTURAL_KEYS:
+            if previous[key] != current[key]:
+                raise ValueError(
+                    f"--workdir={workdir}: holds a run with {key}={previous[key]!r}, this config "
+                    f"has {current[key]!r}; use a new workdir"
+                )
+        return
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            with open(path, "x") as f:
+                json.dump(config_dict, f, indent=2)
+    except OSError as err:
+        raise ValueError(f"--workdir={workdir}: not writable ({err.strerror})") from None
+
+
+def initial_state(run: Run, checkpointer: Checkpointer, mesh: jax.sharding.Mesh) -> TrainState:
+    """The latest checkpoint restored onto the mesh, or a fresh state."""
+    key = init_key(run.config.seed, INIT_STREAM)
+    shape = run.source.image_shape
+    make = functools.partial(create_train_state, run.model, run.tx, image_shape=shape)
+    if checkpointer.latest_step() is not None:
+        abstract = abstract_like(jax.eval_shape(make, key), replicated(mesh))
+        return checkpointer.restore(abstract)
+    return replicate(make(key), mesh)
+
+
+def flat_hparams(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys -> scalars (sequences and None as strings), as TensorBoard's hparams want."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= flat_hparams(value, f"{prefix}{key}.")
+        else:
+            scalar = isinstance(value, (bool, int, float, str))
+            out[f"{prefix}{key}"] = value if scalar else str(value)
+    return out
+
+
+def reference_spectrum(run: Run) -> np.ndarray:
+    """Radially averaged power spectrum of a fixed set of training images."""
+    count = min(len(run.source), REFERENCE_IMAGES)
+    images = load_batch(run.source, run.config.data, run.config.seed, 0, count)
+    return radial_power_spectrum(images)[1]
+
+
+def train_and_evaluate(config: Any, workdir: str) -> TrainState:
+    """Train (or resume) the run of ``config`` in ``workdir``; returns the final state."""
+    run = build_run(config)
+    prepare_workdir(workdir, config)
+    cfg = config.train
+    mesh = make_mesh()
+    checkpointer = Checkpointer(workdir, keep=cfg.keep_checkpoints)
+    state = initial_state(run, checkpointer, mesh)
+    start = int(jax.device_get(state.step))
+    is_writer = jax.process_index() == 0
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
+    if start == 0:
+        writer.write_hparams(flat_hparams(json.loads(config.to_json_best_effort())))
+    logging.info("model: %s parameters; starting at step %d of %d on %d device(s)",
+                 f"{count_params(state.params):,}", start, cfg.num_steps, jax.device_count())
+
+    step_fn = jax.jit(
+        functools.partial(train_step, model=run.model, tx=run.tx, process=run.process,
+                          ema_decay=config.optim.ema_decay),
+        in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=0,
+    )
+    train_key = stream_key(config.seed, TRAIN_STREAM)
+    local = local_batch_size(cfg.batch_size, jax.process_count())
+
+    def load(step: int) -> np.ndarray:
+        return load_batch(run.source, config.data, config.seed, step, cfg.batch_size,
+                          jax.process_index(), jax.process_count())
+
+    data_spectrum = reference_spectrum(run)
+    samples_dir = os.path.join(workdir, "samples")
+    history: list[dict[str, Any]] = []
+    last_log_time, last_log_step = time.perf_counter(), start
+    with concurrent.futures.ThreadPoolExecutor(1) as prefetcher:
+        pending = prefetcher.submit(load, start) if start < cfg.num_steps else None
+        for step in range(start, cfg.num_steps):
+            batch = pending.result()
+            assert batch.shape[0] == local
+            if step + 1 < cfg.num_steps:
+                pending = prefetcher.submit(load, step + 1)
+            state, metrics = step_fn(state, global_batch(batch, mesh), train_key)
+            history.append(metrics)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.num_steps:
+                scalars = reduce_metrics(history)
+                history = []
+                if not np.isfinite(scalars["loss"]):
+                    raise FloatingPointError(
+                        f"non-finite loss at step {done}; the last good checkpoint is kept in "
+                        f"{checkpointer.directory}")
+                now = time.perf_counter()
+                steps_per_s = (done - last_log_step) / (now - last_log_time)
+                scalars |= {"steps_per_sec": steps_per_s,
+                            "img_per_sec": steps_per_s * cfg.batch_size}
+                last_log_time, last_log_step = now, done
+                writer.write_scalars(done, scalars)
+                eta = (cfg.num_steps - done) / max(steps_per_s, 1e-9)
+                logging.info("step %d/%d loss %.4f  %.2f steps/s  %.1f img/s  ETA %.0f s",
+                             done, cfg.num_steps, scalars["loss"], steps_per_s,
+                             scalars["img_per_sec"], eta)
+            if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+                checkpointer.save(state, config)
+            if done % cfg.sample_every == 0 or done == cfg.num_steps:
+                write_samples(run, state, samples_dir, data_spectrum, writer, is_writer)
+                last_log_time = time.perf_counter()  # sampling time is not training speed
+    checkpointer.wait()
+    checkpointer.close()
+    writer.flush()
+    return state
+
+
+def sample_images(run: Run, params: Any, step: int) -> np.ndarray:
+    """EMA samples of the configured sampler; the key is a function of (seed, step)."""
+    cfg = run.config.train
+    height, width, channels = run.source.image_shape
+    key = jax.random.fold_in(stream_key(run.config.seed, SAMPLE_STREAM), step)
+    sampler = get_sampler(cfg.sampler)
+    eps_fn = make_eps_fn(run.model, run.process, params)
+    images = sampler(run.process, eps_fn, key, (cfg.num_samples, height, width, channels),
+                     cfg.sample_steps)
+    return np.asarray(jax.device_get(images))
+
+
+def write_samples(run: Run, state: TrainState, samples_dir: str, data_spectrum: np.ndarray,
+                  writer: metric_writers.MetricWriter, is_writer: bool) -> None:
+    """A PNG grid of EMA samples and the radial-spectrum error of samples against data."""
+    step = int(jax.device_get(state.step))
+    images = sample_images(run, state.ema_params, step)
+    centers, power = radial_power_spectrum(images)
+    error = spectrum_log_error(power, data_spectrum)
+    writer.write_scalars(step, {"sample_spectrum_log_error": error})
+    if not is_writer:
+        return
+    os.makedirs(samples_dir, exist_ok=True)
+    save_grid(images, os.path.join(samples_dir, f"step_{step:07d}.png"))
+    spectrum_path = os.path.join(samples_dir, f"spectrum_{step:07d}.json")
+    if not os.path.exists(spectrum_path):
+        with open(spectrum_path, "x") as f:
+            json.dump({"rho": centers.tolist(), "samples": power.tolist(),
+                       "data": data_spectrum.tolist(), "mean_abs_log_ratio": error}, f)
+    logging.info("step %d: samples in %s, spectrum |log ratio| %.3f", step, samples_dir, error)

@@ -1,0 +1,74 @@
+"""The train state (step, parameters, EMA parameters, optimizer state) and the optimizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a run carries from step to step; nothing else is state.
+
+    step: int32 scalar, the number of optimizer updates applied.
+    params: model parameters (float32 pytree). ema_params: their exponential moving average,
+    which sampling uses. opt_state: the optax state.
+    """
+
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+def make_optimizer(optim: Any) -> optax.GradientTransformation:
+    """AdamW with linear warmup to ``optim.learning_rate`` and global-norm gradient clipping.
+
+    Keys: ``learning_rate``, ``warmup_steps``, ``b1``, ``b2``, ``eps``, ``weight_decay``,
+    ``grad_clip`` (0 disables clipping).
+    """
+    warmup = int(optim.warmup_steps)
+    lr = float(optim.learning_rate)
+    schedule = optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else lr
+    parts = []
+    if float(optim.grad_clip) > 0:
+        parts.append(optax.clip_by_global_norm(float(optim.grad_clip)))
+    parts.append(optax.adamw(schedule, b1=float(optim.b1), b2=float(optim.b2),
+                             eps=float(optim.eps), weight_decay=float(optim.weight_decay)))
+    return optax.chain(*parts)
+
+
+def init_key(seed: int, stream: int) -> jax.Array:
+    """The key that initialises parameters. It uses the ``rbg`` generator: XLA compiles the
+    many random draws of a U-Net's init about 3x faster than with threefry (7 s against 20 s for
+    a tiny U-Net on the 2-core CPU); only init uses it, so training noise stays threefry."""
+    return jax.random.fold_in(jax.random.key(seed, impl="rbg"), stream)
+
+
+def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, int]) -> Any:
+    """Model parameters for ``(H, W, C)`` images, initialised from ``key`` (jit-compiled)."""
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    labels = jnp.zeros((1,), jnp.float32)
+    return jax.jit(lambda k: model.init(k, x, labels, train=False)["params"])(key)
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
+    image_shape: tuple[int, int, int],
+) -> TrainState:
+    """Step 0: fresh parameters, EMA equal to them, fresh optimizer state."""
+    params = init_params(model, key, image_shape)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+    """EMA decay with a warmup, ``min(decay, (1 + step) / (10 + step))``: early averages do not
+    drag the initial weights along for thousands of steps."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
