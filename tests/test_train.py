@@ -151,3 +151,29 @@ def test_bad_config_is_one_line_and_writes_nothing(tmp_path, override, message):
     assert last.startswith("error: ") and message in last
     assert "Traceback" not in result.stderr
     assert not workdir.exists()
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_restart_resumes(tmp_path):
+    import signal
+    import time
+
+    workdir = tmp_path / "preempted"
+    args = ["--config=configs/quickstart.py", f"--workdir={workdir}", "--config.data.name=grf",
+            "--config.data.image_size=16", "--config.train.num_steps=100000",
+            "--config.train.checkpoint_every=100000", "--config.train.sample_every=100000",
+            *tiny_cli_overrides(), "--config.train.log_every=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "sagd_jax.main", *args], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # wait until training runs
+        if "step 2/100000" in line:
+            break
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    assert time.monotonic() - sent < 60 and proc.returncode == 0, rest[-2000:]
+    steps = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+    assert len(steps) == 1 and steps[0] >= 2
+    result = run_cli(*args[:-1], f"--config.train.num_steps={steps[0] + 1}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"starting at step {steps[0]} of {steps[0] + 1}" in result.stderr
+    assert str(steps[0] + 1) in os.listdir(workdir / "checkpoints")

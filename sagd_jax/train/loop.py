@@ -31,6 +31,7 @@ from sagd_jax.process import DiffusionProcess
 from sagd_jax.samplers import get_sampler
 from sagd_jax.sharding import batch_sharding, global_batch, make_mesh, replicate, replicated
 from sagd_jax.train.images import save_grid
+from sagd_jax.train.preemption import PreemptionFlag
 from sagd_jax.train.state import TrainState, create_train_state, init_key, make_optimizer
 from sagd_jax.train.step import (
     INIT_STREAM,
@@ -170,7 +171,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     samples_dir = os.path.join(workdir, "samples")
     history: list[dict[str, Any]] = []
     last_log_time, last_log_step = time.perf_counter(), start
-    with concurrent.futures.ThreadPoolExecutor(1) as prefetcher:
+    with PreemptionFlag() as preemption, concurrent.futures.ThreadPoolExecutor(1) as prefetcher:
         pending = prefetcher.submit(load, start) if start < cfg.num_steps else None
         for step in range(start, cfg.num_steps):
             batch = pending.result()
@@ -197,8 +198,12 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
                 logging.info("step %d/%d loss %.4f  %.2f steps/s  %.1f img/s  ETA %.0f s",
                              done, cfg.num_steps, scalars["loss"], steps_per_s,
                              scalars["img_per_sec"], eta)
-            if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+            if done % cfg.checkpoint_every == 0 or done == cfg.num_steps or preemption.requested:
                 checkpointer.save(state, config)
+            if preemption.requested:
+                logging.info("SIGTERM: checkpointed step %d in %s; stopping", done,
+                             checkpointer.directory)
+                break
             if done % cfg.sample_every == 0 or done == cfg.num_steps:
                 write_samples(run, state, samples_dir, data_spectrum, writer, is_writer)
                 last_log_time = time.perf_counter()  # sampling time is not training speed
