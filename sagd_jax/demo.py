@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sagd_jax.gaussian import GaussianData
+from sagd_jax.metrics.spectra import power_spectrum
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.samplers import get_sampler
 from sagd_jax.schedules import VPSDE
@@ -55,8 +56,7 @@ def run(size: int, num: int, seed: int) -> list[dict]:
                                   (num, size, size, 1), steps)
             x = np.asarray(jax.block_until_ready(x), np.float64)
             seconds = time.perf_counter() - start
-            spec = np.fft.rfft2(x[..., 0], axes=(1, 2), norm="ortho")
-            ratio = np.mean(np.abs(spec) ** 2, axis=0) / c
+            ratio = power_spectrum(x) / c
             rows.append(dict(
                 noise=noise_name, sampler=name, steps=steps,
                 median_abs_log_ratio=float(np.median(np.abs(np.log(ratio[support])))),

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from sagd_jax.process import DiffusionProcess
+from sagd_jax.process import DiffusionProcess, expand_to
 from sagd_jax.schedules import time_grid
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -95,16 +95,12 @@ def _make_sampler(
     return sampler
 
 
-def _expand(coef: jax.Array) -> jax.Array:
-    return coef[:, None, None, None]
-
-
 def _posterior(
     process: DiffusionProcess, x: jax.Array, x0_hat: jax.Array, t: jax.Array, s: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """Mean and variance factor of ``q(x_s | x_t, x0) = N(mean, var Sigma)`` for s < t."""
-    alpha_t, sigma_t = map(_expand, process.coefficients(t))
-    alpha_s, sigma_s = map(_expand, process.coefficients(s))
+    alpha_t, sigma_t = (expand_to(c, x) for c in process.coefficients(t))
+    alpha_s, sigma_s = (expand_to(c, x) for c in process.coefficients(s))
     alpha_ts = alpha_t / alpha_s
     sigma2_ts = sigma_t**2 - alpha_ts**2 * sigma_s**2
     mean = (alpha_ts * sigma_s**2 * x + alpha_s * sigma2_ts * x0_hat) / sigma_t**2
@@ -122,7 +118,7 @@ def _ddim_update(process, eps_fn, x, t, s, key, options):
     eps = eps_fn(x, t)
     x0_hat = process.denoise(x, t, eps)
     _, var = _posterior(process, x, x0_hat, t, s)
-    alpha_s, sigma_s = map(_expand, process.coefficients(s))
+    alpha_s, sigma_s = (expand_to(c, x) for c in process.coefficients(s))
     noise_var = options.get("eta", 0.0) ** 2 * var
     z = jax.random.normal(key, x.shape, jnp.float32)
     direction = jnp.sqrt(jnp.maximum(sigma_s**2 - noise_var, 0.0))
@@ -131,17 +127,17 @@ def _ddim_update(process, eps_fn, x, t, s, key, options):
 
 def _ode_velocity(process, eps_fn, x, t):
     """Probability-flow ODE: ``dx/dt = f x + g2 / (2 sigma) Sigma^{1/2} eps_hat``."""
-    f, g2 = map(_expand, process.sde(t))
+    f, g2 = (expand_to(c, x) for c in process.sde(t))
     _, sigma = process.coefficients(t)
-    return f * x + g2 / (2.0 * _expand(sigma)) * process.cov.sqrt(eps_fn(x, t))
+    return f * x + g2 / (2.0 * expand_to(sigma, x)) * process.cov.sqrt(eps_fn(x, t))
 
 
 def _euler_update(process, eps_fn, x, t, s, key, options):
-    return x + _expand(s - t) * _ode_velocity(process, eps_fn, x, t)
+    return x + expand_to(s - t, x) * _ode_velocity(process, eps_fn, x, t)
 
 
 def _heun_update(process, eps_fn, x, t, s, key, options):
-    h = _expand(s - t)
+    h = expand_to(s - t, x)
     v_t = _ode_velocity(process, eps_fn, x, t)
     v_s = _ode_velocity(process, eps_fn, x + h * v_t, s)
     return x + 0.5 * h * (v_t + v_s)
@@ -149,10 +145,10 @@ def _heun_update(process, eps_fn, x, t, s, key, options):
 
 def _sde_update(process, eps_fn, x, t, s, key, options):
     """Reverse SDE ``dx = [f x + g2 Sigma^{1/2} eps_hat / sigma] dt + sqrt(g2) Sigma^{1/2} dw``."""
-    f, g2 = map(_expand, process.sde(t))
+    f, g2 = (expand_to(c, x) for c in process.sde(t))
     _, sigma = process.coefficients(t)
-    h = _expand(s - t)  # negative: time runs backwards
-    drift = f * x + g2 / _expand(sigma) * process.cov.sqrt(eps_fn(x, t))
+    h = expand_to(s - t, x)  # negative: time runs backwards
+    drift = f * x + g2 / expand_to(sigma, x) * process.cov.sqrt(eps_fn(x, t))
     z = jax.random.normal(key, x.shape, jnp.float32)
     return x + h * drift + process.cov.sqrt(jnp.sqrt(g2 * -h) * z)
 

@@ -304,11 +304,6 @@ class SpectralCovariance:
         """Fraction of the ``H * W`` DFT bins in the support (``trace(P) / (H * W)``)."""
         return full_grid_mean(self.support.astype(jnp.float32), self.width)
 
-    @property
-    def is_isotropic(self) -> bool:
-        """True when ``Sigma = I`` (host-side check; not for use on traced weights)."""
-        return bool(np.allclose(np.asarray(self.weights), 1.0))
-
     def full_weights(self) -> jax.Array:
         """``w`` on the full ``(H, W)`` DFT grid, using ``w(k) = w(-k)`` for the missing half."""
         rows = np.arange(self.height)[:, None]

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from sagd_jax.metrics.spectra import power_spectrum
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.schedules import VE, VPSDE, Cosine, DDPMLinear, get_schedule, time_grid
 from sagd_jax.spectral import SpectralCovariance
@@ -103,8 +104,7 @@ def test_marginal_covariance_is_alpha2_C_plus_sigma2_Sigma():
     k1, k2 = jax.random.split(jax.random.key(3))
     x0 = jax.random.normal(k1, (n, 8, 8, 1))
     x_t, _ = proc.marginal_sample(k2, x0, jnp.full((n,), t))
-    var = np.mean(np.abs(np.fft.rfft2(np.asarray(x_t, np.float64), axes=(1, 2), norm="ortho"))
-                  ** 2, axis=(0, 3))
+    var = power_spectrum(x_t)
     alpha, sigma = proc.coefficients(t)
     expected = float(alpha) ** 2 + float(sigma) ** 2 * np.asarray(cov.weights, np.float64)
     # Relative standard error of a variance estimate: 1/sqrt(n) (complex bins),

@@ -18,12 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sagd_jax.demo import demo_data
 from sagd_jax.gaussian import GaussianData
 from sagd_jax.gaussian import sampler_output_spectrum as predicted_spectrum
+from sagd_jax.metrics.spectra import power_spectrum
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.samplers import SAMPLERS, ddim, ddpm, get_sampler
 from sagd_jax.schedules import VE, VPSDE, Cosine, DDPMLinear
-from sagd_jax.spectral import SpectralCovariance, full_grid_mean, radial_frequency
+from sagd_jax.spectral import SpectralCovariance
 
 H = W = 8
 N, C = 2048, 2
@@ -40,11 +42,8 @@ CASES = [
 
 
 def data_unlike_noise() -> GaussianData:
-    """A data spectrum rising with frequency, with a bump at rho = 0.7: unlike any power law."""
-    rho = radial_frequency(H, W)
-    c = (rho + 0.2) ** 0.5 * (1 + 2 * np.exp(-(((rho - 0.7) / 0.15) ** 2)))
-    c = c / full_grid_mean(c, W)
-    return GaussianData(spectrum=jnp.asarray(c, jnp.float32), height=H, width=W)
+    """The demo's data spectrum: rising with frequency, a bump at rho = 0.7 (no power law)."""
+    return demo_data(H)
 
 
 def real_bins() -> np.ndarray:
@@ -54,15 +53,10 @@ def real_bins() -> np.ndarray:
     return ky & kx
 
 
-def empirical_spectrum(x: jax.Array) -> np.ndarray:
-    spec = np.fft.rfft2(np.asarray(x, np.float64), axes=(1, 2), norm="ortho")
-    return np.mean(np.abs(spec) ** 2, axis=(0, 3))
-
-
 def check_against_prediction(x, predicted, c, support):
     n = x.shape[0] * x.shape[-1]
     stderr = np.where(real_bins(), np.sqrt(2 / n), np.sqrt(1 / n))
-    var = empirical_spectrum(x)
+    var = power_spectrum(x)
     z = (var[support] / predicted[support] - 1) / stderr[support]
     assert np.abs(z).max() < 5, f"max |z| = {np.abs(z).max():.2f}"
     assert np.mean(z**2) < 2.0, f"mean z^2 = {np.mean(z**2):.2f}"

@@ -1,10 +1,20 @@
-"""Radially averaged power spectra of image batches, and the log-ratio error between two."""
+"""Power spectra of image batches (per rfft bin, radially averaged) and their log-ratio error."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from sagd_jax.spectral import RHO_MAX, half_plane_multiplicity, radial_frequency
+
+
+def power_spectrum(images: np.ndarray) -> np.ndarray:
+    """Mean power ``|F x|^2`` (unitary DFT) per rfft bin, averaged over images and channels.
+
+    images: ``(N, H, W, C)`` float. Returns float64 ``(H, W // 2 + 1)``; for a stationary
+    Gaussian field this estimates its spectrum ``c`` (the convention of ``GaussianData``).
+    """
+    spec = np.fft.rfft2(np.asarray(images, np.float64), axes=(1, 2), norm="ortho")
+    return np.mean(np.abs(spec) ** 2, axis=(0, 3))
 
 
 def radial_power_spectrum(images: np.ndarray, num_bins: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -14,8 +24,7 @@ def radial_power_spectrum(images: np.ndarray, num_bins: int = 16) -> tuple[np.nd
     a bin with no DFT bin of this image size gets NaN. Channels and images are averaged.
     """
     _, height, width, _ = images.shape
-    spec = np.fft.rfft2(np.asarray(images, np.float64), axes=(1, 2), norm="ortho")
-    power = np.mean(np.abs(spec) ** 2, axis=(0, 3))
+    power = power_spectrum(images)
     weight = np.broadcast_to(half_plane_multiplicity(height, width), power.shape)
     edges = np.linspace(0.0, RHO_MAX + 1e-9, num_bins + 1)
     index = np.clip(np.digitize(radial_frequency(height, width), edges) - 1, 0, num_bins - 1)
