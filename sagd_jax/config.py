@@ -17,6 +17,8 @@ import ml_collections
 from sagd_jax.data import default_data_config
 from sagd_jax.samplers import SAMPLERS
 
+NONFINITE_POLICIES = ("stop", "skip")
+
 
 def default_config() -> ml_collections.ConfigDict:
     """Every key the trainer reads, with defaults; ``configs/*.py`` start from this.
@@ -30,7 +32,8 @@ def default_config() -> ml_collections.ConfigDict:
     optim: AdamW (``learning_rate``, ``warmup_steps``, ``b1``, ``b2``, ``eps``,
       ``weight_decay``), ``grad_clip`` (global norm, 0 = off), ``ema_decay``.
     train: ``num_steps``, ``batch_size`` (global), ``log_every``, ``checkpoint_every``,
-      ``keep_checkpoints``, ``sample_every``, ``num_samples``, ``sampler``, ``sample_steps``.
+      ``keep_checkpoints``, ``sample_every``, ``num_samples``, ``sampler``, ``sample_steps``,
+      ``nonfinite`` (stop | skip: what a step with a non-finite loss or gradient does).
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -50,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         num_steps=10_000, batch_size=128, log_every=100, checkpoint_every=1000,
         keep_checkpoints=3, sample_every=2000, num_samples=64, sampler="ddpm", sample_steps=250,
+        nonfinite="stop",
     ))
     return c
 
@@ -101,6 +105,10 @@ def validate_config(config: Any, device_count: int | None = None) -> None:
     sampler = _get(config, "train.sampler")
     if sampler not in SAMPLERS:
         raise ValueError(f"train.sampler={sampler!r}: must be one of {', '.join(SAMPLERS)}")
+    nonfinite = _get(config, "train.nonfinite")
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"train.nonfinite={nonfinite!r}: must be one of "
+                         f"{', '.join(NONFINITE_POLICIES)}")
     _number(config, "optim.learning_rate", 0.0, 1.0, open_lo=True)
     _integer(config, "optim.warmup_steps", 0)
     _number(config, "optim.b1", 0.0, 1.0, open_hi=True)

@@ -14,12 +14,14 @@ import functools
 import json
 import logging
 import os
+import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
+import ml_collections
 import numpy as np
-from clu import metric_writers
+from jax.experimental import multihost_utils
 
 from sagd_jax.checkpoint import Checkpointer, abstract_like
 from sagd_jax.config import validate_config
@@ -42,6 +44,9 @@ from sagd_jax.train.step import (
     stream_key,
     train_step,
 )
+
+if TYPE_CHECKING:
+    from clu import metric_writers
 
 # Config sections that fix what a checkpoint means; a workdir never resumes under others.
 STRUCTURAL_KEYS = ("data.name", "data.image_size", "data.channels", "noise", "diffusion", "model")
@@ -118,6 +123,36 @@ def initial_state(run: Run, checkpointer: Checkpointer, mesh: jax.sharding.Mesh)
     return replicate(make(key), mesh)
 
 
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir's run was started with (its ``config.json``)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"--workdir={workdir}: no config.json; not a training workdir")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_state(workdir: str, step: int | None = None,
+               mesh: jax.sharding.Mesh | None = None) -> tuple[Run, TrainState]:
+    """The run of ``workdir`` and its checkpoint ``step`` (latest by default) on ``mesh``."""
+    run = build_run(saved_config(workdir))
+    checkpointer = Checkpointer(workdir, keep=None)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None or step not in checkpointer.manager.all_steps():
+            raise ValueError(f"--workdir={workdir}: no checkpoint"
+                             + ("" if step is None else f" of step {step}")
+                             + f" under {checkpointer.directory}")
+        mesh = make_mesh() if mesh is None else mesh
+        make = functools.partial(create_train_state, run.model, run.tx,
+                                 image_shape=run.source.image_shape)
+        key = init_key(run.config.seed, INIT_STREAM)
+        abstract = abstract_like(jax.eval_shape(make, key), replicated(mesh))
+        return run, checkpointer.restore(abstract, step)
+    finally:
+        checkpointer.close()
+
+
 def flat_hparams(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Dotted keys -> scalars (sequences and None as strings), as TensorBoard's hparams want."""
     out: dict[str, Any] = {}
@@ -137,10 +172,51 @@ def reference_spectrum(run: Run) -> np.ndarray:
     return radial_power_spectrum(images)[1]
 
 
+def check_workdir(workdir: str) -> None:
+    """Refuse a workdir that cannot be created or written, before anything is built.
+
+    Probes the nearest existing ancestor with a temporary file that is removed at once (works
+    for root too, for whom permission bits say nothing).
+    """
+    path = os.path.abspath(workdir)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"--workdir={workdir}: {existing} exists and is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ValueError(f"--workdir={workdir}: not writable ({existing}: {err.strerror})"
+                         ) from None
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if ``flag`` is True on any (a no-op with one process)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def append_jsonl(path: str, record: dict[str, Any]) -> None:
+    """Append one JSON record (a line) to ``path``; earlier lines are never rewritten."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def train_and_evaluate(config: Any, workdir: str) -> TrainState:
-    """Train (or resume) the run of ``config`` in ``workdir``; returns the final state."""
+    """Train (or resume) the run of ``config`` in ``workdir``; returns the final state.
+
+    Stops early, with a checkpoint of the current step, on SIGTERM (on any process). A step
+    with a non-finite loss or gradient is dropped; ``train.nonfinite="stop"`` then raises
+    ``FloatingPointError`` (the checkpoints already written are all from finite steps),
+    ``"skip"`` goes on and counts it in ``skipped_steps``.
+    """
+    check_workdir(workdir)
     run = build_run(config)
     prepare_workdir(workdir, config)
+    from clu import metric_writers  # imports TensorFlow (seconds): only once the input is good
     cfg = config.train
     mesh = make_mesh()
     checkpointer = Checkpointer(workdir, keep=cfg.keep_checkpoints)
@@ -150,8 +226,9 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
     if start == 0:
         writer.write_hparams(flat_hparams(json.loads(config.to_json_best_effort())))
-    logging.info("model: %s parameters; starting at step %d of %d on %d device(s)",
-                 f"{count_params(state.params):,}", start, cfg.num_steps, jax.device_count())
+    logging.info("model: %s parameters; starting at step %d of %d on %d device(s), %d process(es)",
+                 f"{count_params(state.params):,}", start, cfg.num_steps, jax.device_count(),
+                 jax.process_count())
 
     step_fn = jax.jit(
         functools.partial(train_step, model=run.model, tx=run.tx, process=run.process,
@@ -162,14 +239,26 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     )
     train_key = stream_key(config.seed, TRAIN_STREAM)
     local = local_batch_size(cfg.batch_size, jax.process_count())
+    stop_on_nonfinite = cfg.nonfinite == "stop"
 
     def load(step: int) -> np.ndarray:
         return load_batch(run.source, config.data, config.seed, step, cfg.batch_size,
                           jax.process_index(), jax.process_count())
 
+    def check_finite(metrics: dict[str, jax.Array], done: int) -> None:
+        if stop_on_nonfinite and int(jax.device_get(metrics["nonfinite"])):
+            checkpointer.wait()
+            raise FloatingPointError(
+                f"non-finite loss or gradients at step {done} (train.nonfinite=stop): the update "
+                f"was dropped and nothing saved after it; last checkpoint: step "
+                f"{checkpointer.latest_step()} in {checkpointer.directory}; set "
+                "--config.train.nonfinite=skip to skip such steps")
+
     data_spectrum = reference_spectrum(run)
     samples_dir = os.path.join(workdir, "samples")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
     history: list[dict[str, Any]] = []
+    previous: dict[str, jax.Array] | None = None
     last_log_time, last_log_step = time.perf_counter(), start
     with PreemptionFlag() as preemption, concurrent.futures.ThreadPoolExecutor(1) as prefetcher:
         pending = prefetcher.submit(load, start) if start < cfg.num_steps else None
@@ -179,34 +268,39 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
             if step + 1 < cfg.num_steps:
                 pending = prefetcher.submit(load, step + 1)
             state, metrics = step_fn(state, global_batch(batch, mesh), train_key)
+            if previous is not None:  # one step behind: the check does not stall the device
+                check_finite(previous, step)
+            previous = metrics
             history.append(metrics)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.num_steps:
                 scalars = reduce_metrics(history)
                 history = []
-                if not np.isfinite(scalars["loss"]):
-                    raise FloatingPointError(
-                        f"non-finite loss at step {done}; the last good checkpoint is kept in "
-                        f"{checkpointer.directory}")
                 now = time.perf_counter()
                 steps_per_s = (done - last_log_step) / (now - last_log_time)
                 scalars |= {"steps_per_sec": steps_per_s,
                             "img_per_sec": steps_per_s * cfg.batch_size}
                 last_log_time, last_log_step = now, done
                 writer.write_scalars(done, scalars)
+                if is_writer:
+                    append_jsonl(metrics_path, {"step": done, **scalars})
                 eta = (cfg.num_steps - done) / max(steps_per_s, 1e-9)
                 logging.info("step %d/%d loss %.4f  %.2f steps/s  %.1f img/s  ETA %.0f s",
                              done, cfg.num_steps, scalars["loss"], steps_per_s,
                              scalars["img_per_sec"], eta)
-            if done % cfg.checkpoint_every == 0 or done == cfg.num_steps or preemption.requested:
+            stop = any_process(preemption.requested)
+            if done % cfg.checkpoint_every == 0 or done == cfg.num_steps or stop:
+                check_finite(metrics, done)
                 checkpointer.save(state, config)
-            if preemption.requested:
+            if stop:
                 logging.info("SIGTERM: checkpointed step %d in %s; stopping", done,
                              checkpointer.directory)
                 break
             if done % cfg.sample_every == 0 or done == cfg.num_steps:
                 write_samples(run, state, samples_dir, data_spectrum, writer, is_writer)
                 last_log_time = time.perf_counter()  # sampling time is not training speed
+        if previous is not None:
+            check_finite(previous, int(jax.device_get(state.step)))
     checkpointer.wait()
     checkpointer.close()
     writer.flush()

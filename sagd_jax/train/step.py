@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -51,8 +52,10 @@ def train_step(
     """One optimizer update on ``batch: (B, H, W, C)`` float32.
 
     All randomness (noise levels, noise, dropout) comes from ``fold_in(train_key, state.step)``,
-    so a step is a pure function of (state, batch, seed). Returns the new state and metrics:
-    ``loss``, ``grad_norm``, and per-bucket loss sums and counts (``loss_sum_b``, ``count_b``).
+    so a step is a pure function of (state, batch, seed). A step whose loss or gradients are
+    not finite changes nothing but ``step`` (its update is dropped; the loop decides whether to
+    stop or go on). Returns the new state and metrics: ``loss``, ``grad_norm``, ``nonfinite``
+    (1 for a dropped step) and per-bucket loss sums and counts (``loss_sum_b``, ``count_b``).
     """
     key = jax.random.fold_in(train_key, state.step)
     k_time, k_noise, k_dropout = jax.random.split(key, 3)
@@ -71,12 +74,23 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay)
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                              opt_state=opt_state)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def unless_nonfinite(new: Any, old: Any) -> Any:
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = state.replace(
+        step=state.step + 1,
+        params=unless_nonfinite(params, state.params),
+        ema_params=unless_nonfinite(ema, state.ema_params),
+        opt_state=unless_nonfinite(opt_state, state.opt_state),
+    )
 
     bucket = jnp.clip((t * NUM_LOSS_BUCKETS).astype(jnp.int32), 0, NUM_LOSS_BUCKETS - 1)
     onehot = jax.nn.one_hot(bucket, NUM_LOSS_BUCKETS)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    metrics = {"loss": loss, "grad_norm": grad_norm,
+               "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
     sums, counts = per_example @ onehot, onehot.sum(axis=0)
     for b in range(NUM_LOSS_BUCKETS):
         metrics[f"loss_sum_{b}"] = sums[b]
@@ -85,12 +99,17 @@ def train_step(
 
 
 def reduce_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Host-side mean of step metrics; per-bucket sums become ``loss_t<lo>-<hi>`` means."""
+    """Host-side mean of step metrics over the finite steps; per-bucket sums become
+    ``loss_t<lo>-<hi>`` means; ``skipped_steps`` counts the dropped (non-finite) ones."""
     if not history:
         return {}
-    fetched = jax.device_get(history)
-    out = {"loss": float(sum(m["loss"] for m in fetched) / len(fetched)),
-           "grad_norm": float(sum(m["grad_norm"] for m in fetched) / len(fetched))}
+    everything = jax.device_get(history)
+    fetched = [m for m in everything if not int(m["nonfinite"])]
+    out = {"skipped_steps": float(len(everything) - len(fetched))}
+    if not fetched:
+        return out | {"loss": math.nan, "grad_norm": math.nan}
+    out |= {"loss": float(sum(m["loss"] for m in fetched) / len(fetched)),
+            "grad_norm": float(sum(m["grad_norm"] for m in fetched) / len(fetched))}
     for b in range(NUM_LOSS_BUCKETS):
         count = sum(float(m[f"count_{b}"]) for m in fetched)
         if count:

@@ -1,0 +1,61 @@
+"""Multi-process (multi-host) start-up: ``jax.distributed.initialize`` from flags or environment.
+
+Precedence: explicit arguments (the trainer's ``--coordinator_address``, ``--num_processes``,
+``--process_id`` flags) > the ``SAGD_COORDINATOR_ADDRESS``, ``SAGD_NUM_PROCESSES``,
+``SAGD_PROCESS_ID`` environment variables > JAX's own cluster auto-detection (TPU pod slices,
+SLURM with more than one task, Open MPI, ...) > a single process. Must run before anything
+touches a JAX backend. On CPU the cross-process collectives use gloo.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+ENV_PREFIX = "SAGD_"
+
+
+def _cluster_detected() -> bool:
+    """True inside a multi-task SLURM step, on a multi-worker TPU slice or under mpirun."""
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    tpu_workers = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    mpi = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1)
+    return (("SLURM_JOB_ID" in os.environ and slurm_tasks > 1) or "," in tpu_workers
+            or mpi > 1)
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+    """Join a multi-process run if one is configured; returns True if it did.
+
+    ``coordinator_address``: ``host:port`` of process 0; ``num_processes``: total processes;
+    ``process_id``: this process's index in [0, num_processes). Either all three (after
+    falling back to the environment) or none must be given.
+    """
+    env = os.environ
+    coordinator_address = coordinator_address or env.get(f"{ENV_PREFIX}COORDINATOR_ADDRESS")
+    if num_processes is None and f"{ENV_PREFIX}NUM_PROCESSES" in env:
+        num_processes = int(env[f"{ENV_PREFIX}NUM_PROCESSES"])
+    if process_id is None and f"{ENV_PREFIX}PROCESS_ID" in env:
+        process_id = int(env[f"{ENV_PREFIX}PROCESS_ID"])
+    given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError(
+            "--coordinator_address, --num_processes and --process_id: give all three or none "
+            f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r})")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if all(given):
+        if not (num_processes >= 1 and 0 <= process_id < num_processes):
+            raise ValueError(f"--process_id={process_id}: must be in [0, {num_processes})")
+        if num_processes == 1:
+            return False
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif _cluster_detected():
+        jax.distributed.initialize()
+    else:
+        return False
+    logging.info("process %d of %d joined (coordinator %s)", jax.process_index(),
+                 jax.process_count(), coordinator_address or "auto-detected")
+    return True

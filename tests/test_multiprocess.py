@@ -1,0 +1,75 @@
+"""Two processes on localhost (CPU, gloo collectives) train, are preempted, resume, and match
+one process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from test_train import REPO, run_cli, tiny_cli_overrides
+
+from sagd_jax.train.loop import load_state
+
+ARGS = ["--config=configs/quickstart.py", "--config.data.name=grf", "--config.data.image_size=16",
+        *tiny_cli_overrides(), "--config.train.log_every=1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def start_processes(workdir, num_steps):
+    port = free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return [subprocess.Popen(
+        [sys.executable, "-m", "sagd_jax.main", *ARGS, f"--workdir={workdir}",
+         f"--config.train.num_steps={num_steps}", f"--coordinator_address=localhost:{port}",
+         "--num_processes=2", f"--process_id={i}"],
+        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def finish(procs, timeout=600):
+    outputs = [p.communicate(timeout=timeout)[1] for p in procs]
+    for p, err in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return outputs
+
+
+def restore(workdir, step):
+    _, state = load_state(str(workdir), step)
+    return jax.tree.leaves(jax.device_get(state))
+
+
+def test_two_processes_preempted_and_resumed_match_one_process(tmp_path):
+    workdir = tmp_path / "two"
+    errs = finish(start_processes(workdir, 3))
+    assert "starting at step 0 of 3 on 2 device(s), 2 process(es)" in errs[0]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
+
+    # Resume; SIGTERM reaches process 1 only, and both stop at the same step with a checkpoint.
+    procs = start_processes(workdir, 100_000)
+    for line in procs[1].stderr:
+        if "step 5/100000" in line:
+            break
+    procs[1].send_signal(signal.SIGTERM)
+    errs = finish(procs)
+    assert "starting at step 3 of 100000" in errs[0]
+    steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    stopped = steps[-1]
+    assert steps[0] == 3 and stopped >= 5
+    assert all(f"checkpointed step {stopped} " in err for err in errs)
+
+    one = tmp_path / "one"
+    result = run_cli(*ARGS, f"--workdir={one}", f"--config.train.num_steps={stopped}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    two_leaves, one_leaves = restore(workdir, stopped), restore(one, stopped)
+    assert len(two_leaves) == len(one_leaves) > 10
+    for a, b in zip(two_leaves, one_leaves, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)

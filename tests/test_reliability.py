@@ -1,0 +1,150 @@
+"""Faults and bad input: non-finite steps, SIGKILL during a checkpoint save, config checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_train import REPO, params_of, run_cli, tiny_cli_overrides, tiny_config
+
+from sagd_jax.config import validate_config
+from sagd_jax.train import loop
+from sagd_jax.train.loop import build_run, check_workdir, train_and_evaluate
+from sagd_jax.train.state import create_train_state
+from sagd_jax.train.step import TRAIN_STREAM, reduce_metrics, stream_key, train_step
+
+
+def test_a_nonfinite_step_changes_nothing_but_the_step_counter():
+    config = tiny_config()
+    run = build_run(config)
+    state = create_train_state(run.model, run.tx, jax.random.key(0), run.source.image_shape)
+    step = jax.jit(lambda s, b: train_step(s, b, stream_key(0, TRAIN_STREAM), model=run.model,
+                                           tx=run.tx, process=run.process, ema_decay=0.9))
+    good = jnp.zeros((8, 16, 16, 1))
+    bad = good.at[3, 2, 2, 0].set(jnp.nan)
+    after_bad, metrics = step(state, bad)
+    assert int(metrics["nonfinite"]) == 1 and int(after_bad.step) == 1
+    for a, b in zip(params_of(state), params_of(after_bad), strict=True):
+        np.testing.assert_array_equal(a, b)
+    after_good, metrics = step(state, good)
+    assert int(metrics["nonfinite"]) == 0
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(params_of(state), params_of(after_good), strict=True))
+    summary = reduce_metrics([metrics, jax.device_get(_nan_metrics(metrics))])
+    assert summary["skipped_steps"] == 1 and np.isfinite(summary["loss"])
+    assert summary["loss"] == pytest.approx(float(metrics["loss"]))
+
+
+def _nan_metrics(metrics):
+    return {k: (np.nan if k == "loss" else 1 if k == "nonfinite" else v)
+            for k, v in jax.device_get(metrics).items()}
+
+
+def _nan_at(monkeypatch, bad_step):
+    real = loop.load_batch
+
+    def load_batch(source, data_config, seed, step, *args):
+        batch = real(source, data_config, seed, step, *args)
+        if step == bad_step:
+            batch[0, 0, 0, 0] = np.nan
+        return batch
+
+    monkeypatch.setattr(loop, "load_batch", load_batch)
+
+
+def test_nonfinite_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                                          monkeypatch):
+    _nan_at(monkeypatch, 4)  # the update that makes step 5
+    with pytest.raises(FloatingPointError, match=r"at step 5 .*last checkpoint: step 3"):
+        train_and_evaluate(tiny_config(**{"train.num_steps": 6}), str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+
+
+def test_nonfinite_skip_drops_the_step_and_goes_on(tmp_path, monkeypatch):
+    _nan_at(monkeypatch, 4)
+    state = train_and_evaluate(
+        tiny_config(**{"train.num_steps": 6, "train.nonfinite": "skip"}), str(tmp_path))
+    assert int(state.step) == 6
+    assert all(np.isfinite(leaf).all() for leaf in params_of(state))
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert [r["skipped_steps"] for r in records] == [0, 0, 1]
+    assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def test_sigkill_during_a_checkpoint_save_loses_nothing(tmp_path):
+    workdir = tmp_path / "killed"
+    args = ["--config=configs/quickstart.py", f"--workdir={workdir}", "--config.data.name=grf",
+            "--config.data.image_size=16", "--config.train.sample_every=100000",
+            *tiny_cli_overrides(), "--config.train.checkpoint_every=1",
+            "--config.train.keep_checkpoints=100"]
+    proc = subprocess.Popen([sys.executable, "-m", "sagd_jax.main", *args,
+                             "--config.train.num_steps=100000"], cwd=REPO,
+                            stderr=subprocess.DEVNULL)
+    ckpt = workdir / "checkpoints"
+    caught_mid_save = False
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            names = os.listdir(ckpt) if ckpt.is_dir() else []
+            complete = [n for n in names if n.isdigit()]
+            if len(complete) >= 2 and any(not n.isdigit() for n in names):
+                proc.send_signal(signal.SIGKILL)
+                caught_mid_save = True
+                break
+            time.sleep(0.002)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert caught_mid_save, "no checkpoint save in progress was seen"
+    names = os.listdir(ckpt)
+    complete = sorted(int(n) for n in names if n.isdigit())
+    assert any(not n.isdigit() for n in names)  # the interrupted save's leftovers
+    last = complete[-1]
+    result = run_cli(*args, f"--config.train.num_steps={last + 2}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"starting at step {last} of {last + 2}" in result.stderr
+    assert str(last + 2) in os.listdir(ckpt)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.noise.rho0=-1", "noise.rho0=-1.0: must be > 0"),
+    ("--config.data.image_size=32", "data.image_size=32: fashion_mnist/train has 28x28"),
+    ("--config.train.num_steps=-5", "train.num_steps=-5: must be an integer >= 1"),
+    ("--config.train.nonfinite=maybe", "train.nonfinite='maybe': must be one of stop, skip"),
+    ("--config.model.ch_mult=(1,2,2,2)", "model.ch_mult=(1, 2, 2, 2)"),
+])
+def test_more_bad_config_is_one_line_and_writes_nothing(tmp_path, override, message):
+    workdir = tmp_path / "never"
+    result = run_cli("--config=configs/quickstart.py", f"--workdir={workdir}", override)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+    assert "Traceback" not in result.stderr
+    assert not workdir.exists()
+
+
+def test_unwritable_workdir_is_refused_before_anything_is_built(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ValueError, match="a_file exists and is not a directory"):
+        check_workdir(str(blocker / "run"))
+    with pytest.raises(ValueError, match=r"--workdir=/proc/sagd/run: not writable"):
+        check_workdir("/proc/sagd/run")
+    check_workdir(str(tmp_path / "new" / "run"))
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
+def test_batch_must_divide_over_the_devices():
+    with pytest.raises(ValueError, match=r"train.batch_size=8: must be divisible by the device "
+                                         r"count \(3\)"):
+        validate_config(tiny_config(), device_count=3)
+    validate_config(tiny_config(), device_count=4)
