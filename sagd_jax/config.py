@@ -8,7 +8,10 @@ themselves: ``data`` (``sagd_jax.data``), ``noise`` and ``diffusion`` (``Diffusi
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import math
+import os
 from typing import Any
 
 import jax
@@ -117,3 +120,51 @@ def validate_config(config: Any, device_count: int | None = None) -> None:
     _number(config, "optim.weight_decay", 0.0, 1.0)
     _number(config, "optim.grad_clip", 0.0, math.inf, open_hi=True)
     _number(config, "optim.ema_decay", 0.0, 1.0, open_hi=True)
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """``configs/NAME.py[:VARIANT]`` -> its ``get_config([VARIANT])``, as ``--config`` loads it."""
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ValueError(f"--config={spec}: no such file {path}")
+    module_spec = importlib.util.spec_from_file_location("sagd_config_file", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()
+
+
+def parse_value(key: str, text: str, current: Any) -> Any:
+    """A command-line string as the type of the config's current value at ``key``."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, str):
+            return text
+        if isinstance(current, (tuple, list)):
+            value = ast.literal_eval(text)
+            return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"{key}={text}: not a {type(current).__name__}") from None
+
+
+def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Set ``config[key]`` (dotted) from a command-line string; unknown keys are an error."""
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise ValueError(f"{key}: no such config key")
+        node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise ValueError(f"{key}: no such config key")
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise ValueError(f"{key}: is a config section, not a value")
+    with node.ignore_type():
+        node[leaf] = parse_value(key, text, node[leaf])
