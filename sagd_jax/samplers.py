@@ -11,6 +11,8 @@ Every sampler has the signature ``sampler(process, eps_fn, key, shape, steps, **
   DDIM this *is* their final step: the posterior at s = 0 is a point mass at ``x0_hat``).
   Network evaluations: ``steps`` for DDPM, DDIM, Euler and Euler-Maruyama; ``2 steps - 1`` for
   Heun.
+* ``sharding`` (optional): keeps ``x`` split that way (e.g. the batch over the mesh's
+  ``data`` axis) through the whole loop; the samples are the same as without it.
 * The prior is ``N(0, sigma_T^2 Sigma)``; all fresh noise is ``Sigma^{1/2} z``, so a band that
   ``Sigma`` masks out starts at 0 and stays 0 (selective omission); the returned samples are
   projected onto the support of ``Sigma`` to remove round-off there.
@@ -38,7 +40,7 @@ def _as_pytree_fn(eps_fn: EpsFn) -> jax.tree_util.Partial:
     return eps_fn if isinstance(eps_fn, jax.tree_util.Partial) else jax.tree_util.Partial(eps_fn)
 
 
-@functools.partial(jax.jit, static_argnames=("update", "shape", "steps"))
+@functools.partial(jax.jit, static_argnames=("update", "shape", "steps", "sharding"))
 def _run(
     process: DiffusionProcess,
     eps_fn: jax.tree_util.Partial,
@@ -48,21 +50,27 @@ def _run(
     update: Update,
     shape: tuple[int, ...],
     steps: int,
+    sharding: jax.sharding.Sharding | None,
 ) -> jax.Array:
     """Prior draw, ``steps - 1`` updates along the time grid, then the Tweedie denoiser."""
     times = jnp.asarray(time_grid(process.schedule, steps), jnp.float32)
     batch = jnp.ones((shape[0],), jnp.float32)
-    x = process.prior_sample(jax.random.fold_in(key, 0), shape)
+
+    def constrain(x: jax.Array) -> jax.Array:
+        return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+    x = constrain(process.prior_sample(jax.random.fold_in(key, 0), shape))
 
     def body(i: jax.Array, x: jax.Array) -> jax.Array:
         t, s = times[i] * batch, times[i + 1] * batch
-        return update(process, eps_fn, x, t, s, jax.random.fold_in(key, i + 1), options)
+        return constrain(update(process, eps_fn, x, t, s, jax.random.fold_in(key, i + 1),
+                                options))
 
     x = jax.lax.fori_loop(0, steps - 1, body, x)
     t_last = times[-1] * batch
     # Off the support of Sigma the exact dynamics keep the prior's zeros; projecting removes
     # the round-off that 1/alpha_T amplifies there, so masked bands of samples are exactly 0.
-    return process.cov.project(process.denoise(x, t_last, eps_fn(x, t_last)))
+    return constrain(process.cov.project(process.denoise(x, t_last, eps_fn(x, t_last))))
 
 
 def _make_sampler(
@@ -74,6 +82,7 @@ def _make_sampler(
         key: jax.Array,
         shape: tuple[int, ...],
         steps: int,
+        sharding: jax.sharding.Sharding | None = None,
         **options: float,
     ) -> jax.Array:
         shape = tuple(int(d) for d in shape)
@@ -86,9 +95,8 @@ def _make_sampler(
         if unknown:
             raise ValueError(f"sampler {name!r} takes no option(s) {unknown}")
         opts = {k: jnp.float32(v) for k, v in options.items()}
-        return _run(
-            process, _as_pytree_fn(eps_fn), key, opts, update=update, shape=shape, steps=steps
-        )
+        return _run(process, _as_pytree_fn(eps_fn), key, opts, update=update, shape=shape,
+                    steps=steps, sharding=sharding)
 
     sampler.__name__ = sampler.__qualname__ = name
     sampler.__doc__ = doc

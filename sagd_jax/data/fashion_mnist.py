@@ -24,6 +24,7 @@ from sagd_jax.data.sources import ArraySource, ImageSource
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 SPLIT_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
 SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 
 # IDX element type code -> numpy dtype (big-endian where it matters).
@@ -93,6 +94,26 @@ def load_fashion_mnist_images(root: str, split: str) -> np.ndarray:
             f"{path}: expected uint8 (N, H, W) images, got {images.dtype} {images.shape}"
         )
     return images[..., None]
+
+
+def load_labeled_fashion_mnist(split: str, root: str | None = None
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images ``(N, 28, 28, 1)`` and int32 labels ``(N,)`` of ``split``, from the IDX
+    files in ``root`` (default: Debian's), else from TensorFlow Datasets (no download)."""
+    root = root or DEBIAN_ROOT
+    label_path = find_idx_file(root, LABEL_FILES[split])
+    if label_path is not None and find_idx_file(root, SPLIT_FILES[split]) is not None:
+        return load_fashion_mnist_images(root, split), read_idx(label_path).astype(np.int32)
+    import tensorflow_datasets as tfds
+
+    try:
+        data = tfds.as_numpy(tfds.load("fashion_mnist", split=split, batch_size=-1,
+                                       download=False))
+    except Exception as err:  # noqa: BLE001  (TFDS raises many kinds; one line for the user)
+        raise FileNotFoundError(
+            f"fashion_mnist/{split}: no IDX files in {root} and no prepared TFDS copy "
+            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    return data["image"].astype(np.uint8), data["label"].astype(np.int32)
 
 
 def make_fashion_mnist(data_config: Any) -> ImageSource:

@@ -24,7 +24,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from sagd_jax.checkpoint import Checkpointer, abstract_like
-from sagd_jax.config import validate_config
+from sagd_jax.config import default_config, validate_config
 from sagd_jax.data import get_source, load_batch, local_batch_size
 from sagd_jax.data.sources import ImageSource
 from sagd_jax.metrics.spectra import radial_power_spectrum, spectrum_log_error
@@ -74,7 +74,9 @@ def build_run(config: Any) -> Run:
     return Run(config, source, process, model, make_optimizer(config.optim))
 
 
-def _structural(config_dict: dict[str, Any]) -> dict[str, Any]:
+def _structural(config: Any) -> dict[str, Any]:
+    """The ``STRUCTURAL_KEYS`` of a config (dict or ConfigDict), JSON-normalised."""
+    config_dict = config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
     out = {}
     for key in STRUCTURAL_KEYS:
         node: Any = config_dict
@@ -84,30 +86,34 @@ def _structural(config_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_compatible(workdir: str, saved: Any, config: Any) -> None:
+    """Raise ``ValueError`` naming the first structural key where ``config`` differs from the
+    config a workdir's run was started with (``saved``: a dict or ConfigDict)."""
+    previous, current = _structural(saved), _structural(config)
+    for key in STRUCTURAL_KEYS:
+        if previous[key] != current[key]:
+            raise ValueError(
+                f"--workdir={workdir}: holds a run with {key}={previous[key]!r}, this config "
+                f"has {current[key]!r}; use a new workdir"
+            )
+
+
 def prepare_workdir(workdir: str, config: Any) -> None:
     """Create the workdir, or check that the run already in it used a compatible config.
 
     Writes ``config.json`` on the first start only; raises ``ValueError`` naming the first
     differing key when the workdir belongs to another run (nothing is written then).
     """
-    config_dict = json.loads(config.to_json_best_effort())
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
         with open(path) as f:
-            previous = _structural(json.load(f))
-        current = _structural(config_dict)
-        for key in STRUCTURAL_KEYS:
-            if previous[key] != current[key]:
-                raise ValueError(
-                    f"--workdir={workdir}: holds a run with {key}={previous[key]!r}, this config "
-                    f"has {current[key]!r}; use a new workdir"
-                )
+            check_compatible(workdir, json.load(f), config)
         return
     try:
         os.makedirs(workdir, exist_ok=True)
         if jax.process_index() == 0:
             with open(path, "x") as f:
-                json.dump(config_dict, f, indent=2)
+                json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
     except OSError as err:
         raise ValueError(f"--workdir={workdir}: not writable ({err.strerror})") from None
 
@@ -124,18 +130,33 @@ def initial_state(run: Run, checkpointer: Checkpointer, mesh: jax.sharding.Mesh)
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir's run was started with (its ``config.json``)."""
+    """The config a workdir's run was started with (its ``config.json``), on top of today's
+    defaults so that keys added since then read their default; JSON lists become tuples."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise ValueError(f"--workdir={workdir}: no config.json; not a training workdir")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+
+    def merge(node: ml_collections.ConfigDict, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+                merge(node[key], value)
+                continue
+            with node.ignore_type():
+                node[key] = tuple(value) if isinstance(value, list) else value
+
+    config = default_config()
+    merge(config, saved)
+    return config
 
 
 def load_state(workdir: str, step: int | None = None,
                mesh: jax.sharding.Mesh | None = None) -> tuple[Run, TrainState]:
     """The run of ``workdir`` and its checkpoint ``step`` (latest by default) on ``mesh``."""
     run = build_run(saved_config(workdir))
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise ValueError(f"--workdir={workdir}: no checkpoint (no checkpoints/ folder)")
     checkpointer = Checkpointer(workdir, keep=None)
     try:
         step = checkpointer.latest_step() if step is None else step

@@ -1,0 +1,222 @@
+"""Judge generated images against the data of their run; writes one JSON file (and plots).
+
+    python -m sagd_jax.evaluate --samples=DIR/generated/NAME/samples.npz \\
+        [--band=bandpass:0.45:0.6] [--filter_band=bandstop:0.45:0.6] [--out=FILE.json]
+
+The run (its data config) is found from the samples' ``manifest.json``. Reference images: the
+``test`` split for Fashion-MNIST and TFDS data, the run's own source otherwise, always without
+the run's training corruption (clean data); at most ``--max_reference`` images.
+
+Metrics (those that apply):
+* ``spectrum``: radially averaged power spectra of samples and reference, the per-bin
+  ``|log ratio|`` and its mean (``spectrum.png``);
+* ``fd``, ``kid`` (``mean``, ``std``, ``sem``): Frechet and kernel distances in the features of
+  the in-project Fashion-MNIST classifier, for 28x28x1 data (trained on first use, cached);
+  ``--filter_band`` removes a band from both sets before the features;
+* ``band_energy_ratio``: energy of samples inside ``--band`` relative to the reference's;
+* ``grf_variance``: for ``grf`` data, per-frequency variance of the samples against the exact
+  spectrum (``mean_abs_log_ratio`` and the Monte-Carlo floor; ``grf_variance.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+REFERENCE_SPLIT_SOURCES = ("fashion_mnist",)  # sources whose reference is the "test" split
+
+
+def load_samples(path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """float32 samples in model units (``float32`` key, else ``arr_0`` uint8 rescaled) and the
+    manifest beside them."""
+    from sagd_jax.metrics.classifier import to_unit_range
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--samples={path}: no such file")
+    with np.load(path) as data:
+        if "arr_0" not in data:
+            raise ValueError(f"--samples={path}: no arr_0 array")
+        images = data["float32"] if "float32" in data else to_unit_range(data["arr_0"])
+    if images.ndim != 4:
+        raise ValueError(f"--samples={path}: expected (N, H, W, C) images, got {images.shape}")
+    manifest_path = os.path.join(os.path.dirname(path), "manifest.json")
+    manifest = {}
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    return images, manifest
+
+
+def reference_images(data_config: Any, max_images: int) -> tuple[np.ndarray, str]:
+    """Clean reference images in model units and a name for caching (dataset, split, size)."""
+    from sagd_jax.data import get_source
+    from sagd_jax.metrics.classifier import to_unit_range
+
+    cfg = data_config.copy_and_resolve_references()
+    with cfg.ignore_type():
+        if cfg.name in REFERENCE_SPLIT_SOURCES or str(cfg.name).startswith("tfds:"):
+            cfg.split = "test"
+        cfg.corruption.kind = "none"
+    source = get_source(cfg)
+    count = min(len(source), max_images)
+    raw = source.get(np.arange(count))
+    height, width, channels = source.image_shape
+    name = f"{cfg.name}-{cfg.get('split', 'all')}-{height}x{width}x{channels}-{count}"
+    return (to_unit_range(raw) if raw.dtype == np.uint8 else raw), name.replace(":", "_")
+
+
+def remove_band(images: np.ndarray, band_spec: str) -> np.ndarray:
+    """``images`` with the frequencies of ``band_spec`` (a ``Band``) removed (mask 1 - m)."""
+    from sagd_jax.spectral import parse_bands, radial_frequency
+
+    (band,) = parse_bands(band_spec)
+    _, height, width, _ = images.shape
+    keep = 1.0 - band.mask(radial_frequency(height, width))
+    spec = np.fft.rfft2(images.astype(np.float64), axes=(1, 2)) * keep[None, :, :, None]
+    return np.fft.irfft2(spec, s=(height, width), axes=(1, 2)).astype(np.float32)
+
+
+def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: str,
+                    num_subsets: int, subset_size: int) -> dict[str, Any]:
+    """FD and KID in the classifier's features; the reference features are cached."""
+    from sagd_jax.metrics.classifier import cache_dir, load_or_train
+    from sagd_jax.metrics.features import GaussianStats, frechet_distance, kernel_distance
+
+    extractor = load_or_train(log=lambda m: print(m, file=sys.stderr, flush=True))
+    path = os.path.join(cache_dir(), "reference",
+                        f"{reference_name}-{extractor.recipe.name}.npz")
+    if os.path.exists(path):
+        ref_features = np.load(path)["features"]
+    else:
+        ref_features = extractor(reference)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}.npz"
+        np.savez(tmp, features=ref_features.astype(np.float32))
+        os.replace(tmp, path)
+        ref_features = ref_features.astype(np.float32)
+    features = extractor(samples)
+    kid = kernel_distance(features, ref_features, num_subsets, subset_size)
+    return {"fd": frechet_distance(GaussianStats.of(features), GaussianStats.of(ref_features)),
+            "kid": {"mean": kid.mean, "std": kid.std, "sem": kid.sem,
+                    "num_subsets": kid.num_subsets, "subset_size": kid.subset_size},
+            "classifier": extractor.recipe.name,
+            "classifier_test_accuracy": extractor.test_accuracy,
+            "num_reference": len(ref_features)}
+
+
+def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
+             filter_band: str | None = None, max_reference: int = 10_000,
+             num_subsets: int = 100, subset_size: int = 1000) -> dict[str, Any]:
+    """Compute the metrics that apply and write them to ``out`` (default: ``evaluation.json``
+    beside the samples; an existing file is never overwritten). Returns the results."""
+    from sagd_jax.data.grf import grf_spectrum
+    from sagd_jax.metrics.spectra import (
+        band_energy_ratio,
+        plot_radial,
+        radial_average,
+        radial_power_spectrum,
+        variance_error,
+    )
+    from sagd_jax.spectral import parse_bands
+    from sagd_jax.train.loop import saved_config
+
+    out = out or os.path.join(os.path.dirname(os.path.abspath(samples_path)), "evaluation.json")
+    if os.path.exists(out):
+        raise ValueError(f"--out={out}: exists; results are never overwritten")
+    for flag, spec in (("--band", band), ("--filter_band", filter_band)):
+        if spec is not None:
+            try:
+                if len(parse_bands(spec)) != 1:
+                    raise ValueError("give exactly one band")
+            except ValueError as err:
+                raise ValueError(f"{flag}={spec}: {err}") from None
+    samples, manifest = load_samples(samples_path)
+    if "workdir" not in manifest:
+        raise ValueError(f"--samples={samples_path}: no manifest.json with the run's workdir "
+                         "beside it (made by python -m sagd_jax.sample)")
+    config = saved_config(manifest["workdir"])
+    reference, reference_name = reference_images(config.data, max_reference)
+    if samples.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"--samples={samples_path}: images {samples.shape[1:]} but the data "
+                         f"has {reference.shape[1:]}")
+    plot_dir = os.path.dirname(os.path.abspath(out))
+    stem = os.path.splitext(os.path.basename(out))[0]
+    results: dict[str, Any] = {"samples": os.path.abspath(samples_path),
+                               "num_samples": len(samples), "reference": reference_name,
+                               "sampling": manifest}
+    centers, power = radial_power_spectrum(samples)
+    _, ref_power = radial_power_spectrum(reference)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_bin = np.abs(np.log(power / ref_power))
+    results["spectrum"] = {"rho": centers.tolist(), "samples": power.tolist(),
+                           "reference": ref_power.tolist(), "abs_log_ratio": per_bin.tolist(),
+                           "mean_abs_log_ratio": float(np.nanmean(per_bin))}
+    plot_radial(os.path.join(plot_dir, f"{stem}_spectrum.png"), centers,
+                {"samples": power, "data": ref_power}, ylabel="power |F x|^2",
+                title=f"radial power spectrum, mean |log ratio| "
+                      f"{results['spectrum']['mean_abs_log_ratio']:.3f}")
+    if band is not None:
+        (b,) = parse_bands(band)
+        results["band"] = band
+        results["band_energy_ratio"] = band_energy_ratio(samples, reference, b)
+    if samples.shape[1:] == (28, 28, 1) and config.data.name != "grf":
+        s, r, name = samples, reference, reference_name
+        if filter_band is not None:
+            s, r = remove_band(s, filter_band), remove_band(r, filter_band)
+            name = f"{name}-without-{filter_band}".replace(":", "_")
+            results["filter_band"] = filter_band
+        results |= feature_metrics(s, r, name, num_subsets, subset_size)
+    if config.data.name == "grf":
+        err = variance_error(samples, grf_spectrum(config.data))
+        ratio = err.pop("ratio")
+        rho, radial_ratio = radial_average(ratio, samples.shape[2])
+        results["grf_variance"] = err | {"rho": rho.tolist(),
+                                         "radial_ratio": radial_ratio.tolist()}
+        plot_radial(os.path.join(plot_dir, f"{stem}_grf_variance.png"), rho,
+                    {"samples / exact": radial_ratio}, ylabel="variance ratio", logy=False,
+                    title=f"grf: mean |log var/c| {err['mean_abs_log_ratio']:.3f} "
+                          f"(Monte-Carlo floor {err['monte_carlo_floor']:.3f})")
+    with open(out, "x") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sagd_jax.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", required=True, help="samples.npz of python -m "
+                        "sagd_jax.sample")
+    parser.add_argument("--out", default=None, help="JSON file (default evaluation.json "
+                        "beside the samples)")
+    parser.add_argument("--band", default=None, help="a band (kind:lo:hi[:edge]) whose energy "
+                        "to compare")
+    parser.add_argument("--filter_band", default=None, help="remove this band from samples and "
+                        "reference before FD/KID")
+    parser.add_argument("--max_reference", type=int, default=10_000)
+    parser.add_argument("--num_subsets", type=int, default=100, help="KID subsets")
+    parser.add_argument("--subset_size", type=int, default=1000, help="KID subset size")
+    args = parser.parse_args(argv)
+    try:
+        results = evaluate(args.samples, args.out, args.band, args.filter_band,
+                           args.max_reference, args.num_subsets, args.subset_size)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = {k: v for k, v in results.items() if k in ("fd", "band_energy_ratio")}
+    summary["spectrum_mean_abs_log_ratio"] = results["spectrum"]["mean_abs_log_ratio"]
+    if "kid" in results:
+        summary["kid"] = f"{results['kid']['mean']:.5f} +- {results['kid']['std']:.5f}"
+    if "grf_variance" in results:
+        summary["grf_variance_mean_abs_log_ratio"] = results["grf_variance"][
+            "mean_abs_log_ratio"]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
