@@ -82,12 +82,13 @@ def remove_band(images: np.ndarray, band_spec: str) -> np.ndarray:
 
 
 def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: str,
-                    num_subsets: int, subset_size: int) -> dict[str, Any]:
-    """FD and KID in the classifier's features; the reference features are cached."""
+                    num_subsets: int, subset_size: int, recipe: Any = None) -> dict[str, Any]:
+    """FD and KID in the features of the classifier of ``recipe`` (default: the documented
+    one); the reference features are cached."""
     from sagd_jax.metrics.classifier import cache_dir, load_or_train
     from sagd_jax.metrics.features import GaussianStats, frechet_distance, kernel_distance
 
-    extractor = load_or_train(log=lambda m: print(m, file=sys.stderr, flush=True))
+    extractor = load_or_train(recipe, log=lambda m: print(m, file=sys.stderr, flush=True))
     path = os.path.join(cache_dir(), "reference",
                         f"{reference_name}-{extractor.recipe.name}.npz")
     if os.path.exists(path):
@@ -111,9 +112,11 @@ def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: 
 
 def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
              filter_band: str | None = None, max_reference: int = 10_000,
-             num_subsets: int = 100, subset_size: int = 1000) -> dict[str, Any]:
+             num_subsets: int = 100, subset_size: int = 1000, classifier: Any = None
+             ) -> dict[str, Any]:
     """Compute the metrics that apply and write them to ``out`` (default: ``evaluation.json``
-    beside the samples; an existing file is never overwritten). Returns the results."""
+    beside the samples; an existing file is never overwritten). Returns the results.
+    ``classifier``: a ``metrics.classifier.Recipe`` other than the documented one (tests)."""
     from sagd_jax.data.grf import grf_spectrum
     from sagd_jax.metrics.spectra import (
         band_energy_ratio,
@@ -170,7 +173,7 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
             s, r = remove_band(s, filter_band), remove_band(r, filter_band)
             name = f"{name}-without-{filter_band}".replace(":", "_")
             results["filter_band"] = filter_band
-        results |= feature_metrics(s, r, name, num_subsets, subset_size)
+        results |= feature_metrics(s, r, name, num_subsets, subset_size, classifier)
     if config.data.name == "grf":
         err = variance_error(samples, grf_spectrum(config.data))
         ratio = err.pop("ratio")

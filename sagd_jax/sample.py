@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
+from sagd_jax.train.images import to_uint8
+
 SAMPLE_CLI_STREAM = 4  # a random stream of its own (see train.step for the others)
 
 
@@ -74,12 +76,6 @@ class SampleRequest:
         sampler = self.sampler + (f"-eta{self.eta:g}" if self.eta is not None else "")
         source = "exact" if self.model == "exact" else f"step{checkpoint_step}"
         return f"{sampler}-{self.steps}steps-seed{self.seed}-{source}"
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Model units ([-1, 1]) -> uint8 [0, 255], rounded and clipped."""
-    return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(
-        np.uint8)
 
 
 def _write_atomic_npz(path: str, **arrays: np.ndarray) -> None:

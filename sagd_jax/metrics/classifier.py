@@ -52,10 +52,14 @@ class Recipe:
     seed: int = 0
     width: int = 16  # channels at 28x28; 2x at 14x14, 4x at 7x7
     version: int = 2  # bump when the architecture or the training code changes
+    max_steps: int | None = None  # cut training short (tests); None: all epochs
 
     @property
     def name(self) -> str:
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode())
+        fields = dataclasses.asdict(self)
+        if fields["max_steps"] is None:  # the full recipe keeps the name it had before the field
+            del fields["max_steps"]
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         return f"fashion_mnist_28_{digest.hexdigest()[:12]}"
 
 
@@ -118,6 +122,7 @@ def train_classifier(recipe: Recipe, train: tuple[np.ndarray, np.ndarray],
     images, labels = to_unit_range(train[0]), train[1]
     params = model.init(jax.random.key(recipe.seed), jnp.zeros((1, 28, 28, 1)))["params"]
     steps_per_epoch = len(images) // recipe.batch_size
+    max_steps = recipe.max_steps if max_steps is None else max_steps
     total = recipe.epochs * steps_per_epoch if max_steps is None else max_steps
     tx = optax.adam(optax.cosine_decay_schedule(recipe.learning_rate, total))
     opt_state = tx.init(params)

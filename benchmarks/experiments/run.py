@@ -1,0 +1,325 @@
+"""Run (or resume) one of the paper's experiments and regenerate its table and figures.
+
+    python benchmarks/experiments/run.py --experiment=sagd_vs_iso_fashion
+    python benchmarks/experiments/run.py --experiment=omission
+    python benchmarks/experiments/run.py --experiment=t0_grf
+    python benchmarks/experiments/run.py --list
+
+Each arm trains with ``python -m sagd_jax.main`` in ``--root/<experiment>/<arm>`` (resumed if
+unfinished, skipped if finished), is sampled with ``sagd_jax.sample`` (resumable chunks) and
+judged with ``sagd_jax.evaluate``; then ``--out/<experiment>/`` gets ``table.md``,
+``results.json`` and PNG figures, all regenerated from the runs' outputs. Training wall time
+per call is appended to ``<arm>/wall_time.jsonl``. ``--tiny`` shrinks everything to seconds
+(the end-to-end test); ``--skip_training`` reports on what exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = "configs/experiments/paper.py"
+BAND = "bandpass:0.45:0.55"  # the omission band B (configs/experiments/paper.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str
+    variant: str
+    overrides: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    arms: tuple[Arm, ...]
+    description: str
+    num_samples: int = 2000
+    sampler: str = "ddpm"
+    steps: int = 200
+
+
+def _gamma_arms(variant: str, seeds: tuple[int, ...] = (0,)) -> tuple[Arm, ...]:
+    arms = []
+    for gamma in ("0", "0.5", "1", "2"):
+        for seed in seeds if gamma in ("0", "1") else (0,):
+            name = f"gamma{gamma}" + (f"-seed{seed}" if len(seeds) > 1 else "")
+            arms.append(Arm(name, variant, (("noise.gamma", gamma), ("seed", str(seed)))))
+    arms.append(Arm("gamma1-bandstop0.4-0.6", variant,
+                    (("noise.gamma", "1"), ("noise.bands", "bandstop:0.4:0.6"))))
+    return tuple(arms)
+
+
+EXPERIMENTS = {
+    "sagd_vs_iso_fashion": Experiment(
+        _gamma_arms("fashion_mnist", seeds=(0, 1)),
+        "SAGD (gamma > 0) vs isotropic (gamma = 0) on Fashion-MNIST"),
+    "sagd_vs_iso_patches": Experiment(
+        _gamma_arms("natural_patches"),
+        "SAGD vs isotropic on 32x32 grayscale crops of scikit-image's photographs"),
+    "omission": Experiment((
+        Arm("iso-corrupted", "omission_corrupted", (("noise.gamma", "0"),)),
+        Arm("masked-corrupted", "omission_corrupted",
+            (("noise.gamma", "0"), ("noise.bands", "bandstop:0.45:0.55"))),
+        Arm("iso-clean", "omission_clean", (("noise.gamma", "0"),)),
+    ), "Selective omission: stripes confined to B = 0.45..0.55; w = 0 on B"),
+    "t0_grf": Experiment((
+        Arm("full-support", "grf", (("noise.gamma", "1"),)),
+        Arm("masked-band", "grf", (("noise.gamma", "1"), ("noise.bands", "bandstop:0.4:0.6"))),
+    ), "The t -> 0 claim on grf data (exact score known)", sampler="ode_heun", steps=100),
+}
+
+TINY = ["data.num_examples=64", "model.ch=8", "model.ch_mult=(1,2)", "model.num_groups=2",
+        "model.attn_resolutions=()", "train.num_steps=2", "train.batch_size=8",
+        "train.log_every=1", "train.checkpoint_every=2", "train.sample_every=2",
+        "train.num_samples=4", "train.sample_steps=2"]
+
+
+def train(arm: Arm, workdir: str, extra: list[str]) -> None:
+    """Train or resume one arm (a subprocess: one process per run, as users run it)."""
+    config = arm_config(arm, extra)
+    settings = [*(f"{k}={v}" for k, v in arm.overrides), *extra]
+    if os.path.isdir(os.path.join(workdir, "checkpoints", str(config.train.num_steps))):
+        return
+    os.makedirs(workdir, exist_ok=True)
+    command = [sys.executable, "-m", "sagd_jax.main", f"--config={CONFIG}:{arm.variant}",
+               f"--workdir={workdir}", *(f"--config.{s}" for s in settings)]
+    print(f"  training {arm.name} (log {workdir}/train.log)", flush=True)
+    start = time.perf_counter()
+    with open(os.path.join(workdir, "train.log"), "a") as log:
+        code = subprocess.call(command, cwd=REPO, stdout=log, stderr=log)
+    with open(os.path.join(workdir, "wall_time.jsonl"), "a") as f:
+        f.write(json.dumps({"seconds": time.perf_counter() - start, "exit": code}) + "\n")
+    if code:
+        raise SystemExit(f"training {arm.name} failed (exit {code}); see {workdir}/train.log")
+
+
+def arm_config(arm: Arm, extra: list[str]) -> Any:
+    """The validated config of an arm (its variant, its overrides, then ``extra``)."""
+    from sagd_jax.config import load_config_file, override
+    from sagd_jax.train.loop import build_run
+
+    config = load_config_file(os.path.join(REPO, f"{CONFIG}:{arm.variant}"))
+    for item in [*(f"{k}={v}" for k, v in arm.overrides), *extra]:
+        override(config, *item.split("=", 1))
+    build_run(config)
+    return config
+
+
+def check(name: str) -> None:
+    for arm in EXPERIMENTS[name].arms:
+        arm_config(arm, [])
+
+
+def wall_time(workdir: str) -> float:
+    path = os.path.join(workdir, "wall_time.jsonl")
+    if not os.path.exists(path):
+        return float("nan")
+    with open(path) as f:
+        return sum(json.loads(line)["seconds"] for line in f if line.strip())
+
+
+def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | None,
+                        filter_band: str | None, model: str = "ema") -> dict[str, Any]:
+    from sagd_jax.evaluate import evaluate
+    from sagd_jax.sample import SampleRequest, generate
+
+    n = 16 if tiny else exp.num_samples
+    request = SampleRequest(num_samples=n, sampler=exp.sampler, steps=2 if tiny else exp.steps,
+                            chunk_size=8 if tiny else 250, model=model)
+    samples = generate(workdir, request)
+    out = os.path.join(os.path.dirname(samples), "evaluation.json")
+    if os.path.exists(out):
+        with open(out) as f:
+            return json.load(f)
+    if tiny:  # a classifier trained for 20 steps: seconds, enough to exercise the path
+        from sagd_jax.metrics.classifier import Recipe
+
+        small = dict(num_subsets=5, subset_size=8, classifier=Recipe(max_steps=20))
+    return evaluate(samples, out, band=band, filter_band=filter_band,
+                    max_reference=64 if tiny else 10_000, **(small if tiny else {}))
+
+
+def score_error_curve(workdir: str, tiny: bool) -> dict[str, Any]:
+    """Relative squared score error of the trained EMA model against the exact score, on the
+    support of Sigma, over a log grid of t (grf data): E|P(s_theta - s*)|^2 / E|P s*|^2."""
+    import jax
+    import jax.numpy as jnp
+
+    from sagd_jax.data import grf_model
+    from sagd_jax.train.loop import load_state
+    from sagd_jax.train.step import network_eps
+
+    run, state = load_state(workdir)
+    data = grf_model(run.config.data)
+    process = run.process
+    n = 16 if tiny else 1024
+    shape = (n, *run.source.image_shape)
+    times = np.geomspace(process.schedule.t_min, 1.0, 6 if tiny else 24)
+
+    @jax.jit
+    def errors(key: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        k0, k1 = jax.random.split(key)
+        x0 = data.sample(k0, shape)
+        tt = jnp.full((n,), t)
+        x_t, _ = process.marginal_sample(k1, x0, tt)
+        eps = network_eps(run.model, process, state.ema_params, x_t, tt)
+        model_score = process.cov.project(process.score(x_t, tt, eps))
+        exact = process.cov.project(data.score(process, x_t, tt))
+        return jnp.sum((model_score - exact) ** 2), jnp.sum(exact**2)
+
+    rel = []
+    for i, t in enumerate(times):
+        err, norm = errors(jax.random.key(i), jnp.float32(t))
+        rel.append(float(err / norm))
+    return {"t": times.tolist(), "relative_score_error": rel}
+
+
+def side_by_side(paths: list[str], labels: list[str], out: str) -> None:
+    """Sample grids next to each other with a caption row (PIL)."""
+    from PIL import Image, ImageDraw
+
+    grids = [Image.open(p).convert("L") for p in paths]
+    caption = 14
+    width = sum(g.width for g in grids) + 8 * (len(grids) - 1)
+    canvas = Image.new("L", (width, max(g.height for g in grids) + caption), 255)
+    x = 0
+    draw = ImageDraw.Draw(canvas)
+    for grid, label in zip(grids, labels, strict=True):
+        canvas.paste(grid, (x, caption))
+        draw.text((x + 2, 1), label, fill=0)
+        x += grid.width + 8
+    canvas.save(out)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
+           extra: dict[str, Any]) -> str:
+    from sagd_jax.metrics.spectra import plot_radial
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump({"experiment": name, "rows": rows, **extra}, f, indent=2)
+    columns = [c for c in ("arm", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50",
+                           "loss_t0.50-0.75", "loss_t0.75-1.00", "spectrum_err", "fd", "kid",
+                           "band_energy_ratio", "grf_var_err", "grf_var_floor")
+               if any(c in r for r in rows)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row.get(c)) for c in columns) + " |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(table)
+    spectra = {r["arm"]: np.asarray(r["spectrum"]["samples"]) for r in rows if "spectrum" in r}
+    if spectra:
+        first = next(r for r in rows if "spectrum" in r)["spectrum"]
+        spectra["data"] = np.asarray(first["reference"])
+        plot_radial(os.path.join(out_dir, "spectra.png"), np.asarray(first["rho"]), spectra,
+                    ylabel="power |F x|^2", title=exp.description)
+    grids = [(r["grid"], r["arm"]) for r in rows if r.get("grid")]
+    if grids:
+        side_by_side([g for g, _ in grids], [a for _, a in grids],
+                     os.path.join(out_dir, "samples.png"))
+    return table
+
+
+def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bool,
+                   max_arms: int | None = None) -> str:
+    exp = EXPERIMENTS[name]
+    extra_overrides = TINY if tiny else []
+    rows, extra = [], {}
+    for arm in exp.arms[:max_arms]:
+        workdir = os.path.join(root, name, arm.name)
+        if not skip_training:
+            train(arm, workdir, extra_overrides)
+        if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+            continue
+        band = BAND if name == "omission" else None
+        evaluation = sample_and_evaluate(workdir, exp, tiny, band, band)
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            last = json.loads([line for line in f if line.strip()][-1])
+        row = {"arm": arm.name, "steps": last["step"], "wall_s": wall_time(workdir),
+               "loss": last["loss"], **{k: v for k, v in last.items() if k.startswith("loss_t")},
+               "spectrum_err": evaluation["spectrum"]["mean_abs_log_ratio"],
+               "spectrum": evaluation["spectrum"],
+               "grid": os.path.join(os.path.dirname(evaluation["samples"]), "grid.png")}
+        if "fd" in evaluation:
+            kid = evaluation["kid"]
+            row |= {"fd": evaluation["fd"], "kid": f"{kid['mean']:.3g} +- {kid['std']:.2g}"}
+        if "band_energy_ratio" in evaluation:
+            row["band_energy_ratio"] = evaluation["band_energy_ratio"]
+        if "grf_variance" in evaluation:
+            row |= {"grf_var_err": evaluation["grf_variance"]["mean_abs_log_ratio"],
+                    "grf_var_floor": evaluation["grf_variance"]["monte_carlo_floor"]}
+        if name == "t0_grf":
+            extra[f"score_error/{arm.name}"] = score_error_curve(workdir, tiny)
+            exact = sample_and_evaluate(workdir, exp, tiny, None, None, model="exact")
+            extra[f"exact_sampler_floor/{arm.name}"] = exact["grf_variance"]
+        rows.append(row)
+    if name == "t0_grf" and rows:
+        _plot_score_error(extra, os.path.join(out, name, "score_error.png"))
+    return report(name, exp, rows, os.path.join(out, name), extra)
+
+
+def _plot_score_error(extra: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for key, curve in extra.items():
+        if key.startswith("score_error/"):
+            ax.loglog(curve["t"], curve["relative_score_error"], marker="o", markersize=3,
+                      label=key.split("/", 1)[1])
+    ax.set_xlabel("t")
+    ax.set_ylabel("E|P(s_theta - s*)|^2 / E|P s*|^2")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--list", action="store_true", help="list the experiments and arms")
+    parser.add_argument("--root", default=os.path.join(REPO, "workdirs", "experiments"))
+    parser.add_argument("--out", default=os.path.join(REPO, "docs", "experiments"))
+    parser.add_argument("--tiny", action="store_true", help="seconds-long settings (tests)")
+    parser.add_argument("--skip_training", action="store_true")
+    parser.add_argument("--max_arms", type=int, default=None, help="only the first N arms")
+    parser.add_argument("--check", action="store_true",
+                        help="validate every arm's config of every experiment, run nothing")
+    args = parser.parse_args(argv)
+    if args.check:
+        for name in EXPERIMENTS:
+            check(name)
+            print(f"{name}: ok")
+        return 0
+    if args.list or not args.experiment:
+        for name, exp in EXPERIMENTS.items():
+            print(f"{name}: {exp.description}; arms: {', '.join(a.name for a in exp.arms)}")
+        return 0
+    print(run_experiment(args.experiment, args.root, args.out, args.tiny, args.skip_training,
+                         args.max_arms))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

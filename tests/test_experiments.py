@@ -1,0 +1,62 @@
+"""Each experiment's command end to end on tiny settings, so the commands keep working."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from test_train import REPO
+
+HAS_FASHION = os.path.isdir("/usr/share/datasets/fashion-mnist")
+
+
+def run_experiment(tmp_path, name, *extra):
+    command = [sys.executable, "benchmarks/experiments/run.py", f"--experiment={name}", "--tiny",
+               f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'docs'}", *extra]
+    env = {**os.environ, "SAGD_JAX_CACHE": str(tmp_path / "cache")}  # keep ~/.cache clean
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+    out = tmp_path / "docs" / name
+    return result.stdout, json.load(open(out / "results.json")), out
+
+
+def test_t0_grf_experiment_end_to_end(tmp_path):
+    table, results, out = run_experiment(tmp_path, "t0_grf")
+    assert [r["arm"] for r in results["rows"]] == ["full-support", "masked-band"]
+    assert "| full-support | 2 |" in table
+    for arm in ("full-support", "masked-band"):
+        curve = results[f"score_error/{arm}"]
+        assert len(curve["t"]) == len(curve["relative_score_error"]) == 6
+        assert all(e > 0 for e in curve["relative_score_error"])
+        assert results[f"exact_sampler_floor/{arm}"]["monte_carlo_floor"] > 0
+    for figure in ("score_error.png", "spectra.png", "samples.png", "table.md"):
+        assert (out / figure).exists()
+    # A second call trains nothing and regenerates the same table.
+    first = (out / "table.md").read_text()
+    again, _, _ = run_experiment(tmp_path, "t0_grf")
+    assert "training" not in again and (out / "table.md").read_text() == first
+
+
+@pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
+def test_every_arm_of_every_experiment_has_a_valid_config():
+    result = subprocess.run([sys.executable, "benchmarks/experiments/run.py", "--check"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(": ok") == 4
+
+
+@pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "omission"])
+def test_other_experiments_run_their_first_arm_end_to_end(tmp_path, name):
+    _, results, out = run_experiment(tmp_path, name, "--max_arms=1")
+    (row,) = results["rows"]
+    assert row["steps"] == 2 and row["spectrum_err"] >= 0
+    if name != "sagd_vs_iso_patches":
+        assert row["fd"] > 0 and "+-" in row["kid"]
+    if name == "omission":
+        assert row["band_energy_ratio"] > 0
+    assert (out / "samples.png").exists()
