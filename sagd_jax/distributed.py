@@ -59,3 +59,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     logging.info("process %d of %d joined (coordinator %s)", jax.process_index(),
                  jax.process_count(), coordinator_address or "auto-detected")
     return True
+
+
+def barrier(name: str, timeout_s: float = 600.0) -> None:
+    """Wait until every process reaches ``name`` (a no-op with one process).
+
+    Uses the coordination service's barrier, not a collective: the first collective on CPU
+    builds the gloo context, which gives up after 30 s, and processes can drift further apart
+    than that before it (imports and data loading on a loaded machine). Names must be unique.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the client that JAX and Orbax share
+
+    jax_distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1e3))

@@ -111,6 +111,7 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     from jax.experimental import multihost_utils
 
     from sagd_jax.data import grf_model
+    from sagd_jax.distributed import barrier
     from sagd_jax.samplers import get_sampler
     from sagd_jax.sharding import batch_sharding, make_mesh
     from sagd_jax.train.loop import build_run, check_compatible, load_state, saved_config
@@ -145,7 +146,7 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     chunk_path = [os.path.join(out_dir, "chunks", f"chunk_{i:05d}.npz")
                   for i in range(request.num_chunks)]
     todo = [i for i in range(request.num_chunks) if not os.path.exists(chunk_path[i])]
-    multihost_utils.sync_global_devices("sagd-sample-start")  # all agree on what is done
+    barrier("sagd-sample-start")  # all agree on what is done before anyone writes
     sampler = get_sampler(request.sampler)
     options = {} if request.eta is None else {"eta": request.eta}
     base = stream_key(request.seed, SAMPLE_CLI_STREAM)
@@ -162,7 +163,7 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
         left = (len(todo) - done - 1) * request.chunk_size / rate
         print(f"chunk {i + 1}/{request.num_chunks}: {rate:.1f} img/s, ETA {left:.0f} s",
               file=sys.stderr, flush=True)
-    multihost_utils.sync_global_devices("sagd-sample-end")
+    barrier("sagd-sample-end")
     if not all(os.path.exists(p) for p in chunk_path):
         return None
     if jax.process_index() == 0:

@@ -27,6 +27,7 @@ from sagd_jax.checkpoint import Checkpointer, abstract_like
 from sagd_jax.config import default_config, validate_config
 from sagd_jax.data import get_source, load_batch, local_batch_size
 from sagd_jax.data.sources import ImageSource
+from sagd_jax.distributed import barrier
 from sagd_jax.metrics.spectra import radial_power_spectrum, spectrum_log_error
 from sagd_jax.models import build_model, count_params
 from sagd_jax.process import DiffusionProcess
@@ -240,6 +241,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     from clu import metric_writers  # imports TensorFlow (seconds): only once the input is good
     cfg = config.train
     mesh = make_mesh()
+    barrier("sagd-train-start")  # before the first collective (Orbax's directory sync)
     checkpointer = Checkpointer(workdir, keep=cfg.keep_checkpoints)
     state = initial_state(run, checkpointer, mesh)
     start = int(jax.device_get(state.step))
