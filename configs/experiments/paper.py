@@ -34,6 +34,9 @@ def get_config(variant: str = "fashion_mnist"):
     c.model.update(dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                         attn_resolutions=(7, 8, 4), dropout=0.0, num_groups=8))
     c.optim.update(dict(learning_rate=1e-3, warmup_steps=100, ema_decay=0.999))
-    c.train.update(dict(num_steps=4000, batch_size=32, log_every=100, checkpoint_every=500,
-                        sample_every=4000, num_samples=64, sampler="ddpm", sample_steps=200))
+    # Sized by measuring (bare jitted step, 2-core CPU, batch 32): 17.8 img/s at 28x28, 18.9 at
+    # 32x32, 70 img/s on 16x16 grf; about 30 minutes of training per run.
+    steps = 3000 if variant == "grf" else 900
+    c.train.update(dict(num_steps=steps, batch_size=32, log_every=50, checkpoint_every=150,
+                        sample_every=steps, num_samples=64, sampler="ddpm", sample_steps=100))
     return c
