@@ -8,19 +8,12 @@ Shapes only: the parameters are never allocated (``jax.eval_shape``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 import jax
 import jax.numpy as jnp
 
+from sagd_jax.config import load_config_file
 from sagd_jax.models import build_model, count_params, flops_per_image
-
-
-def load_config(path: str, variant: str | None):
-    spec = importlib.util.spec_from_file_location("config_module", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
 
 
 def main() -> None:
@@ -28,7 +21,7 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="a configs/*.py file")
     parser.add_argument("--variant", default=None, help="the config's variant, if any")
     args = parser.parse_args()
-    config = load_config(args.config, args.variant)
+    config = load_config_file(args.config + (f":{args.variant}" if args.variant else ""))
     shape = (config.data.image_size, config.data.image_size, config.data.channels)
     model = build_model(config.model, shape)
     x, labels = jnp.zeros((1, *shape)), jnp.zeros((1,))

@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Any
 
-from sagd_jax.config import load_config_file, override
+from sagd_jax.config import load_config_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +97,7 @@ def validate_points(config_spec: str, points: list[Point]) -> list[Any]:
 
     configs = []
     for point in points:
-        config = load_config_file(config_spec)
-        for key, text in point.overrides:
-            override(config, key, text)
+        config = load_config_file(config_spec, point.overrides)
         try:
             build_run(config)
         except ValueError as err:

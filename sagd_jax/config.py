@@ -122,15 +122,19 @@ def validate_config(config: Any, device_count: int | None = None) -> None:
     _number(config, "optim.ema_decay", 0.0, 1.0, open_hi=True)
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """``configs/NAME.py[:VARIANT]`` -> its ``get_config([VARIANT])``, as ``--config`` loads it."""
+def load_config_file(spec: str, overrides: Any = ()) -> ml_collections.ConfigDict:
+    """``configs/NAME.py[:VARIANT]`` -> its ``get_config([VARIANT])``, as ``--config`` loads it,
+    then each ``(key, text)`` of ``overrides`` applied with ``override``."""
     path, _, variant = spec.partition(":")
     if not os.path.isfile(path):
         raise ValueError(f"--config={spec}: no such file {path}")
     module_spec = importlib.util.spec_from_file_location("sagd_config_file", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
+    config = module.get_config(variant) if variant else module.get_config()
+    for key, text in overrides:
+        override(config, key, text)
+    return config
 
 
 def parse_value(key: str, text: str, current: Any) -> Any:

@@ -142,13 +142,18 @@ def test_quickstart_cli_end_to_end_with_overrides(tmp_path):
     ("--config.noise.gamma=nan", "noise.gamma=nan: must be a finite number"),
     ("--config.data.name=no_such_dataset", "data.name='no_such_dataset': unknown source"),
     ("--config.optim.learning_rate=-1", "optim.learning_rate=-1"),
+    ("--config.noise.rho0=-1", "noise.rho0=-1.0: must be > 0"),
+    ("--config.data.image_size=32", "data.image_size=32: fashion_mnist/train has 28x28"),
+    ("--config.train.num_steps=-5", "train.num_steps=-5: must be an integer >= 1"),
+    ("--config.train.nonfinite=maybe", "train.nonfinite='maybe': must be one of stop, skip"),
+    ("--config.model.ch_mult=(1,2,2,2)", "model.ch_mult=(1, 2, 2, 2)"),
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, override, message):
     workdir = tmp_path / "never"
     result = run_cli("--config=configs/quickstart.py", f"--workdir={workdir}", override)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last
+    assert last.startswith("error: ") and message in last, last
     assert "Traceback" not in result.stderr
     assert not workdir.exists()
 

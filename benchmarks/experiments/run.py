@@ -86,12 +86,12 @@ TINY = ["data.num_examples=64", "model.ch=8", "model.ch_mult=(1,2)", "model.num_
 def train(arm: Arm, workdir: str, extra: list[str]) -> None:
     """Train or resume one arm (a subprocess: one process per run, as users run it)."""
     config = arm_config(arm, extra)
-    settings = [*(f"{k}={v}" for k, v in arm.overrides), *extra]
     if os.path.isdir(os.path.join(workdir, "checkpoints", str(config.train.num_steps))):
         return
     os.makedirs(workdir, exist_ok=True)
     command = [sys.executable, "-m", "sagd_jax.main", f"--config={CONFIG}:{arm.variant}",
-               f"--workdir={workdir}", *(f"--config.{s}" for s in settings)]
+               f"--workdir={workdir}",
+               *(f"--config.{key}={text}" for key, text in arm_settings(arm, extra))]
     print(f"  training {arm.name} (log {workdir}/train.log)", flush=True)
     start = time.perf_counter()
     with open(os.path.join(workdir, "train.log"), "a") as log:
@@ -102,14 +102,18 @@ def train(arm: Arm, workdir: str, extra: list[str]) -> None:
         raise SystemExit(f"training {arm.name} failed (exit {code}); see {workdir}/train.log")
 
 
+def arm_settings(arm: Arm, extra: list[str]) -> list[tuple[str, str]]:
+    """The arm's overrides, then ``extra`` (``KEY=VALUE`` strings), as (key, text) pairs."""
+    return [*arm.overrides, *(tuple(item.split("=", 1)) for item in extra)]
+
+
 def arm_config(arm: Arm, extra: list[str]) -> Any:
     """The validated config of an arm (its variant, its overrides, then ``extra``)."""
-    from sagd_jax.config import load_config_file, override
+    from sagd_jax.config import load_config_file
     from sagd_jax.train.loop import build_run
 
-    config = load_config_file(os.path.join(REPO, f"{CONFIG}:{arm.variant}"))
-    for item in [*(f"{k}={v}" for k, v in arm.overrides), *extra]:
-        override(config, *item.split("=", 1))
+    config = load_config_file(os.path.join(REPO, f"{CONFIG}:{arm.variant}"),
+                              arm_settings(arm, extra))
     build_run(config)
     return config
 

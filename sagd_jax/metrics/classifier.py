@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from sagd_jax.data.pipeline import to_float
 from sagd_jax.models.conv import Conv
 
 FEATURE_DIM = 256
@@ -86,9 +87,7 @@ class FeatureNet(nn.Module):
 def to_unit_range(images: np.ndarray) -> np.ndarray:
     """uint8 [0, 255] -> float32 [-1, 1]; float input is taken as already in model units."""
     images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / 127.5 - 1.0
-    return images.astype(np.float32)
+    return to_float(images) if images.dtype == np.uint8 else images.astype(np.float32)
 
 
 def _batches(n: int, batch_size: int) -> list[slice]:

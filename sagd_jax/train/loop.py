@@ -119,14 +119,25 @@ def prepare_workdir(workdir: str, config: Any) -> None:
         raise ValueError(f"--workdir={workdir}: not writable ({err.strerror})") from None
 
 
+def _state_factory(run: Run) -> tuple[Any, jax.Array]:
+    """``(make, key)``: ``make(key)`` is the run's fresh ``TrainState``."""
+    make = functools.partial(create_train_state, run.model, run.tx,
+                             image_shape=run.source.image_shape)
+    return make, init_key(run.config.seed, INIT_STREAM)
+
+
+def _restore(run: Run, checkpointer: Checkpointer, mesh: jax.sharding.Mesh,
+             step: int | None = None) -> TrainState:
+    """Checkpoint ``step`` (latest by default) restored onto ``mesh``, replicated."""
+    make, key = _state_factory(run)
+    return checkpointer.restore(abstract_like(jax.eval_shape(make, key), replicated(mesh)), step)
+
+
 def initial_state(run: Run, checkpointer: Checkpointer, mesh: jax.sharding.Mesh) -> TrainState:
     """The latest checkpoint restored onto the mesh, or a fresh state."""
-    key = init_key(run.config.seed, INIT_STREAM)
-    shape = run.source.image_shape
-    make = functools.partial(create_train_state, run.model, run.tx, image_shape=shape)
     if checkpointer.latest_step() is not None:
-        abstract = abstract_like(jax.eval_shape(make, key), replicated(mesh))
-        return checkpointer.restore(abstract)
+        return _restore(run, checkpointer, mesh)
+    make, key = _state_factory(run)
     return replicate(make(key), mesh)
 
 
@@ -165,12 +176,7 @@ def load_state(workdir: str, step: int | None = None,
             raise ValueError(f"--workdir={workdir}: no checkpoint"
                              + ("" if step is None else f" of step {step}")
                              + f" under {checkpointer.directory}")
-        mesh = make_mesh() if mesh is None else mesh
-        make = functools.partial(create_train_state, run.model, run.tx,
-                                 image_shape=run.source.image_shape)
-        key = init_key(run.config.seed, INIT_STREAM)
-        abstract = abstract_like(jax.eval_shape(make, key), replicated(mesh))
-        return run, checkpointer.restore(abstract, step)
+        return run, _restore(run, checkpointer, make_mesh() if mesh is None else mesh, step)
     finally:
         checkpointer.close()
 
