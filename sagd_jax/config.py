@@ -47,7 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
     )
     c.model = ml_collections.ConfigDict(dict(
         ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,), dropout=0.1,
-        num_groups=32, dtype="float32",
+        num_groups=32, dtype="float32", remat=False,
     ))
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=2e-4, warmup_steps=500, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,

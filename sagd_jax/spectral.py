@@ -237,6 +237,10 @@ class SpectralCovariance:
 
     weights: ``w`` on the rfft half-plane, float32 ``(H, W // 2 + 1)``, even and >= 0.
     height, width: the image size (static pytree metadata).
+    identity, full_support: static facts about ``w`` found by ``create`` (all ones; no zeros).
+    They let ``apply`` and ``project`` skip their FFTs where the operator is the identity, so
+    isotropic diffusion costs no FFT at all and SAGD without bands none in ``project``. A
+    covariance built directly from (possibly traced) weights keeps both False: always exact.
     Every operator takes real ``x: (..., H, W, C)`` (any leading batch dims, float32 or
     bfloat16), computes in float32 and returns ``x.dtype``.
     """
@@ -244,6 +248,8 @@ class SpectralCovariance:
     weights: jax.Array
     height: int = struct.field(pytree_node=False)
     width: int = struct.field(pytree_node=False)
+    identity: bool = struct.field(pytree_node=False, default=False)
+    full_support: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
     def create(
@@ -264,7 +270,9 @@ class SpectralCovariance:
         w = spectral_weights(
             height, width, gamma=gamma, rho0=rho0, bands=bands, normalize=normalize
         )
-        return cls(weights=jnp.asarray(w, jnp.float32), height=height, width=width)
+        w32 = np.asarray(w, np.float32)
+        return cls(weights=jnp.asarray(w32), height=height, width=width,
+                   identity=bool(np.all(w32 == 1.0)), full_support=bool(np.all(w32 > 0)))
 
     @classmethod
     def from_config(cls, noise: Any, height: int, width: int) -> SpectralCovariance:
@@ -323,6 +331,8 @@ class SpectralCovariance:
     def apply(self, x: jax.Array, power: float = 1.0) -> jax.Array:
         """``Sigma^power x`` (pseudo-inverse for negative powers: 0 off the support)."""
         self._check(x)
+        if self.identity:
+            return x
         return apply_multiplier(x, _safe_power(self.weights, power))
 
     def sqrt(self, x: jax.Array) -> jax.Array:
@@ -340,6 +350,8 @@ class SpectralCovariance:
     def project(self, x: jax.Array) -> jax.Array:
         """``P x``: the orthogonal projection onto the support ``{w > 0}``."""
         self._check(x)
+        if self.full_support:
+            return x
         return apply_multiplier(x, self.support.astype(jnp.float32))
 
     def sample(

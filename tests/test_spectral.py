@@ -211,3 +211,35 @@ def test_isotropic_is_identity_and_unnormalised_keeps_scale():
         np.testing.assert_allclose(op(x), x, rtol=1e-5, atol=1e-5)
     raw = SpectralCovariance.create(8, 8, gamma=1.0, rho0=0.5, normalize=False)
     assert math.isclose(float(raw.weights[0, 0]), 0.5**-1.0, rel_tol=1e-6)
+
+
+def test_identity_and_full_support_skip_the_fft():
+    """Isotropic noise runs no FFT; SAGD without bands none in ``project`` (the operators'
+    values on these settings are checked against the dense reference above)."""
+    iso = SpectralCovariance.create(8, 8)
+    full = SpectralCovariance.create(8, 8, gamma=1.0)
+    band = SpectralCovariance.create(8, 8, gamma=1.0, bands="bandstop:0.3:0.6")
+    assert (iso.identity, iso.full_support) == (True, True)
+    assert (full.identity, full.full_support) == (False, True)
+    assert (band.identity, band.full_support) == (False, False)
+    x = jnp.ones((2, 8, 8, 1))
+
+    def count(jaxpr):
+        total = 0
+        for eqn in jaxpr.eqns:
+            total += eqn.primitive.name == "fft"
+            total += sum(count(v.jaxpr) for v in eqn.params.values() if hasattr(v, "jaxpr"))
+        return total
+
+    def ffts(fn):
+        return count(jax.make_jaxpr(fn)(x).jaxpr)
+
+    assert ffts(iso.sqrt) == ffts(iso.inv_sqrt) == ffts(iso.project) == 0
+    assert ffts(full.project) == 0 and ffts(full.sqrt) == 2
+    assert ffts(band.project) == 2
+    # Built from weights directly (no static facts), the general path gives the same values.
+    general = SpectralCovariance(weights=band.weights, height=8, width=8)
+    z = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    np.testing.assert_allclose(general.sqrt(z), band.sqrt(z), rtol=1e-6)
+    np.testing.assert_allclose(SpectralCovariance(weights=iso.weights, height=8, width=8)
+                               .sqrt(z), iso.sqrt(z), atol=1e-6)

@@ -8,6 +8,7 @@ Config keys read from the ``model`` section (missing keys take the ``UNet`` defa
   dropout          float in [0, 1)
   num_groups       positive int, group-norm groups (capped at channels // 4)
   dtype            "float32" or "bfloat16", the compute dtype
+  remat            bool, recompute residual blocks in the backward pass (memory for time)
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def build_model(model_config: Any, image_shape: Sequence[int]) -> UNet:
     if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
         raise ValueError(f"model.dtype={dtype_name!r}: must be one of {sorted(_DTYPES)}")
 
+    remat = cfg.get("remat", False)
+    if not isinstance(remat, bool):
+        raise ValueError(f"model.remat={remat!r}: must be True or False")
+
     if len(image_shape) != 3 or not all(_is_int(s) and s > 0 for s in image_shape):
         raise ValueError(f"image_shape={tuple(image_shape)!r}: must be (H, W, C) positive ints")
     height, width, _ = image_shape
@@ -87,4 +92,5 @@ def build_model(model_config: Any, image_shape: Sequence[int]) -> UNet:
         dropout=dropout,
         num_groups=num_groups,
         dtype=_DTYPES[dtype_name],
+        remat=remat,
     )

@@ -1,13 +1,14 @@
-"""A stride-1 'SAME' 2-D convolution with a faster kernel gradient on CPU for large maps.
+"""A stride-1 'SAME' 2-D convolution with a faster kernel gradient on CPU.
 
 XLA's CPU backend computes the kernel gradient of a convolution (``conv backprop filter``) an
 order of magnitude slower than the forward pass on large feature maps. Writing that gradient as
-``dW[i, j] = sum_{b,h,w} x_pad[b, h+i, w+j, :]^T dy[b, h, w, :]`` (k*k plain matmuls) is faster
-there: ``python benchmarks/conv_grad.py`` on the 2-core development CPU gave 2.3 -> 8.2 GFLOP/s
-(32 channels, 28x28, batch 64) and 4.7 -> 29.5 GFLOP/s (128 channels, 32x32, batch 32), but
-slower on 14x14 and 7x7 maps (ratios 0.36-0.89). So the shifted matmuls are used only on the
-CPU backend for maps of at least ``SHIFTED_MATMUL_MIN_PIXELS``; the forward pass and the input
-gradient stay XLA convolutions.
+``dW[i, j] = sum_{b,h,w} x_pad[b, h+i, w+j, :]^T dy[b, h, w, :]`` (k*k plain matmuls, see
+``kernel_grad``) is faster: ``python benchmarks/conv_grad.py`` on the 2-core development CPU
+(benchmarks/RESULTS.md) gave 3.4 -> 13.6 GFLOP/s (32 channels, 28x28, batch 64), 4.1 -> 42.0
+(128 channels, 32x32, batch 32), but only 20.0 -> 24.4 (128 -> 64 channels, 14x14) and
+35.5 -> 31.8 on 7x7 maps, where the 9 taps also cost far more compile time. So the shifted
+matmuls are used on the CPU backend for maps of at least ``SHIFTED_MATMUL_MIN_PIXELS``; the
+forward pass and the input gradient stay XLA convolutions.
 """
 
 from __future__ import annotations
@@ -51,21 +52,25 @@ def _bwd(residuals: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Arr
 
 
 def kernel_grad(x: jax.Array, dy: jax.Array, size: int) -> jax.Array:
-    """``d<dy, conv(x, W)>/dW`` as ``size * size`` shifted matmuls, float32 accumulation."""
+    """``d<dy, conv(x, W)>/dW`` as ``size * size`` shifted matmuls, float32 accumulation.
+
+    Each tap is ``x_shift^T dy`` with both operands flattened to ``(B*H*W, C)`` and the
+    transpose written out: ``(C_in, N) @ (N, C_out)``, the operand order XLA's CPU dot runs
+    fastest (``benchmarks/conv_grad.py``: 45 against 34 GFLOP/s for ``einsum("bhwc,bhwo->co")``
+    at 128 channels, 32x32, batch 32, on the 2-core development CPU).
+    """
     if size % 2 == 0:
         raise ValueError(f"conv2d_same needs an odd kernel size, got {size}")
     half = size // 2
-    _, height, width, _ = x.shape
+    _, height, width, channels = x.shape
     padded = jnp.pad(x, ((0, 0), (half, half), (half, half), (0, 0)))
-    rows = []
-    for i in range(size):
-        row = [
-            jnp.einsum("bhwc,bhwo->co", padded[:, i:i + height, j:j + width], dy,
-                       preferred_element_type=jnp.float32)
-            for j in range(size)
-        ]
-        rows.append(jnp.stack(row))
-    return jnp.stack(rows)
+    dy_flat = dy.reshape(-1, dy.shape[-1])
+    taps = [
+        jnp.matmul(padded[:, i:i + height, j:j + width].reshape(-1, channels).T, dy_flat,
+                   preferred_element_type=jnp.float32)
+        for i in range(size) for j in range(size)
+    ]
+    return jnp.stack(taps).reshape(size, size, channels, dy.shape[-1])
 
 
 _conv_shifted_grad.defvjp(_fwd, _bwd)

@@ -103,6 +103,8 @@ class UNet(nn.Module):
         num_groups: group-norm groups, capped so each group keeps at least 4 channels.
         dtype: compute dtype (float32 or bfloat16); the output is always float32.
         param_dtype: parameter dtype.
+        remat: recompute each residual block's activations in the backward pass instead of
+            keeping them (``nn.remat``): less memory for larger batches, one more forward.
 
     ``noise_labels`` are unitless scalars (the trainer passes 1000 * t, t in [0, 1]). Height and
     width must be divisible by 2 ** (len(ch_mult) - 1). ``train=True`` with dropout > 0 needs a
@@ -118,9 +120,12 @@ class UNet(nn.Module):
     num_groups: int = 32
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     def _block(self, out_channels: int, name: str, **kwargs: Any) -> ResBlock:
-        return ResBlock(
+        # Argument 3 of ResBlock.__call__(self, x, emb, train) is a Python bool.
+        block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        return block(
             out_channels,
             dropout=self.dropout,
             num_groups=self.num_groups,
