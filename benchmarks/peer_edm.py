@@ -1,0 +1,177 @@
+"""Our DDPM++ train step against the PyTorch reference network (EDM's SongUNet), same process.
+
+    pip install torch==2.13.0          # CPU build; never a dependency of sagd-jax
+    git clone https://github.com/NVlabs/edm DIR
+    python benchmarks/peer_edm.py --edm-path=DIR                                  # 64 ch, batch 32
+    python benchmarks/peer_edm.py --edm-path=DIR --config configs/cifar10_ddpmpp.py:full \\
+        --batch_size 16                                                            # 128 ch
+
+Both sides train the same architecture (EDM's ``SongUNet`` with its DDPM++ settings, built
+from this config's ``model`` section; parameter counts are checked to agree within 2%), on
+the same batch size and image shape, fp32, with the same work per step: forward, eps-MSE
+loss under a VP process, backward, global-norm gradient clipping, Adam, EMA update. Ours is the
+trainer's jitted ``train_step`` with isotropic noise (gamma = 0). The two alternate in blocks
+of ``--steps`` steps in one process, PyTorch in both memory layouts (NCHW and channels-last,
+NHWC like ours); the printed ratio is ours over the faster PyTorch, in img/s. The EDM
+code is imported from ``--edm-path`` and never copied into this repository.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import check_args, make_parser, median, write_json  # noqa: E402
+from train_throughput import BareStep, step_parts  # noqa: E402
+
+PARAM_TOLERANCE = 0.02
+
+
+def load_song_unet(edm_path: str) -> Any:
+    """``training.networks.SongUNet`` from a checkout of github.com/NVlabs/edm."""
+    if not os.path.isfile(os.path.join(edm_path, "training", "networks.py")):
+        raise SystemExit(f"--edm-path={edm_path}: no training/networks.py there; expected a "
+                         "checkout of https://github.com/NVlabs/edm")
+    sys.path.insert(0, os.path.abspath(edm_path))
+    from training.networks import SongUNet
+
+    return SongUNet
+
+
+class TorchStep:
+    """One fp32 PyTorch training step of SongUNet (DDPM++), timed like ours."""
+
+    def __init__(self, song_unet: Any, config: Any, batch_size: int, channels_last: bool,
+                 seed: int = 0):
+        import torch
+
+        torch.manual_seed(seed)
+        m, d = config.model, config.data
+        self.net = song_unet(
+            img_resolution=d.image_size, in_channels=d.channels, out_channels=d.channels,
+            model_channels=m.ch, channel_mult=list(m.ch_mult), num_blocks=m.num_res_blocks,
+            attn_resolutions=list(m.attn_resolutions), dropout=m.dropout,
+            embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
+            decoder_type="standard", resample_filter=[1, 1]).train()
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = self.net.to(memory_format=layout)
+        self.ema = [p.detach().clone() for p in self.net.parameters()]
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=float(config.optim.learning_rate),
+                                    betas=(config.optim.b1, config.optim.b2),
+                                    eps=config.optim.eps)
+        self.clip = float(config.optim.grad_clip)
+        self.decay = float(config.optim.ema_decay)
+        shape = (batch_size, d.channels, d.image_size, d.image_size)
+        self.x0 = (torch.rand(shape) * 2 - 1).contiguous(memory_format=layout)
+        self.torch = torch
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def step(self) -> float:
+        torch = self.torch
+        batch = self.x0.shape[0]
+        t = torch.rand(batch) * (1 - 1e-3) + 1e-3
+        # VP SDE (beta from 0.1 to 20), as sagd_jax.schedules' default.
+        log_alpha = -0.25 * t**2 * (20.0 - 0.1) - 0.5 * t * 0.1
+        alpha = log_alpha.exp().view(-1, 1, 1, 1)
+        sigma = (1 - alpha**2).sqrt()
+        eps = torch.randn_like(self.x0)
+        out = self.net(alpha * self.x0 + sigma * eps, 1000 * t, class_labels=None)
+        loss = ((out - eps) ** 2).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip)
+        self.opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, list(self.net.parameters()), 1 - self.decay)
+        return float(loss.detach())
+
+    def run(self, steps: int) -> list[float]:
+        import time
+
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            self.step()
+            times.append(time.perf_counter() - start)
+        return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser(__doc__, "configs/cifar10_ddpmpp.py:cpu")
+    parser.add_argument("--edm-path", "--edm_path", dest="edm_path", required=True,
+                        help="a checkout of github.com/NVlabs/edm")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per block")
+    parser.add_argument("--blocks", type=int, default=3, help="alternating JAX/PyTorch blocks")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="PyTorch intra-op threads (XLA uses every core)")
+    args = parser.parse_args(argv)
+    config = check_args(args)
+    config.noise.gamma, config.noise.bands = 0.0, ""
+    config.train.batch_size = args.batch_size
+    try:
+        step_parts(config)
+    except ValueError as err:
+        raise SystemExit(f"--config={args.config}: {err}") from None
+    song_unet = load_song_unet(args.edm_path)
+
+    import jax
+    import torch
+
+    from sagd_jax.models import count_params
+
+    torch.set_num_threads(args.threads)
+    _, _, _, shape = step_parts(config)
+    batch = jax.random.uniform(jax.random.key(0), (args.batch_size, *shape), minval=-1.0,
+                               maxval=1.0)
+    peers = {"nchw": TorchStep(song_unet, config, args.batch_size, channels_last=False),
+             "channels_last": TorchStep(song_unet, config, args.batch_size, channels_last=True)}
+    peer = peers["nchw"]
+    ours = BareStep(config, batch)
+    ours_params = count_params(ours.state.params)
+    mismatch = abs(ours_params - peer.num_params) / peer.num_params
+    print(f"parameters: sagd-jax {ours_params:,}, EDM SongUNet {peer.num_params:,} "
+          f"({100 * mismatch:.2f}% apart)", flush=True)
+    if mismatch > PARAM_TOLERANCE:
+        raise SystemExit(f"parameter counts differ by {100 * mismatch:.1f}% (> 2%): not the "
+                         "same architecture")
+    for p in peers.values():
+        p.run(2)  # warm-up
+    jax_times: list[float] = []
+    torch_times: dict[str, list[float]] = {name: [] for name in peers}
+    for block in range(args.blocks):
+        jax_times += ours.run(args.steps)
+        for name, p in peers.items():
+            torch_times[name] += p.run(args.steps)
+        print(f"block {block}: sagd-jax {args.batch_size / median(jax_times):.3g} img/s, "
+              + ", ".join(f"PyTorch {name} {args.batch_size / median(t):.3g} img/s"
+                          for name, t in torch_times.items()), flush=True)
+    rates = {name: args.batch_size / median(t) for name, t in torch_times.items()}
+    best = max(rates, key=rates.get)
+    jax_rate, torch_rate = args.batch_size / median(jax_times), rates[best]
+    result = {
+        "batch_size": args.batch_size,
+        "params_sagd_jax": ours_params, "params_edm": peer.num_params,
+        "sagd_jax_img_per_s": jax_rate, "pytorch_img_per_s": torch_rate,
+        "pytorch_layout": best, **{f"pytorch_{name}_img_per_s": r for name, r in rates.items()},
+        "ratio_sagd_jax_over_pytorch": jax_rate / torch_rate,
+        "flops_per_image": ours.flops / args.batch_size,
+        "sagd_jax_step_gflops": ours.flops / median(jax_times) / 1e9,
+        "pytorch_step_gflops_same_flops": ours.flops * torch_rate / args.batch_size / 1e9,
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+    }
+    for key, value in result.items():
+        if isinstance(value, (int, float)):
+            print(f"{key:>32s}  {value:.4g}")
+    write_json(args, result, __file__, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
