@@ -114,6 +114,14 @@ def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         print("  ".join(cell(row.get(c)).rjust(w) for c, w in zip(columns, widths, strict=True)))
 
 
+def print_scalars(result: dict[str, Any]) -> None:
+    """One ``key  value`` line per numeric entry of a benchmark's result."""
+    width = max(len(key) for key in result)
+    for key, value in result.items():
+        if isinstance(value, (int, float)):
+            print(f"{key:>{width}s}  {value:.4g}")
+
+
 def write_json(args: argparse.Namespace, result: dict[str, Any], script: str,
                argv: Sequence[str] | None) -> None:
     """Write ``result`` to the new file ``args.json`` (if given) with the command that made it

@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import check_args, make_parser, median, write_json  # noqa: E402
+from common import check_args, make_parser, median, print_scalars, write_json  # noqa: E402
 from train_throughput import BareStep, step_parts  # noqa: E402
 
 PARAM_TOLERANCE = 0.02
@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "pytorch_step_gflops_same_flops": ours.flops * torch_rate / args.batch_size / 1e9,
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
     }
-    for key, value in result.items():
-        if isinstance(value, (int, float)):
-            print(f"{key:>32s}  {value:.4g}")
+    print_scalars(result)
     write_json(args, result, __file__, argv)
     return 0
 

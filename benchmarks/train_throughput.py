@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections import Counter
 from typing import Any
 
@@ -35,6 +36,7 @@ from common import (  # noqa: E402
     matmul_gflops,
     median,
     peak_memory_bytes,
+    print_scalars,
     timed,
     write_json,
 )
@@ -66,8 +68,9 @@ class BareStep:
         fn = jax.jit(functools.partial(train_step, model=model, tx=tx, process=process,
                                        ema_decay=config.optim.ema_decay), donate_argnums=0)
         lowered = fn.lower(self.state, batch, self.key)
-        self.compile_s = timed(lambda: lowered.compile(), 1)[0]
+        start = time.perf_counter()
         self.compiled = lowered.compile()
+        self.compile_s = time.perf_counter() - start
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         self.flops = float(cost["flops"])
@@ -229,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         loop, dataset = loop_img_per_s(config, args.loop_log_every, args.loop_intervals)
         result |= {"loop_img_per_s": loop, "loop_dataset": dataset,
                    "loop_over_bare_img_per_s": loop / bare}
-    for key, value in result.items():
-        if isinstance(value, (int, float)):
-            print(f"{key:>28s}  {value:.4g}")
+    print_scalars(result)
     write_json(args, result, __file__, argv)
     return 0
 

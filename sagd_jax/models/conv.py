@@ -56,8 +56,8 @@ def kernel_grad(x: jax.Array, dy: jax.Array, size: int) -> jax.Array:
 
     Each tap is ``x_shift^T dy`` with both operands flattened to ``(B*H*W, C)`` and the
     transpose written out: ``(C_in, N) @ (N, C_out)``, the operand order XLA's CPU dot runs
-    fastest (``benchmarks/conv_grad.py``: 45 against 34 GFLOP/s for ``einsum("bhwc,bhwo->co")``
-    at 128 channels, 32x32, batch 32, on the 2-core development CPU).
+    fastest (45 against 34 GFLOP/s for ``einsum("bhwc,bhwo->co")`` at 128 channels, 32x32,
+    batch 32, on the 2-core development CPU; the formulations tried: benchmarks/RESULTS.md).
     """
     if size % 2 == 0:
         raise ValueError(f"conv2d_same needs an odd kernel size, got {size}")
