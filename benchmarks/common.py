@@ -77,6 +77,21 @@ def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
     return times
 
 
+def counted_flops(fn: Callable[..., Any], *args: Any) -> float:
+    """XLA's FLOP count of ``fn(*args)`` (``fn`` not jitted), traced afresh with the kernel
+    gradients' taps unrolled: cost analysis counts a loop body once (``unrolled_taps``)."""
+    import functools
+
+    import jax
+
+    from sagd_jax.models.conv import unrolled_taps
+
+    with unrolled_taps():  # a new partial: never a trace cached without the unrolling
+        cost = jax.jit(functools.partial(fn)).lower(*args).cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 

@@ -6,15 +6,19 @@
 
 Measures, on the default device:
 * the bare jitted train step on pre-loaded data: compile time, median step time, img/s, FLOPs
-  per image (XLA cost analysis of the whole step), XLA's buffer sizes and peak memory;
+  per image (XLA cost analysis of the whole step, ``common.counted_flops``), XLA's buffer
+  sizes and peak memory;
 * the same step with isotropic noise (gamma = 0, no bands), interleaved with the SAGD step in
-  alternating blocks so drift cancels: ``sagd_over_iso_step_time``;
+  alternating blocks so drift cancels: ``sagd_over_iso_step_time``; and the parts where they
+  differ timed alone: ``sagd_over_iso_from_parts``;
 * the f32 matmul rate, and the rate XLA reaches on this step's own 3x3 convolutions (forward
   plus both gradients, each shape timed alone, weighted by its count in the network):
   ``utilization_vs_matmul`` and ``utilization_vs_conv`` are the step's FLOP/s over those;
-* the trainer's full loop (data pipeline, metrics, logging, async checkpoints every log
-  interval) against the bare step: ``loop_over_bare_img_per_s``. If the config's dataset is
-  not available offline, the loop reads ``natural_patches`` of the same size instead.
+* the trainer's full loop (data pipeline, metrics, logging, async checkpoints at the config's
+  intervals unless overridden) against the bare step dispatched back to back before and
+  after it: ``loop_over_bare_img_per_s``; and one checkpoint save on its own (blocking, total
+  and CPU seconds). If the config's dataset is not available offline, the loop reads
+  ``natural_patches`` of the same size instead.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     check_args,
+    counted_flops,
     make_parser,
     matmul_gflops,
     median,
@@ -65,15 +70,13 @@ class BareStep:
         model, tx, process, shape = step_parts(config)
         self.state = create_train_state(model, tx, init_key(config.seed, INIT_STREAM), shape)
         self.batch, self.key = batch, stream_key(config.seed, TRAIN_STREAM)
-        fn = jax.jit(functools.partial(train_step, model=model, tx=tx, process=process,
-                                       ema_decay=config.optim.ema_decay), donate_argnums=0)
-        lowered = fn.lower(self.state, batch, self.key)
+        step = functools.partial(train_step, model=model, tx=tx, process=process,
+                                 ema_decay=config.optim.ema_decay)
+        lowered = jax.jit(step, donate_argnums=0).lower(self.state, batch, self.key)
         start = time.perf_counter()
         self.compiled = lowered.compile()
         self.compile_s = time.perf_counter() - start
-        cost = self.compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        self.flops = float(cost["flops"])
+        self.flops = counted_flops(step, self.state, batch, self.key)
         memory = self.compiled.memory_analysis()
         self.buffer_bytes = {name: int(getattr(memory, f"{name}_size_in_bytes", 0))
                              for name in ("argument", "output", "temp", "alias")}
@@ -85,6 +88,37 @@ class BareStep:
             return metrics["loss"]
 
         return timed(one, steps)
+
+    def pipelined_seconds(self, steps: int) -> float:
+        """Seconds of ``steps`` steps dispatched back to back (one wait at the end), as a
+        training loop runs them."""
+        import jax
+
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.state, metrics = self.compiled(self.state, self.batch, self.key)
+        jax.block_until_ready((self.state, metrics))
+        return time.perf_counter() - start
+
+
+def process_part_seconds(config: Any, batch: Any, repeats: int = 20) -> float:
+    """Median seconds of the step's process-only work on ``batch``: drawing ``x_t``
+    (``Sigma^{1/2}``) and the projected loss with its gradient, the parts where SAGD and
+    isotropic steps differ."""
+    import jax
+
+    _, _, process, _ = step_parts(config)
+
+    @jax.jit
+    def part(key: Any, x0: Any) -> Any:
+        t = process.sample_time(key, x0.shape[0])
+        x_t, eps = process.marginal_sample(key, x0, t)
+        grad = jax.grad(lambda out: process.loss(out, x0, eps, t).mean())(x_t)
+        return x_t, grad
+
+    key = jax.random.key(0)
+    jax.block_until_ready(part(key, batch))
+    return median(timed(lambda: part(key, batch), repeats))
 
 
 def conv_shapes(config: Any, batch_size: int) -> Counter:
@@ -146,9 +180,12 @@ def conv_rate(shapes: Counter, repeats: int) -> dict[str, float]:
             "conv_flops_per_step": total_flops}
 
 
-def loop_img_per_s(config: Any, log_every: int, intervals: int) -> tuple[float, str]:
-    """img/s of ``train_and_evaluate`` over log intervals 2.. (the first holds the compile),
-    with an (async) checkpoint at every interval; returns it and the dataset it read."""
+def loop_img_per_s(config: Any, log_every: int, checkpoint_every: int,
+                   num_steps: int) -> tuple[float, str]:
+    """img/s of ``train_and_evaluate`` over its log intervals after the first (which holds the
+    compile), with the async checkpoint saves that fall in them; returns it and the dataset
+    read. With ``num_steps = checkpoint_every + log_every`` the timed window is one checkpoint
+    interval holding exactly one save."""
     from sagd_jax.data import get_source
     from sagd_jax.train.loop import train_and_evaluate
 
@@ -158,14 +195,48 @@ def loop_img_per_s(config: Any, log_every: int, intervals: int) -> tuple[float, 
     except ValueError as err:
         print(f"loop: {config.data.name} unavailable ({err}); reading natural_patches instead")
         config.data.name = "natural_patches"
-    config.train.update(dict(num_steps=log_every * (intervals + 1), log_every=log_every,
-                             checkpoint_every=log_every, sample_every=10**9, num_samples=2,
-                             sample_steps=1))
+    config.train.update(dict(num_steps=num_steps, log_every=log_every,
+                             checkpoint_every=checkpoint_every, sample_every=10**9,
+                             num_samples=2, sample_steps=1))
     with tempfile.TemporaryDirectory() as workdir:
         train_and_evaluate(config, workdir)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f if line.strip()]
-    return median([r["img_per_sec"] for r in records[1:]]), config.data.name
+    timed_records = [r for r in records[1:] if r["step"] % log_every == 0]
+    steps = sum(log_every for _ in timed_records)
+    seconds = sum(log_every / r["steps_per_sec"] for r in timed_records)
+    return steps * config.train.batch_size / seconds, config.data.name
+
+
+def checkpoint_cost(state: Any, config: Any, saves: int = 3) -> dict[str, float]:
+    """One async save of ``state`` through the trainer's ``Checkpointer``: seconds the caller is
+    blocked, seconds until it is on disk, and process CPU seconds (medians over ``saves``)."""
+    import resource
+
+    import jax
+
+    from sagd_jax.checkpoint import Checkpointer
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    blocked, total, cpu_s = [], [], []
+    with tempfile.TemporaryDirectory() as workdir:
+        checkpointer = Checkpointer(workdir, keep=2)
+        for i in range(saves):
+            state = state.replace(step=state.step + 1 + i)
+            cpu0, start = cpu(), time.perf_counter()
+            checkpointer.save(state, config)
+            blocked.append(time.perf_counter() - start)
+            checkpointer.wait()
+            total.append(time.perf_counter() - start)
+            cpu_s.append(cpu() - cpu0)
+        checkpointer.close()
+    leaves = jax.tree.leaves(state)
+    return {"checkpoint_blocking_s": median(blocked), "checkpoint_save_s": median(total),
+            "checkpoint_cpu_s": median(cpu_s), "state_leaves": len(leaves),
+            "state_bytes": sum(leaf.nbytes for leaf in leaves)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,10 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per block")
     parser.add_argument("--blocks", type=int, default=3,
                         help="alternating SAGD/isotropic blocks (medians over all steps)")
-    parser.add_argument("--loop_log_every", type=int, default=5,
-                        help="steps per log (and checkpoint) interval of the loop run")
-    parser.add_argument("--loop_intervals", type=int, default=3,
-                        help="timed log intervals of the loop run (after the first)")
+    parser.add_argument("--loop_log_every", type=int, default=None,
+                        help="steps per log interval of the loop run (default: the config's)")
+    parser.add_argument("--loop_checkpoint_every", type=int, default=None,
+                        help="steps per checkpoint of the loop run (default: the config's)")
+    parser.add_argument("--loop_steps", type=int, default=None,
+                        help="steps of the loop run (default: checkpoint_every + log_every, "
+                             "so that the timed window holds one save)")
     parser.add_argument("--skip_loop", action="store_true")
     parser.add_argument("--skip_conv", action="store_true")
     args = parser.parse_args(argv)
@@ -209,12 +283,17 @@ def main(argv: list[str] | None = None) -> int:
         sagd_times += sagd.run(args.steps)
         iso_times += isotropic.run(args.steps)
     step_s, iso_s = median(sagd_times), median(iso_times)
+    sagd_part, iso_part = process_part_seconds(config, batch), process_part_seconds(iso, batch)
     flops_per_image = sagd.flops / batch_size
     peak, peak_kind = peak_memory_bytes()
     result: dict[str, Any] = {
         "batch_size": batch_size,
         "img_per_s": batch_size / step_s, "step_time_s": step_s, "compile_s": sagd.compile_s,
         "iso_step_time_s": iso_s, "sagd_over_iso_step_time": step_s / iso_s,
+        # The same ratio from the parts that differ, timed alone (precise where steps are long
+        # and noisy): the isotropic step plus SAGD's extra process work, over the former.
+        "sagd_process_part_s": sagd_part, "iso_process_part_s": iso_part,
+        "sagd_over_iso_from_parts": 1.0 + (sagd_part - iso_part) / iso_s,
         "flops_per_image": flops_per_image, "step_gflops": sagd.flops / step_s / 1e9,
         "xla_buffer_bytes": sagd.buffer_bytes, "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
@@ -228,10 +307,23 @@ def main(argv: list[str] | None = None) -> int:
             "conv_share_of_step_time": conv["conv_seconds_per_step"] / step_s,
         }
     if not args.skip_loop:
-        bare = result["img_per_s"]
-        loop, dataset = loop_img_per_s(config, args.loop_log_every, args.loop_intervals)
+        log_every = args.loop_log_every or config.train.log_every
+        checkpoint_every = args.loop_checkpoint_every or config.train.checkpoint_every
+        num_steps = args.loop_steps or checkpoint_every + log_every
+        if num_steps < 2 * log_every:
+            raise SystemExit(f"--loop_steps={num_steps}: needs at least two log intervals "
+                             f"of {log_every} steps (the first holds the compile)")
+        # The bare step pipelined as the loop runs it, before and after the loop (drift cancels).
+        pipelined_steps = args.steps * args.blocks
+        bare_s = sagd.pipelined_seconds(pipelined_steps)
+        loop, dataset = loop_img_per_s(config, log_every, checkpoint_every, num_steps)
+        bare_s += sagd.pipelined_seconds(pipelined_steps)
+        bare = 2 * pipelined_steps * batch_size / bare_s
         result |= {"loop_img_per_s": loop, "loop_dataset": dataset,
-                   "loop_over_bare_img_per_s": loop / bare}
+                   "loop_bare_img_per_s": bare, "loop_over_bare_img_per_s": loop / bare,
+                   "loop_log_every": log_every, "loop_checkpoint_every": checkpoint_every,
+                   "loop_steps": num_steps}
+        result |= checkpoint_cost(sagd.state, config)
     print_scalars(result)
     write_json(args, result, __file__, argv)
     return 0

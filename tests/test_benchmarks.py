@@ -35,11 +35,17 @@ def test_train_throughput(tmp_path):
     from sagd_jax.models import build_model, flops_per_image
 
     result = run("train_throughput", tmp_path, "--batch_size", "4", "--steps", "1", "--blocks",
-                 "2", "--loop_log_every", "2", "--loop_intervals", "1")
+                 "2", "--loop_log_every", "2", "--loop_checkpoint_every", "2",
+                 "--loop_steps", "4")
     for key in ("img_per_s", "flops_per_image", "utilization_vs_matmul", "utilization_vs_conv",
                 "sagd_over_iso_step_time", "loop_over_bare_img_per_s", "compile_s",
-                "peak_memory_bytes", "matmul_gflops", "conv_gflops"):
+                "peak_memory_bytes", "matmul_gflops", "conv_gflops", "checkpoint_save_s",
+                "checkpoint_blocking_s", "checkpoint_cpu_s", "sagd_process_part_s",
+                "iso_process_part_s", "sagd_over_iso_from_parts"):
         assert positive(result[key]), key
+    assert result["checkpoint_blocking_s"] <= result["checkpoint_save_s"]
+    assert (result["loop_log_every"], result["loop_checkpoint_every"], result["loop_steps"]) == (
+        2, 2, 4)
     assert result["command"].startswith("python benchmarks/train_throughput.py")
     assert result["machine"]["platform"] == "cpu"
     # A train step costs about 3 forward passes (forward, input and weight gradients).
@@ -54,6 +60,9 @@ def test_train_throughput(tmp_path):
                                                   jnp.zeros((1,))))
     forward = flops_per_image(model, variables, (28, 28, 1))
     assert 2.5 < result["flops_per_image"] / forward < 4.0
+    # The saved state holds f32 params, EMA params and Adam's two moments: 16 bytes a parameter.
+    params = sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
+    assert 16 * params <= result["state_bytes"] < 16 * params + 4096
     # The 3x3 convolutions found in the network account for most, never more, of its FLOPs.
     assert 0.5 < result["conv_flops_per_step"] / (4 * result["flops_per_image"]) < 1.0
 
@@ -84,6 +93,20 @@ def test_scaling_on_fake_cpu_devices(tmp_path):
     rows = result["rows"]
     assert [r["devices"] for r in rows] == [1, 2] and [r["batch_size"] for r in rows] == [2, 4]
     assert rows[0]["speedup"] == 1.0 and positive(rows[1]["per_device_efficiency"])
+
+
+def test_remat_memory(tmp_path):
+    result = run("remat_memory", tmp_path, "--batch_size", "2", "--chain_blocks", "3",
+                 "--chain_width", "16", "--chain_batch", "32")
+    # Before XLA's passes, remat adds one barrier per block and recomputes each block's 4 dots.
+    assert result["chain_plain_barriers_before"] == 0
+    assert result["chain_remat_barriers_before"] == 3
+    assert result["chain_remat_dots_before"] == result["chain_plain_dots_before"] + 3 * 4
+    for key in ("chain_plain_temp_bytes", "chain_remat_temp_bytes", "step_plain_temp_bytes",
+                "step_remat_temp_bytes"):
+        assert positive(result[key]), key
+    # The recomputed forward costs FLOPs (whether or not the backend then saves memory).
+    assert result["step_remat_flops_per_image"] > result["step_plain_flops_per_image"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -7,7 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagd_jax.models.conv import SHIFTED_MATMUL_MIN_PIXELS, _conv, conv2d_same, kernel_grad
+from sagd_jax.models.conv import (
+    SHIFTED_MATMUL_MIN_PIXELS,
+    _conv,
+    conv2d_same,
+    kernel_grad,
+    unrolled_taps,
+)
 
 
 @pytest.mark.parametrize("shape, k", [((3, 28, 28, 5), 3), ((2, 24, 30, 4), 5), ((2, 7, 9, 3), 3)])
@@ -22,7 +28,29 @@ def test_value_and_gradients_match_xla(shape, k):
     for got, want in zip(vjp(dy), vjp_ref(dy), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(kernel_grad(x, dy, k), vjp_ref(dy)[1], rtol=1e-4, atol=1e-3)
-    assert (shape[1] * shape[2] >= SHIFTED_MATMUL_MIN_PIXELS) == (shape[1] >= 24)
+    assert (shape[1] * shape[2] >= SHIFTED_MATMUL_MIN_PIXELS) == (shape[1] >= 14)
+
+
+def test_unrolled_taps_same_values_and_all_flops_counted():
+    """The taps run in a loop; unrolled (for cost analysis) they compute the same and XLA
+    counts all k*k matmuls: 2 * B*H*W * k*k * C_in * C_out FLOPs."""
+    b, h, w, c, o, k = 2, 16, 16, 4, 6, 3
+    x = jax.random.normal(jax.random.key(3), (b, h, w, c))
+    dy = jax.random.normal(jax.random.key(4), (b, h, w, o))
+
+    def flops(fn):
+        cost = jax.jit(fn).lower(x, dy).cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    looped = flops(lambda x, dy: kernel_grad(x, dy, k))
+    looped_value = jax.jit(lambda x, dy: kernel_grad(x, dy, k))(x, dy)
+    with unrolled_taps():
+        unrolled = flops(lambda x, dy: kernel_grad(x, dy, k))
+        unrolled_value = jax.jit(lambda x, dy: kernel_grad(x, dy, k))(x, dy)
+    np.testing.assert_allclose(unrolled_value, looped_value, rtol=1e-6, atol=1e-6)
+    matmuls = 2 * b * h * w * k * k * c * o
+    assert matmuls <= unrolled < 1.1 * matmuls
+    assert looped < unrolled / 4
 
 
 def test_bfloat16_and_even_kernel_error():

@@ -2,25 +2,42 @@
 
 XLA's CPU backend computes the kernel gradient of a convolution (``conv backprop filter``) an
 order of magnitude slower than the forward pass on large feature maps. Writing that gradient as
-``dW[i, j] = sum_{b,h,w} x_pad[b, h+i, w+j, :]^T dy[b, h, w, :]`` (k*k plain matmuls, see
-``kernel_grad``) is faster: ``python benchmarks/conv_grad.py`` on the 2-core development CPU
-(benchmarks/RESULTS.md) gave 3.4 -> 13.6 GFLOP/s (32 channels, 28x28, batch 64), 4.1 -> 42.0
-(128 channels, 32x32, batch 32), but only 20.0 -> 24.4 (128 -> 64 channels, 14x14) and
-35.5 -> 31.8 on 7x7 maps, where the 9 taps also cost far more compile time. So the shifted
-matmuls are used on the CPU backend for maps of at least ``SHIFTED_MATMUL_MIN_PIXELS``; the
-forward pass and the input gradient stay XLA convolutions.
-"""
+``dW[i, j] = sum_{b,h,w} x_pad[b, h+i, w+j, :]^T dy[b, h, w, :]`` (k*k plain matmuls run in a
+loop, see ``kernel_grad``) is faster: ``python benchmarks/conv_grad.py`` on the 2-core
+development CPU (benchmarks/RESULTS.md) gave 2.7 -> 33.7 GFLOP/s (32 channels, 28x28, batch
+64), 5.0 -> 60.1 (128 channels, 32x32, batch 32), 21.7 -> 46.3 (128 -> 64 channels, 14x14),
+but 38.9 -> 38.0 on 7x7 maps. So the shifted matmuls are used on the CPU backend for maps of
+at least ``SHIFTED_MATMUL_MIN_PIXELS``; the forward pass and the input gradient stay XLA
+convolutions."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-SHIFTED_MATMUL_MIN_PIXELS = 24 * 24
+SHIFTED_MATMUL_MIN_PIXELS = 14 * 14
+_UNROLL_TAPS = False  # read when tracing; see ``unrolled_taps``
+
+
+@contextlib.contextmanager
+def unrolled_taps() -> Iterator[None]:
+    """Trace kernel gradients with their taps unrolled (the same arithmetic, straight-line).
+
+    XLA's cost analysis counts a loop body once, so a step traced normally under-reports the
+    taps' FLOPs by ``k*k``; benchmarks lower the step inside this context to count them.
+    """
+    global _UNROLL_TAPS
+    previous, _UNROLL_TAPS = _UNROLL_TAPS, True
+    try:
+        yield
+    finally:
+        _UNROLL_TAPS = previous
 
 
 def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -58,19 +75,25 @@ def kernel_grad(x: jax.Array, dy: jax.Array, size: int) -> jax.Array:
     transpose written out: ``(C_in, N) @ (N, C_out)``, the operand order XLA's CPU dot runs
     fastest (45 against 34 GFLOP/s for ``einsum("bhwc,bhwo->co")`` at 128 channels, 32x32,
     batch 32, on the 2-core development CPU; the formulations tried: benchmarks/RESULTS.md).
+    The taps run one after another in a ``lax.scan``, so one shifted copy of ``x`` is alive at
+    a time (unrolled, XLA kept them all: 4x the memory of its own kernel gradient).
     """
     if size % 2 == 0:
         raise ValueError(f"conv2d_same needs an odd kernel size, got {size}")
     half = size // 2
-    _, height, width, channels = x.shape
+    batch, height, width, channels = x.shape
     padded = jnp.pad(x, ((0, 0), (half, half), (half, half), (0, 0)))
     dy_flat = dy.reshape(-1, dy.shape[-1])
-    taps = [
-        jnp.matmul(padded[:, i:i + height, j:j + width].reshape(-1, channels).T, dy_flat,
-                   preferred_element_type=jnp.float32)
-        for i in range(size) for j in range(size)
-    ]
-    return jnp.stack(taps).reshape(size, size, channels, dy.shape[-1])
+    offsets = jnp.array([(i, j) for i in range(size) for j in range(size)], jnp.int32)
+
+    def tap(carry: None, offset: jax.Array) -> tuple[None, jax.Array]:
+        shifted = jax.lax.dynamic_slice(padded, (0, offset[0], offset[1], 0),
+                                        (batch, height, width, channels))
+        return carry, jnp.matmul(shifted.reshape(-1, channels).T, dy_flat,
+                                 preferred_element_type=jnp.float32)
+
+    _, taps = jax.lax.scan(tap, None, offsets, unroll=_UNROLL_TAPS)
+    return taps.reshape(size, size, channels, dy.shape[-1])
 
 
 _conv_shifted_grad.defvjp(_fwd, _bwd)

@@ -104,7 +104,9 @@ class UNet(nn.Module):
         dtype: compute dtype (float32 or bfloat16); the output is always float32.
         param_dtype: parameter dtype.
         remat: recompute each residual block's activations in the backward pass instead of
-            keeping them (``nn.remat``): less memory for larger batches, one more forward.
+            keeping them (``nn.remat``): less memory for larger batches, one more forward, on
+            GPU/TPU; XLA's CPU backend drops the barriers and saves nothing
+            (benchmarks/remat_memory.py).
 
     ``noise_labels`` are unitless scalars (the trainer passes 1000 * t, t in [0, 1]). Height and
     width must be divisible by 2 ** (len(ch_mult) - 1). ``train=True`` with dropout > 0 needs a
