@@ -9,7 +9,8 @@ Each arm trains with ``python -m sagd_jax.main`` in ``--root/<experiment>/<arm>`
 unfinished, skipped if finished), is sampled with ``sagd_jax.sample`` (resumable chunks) and
 judged with ``sagd_jax.evaluate``; then ``--out/<experiment>/`` gets ``table.md``,
 ``results.json`` and PNG figures, all regenerated from the runs' outputs. Training wall time
-per call is appended to ``<arm>/wall_time.jsonl``. ``--tiny`` shrinks everything to seconds
+per call is appended to ``<arm>/wall_time.jsonl``, also when the command is stopped with
+SIGTERM (the trainer then checkpoints its current step). ``--tiny`` shrinks everything to seconds
 (the end-to-end test); ``--skip_training`` reports on what exists.
 """
 
@@ -19,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -95,9 +97,16 @@ def train(arm: Arm, workdir: str, extra: list[str]) -> None:
     print(f"  training {arm.name} (log {workdir}/train.log)", flush=True)
     start = time.perf_counter()
     with open(os.path.join(workdir, "train.log"), "a") as log:
-        code = subprocess.call(command, cwd=REPO, stdout=log, stderr=log)
-    with open(os.path.join(workdir, "wall_time.jsonl"), "a") as f:
-        f.write(json.dumps({"seconds": time.perf_counter() - start, "exit": code}) + "\n")
+        child = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log)
+        try:
+            code = child.wait()
+        finally:  # stopped (SIGTERM): the trainer checkpoints and exits; its time is recorded
+            if child.poll() is None:
+                child.terminate()
+                code = child.wait()
+            with open(os.path.join(workdir, "wall_time.jsonl"), "a") as f:
+                f.write(json.dumps({"seconds": time.perf_counter() - start, "exit": code})
+                        + "\n")
     if code:
         raise SystemExit(f"training {arm.name} failed (exit {code}); see {workdir}/train.log")
 
@@ -298,6 +307,10 @@ def _plot_score_error(extra: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(f"stopped by signal {signum}; rerun the same command to resume")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -326,4 +339,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # runs the trainers' finally: wall times
     sys.exit(main())
