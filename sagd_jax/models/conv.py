@@ -76,7 +76,8 @@ def kernel_grad(x: jax.Array, dy: jax.Array, size: int) -> jax.Array:
     fastest (45 against 34 GFLOP/s for ``einsum("bhwc,bhwo->co")`` at 128 channels, 32x32,
     batch 32, on the 2-core development CPU; the formulations tried: benchmarks/RESULTS.md).
     The taps run one after another in a ``lax.scan``, so one shifted copy of ``x`` is alive at
-    a time (unrolled, XLA kept them all: 4x the memory of its own kernel gradient).
+    a time (unrolled, XLA kept them all: the DDPM++ 64 ch, batch 32 step's temp buffer was 6.57
+    GB against 3.32 GB looped, benchmarks/RESULTS.md).
     """
     if size % 2 == 0:
         raise ValueError(f"conv2d_same needs an odd kernel size, got {size}")
