@@ -12,6 +12,8 @@ Metrics (those that apply):
   ``|log ratio|`` and its mean (``spectrum.png``);
 * ``fd``, ``kid`` (``mean``, ``std``, ``sem``): Frechet and kernel distances in the features of
   the in-project Fashion-MNIST classifier, for 28x28x1 data (trained on first use, cached);
+  ``kid_blocks`` (``mean``, ``sem``): KID over 10 disjoint sample/reference blocks, whose
+  ``sem`` includes the sampling noise of the generated set;
   ``--filter_band`` removes a band from both sets before the features;
 * ``band_energy_ratio``: energy of samples inside ``--band`` relative to the reference's;
 * ``grf_variance``: for ``grf`` data, per-frequency variance of the samples against the exact
@@ -21,6 +23,7 @@ Metrics (those that apply):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -86,7 +89,12 @@ def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: 
     """FD and KID in the features of the classifier of ``recipe`` (default: the documented
     one); the reference features are cached."""
     from sagd_jax.metrics.classifier import cache_dir, load_or_train
-    from sagd_jax.metrics.features import GaussianStats, frechet_distance, kernel_distance
+    from sagd_jax.metrics.features import (
+        GaussianStats,
+        frechet_distance,
+        kernel_distance,
+        kernel_distance_blocks,
+    )
 
     extractor = load_or_train(recipe, log=lambda m: print(m, file=sys.stderr, flush=True))
     path = os.path.join(cache_dir(), "reference",
@@ -102,9 +110,11 @@ def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: 
         ref_features = ref_features.astype(np.float32)
     features = extractor(samples)
     kid = kernel_distance(features, ref_features, num_subsets, subset_size)
+    blocks = kernel_distance_blocks(features, ref_features, num_blocks=min(10, len(features) // 2))
     return {"fd": frechet_distance(GaussianStats.of(features), GaussianStats.of(ref_features)),
             "kid": {"mean": kid.mean, "std": kid.std, "sem": kid.sem,
                     "num_subsets": kid.num_subsets, "subset_size": kid.subset_size},
+            "kid_blocks": dataclasses.asdict(blocks),
             "classifier": extractor.recipe.name,
             "classifier_test_accuracy": extractor.test_accuracy,
             "num_reference": len(ref_features)}

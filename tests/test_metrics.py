@@ -11,7 +11,12 @@ import scipy.linalg
 from sagd_jax.data import default_data_config, get_source
 from sagd_jax.data.grf import grf_spectrum
 from sagd_jax.evaluate import remove_band
-from sagd_jax.metrics.features import GaussianStats, frechet_distance, kernel_distance
+from sagd_jax.metrics.features import (
+    GaussianStats,
+    frechet_distance,
+    kernel_distance,
+    kernel_distance_blocks,
+)
 from sagd_jax.metrics.spectra import (
     band_energy,
     radial_average,
@@ -48,6 +53,24 @@ def test_kid_is_unbiased_near_zero_for_one_distribution_and_positive_for_two():
                               subset_size=500)
     assert abs(same.mean) < 3 * same.std
     assert shifted.mean > 10 * shifted.std > 0 and shifted.mean > 20 * abs(same.mean)
+
+
+def test_block_kid_standard_error_matches_the_spread_of_independent_repeats():
+    # 40 independent generated sets of 500 against one reference law: the block s.e. of one
+    # set must match the spread of KID across sets, and the mean the large-sample KID.
+    rng = np.random.default_rng(2)
+    draw = lambda n, shift: rng.standard_normal((n, 8)) + shift  # noqa: E731
+    repeats = [kernel_distance_blocks(draw(500, 0.3), draw(2000, 0.0), num_blocks=10, seed=i)
+               for i in range(40)]
+    means = np.array([r.mean for r in repeats])
+    typical_sem = np.sqrt(np.mean([r.sem**2 for r in repeats]))
+    assert 0.6 < means.std(ddof=1) / typical_sem < 1.6
+    population = kernel_distance(draw(4000, 0.3), draw(4000, 0.0), num_subsets=1,
+                                 subset_size=4000).mean
+    assert abs(means.mean() - population) < 4 * means.std(ddof=1) / np.sqrt(len(means))
+    assert repeats[0].block_size == 50 and repeats[0].num_blocks == 10
+    with pytest.raises(ValueError, match="KID blocks"):
+        kernel_distance_blocks(draw(3, 0.0), draw(3, 0.0), num_blocks=2)
 
 
 @pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
