@@ -50,7 +50,7 @@ def test_every_arm_of_every_experiment_has_a_valid_config():
 
 
 @pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
-@pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "omission"])
+@pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission"])
 def test_other_experiments_run_their_first_arm_end_to_end(tmp_path, name):
     _, results, out = run_experiment(tmp_path, name, "--max_arms=1")
     (row,) = results["rows"]
