@@ -120,6 +120,51 @@ def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: 
             "num_reference": len(ref_features)}
 
 
+def image_metrics(images: np.ndarray, reference: np.ndarray, reference_name: str,
+                  data_config: Any, band: str | None = None, filter_band: str | None = None,
+                  num_subsets: int = 100, subset_size: int = 1000, classifier: Any = None
+                  ) -> dict[str, Any]:
+    """The metrics of ``evaluate`` for any images ``(N, H, W, C)`` in model units against the
+    clean ``reference`` of the run's ``data_config`` (generated samples, or data itself as a
+    floor): ``spectrum``, ``band_energy_ratio``, ``fd``/``kid``/``kid_blocks`` (28x28x1),
+    ``grf_variance`` (grf data). Writes nothing."""
+    from sagd_jax.data.grf import grf_spectrum
+    from sagd_jax.metrics.spectra import (
+        band_energy_ratio,
+        radial_average,
+        radial_power_spectrum,
+        variance_error,
+    )
+    from sagd_jax.spectral import parse_bands
+
+    results: dict[str, Any] = {}
+    centers, power = radial_power_spectrum(images)
+    _, ref_power = radial_power_spectrum(reference)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_bin = np.abs(np.log(power / ref_power))
+    results["spectrum"] = {"rho": centers.tolist(), "samples": power.tolist(),
+                           "reference": ref_power.tolist(), "abs_log_ratio": per_bin.tolist(),
+                           "mean_abs_log_ratio": float(np.nanmean(per_bin))}
+    if band is not None:
+        (b,) = parse_bands(band)
+        results["band"] = band
+        results["band_energy_ratio"] = band_energy_ratio(images, reference, b)
+    if images.shape[1:] == (28, 28, 1) and data_config.name != "grf":
+        s, r, name = images, reference, reference_name
+        if filter_band is not None:
+            s, r = remove_band(s, filter_band), remove_band(r, filter_band)
+            name = f"{name}-without-{filter_band}".replace(":", "_")
+            results["filter_band"] = filter_band
+        results |= feature_metrics(s, r, name, num_subsets, subset_size, classifier)
+    if data_config.name == "grf":
+        err = variance_error(images, grf_spectrum(data_config))
+        ratio = err.pop("ratio")
+        rho, radial_ratio = radial_average(ratio, images.shape[2])
+        results["grf_variance"] = err | {"rho": rho.tolist(),
+                                         "radial_ratio": radial_ratio.tolist()}
+    return results
+
+
 def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
              filter_band: str | None = None, max_reference: int = 10_000,
              num_subsets: int = 100, subset_size: int = 1000, classifier: Any = None
@@ -127,14 +172,7 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
     """Compute the metrics that apply and write them to ``out`` (default: ``evaluation.json``
     beside the samples; an existing file is never overwritten). Returns the results.
     ``classifier``: a ``metrics.classifier.Recipe`` other than the documented one (tests)."""
-    from sagd_jax.data.grf import grf_spectrum
-    from sagd_jax.metrics.spectra import (
-        band_energy_ratio,
-        plot_radial,
-        radial_average,
-        radial_power_spectrum,
-        variance_error,
-    )
+    from sagd_jax.metrics.spectra import plot_radial
     from sagd_jax.spectral import parse_bands
     from sagd_jax.train.loop import saved_config
 
@@ -162,36 +200,19 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
     results: dict[str, Any] = {"samples": os.path.abspath(samples_path),
                                "num_samples": len(samples), "reference": reference_name,
                                "sampling": manifest}
-    centers, power = radial_power_spectrum(samples)
-    _, ref_power = radial_power_spectrum(reference)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_bin = np.abs(np.log(power / ref_power))
-    results["spectrum"] = {"rho": centers.tolist(), "samples": power.tolist(),
-                           "reference": ref_power.tolist(), "abs_log_ratio": per_bin.tolist(),
-                           "mean_abs_log_ratio": float(np.nanmean(per_bin))}
-    plot_radial(os.path.join(plot_dir, f"{stem}_spectrum.png"), centers,
-                {"samples": power, "data": ref_power}, ylabel="power |F x|^2",
+    results |= image_metrics(samples, reference, reference_name, config.data, band,
+                             filter_band, num_subsets, subset_size, classifier)
+    spectrum = results["spectrum"]
+    plot_radial(os.path.join(plot_dir, f"{stem}_spectrum.png"), np.asarray(spectrum["rho"]),
+                {"samples": np.asarray(spectrum["samples"]),
+                 "data": np.asarray(spectrum["reference"])}, ylabel="power |F x|^2",
                 title=f"radial power spectrum, mean |log ratio| "
-                      f"{results['spectrum']['mean_abs_log_ratio']:.3f}")
-    if band is not None:
-        (b,) = parse_bands(band)
-        results["band"] = band
-        results["band_energy_ratio"] = band_energy_ratio(samples, reference, b)
-    if samples.shape[1:] == (28, 28, 1) and config.data.name != "grf":
-        s, r, name = samples, reference, reference_name
-        if filter_band is not None:
-            s, r = remove_band(s, filter_band), remove_band(r, filter_band)
-            name = f"{name}-without-{filter_band}".replace(":", "_")
-            results["filter_band"] = filter_band
-        results |= feature_metrics(s, r, name, num_subsets, subset_size, classifier)
-    if config.data.name == "grf":
-        err = variance_error(samples, grf_spectrum(config.data))
-        ratio = err.pop("ratio")
-        rho, radial_ratio = radial_average(ratio, samples.shape[2])
-        results["grf_variance"] = err | {"rho": rho.tolist(),
-                                         "radial_ratio": radial_ratio.tolist()}
-        plot_radial(os.path.join(plot_dir, f"{stem}_grf_variance.png"), rho,
-                    {"samples / exact": radial_ratio}, ylabel="variance ratio", logy=False,
+                      f"{spectrum['mean_abs_log_ratio']:.3f}")
+    if "grf_variance" in results:
+        err = results["grf_variance"]
+        plot_radial(os.path.join(plot_dir, f"{stem}_grf_variance.png"), np.asarray(err["rho"]),
+                    {"samples / exact": np.asarray(err["radial_ratio"])},
+                    ylabel="variance ratio", logy=False,
                     title=f"grf: mean |log var/c| {err['mean_abs_log_ratio']:.3f} "
                           f"(Monte-Carlo floor {err['monte_carlo_floor']:.3f})")
     with open(out, "x") as f:

@@ -161,6 +161,41 @@ def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | N
                     max_reference=64 if tiny else 10_000, **(small if tiny else {}))
 
 
+def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[str, Any]:
+    """The training data itself (``num_samples`` images of the arm's variant, its corruption
+    included, drawn by the training pipeline) judged exactly like the samples: the floor of
+    every metric (a perfect model of the training data scores this)."""
+    from sagd_jax.data import get_source, load_batch
+    from sagd_jax.evaluate import image_metrics, reference_images
+
+    config = arm_config(arm, TINY if tiny else [])
+    n = 16 if tiny else exp.num_samples
+    images = load_batch(get_source(config.data), config.data, seed=0, step=0,
+                        global_batch_size=n)
+    reference, name = reference_images(config.data, 64 if tiny else 10_000)
+    small: dict[str, Any] = {}
+    if tiny:
+        from sagd_jax.metrics.classifier import Recipe
+
+        small = dict(num_subsets=5, subset_size=8, classifier=Recipe(max_steps=20))
+    metrics = image_metrics(images, reference, name, config.data, band, band, **small)
+    return summary_row(f"data: {arm.variant} (train)", metrics)
+
+
+def summary_row(name: str, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The table's columns of one evaluation (``image_metrics`` / ``evaluate`` output)."""
+    row = {"arm": name, "spectrum_err": evaluation["spectrum"]["mean_abs_log_ratio"],
+           "spectrum": evaluation["spectrum"]}
+    if "fd" in evaluation:
+        row |= {"fd": evaluation["fd"], "kid_x1e3": kid_text(evaluation)}
+    if "band_energy_ratio" in evaluation:
+        row["band_energy_ratio"] = evaluation["band_energy_ratio"]
+    if "grf_variance" in evaluation:
+        row |= {"grf_var_err": evaluation["grf_variance"]["mean_abs_log_ratio"],
+                "grf_var_floor": evaluation["grf_variance"]["monte_carlo_floor"]}
+    return row
+
+
 def score_error_curve(workdir: str, tiny: bool) -> dict[str, Any]:
     """Relative squared score error of the trained EMA model against the exact score, on the
     support of Sigma, over a log grid of t (grf data): E|P(s_theta - s*)|^2 / E|P s*|^2."""
@@ -277,16 +312,8 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
             last = json.loads([line for line in f if line.strip()][-1])
         row = {"arm": arm.name, "steps": last["step"], "wall_s": wall_time(workdir),
                "loss": last["loss"], **{k: v for k, v in last.items() if k.startswith("loss_t")},
-               "spectrum_err": evaluation["spectrum"]["mean_abs_log_ratio"],
-               "spectrum": evaluation["spectrum"],
+               **summary_row(arm.name, evaluation),
                "grid": os.path.join(os.path.dirname(evaluation["samples"]), "grid.png")}
-        if "fd" in evaluation:
-            row |= {"fd": evaluation["fd"], "kid_x1e3": kid_text(evaluation)}
-        if "band_energy_ratio" in evaluation:
-            row["band_energy_ratio"] = evaluation["band_energy_ratio"]
-        if "grf_variance" in evaluation:
-            row |= {"grf_var_err": evaluation["grf_variance"]["mean_abs_log_ratio"],
-                    "grf_var_floor": evaluation["grf_variance"]["monte_carlo_floor"]}
         if name == "t0_grf":
             extra[f"score_error/{arm.name}"] = score_error_curve(workdir, tiny)
             exact = sample_and_evaluate(workdir, exp, tiny, None, None, model="exact")
@@ -294,6 +321,11 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
         rows.append(row)
     if name == "t0_grf" and rows:
         _plot_score_error(extra, os.path.join(out, name, "score_error.png"))
+    if name != "t0_grf" and rows:  # t0_grf's floor is the exact model's, above
+        band = BAND if name == "omission" else None
+        variants = dict.fromkeys(arm.variant for arm in exp.arms[:max_arms])
+        rows += [data_row(next(a for a in exp.arms if a.variant == v), exp, tiny, band)
+                 for v in variants]
     return report(name, exp, rows, os.path.join(out, name), extra)
 
 
