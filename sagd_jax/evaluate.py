@@ -14,7 +14,8 @@ Metrics (those that apply):
   the in-project Fashion-MNIST classifier, for 28x28x1 data (trained on first use, cached);
   ``kid_blocks`` (``mean``, ``sem``): KID over 10 disjoint sample/reference blocks, whose
   ``sem`` includes the sampling noise of the generated set;
-  ``--filter_band`` removes a band from both sets before the features;
+  ``--filter_band`` removes a band from both sets before the features, and adds
+  ``spectrum_off_band``: the spectrum error over the frequencies outside that band;
 * ``band_energy_ratio``: energy of samples inside ``--band`` relative to the reference's;
 * ``grf_variance``: for ``grf`` data, per-frequency variance of the samples against the exact
   spectrum (``mean_abs_log_ratio`` and the Monte-Carlo floor; ``grf_variance.png``).
@@ -126,13 +127,15 @@ def image_metrics(images: np.ndarray, reference: np.ndarray, reference_name: str
                   ) -> dict[str, Any]:
     """The metrics of ``evaluate`` for any images ``(N, H, W, C)`` in model units against the
     clean ``reference`` of the run's ``data_config`` (generated samples, or data itself as a
-    floor): ``spectrum``, ``band_energy_ratio``, ``fd``/``kid``/``kid_blocks`` (28x28x1),
-    ``grf_variance`` (grf data). Writes nothing."""
+    floor): ``spectrum``, ``band_energy_ratio``, ``spectrum_off_band`` (with
+    ``filter_band``), ``fd``/``kid``/``kid_blocks`` (28x28x1), ``grf_variance`` (grf data).
+    Writes nothing."""
     from sagd_jax.data.grf import grf_spectrum
     from sagd_jax.metrics.spectra import (
         band_energy_ratio,
         radial_average,
         radial_power_spectrum,
+        radial_spectrum_error_off_band,
         variance_error,
     )
     from sagd_jax.spectral import parse_bands
@@ -149,6 +152,9 @@ def image_metrics(images: np.ndarray, reference: np.ndarray, reference_name: str
         (b,) = parse_bands(band)
         results["band"] = band
         results["band_energy_ratio"] = band_energy_ratio(images, reference, b)
+    if filter_band is not None:
+        (b,) = parse_bands(filter_band)
+        results["spectrum_off_band"] = radial_spectrum_error_off_band(images, reference, b)
     if images.shape[1:] == (28, 28, 1) and data_config.name != "grf":
         s, r, name = images, reference, reference_name
         if filter_band is not None:

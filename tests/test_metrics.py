@@ -21,6 +21,7 @@ from sagd_jax.metrics.spectra import (
     band_energy,
     radial_average,
     radial_power_spectrum,
+    radial_spectrum_error_off_band,
     variance_error,
 )
 from sagd_jax.spectral import parse_bands
@@ -129,6 +130,22 @@ def test_band_energy_of_a_band_stopped_image_is_zero():
     # Energy is conserved across a band and its complement (Parseval).
     complement = band_energy(images, parse_bands("bandstop:0.3:0.5")[0])
     assert band_energy(images, band) + complement == pytest.approx(total, rel=1e-9)
+
+
+def test_spectrum_error_off_band_ignores_the_band_and_sees_everything_else():
+    images, _ = grf_images(1.0, count=16)
+    band = parse_bands("bandpass:0.3:0.5")[0]
+    stopped = remove_band(images, "bandpass:0.3:0.5")  # differs from images only inside
+    off = radial_spectrum_error_off_band(stopped, images, band)
+    assert off["mean_abs_log_ratio"] < 1e-6  # float32 round trip
+    centers, full = radial_power_spectrum(stopped)  # the whole spectrum sees the band
+    assert np.nanmax(np.abs(np.log(full / radial_power_spectrum(images)[1]))) > 5
+    # Outside the band every frequency counts: twice the amplitude is log 4 in every bin.
+    doubled = radial_spectrum_error_off_band(2.0 * images, images, band)
+    assert doubled["mean_abs_log_ratio"] == pytest.approx(np.log(4.0), rel=1e-9)
+    # The radial bins lying wholly inside the band have nothing left and are skipped.
+    inside = (centers > 0.33) & (centers < 0.47)
+    assert inside.any() and np.isnan(np.asarray(off["samples"])[inside]).all()
 
 
 def test_variance_error_of_exact_samples_sits_at_the_monte_carlo_floor():

@@ -188,6 +188,8 @@ def summary_row(name: str, evaluation: dict[str, Any]) -> dict[str, Any]:
            "spectrum": evaluation["spectrum"]}
     if "fd" in evaluation:
         row |= {"fd": evaluation["fd"], "kid_x1e3": kid_text(evaluation)}
+    if "spectrum_off_band" in evaluation:
+        row["spectrum_err_off_band"] = evaluation["spectrum_off_band"]["mean_abs_log_ratio"]
     if "band_energy_ratio" in evaluation:
         row["band_energy_ratio"] = evaluation["band_energy_ratio"]
     if "grf_variance" in evaluation:
@@ -273,8 +275,9 @@ def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({"experiment": name, "rows": rows, **extra}, f, indent=2)
     columns = [c for c in ("arm", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50",
-                           "loss_t0.50-0.75", "loss_t0.75-1.00", "spectrum_err", "fd", "kid_x1e3",
-                           "band_energy_ratio", "grf_var_err", "grf_var_floor")
+                           "loss_t0.50-0.75", "loss_t0.75-1.00", "spectrum_err",
+                           "spectrum_err_off_band", "fd", "kid_x1e3", "band_energy_ratio",
+                           "grf_var_err", "grf_var_floor")
                if any(c in r for r in rows)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:

@@ -52,6 +52,22 @@ def spectrum_log_error(power: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(np.abs(np.log(power[ok] / reference[ok]))))
 
 
+def radial_spectrum_error_off_band(images: np.ndarray, reference: np.ndarray, band: Band
+                                   ) -> dict[str, Any]:
+    """Radial power spectra of ``images`` and ``reference`` (``(N, H, W, C)``) over the
+    frequencies outside ``band`` only (bins where the band's mask is > 0 are left out of every
+    radial average), and their mean ``|log ratio|`` over the radial bins that keep any."""
+    height, width = images.shape[1:3]
+    inside = band.mask(radial_frequency(height, width)) > 0
+    spectra = []
+    for x in (images, reference):
+        centers, power = radial_average(np.where(inside, np.nan, power_spectrum(x)), width)
+        spectra.append(power)
+    return {"rho": centers.tolist(), "samples": spectra[0].tolist(),
+            "reference": spectra[1].tolist(),
+            "mean_abs_log_ratio": spectrum_log_error(spectra[0], spectra[1])}
+
+
 def band_energy(images: np.ndarray, band: Band) -> float:
     """Mean energy per image inside ``band``: ``sum_k m(rho_k) |F x|^2_k`` over the full DFT
     grid (unitary, channels summed), float. A band-stopped image has 0 in that band."""
