@@ -28,7 +28,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     seed: the run's seed (data order, init, noise, dropout, samples).
     data: see ``sagd_jax.data.default_data_config``.
-    noise: the SAGD covariance (``gamma``, ``rho0``, ``bands``, ``normalize``).
+    noise: the SAGD covariance (``gamma``, ``rho0``, ``bands``, ``normalize``) and
+      ``project_data`` (train on the data projected onto its support).
     diffusion: ``schedule`` (vp_sde | ddpm_linear | cosine | ve), ``schedule_kwargs``,
       ``prediction`` (eps | x0 | v).
     model: the DDPM++ U-Net (``sagd_jax.models.build_model``).
@@ -41,7 +42,8 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = default_data_config()
-    c.noise = ml_collections.ConfigDict(dict(gamma=1.0, rho0=0.1, bands="", normalize=True))
+    c.noise = ml_collections.ConfigDict(dict(gamma=1.0, rho0=0.1, bands="", normalize=True,
+                                             project_data=False))
     c.diffusion = ml_collections.ConfigDict(
         dict(schedule="vp_sde", prediction="eps", schedule_kwargs=ml_collections.ConfigDict())
     )

@@ -34,11 +34,16 @@ class DiffusionProcess:
     schedule: any schedule of ``sagd_jax.schedules`` (static).
     prediction: what the network outputs: ``eps`` (white noise), ``x0`` (the clean image, pixel
       space) or ``v`` (``alpha eps - sigma Sigma^{-1/2} x0``, white space).
+    project_data: train on ``P x0`` instead of ``x0`` (``training_data``). Where ``w = 0`` the
+      forward process adds no noise, so ``x_t`` carries ``alpha_t x0`` there during training
+      while every sampler keeps those frequencies at 0; projecting the data removes that
+      mismatch (no effect with full support).
     """
 
     cov: SpectralCovariance
     schedule: Schedule = struct.field(pytree_node=False)
     prediction: str = struct.field(pytree_node=False, default="eps")
+    project_data: bool = struct.field(pytree_node=False, default=False)
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -57,8 +62,12 @@ class DiffusionProcess:
             schedule = get_schedule(diffusion.schedule, **kwargs)
         except (TypeError, ValueError) as err:
             raise ValueError(f"diffusion.{err}") from None
+        project_data = config.noise.get("project_data", False)
+        if not isinstance(project_data, bool):
+            raise ValueError(f"noise.project_data={project_data!r}: must be True or False")
         try:
-            return cls(cov=cov, schedule=schedule, prediction=diffusion.get("prediction", "eps"))
+            return cls(cov=cov, schedule=schedule, prediction=diffusion.get("prediction", "eps"),
+                       project_data=project_data)
         except ValueError as err:
             raise ValueError(f"diffusion.{err}") from None
 
@@ -66,6 +75,11 @@ class DiffusionProcess:
     def coefficients(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(alpha_t, sigma_t)``, float32, same shape as ``t``."""
         return self.schedule.alpha_sigma(t)
+
+    def training_data(self, x0: jax.Array) -> jax.Array:
+        """The clean images the network learns from: ``P x0`` with ``project_data``, else
+        ``x0`` (same shape and dtype)."""
+        return self.cov.project(x0) if self.project_data else x0
 
     def perturb(self, x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
         """``x_t = alpha_t x0 + sigma_t Sigma^{1/2} eps`` for white ``eps`` shaped like ``x0``."""

@@ -11,7 +11,7 @@ import pytest
 from sagd_jax.metrics.spectra import power_spectrum
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.schedules import VE, VPSDE, Cosine, DDPMLinear, get_schedule, time_grid
-from sagd_jax.spectral import SpectralCovariance
+from sagd_jax.spectral import Band, SpectralCovariance, radial_frequency
 
 SCHEDULES = [VPSDE(), DDPMLinear(), Cosine(), VE()]
 MASKED = dict(gamma=1.0, bands="bandstop:0.3:0.6")
@@ -181,6 +181,32 @@ def test_process_from_config_and_errors():
     config.diffusion.schedule, config.noise.rho0 = "vp_sde", -2.0
     with pytest.raises(ValueError, match=r"^noise\.rho0=-2.0"):
         DiffusionProcess.from_config(config, 8, 8)
+
+
+def test_training_data_is_projected_onto_the_support_only_when_asked():
+    band = Band("bandstop", 0.4, 0.6)
+    cov = SpectralCovariance.create(16, 12, gamma=1.0, bands=[band])
+    x0 = jax.random.normal(jax.random.key(0), (3, 16, 12, 2))
+    plain = DiffusionProcess(cov=cov, schedule=VPSDE())
+    assert plain.training_data(x0) is x0
+    projected = plain.replace(project_data=True).training_data(x0)
+    # float64 reference: zero the band's bins of the full DFT
+    keep = band.mask(radial_frequency(16, 12, half=False)) > 0
+    spec = np.fft.fft2(np.asarray(x0, np.float64), axes=(1, 2)) * keep[None, :, :, None]
+    np.testing.assert_allclose(projected, np.fft.ifft2(spec, axes=(1, 2)).real, atol=2e-6)
+    assert 0.05 < float(jnp.sum((projected - x0) ** 2) / jnp.sum(x0**2)) < 0.5
+    full = DiffusionProcess(cov=SpectralCovariance.create(16, 12, gamma=1.0), schedule=VPSDE(),
+                            project_data=True)
+    np.testing.assert_allclose(full.training_data(x0), x0, atol=2e-6)
+    config = ml_collections.ConfigDict(dict(
+        noise=dict(gamma=0.0, rho0=0.1, bands="bandstop:0.4:0.6", normalize=True,
+                   project_data=True),
+        diffusion=dict(schedule="vp_sde", prediction="eps", schedule_kwargs={})))
+    assert DiffusionProcess.from_config(config, 16, 12).project_data is True
+    with config.ignore_type():
+        config.noise.project_data = 1
+    with pytest.raises(ValueError, match=r"^noise\.project_data=1: must be True or False"):
+        DiffusionProcess.from_config(config, 16, 12)
 
 
 def test_process_is_a_pytree_for_jit_and_vmap():

@@ -68,6 +68,16 @@ def test_workdir_of_another_run_is_refused(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
+def test_a_workdir_written_before_a_new_option_resumes_with_its_default(tmp_path):
+    from sagd_jax.train.loop import check_compatible
+
+    saved = json.loads(tiny_config().to_json_best_effort())
+    del saved["noise"]["project_data"]  # a config.json from before the option existed
+    check_compatible(str(tmp_path), saved, tiny_config())
+    with pytest.raises(ValueError, match=r"holds a run with noise=.*use a new workdir"):
+        check_compatible(str(tmp_path), saved, tiny_config(**{"noise.project_data": True}))
+
+
 FOUR_DEVICE_SCRIPT = textwrap.dedent("""
     import os, sys, json
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"

@@ -72,6 +72,9 @@ EXPERIMENTS = {
         Arm("masked-corrupted", "omission_corrupted",
             (("noise.gamma", "0"), ("noise.bands", "bandstop:0.45:0.55"))),
         Arm("iso-clean", "omission_clean", (("noise.gamma", "0"),)),
+        Arm("masked-projected", "omission_corrupted",
+            (("noise.gamma", "0"), ("noise.bands", "bandstop:0.45:0.55"),
+             ("noise.project_data", "True"))),
     ), "Selective omission: stripes confined to B = 0.45..0.55; w = 0 on B"),
     "t0_grf": Experiment((
         Arm("full-support", "grf", (("noise.gamma", "1"),)),
@@ -220,7 +223,7 @@ def score_error_curve(workdir: str, tiny: bool) -> dict[str, Any]:
         k0, k1 = jax.random.split(key)
         x0 = data.sample(k0, shape)
         tt = jnp.full((n,), t)
-        x_t, _ = process.marginal_sample(k1, x0, tt)
+        x_t, _ = process.marginal_sample(k1, process.training_data(x0), tt)
         eps = network_eps(run.model, process, state.ema_params, x_t, tt)
         model_score = process.cov.project(process.score(x_t, tt, eps))
         exact = process.cov.project(data.score(process, x_t, tt))

@@ -87,10 +87,26 @@ def _structural(config: Any) -> dict[str, Any]:
     return out
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a config as JSON) with the keys added to ``default_config`` since it was
+    written set to their defaults, so that a new option does not orphan older workdirs."""
+    def merge(into: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+        return into
+
+    return merge(json.loads(default_config().to_json_best_effort()), saved)
+
+
 def check_compatible(workdir: str, saved: Any, config: Any) -> None:
     """Raise ``ValueError`` naming the first structural key where ``config`` differs from the
-    config a workdir's run was started with (``saved``: a dict or ConfigDict)."""
-    previous, current = _structural(saved), _structural(config)
+    config a workdir's run was started with (``saved``: a dict or ConfigDict; keys it lacks
+    count as their defaults)."""
+    saved = saved if isinstance(saved, dict) else json.loads(saved.to_json_best_effort())
+    previous, current = _structural(_with_defaults(saved)), _structural(config)
     for key in STRUCTURAL_KEYS:
         if previous[key] != current[key]:
             raise ValueError(

@@ -61,6 +61,7 @@ def train_step(
     k_time, k_noise, k_dropout = jax.random.split(key, 3)
     batch_size = batch.shape[0]
     t = process.sample_time(k_time, batch_size)
+    batch = process.training_data(batch)
     x_t, eps = process.marginal_sample(k_noise, batch, t)
 
     def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
