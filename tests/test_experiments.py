@@ -57,7 +57,7 @@ def test_other_experiments_run_their_first_arm_end_to_end(tmp_path, name):
     assert row["steps"] == 2 and row["spectrum_err"] >= 0
     assert data["arm"].startswith("data: ") and "steps" not in data
     if name != "sagd_vs_iso_patches":
-        assert row["fd"] > 0 and "+-" in row["kid_x1e3"] and data["fd"] >= 0
+        assert row["fd"] > 0 and "+-" in row["kid"] and data["fd"] >= 0
     if name == "omission":  # the corrupted training data carries extra energy in the band
         assert row["band_energy_ratio"] > 0 and data["band_energy_ratio"] > 1.5
         assert row["spectrum_err_off_band"] >= 0 and data["spectrum_err_off_band"] >= 0

@@ -190,7 +190,7 @@ def summary_row(name: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     row = {"arm": name, "spectrum_err": evaluation["spectrum"]["mean_abs_log_ratio"],
            "spectrum": evaluation["spectrum"]}
     if "fd" in evaluation:
-        row |= {"fd": evaluation["fd"], "kid_x1e3": kid_text(evaluation)}
+        row |= {"fd": evaluation["fd"], "kid": kid_text(evaluation)}
     if "spectrum_off_band" in evaluation:
         row["spectrum_err_off_band"] = evaluation["spectrum_off_band"]["mean_abs_log_ratio"]
     if "band_energy_ratio" in evaluation:
@@ -254,14 +254,14 @@ def side_by_side(paths: list[str], labels: list[str], out: str) -> None:
 
 
 def kid_text(evaluation: dict[str, Any]) -> str:
-    """KID x 1e3 +- its standard error over disjoint blocks (the sampling noise of the
-    generated set included); evaluations written before blocks existed show the std over
-    overlapping subsets instead, marked ``(subset std)``."""
+    """KID +- its standard error over disjoint blocks (the sampling noise of the generated set
+    included); evaluations written before blocks existed show the std over overlapping subsets
+    instead, marked ``(subset std)``."""
     if "kid_blocks" in evaluation:
         kid = evaluation["kid_blocks"]
-        return f"{1e3 * kid['mean']:.3g} +- {1e3 * kid['sem']:.2g}"
+        return f"{kid['mean']:.3g} +- {kid['sem']:.2g}"
     kid = evaluation["kid"]
-    return f"{1e3 * kid['mean']:.3g} +- {1e3 * kid['std']:.2g} (subset std)"
+    return f"{kid['mean']:.3g} +- {kid['std']:.2g} (subset std)"
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -279,7 +279,7 @@ def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
         json.dump({"experiment": name, "rows": rows, **extra}, f, indent=2)
     columns = [c for c in ("arm", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50",
                            "loss_t0.50-0.75", "loss_t0.75-1.00", "spectrum_err",
-                           "spectrum_err_off_band", "fd", "kid_x1e3", "band_energy_ratio",
+                           "spectrum_err_off_band", "fd", "kid", "band_energy_ratio",
                            "grf_var_err", "grf_var_floor")
                if any(c in r for r in rows)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
