@@ -33,7 +33,8 @@ def test_t0_grf_experiment_end_to_end(tmp_path):
         assert len(curve["t"]) == len(curve["relative_score_error"]) == 6
         assert all(e > 0 for e in curve["relative_score_error"])
         assert results[f"exact_sampler_floor/{arm}"]["monte_carlo_floor"] > 0
-    for figure in ("score_error.png", "spectra.png", "samples.png", "table.md"):
+    for figure in ("score_error.png", "spectra.png", "spectra_ratio.png", "samples.png",
+                   "table.md"):
         assert (out / figure).exists()
     # A second call trains nothing and regenerates the same table.
     first = (out / "table.md").read_text()

@@ -294,6 +294,13 @@ def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
         spectra["data"] = np.asarray(first["reference"])
         plot_radial(os.path.join(out_dir, "spectra.png"), np.asarray(first["rho"]), spectra,
                     ylabel="power |F x|^2", title=exp.description)
+        reference = spectra.pop("data")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratios = {arm: np.where(p / reference > 1e-3, p / reference, np.nan)
+                      for arm, p in spectra.items()}
+        plot_radial(os.path.join(out_dir, "spectra_ratio.png"), np.asarray(first["rho"]), ratios,
+                    ylabel="power / test data's power",
+                    title="ratios below 1e-3 (empty bands) left out")
     grids = [(r["grid"], r["arm"]) for r in rows if r.get("grid")]
     if grids:
         side_by_side([g for g, _ in grids], [a for _, a in grids],
