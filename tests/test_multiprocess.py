@@ -37,8 +37,10 @@ def start_processes(workdir, num_steps):
 
 def finish(procs, timeout=600):
     outputs = [p.communicate(timeout=timeout)[1] for p in procs]
-    for p, err in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * len(procs), "\n".join(
+        f"--- process {i} (exit {code}):\n{err[-2500:]}"
+        for i, (code, err) in enumerate(zip(codes, outputs, strict=True)))
     return outputs
 
 

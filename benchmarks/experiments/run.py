@@ -55,8 +55,9 @@ def _gamma_arms(variant: str, seeds: tuple[int, ...] = (0,)) -> tuple[Arm, ...]:
         for seed in seeds if gamma in ("0", "1") else (0,):
             name = f"gamma{gamma}" + (f"-seed{seed}" if len(seeds) > 1 else "")
             arms.append(Arm(name, variant, (("noise.gamma", gamma), ("seed", str(seed)))))
-    arms.append(Arm("gamma1-bandstop0.4-0.6", variant,
-                    (("noise.gamma", "1"), ("noise.bands", "bandstop:0.4:0.6"))))
+    arms.append(Arm("gamma1-bandstop0.4-0.6", variant,  # trained on P x0: omission, section 2
+                    (("noise.gamma", "1"), ("noise.bands", "bandstop:0.4:0.6"),
+                     ("noise.project_data", "True"))))
     return tuple(arms)
 
 

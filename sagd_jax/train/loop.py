@@ -128,9 +128,11 @@ def prepare_workdir(workdir: str, config: Any) -> None:
         return
     try:
         os.makedirs(workdir, exist_ok=True)
-        if jax.process_index() == 0:
-            with open(path, "x") as f:
+        if jax.process_index() == 0:  # atomically: other processes may be reading it already
+            fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".config.json.")
+            with os.fdopen(fd, "w") as f:
                 json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
+            os.replace(tmp, path)
     except OSError as err:
         raise ValueError(f"--workdir={workdir}: not writable ({err.strerror})") from None
 
