@@ -157,12 +157,18 @@ def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | N
     if os.path.exists(out):
         with open(out) as f:
             return json.load(f)
-    if tiny:  # a classifier trained for 20 steps: seconds, enough to exercise the path
-        from sagd_jax.metrics.classifier import Recipe
+    return evaluate(samples, out, band=band, filter_band=filter_band, **judging(tiny))
 
-        small = dict(num_subsets=5, subset_size=8, classifier=Recipe(max_steps=20))
-    return evaluate(samples, out, band=band, filter_band=filter_band,
-                    max_reference=64 if tiny else 10_000, **(small if tiny else {}))
+
+def judging(tiny: bool) -> dict[str, Any]:
+    """Evaluation settings: the documented protocol, or seconds-long ones for ``--tiny`` (a
+    classifier trained for 20 steps: enough to exercise the path)."""
+    if not tiny:
+        return {"max_reference": 10_000}
+    from sagd_jax.metrics.classifier import Recipe
+
+    return {"max_reference": 64, "num_subsets": 5, "subset_size": 8,
+            "classifier": Recipe(max_steps=20)}
 
 
 def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[str, Any]:
@@ -176,13 +182,9 @@ def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[st
     n = 16 if tiny else exp.num_samples
     images = load_batch(get_source(config.data), config.data, seed=0, step=0,
                         global_batch_size=n)
-    reference, name = reference_images(config.data, 64 if tiny else 10_000)
-    small: dict[str, Any] = {}
-    if tiny:
-        from sagd_jax.metrics.classifier import Recipe
-
-        small = dict(num_subsets=5, subset_size=8, classifier=Recipe(max_steps=20))
-    metrics = image_metrics(images, reference, name, config.data, band, band, **small)
+    settings = judging(tiny)
+    reference, name = reference_images(config.data, settings.pop("max_reference"))
+    metrics = image_metrics(images, reference, name, config.data, band, band, **settings)
     return summary_row(f"data: {arm.variant} (train)", metrics)
 
 
@@ -314,13 +316,13 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
     exp = EXPERIMENTS[name]
     extra_overrides = TINY if tiny else []
     rows, extra = [], {}
+    band = BAND if name == "omission" else None
     for arm in exp.arms[:max_arms]:
         workdir = os.path.join(root, name, arm.name)
         if not skip_training:
             train(arm, workdir, extra_overrides)
         if not os.path.isdir(os.path.join(workdir, "checkpoints")):
             continue
-        band = BAND if name == "omission" else None
         evaluation = sample_and_evaluate(workdir, exp, tiny, band, band)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             last = json.loads([line for line in f if line.strip()][-1])
@@ -336,10 +338,10 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
     if name == "t0_grf" and rows:
         _plot_score_error(extra, os.path.join(out, name, "score_error.png"))
     if name != "t0_grf" and rows:  # t0_grf's floor is the exact model's, above
-        band = BAND if name == "omission" else None
-        variants = dict.fromkeys(arm.variant for arm in exp.arms[:max_arms])
-        rows += [data_row(next(a for a in exp.arms if a.variant == v), exp, tiny, band)
-                 for v in variants]
+        first_of_variant: dict[str, Arm] = {}
+        for arm in exp.arms[:max_arms]:
+            first_of_variant.setdefault(arm.variant, arm)
+        rows += [data_row(arm, exp, tiny, band) for arm in first_of_variant.values()]
     return report(name, exp, rows, os.path.join(out, name), extra)
 
 
