@@ -41,6 +41,20 @@ def test_t0_grf_experiment_end_to_end(tmp_path):
     again, _, _ = run_experiment(tmp_path, "t0_grf")
     assert "training" not in again and (out / "table.md").read_text() == first
 
+    # The ODE check on the same tiny run: the three ODE solves share their prior draw.
+    check = tmp_path / "ode_check"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/experiments/ode_check.py", "--num_samples=8", "--steps=4",
+         f"--workdir={tmp_path / 'runs' / 't0_grf' / 'full-support'}", f"--out={check}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.load(open(check / "ode_check.json"))
+    assert stats["ode_heun8"]["rms_to_reference"] == 0.0
+    for name in ("ode_heun2", "ddim4"):  # another solve of the same ODE: finite, not identical
+        assert 0 < stats[name]["rms_to_reference"] < float("inf")
+    assert "rms_to_reference" not in stats["ddpm4"]
+    assert stats["data"]["pixel_std"] > 0 and (check / "ode_check.png").exists()
+
 
 @pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
 def test_every_arm_of_every_experiment_has_a_valid_config():
@@ -62,4 +76,11 @@ def test_other_experiments_run_their_first_arm_end_to_end(tmp_path, name):
     if name == "omission":  # the corrupted training data carries extra energy in the band
         assert row["band_energy_ratio"] > 0 and data["band_energy_ratio"] > 1.5
         assert row["spectrum_err_off_band"] >= 0 and data["spectrum_err_off_band"] >= 0
+    else:  # every arm and the data judged again without the band-stop arm's band
+        assert row["spectrum_err_off_band"] >= 0 and data["spectrum_err_off_band"] >= 0
+        assert (name == "sagd_vs_iso_fashion") == ("kid_off_band" in row and "fd_off_band" in data)
     assert (out / "samples.png").exists()
+    if name == "sagd_vs_iso_patches":  # an untrained arm is left out, not sampled
+        table, results, _ = run_experiment(tmp_path, name, "--max_arms=2", "--skip_training")
+        assert [r["arm"] for r in results["rows"]] == [row["arm"], data["arm"]]
+        assert not (tmp_path / "runs" / name / "gamma0.5").exists()
