@@ -84,3 +84,23 @@ def test_other_experiments_run_their_first_arm_end_to_end(tmp_path, name):
         table, results, _ = run_experiment(tmp_path, name, "--max_arms=2", "--skip_training")
         assert [r["arm"] for r in results["rows"]] == [row["arm"], data["arm"]]
         assert not (tmp_path / "runs" / name / "gamma0.5").exists()
+
+
+def test_seed_summary_means_and_half_ranges():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks", "experiments"))
+    from run import markdown_table, seed_summary
+
+    rows = [{"arm": "gamma0-seed0", "fd": 40.0, "kid_mean": 3.0, "loss": 0.05},
+            {"arm": "gamma0-seed1", "fd": 50.0, "kid_mean": 2.0, "loss": 0.04},
+            {"arm": "gamma0.5-seed0", "fd": 45.0, "kid_mean": 2.5, "loss": 0.04},
+            {"arm": "gamma1-seed0", "fd": 30.0, "loss": 0.03},
+            {"arm": "gamma1-seed1", "fd": 34.0, "kid_mean": 1.0, "loss": 0.03},
+            {"arm": "data: fashion_mnist (train)", "fd": 2.0}]
+    summary = seed_summary(rows)
+    assert summary == [
+        {"arm": "gamma0", "seeds": 2, "loss": "0.045 +- 0.005", "fd": "45 +- 5",
+         "kid_mean": "2.5 +- 0.5"},
+        {"arm": "gamma1", "seeds": 2, "loss": "0.03 +- 0", "fd": "32 +- 2"}]  # one KID missing
+    table = markdown_table(summary, ("arm", "seeds", "fd", "kid_mean", "grf_var_err"))
+    assert table.splitlines()[0] == "| arm | seeds | fd | kid_mean |"
+    assert table.splitlines()[3] == "| gamma1 | 2 | 32 +- 2 | - |"

@@ -211,7 +211,8 @@ def off_band_columns(evaluation: dict[str, Any]) -> dict[str, Any]:
     """The columns of a second judging without a band (``Experiment.judge_off``)."""
     row = {"spectrum_err_off_band": evaluation["spectrum_off_band"]["mean_abs_log_ratio"]}
     if "fd" in evaluation:
-        row |= {"fd_off_band": evaluation["fd"], "kid_off_band": kid_text(evaluation)}
+        row |= {"fd_off_band": evaluation["fd"], "kid_off_band": kid_text(evaluation),
+                "kid_off_band_mean": kid_mean(evaluation)}
     return row
 
 
@@ -220,7 +221,8 @@ def summary_row(name: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     row = {"arm": name, "spectrum_err": evaluation["spectrum"]["mean_abs_log_ratio"],
            "spectrum": evaluation["spectrum"]}
     if "fd" in evaluation:
-        row |= {"fd": evaluation["fd"], "kid": kid_text(evaluation)}
+        row |= {"fd": evaluation["fd"], "kid": kid_text(evaluation),
+                "kid_mean": kid_mean(evaluation)}
     if "spectrum_off_band" in evaluation:
         row["spectrum_err_off_band"] = evaluation["spectrum_off_band"]["mean_abs_log_ratio"]
     if "band_energy_ratio" in evaluation:
@@ -294,6 +296,46 @@ def kid_text(evaluation: dict[str, Any]) -> str:
     return f"{kid['mean']:.3g} +- {kid['std']:.2g} (subset std)"
 
 
+def kid_mean(evaluation: dict[str, Any]) -> float:
+    """The KID estimate that ``kid_text`` shows."""
+    return evaluation["kid_blocks" if "kid_blocks" in evaluation else "kid"]["mean"]
+
+
+SEED_COLUMNS = ("loss", "spectrum_err", "spectrum_err_off_band", "fd", "kid_mean",
+                "fd_off_band", "kid_off_band_mean")
+
+
+def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per arm run with several seeds (rows named ``<arm>-seed<k>``): for each of
+    ``SEED_COLUMNS`` that every seed has, ``"mean +- h"`` with h half the range over the seeds
+    (two seeds: half their difference, the seed-to-seed scatter of that number)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        base, sep, seed = row["arm"].rpartition("-seed")
+        if sep and seed.isdigit():
+            groups.setdefault(base, []).append(row)
+    summaries = []
+    for base, group in groups.items():
+        if len(group) < 2:
+            continue
+        summary: dict[str, Any] = {"arm": base, "seeds": len(group)}
+        for column in SEED_COLUMNS:
+            values = np.asarray([r[column] for r in group if r.get(column) is not None], float)
+            if len(values) == len(group):
+                half = (values.max() - values.min()) / 2
+                summary[column] = f"{values.mean():.3g} +- {half:.2g}"
+        summaries.append(summary)
+    return summaries
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    """The ``columns`` that any row has, one line per row (``-`` where a row lacks one)."""
+    columns = tuple(c for c in columns if any(c in r for r in rows))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "-"
@@ -306,17 +348,16 @@ def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
 
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"experiment": name, "rows": rows, **extra}, f, indent=2)
-    columns = [c for c in ("arm", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50",
-                           "loss_t0.50-0.75", "loss_t0.75-1.00", "spectrum_err",
-                           "spectrum_err_off_band", "fd", "kid", "fd_off_band",
-                           "kid_off_band", "band_energy_ratio",
-                           "grf_var_err", "grf_var_floor")
-               if any(c in r for r in rows)]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(fmt(row.get(c)) for c in columns) + " |")
-    table = "\n".join(lines) + "\n"
+        json.dump({"experiment": name, "rows": rows, "seed_summary": seed_summary(rows),
+                   **extra}, f, indent=2)
+    table = markdown_table(rows, (
+        "arm", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50", "loss_t0.50-0.75",
+        "loss_t0.75-1.00", "spectrum_err", "spectrum_err_off_band", "fd", "kid", "fd_off_band",
+        "kid_off_band", "band_energy_ratio", "grf_var_err", "grf_var_floor"))
+    seeds = seed_summary(rows)
+    if seeds:
+        table += ("\nArms with several seeds: mean +- half the range over the seeds\n\n"
+                  + markdown_table(seeds, ("arm", "seeds", *SEED_COLUMNS)))
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(table)
     spectra = {r["arm"]: np.asarray(r["spectrum"]["samples"]) for r in rows if "spectrum" in r}
