@@ -97,8 +97,8 @@ TINY = ["data.num_examples=64", "model.ch=8", "model.ch_mult=(1,2)", "model.num_
 
 
 def finished(arm: Arm, workdir: str, extra: list[str]) -> bool:
-    """Whether the arm's run has its final checkpoint."""
-    steps = arm_config(arm, extra).train.num_steps
+    """Whether the arm's run has its final checkpoint (reads the config; loads no data)."""
+    steps = load_arm_config(arm, extra).train.num_steps
     return os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
 
 
@@ -106,6 +106,7 @@ def train(arm: Arm, workdir: str, extra: list[str]) -> None:
     """Train or resume one arm (a subprocess: one process per run, as users run it)."""
     if finished(arm, workdir, extra):
         return
+    arm_config(arm, extra)  # bad input: one line here, before anything is started or written
     os.makedirs(workdir, exist_ok=True)
     command = [sys.executable, "-m", "sagd_jax.main", f"--config={CONFIG}:{arm.variant}",
                f"--workdir={workdir}",
@@ -132,13 +133,19 @@ def arm_settings(arm: Arm, extra: list[str]) -> list[tuple[str, str]]:
     return [*arm.overrides, *(tuple(item.split("=", 1)) for item in extra)]
 
 
-def arm_config(arm: Arm, extra: list[str]) -> Any:
-    """The validated config of an arm (its variant, its overrides, then ``extra``)."""
+def load_arm_config(arm: Arm, extra: list[str]) -> Any:
+    """The config of an arm (its variant, its overrides, then ``extra``), not validated."""
     from sagd_jax.config import load_config_file
+
+    return load_config_file(os.path.join(REPO, f"{CONFIG}:{arm.variant}"),
+                            arm_settings(arm, extra))
+
+
+def arm_config(arm: Arm, extra: list[str]) -> Any:
+    """The validated config of an arm (``build_run`` checks it and loads its data source)."""
     from sagd_jax.train.loop import build_run
 
-    config = load_config_file(os.path.join(REPO, f"{CONFIG}:{arm.variant}"),
-                              arm_settings(arm, extra))
+    config = load_arm_config(arm, extra)
     build_run(config)
     return config
 
@@ -347,14 +354,14 @@ def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
     from sagd_jax.metrics.spectra import plot_radial
 
     os.makedirs(out_dir, exist_ok=True)
+    seeds = seed_summary(rows)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"experiment": name, "rows": rows, "seed_summary": seed_summary(rows),
-                   **extra}, f, indent=2)
+        json.dump({"experiment": name, "rows": rows, "seed_summary": seeds, **extra}, f,
+                  indent=2)
     table = markdown_table(rows, (
         "arm", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50", "loss_t0.50-0.75",
         "loss_t0.75-1.00", "spectrum_err", "spectrum_err_off_band", "fd", "kid", "fd_off_band",
         "kid_off_band", "band_energy_ratio", "grf_var_err", "grf_var_floor"))
-    seeds = seed_summary(rows)
     if seeds:
         table += ("\nArms with several seeds: mean +- half the range over the seeds\n\n"
                   + markdown_table(seeds, ("arm", "seeds", *SEED_COLUMNS)))
