@@ -1,7 +1,7 @@
 """Generate images from a trained run, in resumable chunks, sharded over all devices.
 
     python -m sagd_jax.sample --workdir=DIR --num_samples=N --sampler=ddpm --steps=S \\
-        [--config=configs/NAME.py] [--seed=K] [--eta=E] [--checkpoint_step=STEP] \\
+        [--config=configs/NAME.py] [--seed=K] [--eta=E] [--clip_x0=C] [--checkpoint_step=STEP] \\
         [--chunk_size=C] [--out=OUTDIR] [--model=ema|exact]
 
 Loads the EMA weights of the latest (or the chosen) checkpoint of ``DIR`` (``--model=exact``:
@@ -46,6 +46,7 @@ class SampleRequest:
     checkpoint_step: int | None = None
     chunk_size: int = 256
     model: str = "ema"
+    clip_x0: float | None = None  # ddpm, ddim: x0_hat clipped to [-c, c] (samplers module)
 
     def validate(self, device_count: int) -> None:
         from sagd_jax.samplers import SAMPLERS
@@ -65,6 +66,10 @@ class SampleRequest:
         if self.chunk_size < 1 or self.chunk_size % device_count:
             raise ValueError(f"--chunk_size={self.chunk_size}: must be a positive multiple of "
                              f"the device count ({device_count})")
+        if self.clip_x0 is not None and self.sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"--clip_x0={self.clip_x0}: only the ddpm and ddim samplers clip")
+        if self.clip_x0 is not None and not self.clip_x0 > 0:
+            raise ValueError(f"--clip_x0={self.clip_x0}: must be > 0")
         if self.model not in ("ema", "exact"):
             raise ValueError(f"--model={self.model!r}: must be ema or exact")
 
@@ -74,6 +79,7 @@ class SampleRequest:
 
     def default_dirname(self, checkpoint_step: int | None) -> str:
         sampler = self.sampler + (f"-eta{self.eta:g}" if self.eta is not None else "")
+        sampler += f"-clip{self.clip_x0:g}" if self.clip_x0 is not None else ""
         source = "exact" if self.model == "exact" else f"step{checkpoint_step}"
         return f"{sampler}-{self.steps}steps-seed{self.seed}-{source}"
 
@@ -136,6 +142,8 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     final = os.path.join(out_dir, "samples.npz")
     manifest = {**dataclasses.asdict(request), "checkpoint_step": step,
                 "workdir": os.path.abspath(workdir)}
+    if request.clip_x0 is None:  # manifests written before the option existed stay valid
+        del manifest["clip_x0"]
     if jax.process_index() == 0:
         _check_manifest(out_dir, manifest)
     if os.path.exists(final):
@@ -148,7 +156,8 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     todo = [i for i in range(request.num_chunks) if not os.path.exists(chunk_path[i])]
     barrier("sagd-sample-start")  # all agree on what is done before anyone writes
     sampler = get_sampler(request.sampler)
-    options = {} if request.eta is None else {"eta": request.eta}
+    options = {k: v for k, v in (("eta", request.eta), ("clip_x0", request.clip_x0))
+               if v is not None}
     base = stream_key(request.seed, SAMPLE_CLI_STREAM)
     shape = (request.chunk_size, height, width, channels)
     start = time.perf_counter()
@@ -183,8 +192,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     request = SampleRequest(
         num_samples=FLAGS.num_samples, sampler=FLAGS.sampler, steps=FLAGS.steps,
-        seed=FLAGS.seed, eta=FLAGS.eta, checkpoint_step=FLAGS.checkpoint_step,
-        chunk_size=FLAGS.chunk_size, model=FLAGS.model)
+        seed=FLAGS.seed, eta=FLAGS.eta, clip_x0=FLAGS.clip_x0,
+        checkpoint_step=FLAGS.checkpoint_step, chunk_size=FLAGS.chunk_size, model=FLAGS.model)
     try:
         from sagd_jax import distributed
 
@@ -207,6 +216,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("steps", 250, "Sampler iterations.")
     flags.DEFINE_integer("seed", 0, "Sampling seed (independent of the training seed).")
     flags.DEFINE_float("eta", None, "DDIM's eta (0: deterministic, 1: DDPM's posterior).")
+    flags.DEFINE_float("clip_x0", None, "ddpm, ddim: clip x0_hat to [-C, C] at every step "
+                       "(the data range is 1); default: no clipping.")
     flags.DEFINE_integer("checkpoint_step", None, "Checkpoint to load (default: latest).")
     flags.DEFINE_integer("chunk_size", 256, "Images per chunk (a multiple of the devices).")
     flags.DEFINE_string("out", None, "Output directory (default DIR/generated/...).")

@@ -11,6 +11,11 @@ Every sampler has the signature ``sampler(process, eps_fn, key, shape, steps, **
   DDIM this *is* their final step: the posterior at s = 0 is a point mass at ``x0_hat``).
   Network evaluations: ``steps`` for DDPM, DDIM, Euler and Euler-Maruyama; ``2 steps - 1`` for
   Heun.
+* ``clip_x0`` (option of DDPM and DDIM): clip each ``x0_hat`` to ``[-clip_x0, clip_x0]`` (the
+  data range; then projected onto the support of ``Sigma``) and re-derive ``eps_hat`` from it,
+  as DDPM's ``clip_denoised``. Not part of the exact dynamics: it keeps a briefly trained model
+  whose ``x0_hat`` drifts far out of range at high noise (``sigma / alpha`` amplifies any error
+  of ``eps_hat``) inside the data range. Also applied to the final denoising step.
 * ``sharding`` (optional): keeps ``x`` split that way (e.g. the batch over the mesh's
   ``data`` axis) through the whole loop; the samples are the same as without it.
 * The prior is ``N(0, sigma_T^2 Sigma)``; all fresh noise is ``Sigma^{1/2} z``, so a band that
@@ -68,9 +73,25 @@ def _run(
 
     x = jax.lax.fori_loop(0, steps - 1, body, x)
     t_last = times[-1] * batch
+    x0_hat, _ = _denoise(process, x, t_last, eps_fn(x, t_last), options)
     # Off the support of Sigma the exact dynamics keep the prior's zeros; projecting removes
     # the round-off that 1/alpha_T amplifies there, so masked bands of samples are exactly 0.
-    return constrain(process.cov.project(process.denoise(x, t_last, eps_fn(x, t_last))))
+    return constrain(process.cov.project(x0_hat))
+
+
+def _denoise(
+    process: DiffusionProcess, x: jax.Array, t: jax.Array, eps: jax.Array,
+    options: dict[str, jax.Array],
+) -> tuple[jax.Array, jax.Array]:
+    """``(x0_hat, eps_hat)``; with ``options["clip_x0"] = c``, ``x0_hat`` clipped to [-c, c],
+    projected onto the support, and ``eps_hat`` the white noise consistent with it."""
+    x0_hat = process.denoise(x, t, eps)
+    if "clip_x0" not in options:
+        return x0_hat, eps
+    c = options["clip_x0"]
+    x0_hat = process.cov.project(jnp.clip(x0_hat, -c, c))
+    alpha, sigma = (expand_to(v, x) for v in process.coefficients(t))
+    return x0_hat, process.cov.inv_sqrt(x - alpha * x0_hat) / sigma
 
 
 def _make_sampler(
@@ -94,6 +115,8 @@ def _make_sampler(
         unknown = sorted(set(options) - set(option_names))
         if unknown:
             raise ValueError(f"sampler {name!r} takes no option(s) {unknown}")
+        if "clip_x0" in options and not options["clip_x0"] > 0:
+            raise ValueError(f"clip_x0={options['clip_x0']}: must be > 0")
         opts = {k: jnp.float32(v) for k, v in options.items()}
         return _run(process, _as_pytree_fn(eps_fn), key, opts, update=update, shape=shape,
                     steps=steps, sharding=sharding)
@@ -116,15 +139,14 @@ def _posterior(
 
 
 def _ddpm_update(process, eps_fn, x, t, s, key, options):
-    eps = eps_fn(x, t)
-    mean, var = _posterior(process, x, process.denoise(x, t, eps), t, s)
+    x0_hat, _ = _denoise(process, x, t, eps_fn(x, t), options)
+    mean, var = _posterior(process, x, x0_hat, t, s)
     z = jax.random.normal(key, x.shape, jnp.float32)
     return mean + jnp.sqrt(var) * process.cov.sqrt(z)
 
 
 def _ddim_update(process, eps_fn, x, t, s, key, options):
-    eps = eps_fn(x, t)
-    x0_hat = process.denoise(x, t, eps)
+    x0_hat, eps = _denoise(process, x, t, eps_fn(x, t), options)
     _, var = _posterior(process, x, x0_hat, t, s)
     alpha_s, sigma_s = (expand_to(c, x) for c in process.coefficients(s))
     noise_var = options.get("eta", 0.0) ** 2 * var
@@ -164,13 +186,16 @@ def _sde_update(process, eps_fn, x, t, s, key, options):
 ddpm = _make_sampler(
     _ddpm_update,
     "ddpm",
-    "DDPM ancestral sampling: ``x_s ~ N(mu_tilde(x_t, x0_hat), beta_tilde Sigma)``.",
+    "DDPM ancestral sampling: ``x_s ~ N(mu_tilde(x_t, x0_hat), beta_tilde Sigma)``; option\n"
+    "``clip_x0`` (module docstring).",
+    option_names=("clip_x0",),
 )
 ddim = _make_sampler(
     _ddim_update,
     "ddim",
-    "DDIM with ``eta`` (option, default 0: deterministic; 1 matches DDPM's posterior).",
-    option_names=("eta",),
+    "DDIM with ``eta`` (option, default 0: deterministic; 1 matches DDPM's posterior) and\n"
+    "``clip_x0`` (module docstring).",
+    option_names=("eta", "clip_x0"),
 )
 ode_euler = _make_sampler(
     _euler_update, "ode_euler", "Probability-flow ODE, explicit Euler."

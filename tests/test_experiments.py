@@ -7,20 +7,21 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from test_train import REPO
 
 HAS_FASHION = os.path.isdir("/usr/share/datasets/fashion-mnist")
 
 
-def run_experiment(tmp_path, name, *extra):
+def run_experiment(tmp_path, name, *extra, folder=None):
     command = [sys.executable, "benchmarks/experiments/run.py", f"--experiment={name}", "--tiny",
                f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'docs'}", *extra]
     env = {**os.environ, "SAGD_JAX_CACHE": str(tmp_path / "cache")}  # keep ~/.cache clean
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
                             env=env)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
-    out = tmp_path / "docs" / name
+    out = tmp_path / "docs" / (folder or name)
     return result.stdout, json.load(open(out / "results.json")), out
 
 
@@ -40,6 +41,12 @@ def test_t0_grf_experiment_end_to_end(tmp_path):
     first = (out / "table.md").read_text()
     again, _, _ = run_experiment(tmp_path, "t0_grf")
     assert "training" not in again and (out / "table.md").read_text() == first
+    refused = subprocess.run([sys.executable, "benchmarks/experiments/run.py",
+                              "--experiment=t0_grf", "--tiny", "--clip_x0=1",
+                              f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'docs'}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and "only ddpm and ddim clip" in refused.stderr
+    assert not (tmp_path / "docs" / "t0_grf-clip1").exists()
 
     # The ODE check on the same tiny run: the three ODE solves share their prior draw.
     check = tmp_path / "ode_check"
@@ -84,6 +91,17 @@ def test_other_experiments_run_their_first_arm_end_to_end(tmp_path, name):
         table, results, _ = run_experiment(tmp_path, name, "--max_arms=2", "--skip_training")
         assert [r["arm"] for r in results["rows"]] == [row["arm"], data["arm"]]
         assert not (tmp_path / "runs" / name / "gamma0.5").exists()
+        # The same arm sampled again with x0_hat clipped: its own samples and report folder.
+        _, clipped, clip_out = run_experiment(tmp_path, name, "--max_arms=1", "--skip_training",
+                                              "--clip_x0=0.5", folder=f"{name}-clip0.5")
+        assert (clip_out / "table.md").exists() and (clip_out / "samples.png").exists()
+        assert clipped["rows"][0]["arm"] == row["arm"]
+        assert clipped["clip_x0"] == 0.5 and "clip_x0" not in results
+        generated = tmp_path / "runs" / name / row["arm"] / "generated"
+        assert sorted(os.listdir(generated)) == ["ddpm-2steps-seed0-step2",
+                                                 "ddpm-clip0.5-2steps-seed0-step2"]
+        with np.load(generated / "ddpm-clip0.5-2steps-seed0-step2" / "samples.npz") as f:
+            assert np.abs(f["float32"]).max() <= 0.5 + 1e-6  # gamma 0: no projection
 
 
 def test_seed_summary_means_and_half_ranges():

@@ -55,12 +55,26 @@ def test_resumed_sampling_equals_uninterrupted_bit_for_bit(trained, tmp_path):
         generate(trained, SampleRequest(**{**request.__dict__, "seed": 1}), str(tmp_path / "a"))
 
 
+def test_clipped_sampling_has_its_own_folder_and_stays_in_range(trained):
+    request = SampleRequest(num_samples=4, sampler="ddpm", steps=3, chunk_size=4, clip_x0=0.5)
+    path = generate(trained, request)
+    assert os.path.basename(os.path.dirname(path)) == "ddpm-clip0.5-3steps-seed0-step2"
+    manifest = json.load(open(os.path.join(os.path.dirname(path), "manifest.json")))
+    assert manifest["clip_x0"] == 0.5
+    with np.load(path) as f:  # no bands in the tiny run: the projection is the identity
+        assert np.abs(f["float32"]).max() <= 0.5 + 1e-6
+    plain = generate(trained, SampleRequest(num_samples=4, sampler="ddpm", steps=3, chunk_size=4))
+    assert "clip_x0" not in json.load(open(os.path.join(os.path.dirname(plain), "manifest.json")))
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(sampler="euler"), "--sampler='euler': unknown"),
     (dict(steps=0), "--steps=0: must be >= 1"),
     (dict(num_samples=0), "--num_samples=0: must be >= 1"),
     (dict(checkpoint_step=7), "no checkpoint of step 7"),
     (dict(eta=0.5), "--eta=0.5: only the ddim sampler takes eta"),
+    (dict(sampler="ode_heun", clip_x0=1.0), "--clip_x0=1.0: only the ddpm and ddim samplers"),
+    (dict(clip_x0=0.0), "--clip_x0=0.0: must be > 0"),
 ])
 def test_bad_sampling_input_is_refused_before_anything_runs(trained, tmp_path, change, message):
     request = SampleRequest(**{**dict(num_samples=4, sampler="ddpm", steps=2), **change})

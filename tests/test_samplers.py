@@ -134,6 +134,34 @@ def test_ddim_with_eta_one_is_ddpm():
     assert np.abs(np.asarray(a) - np.asarray(c)).max() > 0.1
 
 
+@pytest.mark.parametrize("bands", ["", MASK])
+@pytest.mark.parametrize("name, options", [("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 0.5})])
+def test_clip_x0(name, options, bands):
+    """Clipping x0_hat: a no-op when the range is never reached (the re-derived eps_hat is the
+    network's), and it holds a model whose eps_hat has a small bias (here a constant 0.05, whose
+    error sigma/alpha amplifies at high noise) inside the range, on the support of Sigma."""
+    cov = SpectralCovariance.create(H, W, gamma=1.0, bands=bands)
+    process = DiffusionProcess(cov=cov, schedule=VPSDE())
+    exact = data_unlike_noise().eps_fn(process)
+    sampler, key, shape = get_sampler(name), jax.random.key(5), (256, H, W, 1)
+    plain = sampler(process, exact, key, shape, 50, **options)
+    wide = sampler(process, exact, key, shape, 50, clip_x0=1e4, **options)
+    np.testing.assert_allclose(wide, plain, rtol=1e-3, atol=2e-3)
+
+    def biased(x, t):
+        return exact(x, t) + 0.05
+
+    drifted = np.asarray(sampler(process, biased, key, shape, 50, **options))
+    clipped = np.asarray(sampler(process, biased, key, shape, 50, clip_x0=1.0, **options))
+    assert np.abs(drifted).max() > 3.0  # the failure clipping is for
+    off_support = ~np.asarray(cov.support)
+    assert power_spectrum(clipped)[off_support].max(initial=0.0) < 1e-10
+    if not bands:  # projection onto a band-limited support may overshoot the range a little
+        assert np.abs(clipped).max() <= 1.0 + 1e-6
+    else:
+        assert np.abs(clipped).max() < 1.5
+
+
 def test_samplers_under_jit_vmap_and_grad():
     cov = SpectralCovariance.create(H, W, gamma=1.0)
     process = DiffusionProcess(cov=cov, schedule=VPSDE())
@@ -168,6 +196,10 @@ def test_sampler_input_errors():
         ddim(process, eps_fn, jax.random.key(0), (4, 7, 8, 1), 5)
     with pytest.raises(ValueError, match="takes no option"):
         ddpm(process, eps_fn, jax.random.key(0), (4, H, W, 1), 5, eta=1.0)
+    with pytest.raises(ValueError, match="clip_x0=0"):
+        ddpm(process, eps_fn, jax.random.key(0), (4, H, W, 1), 5, clip_x0=0.0)
+    with pytest.raises(ValueError, match="takes no option"):
+        get_sampler("ode_heun")(process, eps_fn, jax.random.key(0), (4, H, W, 1), 5, clip_x0=1)
     with pytest.raises(ValueError, match="sampler='euler'"):
         get_sampler("euler")
     assert set(SAMPLERS) == {"ddpm", "ddim", "ode_euler", "ode_heun", "sde"}

@@ -4,6 +4,8 @@
     python benchmarks/experiments/run.py --experiment=omission
     python benchmarks/experiments/run.py --experiment=t0_grf
     python benchmarks/experiments/run.py --list
+    python benchmarks/experiments/run.py --experiment=sagd_vs_iso_patches --skip_training \
+        --clip_x0=1    # the finished arms sampled again with x0_hat clipped to [-1, 1]
 
 Each arm trains with ``python -m sagd_jax.main`` in ``--root/<experiment>/<arm>`` (resumed if
 unfinished, skipped if finished), is sampled with ``sagd_jax.sample`` (resumable chunks) and
@@ -12,6 +14,8 @@ judged with ``sagd_jax.evaluate``; then ``--out/<experiment>/`` gets ``table.md`
 per call is appended to ``<arm>/wall_time.jsonl``, also when the command is stopped with
 SIGTERM (the trainer then checkpoints its current step). ``--tiny`` shrinks everything to seconds
 (the end-to-end test); ``--skip_training`` reports on the arms that finished training.
+``--clip_x0=C`` samples with ``x0_hat`` clipped to ``[-C, C]`` (``sagd_jax.samplers``; DDPM and
+DDIM experiments only) into their own folders and reports into ``--out/<experiment>-clipC/``.
 """
 
 from __future__ import annotations
@@ -165,14 +169,15 @@ def wall_time(workdir: str) -> float:
 
 def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | None,
                         filter_band: str | None, model: str = "ema",
-                        name: str = "evaluation.json") -> dict[str, Any]:
+                        name: str = "evaluation.json",
+                        clip_x0: float | None = None) -> dict[str, Any]:
     """Sample the arm (resumable) and judge the samples; ``name``: the cached result's file."""
     from sagd_jax.evaluate import evaluate
     from sagd_jax.sample import SampleRequest, generate
 
     n = 16 if tiny else exp.num_samples
     request = SampleRequest(num_samples=n, sampler=exp.sampler, steps=2 if tiny else exp.steps,
-                            chunk_size=8 if tiny else 250, model=model)
+                            chunk_size=8 if tiny else 250, model=model, clip_x0=clip_x0)
     samples = generate(workdir, request)
     out = os.path.join(os.path.dirname(samples), name)
     if os.path.exists(out):
@@ -388,10 +393,19 @@ def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
 
 
 def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bool,
-                   max_arms: int | None = None) -> str:
+                   max_arms: int | None = None, clip_x0: float | None = None) -> str:
     exp = EXPERIMENTS[name]
+    if clip_x0 is not None:
+        if exp.sampler not in ("ddpm", "ddim"):
+            raise SystemExit(f"--clip_x0={clip_x0}: experiment {name} samples with "
+                             f"{exp.sampler}; only ddpm and ddim clip")
+        if not clip_x0 > 0:
+            raise SystemExit(f"--clip_x0={clip_x0}: must be > 0")
+        exp = dataclasses.replace(
+            exp, description=f"{exp.description} (x0_hat clipped to [-{clip_x0:g}, {clip_x0:g}])")
     extra_overrides = TINY if tiny else []
-    rows, extra = [], {}
+    rows: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {} if clip_x0 is None else {"clip_x0": clip_x0}
     band = BAND if name == "omission" else None
     for arm in exp.arms[:max_arms]:
         workdir = os.path.join(root, name, arm.name)
@@ -399,7 +413,7 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
             train(arm, workdir, extra_overrides)
         if not finished(arm, workdir, extra_overrides):
             continue  # not trained yet (--skip_training): no samples from an unfinished run
-        evaluation = sample_and_evaluate(workdir, exp, tiny, band, band)
+        evaluation = sample_and_evaluate(workdir, exp, tiny, band, band, clip_x0=clip_x0)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             last = json.loads([line for line in f if line.strip()][-1])
         row = {"arm": arm.name, "steps": last["step"], "wall_s": wall_time(workdir),
@@ -408,7 +422,8 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
                "grid": os.path.join(os.path.dirname(evaluation["samples"]), "grid.png")}
         if exp.judge_off:
             row |= off_band_columns(sample_and_evaluate(
-                workdir, exp, tiny, None, exp.judge_off, name="evaluation_off_band.json"))
+                workdir, exp, tiny, None, exp.judge_off, name="evaluation_off_band.json",
+                clip_x0=clip_x0))
         if name == "t0_grf":
             extra[f"score_error/{arm.name}"] = score_error_curve(workdir, tiny)
             exact = sample_and_evaluate(workdir, exp, tiny, None, None, model="exact")
@@ -421,7 +436,8 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
         for arm in exp.arms[:max_arms]:
             first_of_variant.setdefault(arm.variant, arm)
         rows += [data_row(arm, exp, tiny, band) for arm in first_of_variant.values()]
-    return report(name, exp, rows, os.path.join(out, name), extra)
+    folder = name if clip_x0 is None else f"{name}-clip{clip_x0:g}"
+    return report(name, exp, rows, os.path.join(out, folder), extra)
 
 
 def _plot_score_error(extra: dict[str, Any], path: str) -> None:
@@ -458,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="seconds-long settings (tests)")
     parser.add_argument("--skip_training", action="store_true")
     parser.add_argument("--max_arms", type=int, default=None, help="only the first N arms")
+    parser.add_argument("--clip_x0", type=float, default=None,
+                        help="sample with x0_hat clipped to [-C, C]; report to OUT/NAME-clipC")
     parser.add_argument("--check", action="store_true",
                         help="validate every arm's config of every experiment, run nothing")
     args = parser.parse_args(argv)
@@ -471,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {exp.description}; arms: {', '.join(a.name for a in exp.arms)}")
         return 0
     print(run_experiment(args.experiment, args.root, args.out, args.tiny, args.skip_training,
-                         args.max_arms))
+                         args.max_arms, args.clip_x0))
     return 0
 
 
