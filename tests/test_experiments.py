@@ -77,6 +77,9 @@ def test_other_experiments_run_their_first_arm_end_to_end(tmp_path, name):
     _, results, out = run_experiment(tmp_path, name, "--max_arms=1")
     row, data = results["rows"]  # the first arm, then its training data judged alike
     assert row["steps"] == 2 and row["spectrum_err"] >= 0
+    assert 0 <= row["outside_range"] <= 1 and row["low_freq_power_ratio"] > 0
+    if name != "omission":  # clean images: nothing outside [-1, 1]; their own power ratio ~1
+        assert data["outside_range"] == 0 and 0.5 < data["low_freq_power_ratio"] < 2
     assert data["arm"].startswith("data: ") and "steps" not in data
     if name != "sagd_vs_iso_patches":
         assert row["fd"] > 0 and "+-" in row["kid"] and data["fd"] >= 0

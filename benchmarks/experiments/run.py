@@ -211,12 +211,18 @@ def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[st
     settings = judging(tiny)
     reference, name = reference_images(config.data, settings.pop("max_reference"))
     metrics = image_metrics(images, reference, name, config.data, band, band, **settings)
-    row = summary_row(f"data: {arm.variant} (train)", metrics)
+    row = summary_row(f"data: {arm.variant} (train)", metrics) | {
+        "outside_range": outside_range(images)}
     if exp.judge_off:
         off = image_metrics(images, reference, name, config.data, None, exp.judge_off,
                             **settings)
         row |= off_band_columns(off)
     return row
+
+
+def outside_range(images: np.ndarray) -> float:
+    """Fraction of pixels outside the data range [-1, 1]."""
+    return float(np.mean(np.abs(np.asarray(images)) > 1.0))
 
 
 def off_band_columns(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -230,8 +236,10 @@ def off_band_columns(evaluation: dict[str, Any]) -> dict[str, Any]:
 
 def summary_row(name: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     """The table's columns of one evaluation (``image_metrics`` / ``evaluate`` output)."""
-    row = {"arm": name, "spectrum_err": evaluation["spectrum"]["mean_abs_log_ratio"],
-           "spectrum": evaluation["spectrum"]}
+    spectrum = evaluation["spectrum"]
+    row = {"arm": name, "spectrum_err": spectrum["mean_abs_log_ratio"], "spectrum": spectrum,
+           # the mean and the lowest frequencies: where a sampler's drift out of range shows
+           "low_freq_power_ratio": spectrum["samples"][0] / spectrum["reference"][0]}
     if "fd" in evaluation:
         row |= {"fd": evaluation["fd"], "kid": kid_text(evaluation),
                 "kid_mean": kid_mean(evaluation)}
@@ -365,7 +373,8 @@ def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
                   indent=2)
     table = markdown_table(rows, (
         "arm", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50", "loss_t0.50-0.75",
-        "loss_t0.75-1.00", "spectrum_err", "spectrum_err_off_band", "fd", "kid", "fd_off_band",
+        "loss_t0.75-1.00", "spectrum_err", "spectrum_err_off_band", "low_freq_power_ratio",
+        "outside_range", "fd", "kid", "fd_off_band",
         "kid_off_band", "band_energy_ratio", "grf_var_err", "grf_var_floor"))
     if seeds:
         table += ("\nArms with several seeds: mean +- half the range over the seeds\n\n"
@@ -420,6 +429,8 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
                "loss": last["loss"], **{k: v for k, v in last.items() if k.startswith("loss_t")},
                **summary_row(arm.name, evaluation),
                "grid": os.path.join(os.path.dirname(evaluation["samples"]), "grid.png")}
+        with np.load(evaluation["samples"]) as f:
+            row["outside_range"] = outside_range(f["float32"])
         if exp.judge_off:
             row |= off_band_columns(sample_and_evaluate(
                 workdir, exp, tiny, None, exp.judge_off, name="evaluation_off_band.json",
