@@ -45,7 +45,7 @@ def test_t0_grf_experiment_end_to_end(tmp_path):
                               "--experiment=t0_grf", "--tiny", "--clip_x0=1",
                               f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'docs'}"],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 1 and "only ddpm and ddim clip" in refused.stderr
+    assert refused.returncode == 1 and "only the ddpm and ddim samplers clip" in refused.stderr
     assert not (tmp_path / "docs" / "t0_grf-clip1").exists()
 
     # The ODE check on the same tiny run: the three ODE solves share their prior draw.

@@ -405,11 +405,13 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
                    max_arms: int | None = None, clip_x0: float | None = None) -> str:
     exp = EXPERIMENTS[name]
     if clip_x0 is not None:
-        if exp.sampler not in ("ddpm", "ddim"):
-            raise SystemExit(f"--clip_x0={clip_x0}: experiment {name} samples with "
-                             f"{exp.sampler}; only ddpm and ddim clip")
-        if not clip_x0 > 0:
-            raise SystemExit(f"--clip_x0={clip_x0}: must be > 0")
+        from sagd_jax.sample import SampleRequest
+
+        try:  # the sampling CLI's own check, before any arm trains
+            SampleRequest(num_samples=1, sampler=exp.sampler, steps=exp.steps,
+                          clip_x0=clip_x0).validate(device_count=1)
+        except ValueError as err:
+            raise SystemExit(f"experiment {name}: {err}") from None
         exp = dataclasses.replace(
             exp, description=f"{exp.description} (x0_hat clipped to [-{clip_x0:g}, {clip_x0:g}])")
     extra_overrides = TINY if tiny else []
