@@ -14,12 +14,28 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+CHECKPOINTS = "checkpoints"  # WORKDIR/checkpoints/<step>/{state,config}
+
+
+def checkpoint_dir(workdir: str) -> str:
+    """Where a workdir's checkpoints live."""
+    return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """The steps of a workdir's complete checkpoints, ascending (reads the folder only: an
+    unfinished save is a temporary folder whose name is not a number)."""
+    directory = checkpoint_dir(workdir)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
 
 class Checkpointer:
     """Keeps the last ``keep`` checkpoints of a run (``keep=None``: all)."""
 
     def __init__(self, workdir: str, keep: int | None = 3, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = checkpoint_dir(workdir)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True
         )
@@ -30,6 +46,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """The steps of every complete checkpoint, ascending."""
+        return sorted(self.manager.all_steps())
 
     def save(self, state: Any, config: Any) -> None:
         """Save ``state`` under its own step, with the config (a ConfigDict) beside it."""
@@ -52,20 +72,9 @@ class Checkpointer:
         )
         return restored.state
 
-    def restore_config(self, step: int | None = None) -> dict[str, Any]:
-        """The config saved beside a checkpoint (latest by default), as a dict."""
-        step = self.latest_step() if step is None else step
-        args = ocp.args.Composite(config=ocp.args.JsonRestore())
-        return self.manager.restore(step, args=args).config
-
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
-
-
-def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
-    """``ShapeDtypeStruct`` leaves with ``sharding``, for restoring onto a mesh."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

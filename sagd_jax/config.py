@@ -1,14 +1,17 @@
-"""Validation of the trainer's config values, before anything is compiled or written.
+"""The config: every key and its one default (``default_config``), normalisation of a
+user's config onto it (unknown keys refused, naming the closest known ones), config files
+and ``KEY=VALUE`` overrides, and the checks of ``seed``, ``train.*`` and ``optim.*``.
 
 Each check raises a one-line ``ValueError`` naming the key, e.g.
 ``train.batch_size=0: must be an integer >= 1``. Sections with their own builders validate
 themselves: ``data`` (``sagd_jax.data``), ``noise`` and ``diffusion`` (``DiffusionProcess``),
-``model`` (``sagd_jax.models.build_model``).
+``model`` (``sagd_jax.models.build_model``); ``sagd_jax.run.Run`` runs them all, once.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import math
 import os
@@ -17,6 +20,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from sagd_jax import validate
 from sagd_jax.data import default_data_config
 from sagd_jax.samplers import SAMPLERS
 
@@ -73,55 +77,93 @@ def _get(config: Any, key: str) -> Any:
     return node
 
 
-def _integer(config: Any, key: str, minimum: int) -> int:
-    value = _get(config, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key}={value!r}: must be an integer >= {minimum}")
-    return value
+def flat_keys(config: Any, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of a config (``train.batch_size``, ...), sections expanded."""
+    keys = []
+    for key, value in config.items():
+        if isinstance(value, (dict, ml_collections.ConfigDict)) and len(value):
+            keys += flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
-def _number(config: Any, key: str, lo: float, hi: float, *, open_lo: bool = False,
-            open_hi: bool = False) -> float:
-    value = _get(config, key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value)
-    above = value > lo if open_lo else value >= lo
-    below = value < hi if open_hi else value <= hi
-    ok = ok and above and below
-    if not ok:
-        interval = f"{'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
-        raise ValueError(f"{key}={value!r}: must be a finite number in {interval}")
-    return float(value)
+def unknown_key_error(key: str, known: list[str], flag: str = "--config.") -> ValueError:
+    """``--config.train.nosuchkey: no such config key; closest: train.num_steps, ...``."""
+    closest = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    if not closest:  # a typo in the section: offer the keys of the closest section
+        section, _, leaf = key.partition(".")
+        sections = sorted({k.split(".")[0] for k in known})
+        near = difflib.get_close_matches(section, sections, n=1, cutoff=0.5)
+        if near:
+            closest = difflib.get_close_matches(f"{near[0]}.{leaf}", known, n=3, cutoff=0.0)
+    hint = f"; closest: {', '.join(closest)}" if closest else ""
+    return ValueError(f"{flag}{key}: no such config key{hint}")
+
+
+def check_keys(keys: Any, config: Any, flag: str = "--config.") -> None:
+    """Raise ``unknown_key_error`` for the first of ``keys`` (dotted) that ``config`` lacks
+    (a section counts as a key too: ``--config.model=...`` is known)."""
+    known = flat_keys(config)
+    sections = {".".join(k.split(".")[:i]) for k in known for i in range(1, k.count(".") + 1)}
+    for key in keys:
+        if key not in known and key not in sections:
+            raise unknown_key_error(key, known, flag)
+
+
+def normalize(config: Any) -> ml_collections.ConfigDict:
+    """``config`` (a ConfigDict or a dict) on top of ``default_config()``: every key the code
+    reads is present with one default; a key the defaults lack is an error naming the closest
+    known keys. JSON lists become tuples. Returns a new, unlocked ConfigDict."""
+    values = config if isinstance(config, dict) else config.to_dict()
+    merged = default_config()
+    known = flat_keys(merged)
+
+    def merge(node: ml_collections.ConfigDict, items: dict[str, Any], prefix: str) -> None:
+        for key, value in items.items():
+            if key not in node:
+                if prefix.startswith("diffusion.schedule_kwargs") or (
+                        prefix == "diffusion." and key == "schedule_kwargs"):
+                    pass  # free-form keyword arguments of the schedule
+                else:
+                    raise unknown_key_error(f"{prefix}{key}", known, flag="")
+            current = node.get(key)
+            if isinstance(value, dict) and (isinstance(current, ml_collections.ConfigDict)
+                                            or key not in node):
+                if key not in node:
+                    node[key] = ml_collections.ConfigDict()
+                merge(node[key], value, f"{prefix}{key}.")
+                continue
+            with node.ignore_type():
+                node[key] = tuple(value) if isinstance(value, list) else value
+
+    merge(merged, values, "")
+    return merged
 
 
 def validate_config(config: Any, device_count: int | None = None) -> None:
     """Check ``seed``, ``train.*`` and ``optim.*``; raise a one-line ``ValueError``."""
     device_count = jax.device_count() if device_count is None else device_count
-    _integer(config, "seed", 0)
-    _integer(config, "train.num_steps", 1)
-    batch = _integer(config, "train.batch_size", 1)
+    validate.integer("seed", _get(config, "seed"), 0)
+    validate.integer("train.num_steps", _get(config, "train.num_steps"), 1)
+    batch = validate.integer("train.batch_size", _get(config, "train.batch_size"), 1)
     if batch % device_count:
-        raise ValueError(
-            f"train.batch_size={batch}: must be divisible by the device count ({device_count})"
-        )
+        raise validate.fail("train.batch_size", batch,
+                            f"must be divisible by the device count ({device_count})")
     for key in ("checkpoint_every", "log_every", "sample_every", "num_samples", "sample_steps",
                 "keep_checkpoints"):
-        _integer(config, f"train.{key}", 1)
-    sampler = _get(config, "train.sampler")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"train.sampler={sampler!r}: must be one of {', '.join(SAMPLERS)}")
-    nonfinite = _get(config, "train.nonfinite")
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"train.nonfinite={nonfinite!r}: must be one of "
-                         f"{', '.join(NONFINITE_POLICIES)}")
-    _number(config, "optim.learning_rate", 0.0, 1.0, open_lo=True)
-    _integer(config, "optim.warmup_steps", 0)
-    _number(config, "optim.b1", 0.0, 1.0, open_hi=True)
-    _number(config, "optim.b2", 0.0, 1.0, open_hi=True)
-    _number(config, "optim.eps", 0.0, 1.0, open_lo=True)
-    _number(config, "optim.weight_decay", 0.0, 1.0)
-    _number(config, "optim.grad_clip", 0.0, math.inf, open_hi=True)
-    _number(config, "optim.ema_decay", 0.0, 1.0, open_hi=True)
+        validate.integer(f"train.{key}", _get(config, f"train.{key}"), 1)
+    validate.one_of("train.sampler", _get(config, "train.sampler"), SAMPLERS)
+    validate.one_of("train.nonfinite", _get(config, "train.nonfinite"), NONFINITE_POLICIES)
+    optim = {key: _get(config, f"optim.{key}") for key in config.optim}
+    validate.number("optim.learning_rate", optim["learning_rate"], 0.0, 1.0, open_lo=True)
+    validate.integer("optim.warmup_steps", optim["warmup_steps"], 0)
+    validate.number("optim.b1", optim["b1"], 0.0, 1.0, open_hi=True)
+    validate.number("optim.b2", optim["b2"], 0.0, 1.0, open_hi=True)
+    validate.number("optim.eps", optim["eps"], 0.0, 1.0, open_lo=True)
+    validate.number("optim.weight_decay", optim["weight_decay"], 0.0, 1.0)
+    validate.number("optim.grad_clip", optim["grad_clip"], 0.0, math.inf, open_hi=True)
+    validate.number("optim.ema_decay", optim["ema_decay"], 0.0, 1.0, open_hi=True)
 
 
 def load_config_file(spec: str, overrides: Any = ()) -> ml_collections.ConfigDict:
@@ -133,7 +175,10 @@ def load_config_file(spec: str, overrides: Any = ()) -> ml_collections.ConfigDic
     module_spec = importlib.util.spec_from_file_location("sagd_config_file", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    config = module.get_config(variant) if variant else module.get_config()
+    try:
+        config = module.get_config(variant) if variant else module.get_config()
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--config={spec}: {err}") from None
     for key, text in overrides:
         override(config, key, text)
     return config
@@ -161,15 +206,13 @@ def parse_value(key: str, text: str, current: Any) -> Any:
 
 
 def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
-    """Set ``config[key]`` (dotted) from a command-line string; unknown keys are an error."""
+    """Set ``config[key]`` (dotted) from a command-line string; an unknown key is an error
+    naming the closest known keys."""
+    check_keys([key], config, flag="")
     *parents, leaf = key.split(".")
     node = config
     for part in parents:
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            raise ValueError(f"{key}: no such config key")
         node = node[part]
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-        raise ValueError(f"{key}: no such config key")
     if isinstance(node[leaf], ml_collections.ConfigDict):
         raise ValueError(f"{key}: is a config section, not a value")
     with node.ignore_type():

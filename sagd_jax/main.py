@@ -2,55 +2,46 @@
 
 Config values are overridden on the command line (``--config.noise.gamma=2``); a variant is
 chosen with ``--config=configs/NAME.py:VARIANT``. On a workdir that already has checkpoints the
-run resumes from the latest one. Bad input stops with a one-line error and exit status 2; a
-non-finite loss (``train.nonfinite=stop``) with a one-line error and exit status 3.
-Multi-process: ``--coordinator_address``, ``--num_processes``, ``--process_id`` (see
-``sagd_jax.distributed``); launch scripts for SLURM and TPU pods are in ``launch/``.
+run resumes from the latest one. Bad input (an unknown key, a bad value, a workdir of another
+run) stops with a one-line error and exit status 2 before anything is written; a non-finite
+loss (``train.nonfinite=stop``) with a one-line error and exit status 3. ``--verbosity=0``
+shows the libraries' INFO logs too. Multi-process: ``--coordinator_address``,
+``--num_processes``, ``--process_id`` (see ``sagd_jax.distributed``); launch scripts for SLURM
+and TPU pods are in ``launch/``.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
 
-config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:variant]).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and metrics.")
-flags.DEFINE_string("coordinator_address", None,
-                    "Multi-process runs: host:port of process 0 (else $SAGD_COORDINATOR_ADDRESS, "
-                    "else auto-detected on TPU pods and SLURM).")
-flags.DEFINE_integer("num_processes", None, "Multi-process runs: total number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+from sagd_jax import cli
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from sagd_jax import distributed  # after flag parsing: fast --help
-    from sagd_jax.train.loop import train_and_evaluate
-
-    FLAGS = flags.FLAGS
-    try:
-        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except ValueError as err:
-        _fail(err, 2)
-    except FloatingPointError as err:
-        _fail(err, 3)
+def define_flags(fv: flags.FlagValues) -> None:
+    cli.define_config(fv, help_text="Training config file (configs/*.py[:variant]).")
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and metrics.",
+                        flag_values=fv, required=True)
+    cli.define_distributed(fv)
 
 
-def _fail(err: Exception, status: int) -> None:
-    logging.flush()
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(status)
+def train(fv: flags.FlagValues) -> None:
+    from sagd_jax.train.loop import train_and_evaluate  # after flag parsing: fast --help
+
+    cli.initialize_distributed(fv)
+    train_and_evaluate(fv.config, fv.workdir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the trainer on ``argv`` (default ``sys.argv``); returns the exit status."""
+    return cli.run(__doc__, define_flags, train, argv)
 
 
 def run() -> None:
     """Console-script entry point (``sagd-train``)."""
-    app.run(main)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

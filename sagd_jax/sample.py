@@ -20,18 +20,17 @@ and gives bit for bit the images of an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
-import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from sagd_jax import cli, console, files
+from sagd_jax.console import Progress
 from sagd_jax.train.images import to_uint8
-
-SAMPLE_CLI_STREAM = 4  # a random stream of its own (see train.step for the others)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,25 +83,17 @@ class SampleRequest:
         return f"{sampler}-{self.steps}steps-seed{self.seed}-{source}"
 
 
-def _write_atomic_npz(path: str, **arrays: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
 def _check_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
     path = os.path.join(out_dir, "manifest.json")
     if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+        previous = files.read_json(path)
         if previous != manifest:
             differing = sorted(k for k in manifest if previous.get(k) != manifest[k])
             raise ValueError(f"--out={out_dir}: holds samples made with other settings "
                              f"({', '.join(differing)}); use another --out")
         return
     os.makedirs(os.path.join(out_dir, "chunks"), exist_ok=True)
-    with open(path, "x") as f:
-        json.dump(manifest, f, indent=2)
+    files.write_json(path, manifest, exclusive=True)
 
 
 def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
@@ -116,29 +107,29 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     import jax
     from jax.experimental import multihost_utils
 
+    from sagd_jax import rng
     from sagd_jax.data import grf_model
     from sagd_jax.distributed import barrier
+    from sagd_jax.run import Run
     from sagd_jax.samplers import get_sampler
     from sagd_jax.sharding import batch_sharding, make_mesh
-    from sagd_jax.train.loop import build_run, check_compatible, load_state, saved_config
-    from sagd_jax.train.step import make_eps_fn, stream_key
+    from sagd_jax.train.images import save_grid
 
     request.validate(jax.device_count())
-    saved = saved_config(workdir)
+    run = Run.from_workdir(workdir)
     if config is not None:
-        check_compatible(workdir, saved, config)
+        run.workdir.check_compatible(config, run.config)
     mesh = make_mesh()
     if request.model == "exact":
-        if saved.data.name != "grf":
+        if run.config.data.name != "grf":
             raise ValueError(f"--model=exact: needs data.name=grf, the run has "
-                             f"{saved.data.name!r}")
-        run = build_run(saved)
-        eps_fn, step = grf_model(saved.data).eps_fn(run.process), None
+                             f"{run.config.data.name!r}")
+        eps_fn, step = grf_model(run.config.data).eps_fn(run.process), None
     else:
-        run, state = load_state(workdir, request.checkpoint_step, mesh)
+        state = run.restore(mesh, request.checkpoint_step)
         step = int(jax.device_get(state.step))
-        eps_fn = make_eps_fn(run.model, run.process, state.ema_params)
-    out_dir = out_dir or os.path.join(workdir, "generated", request.default_dirname(step))
+        eps_fn = run.eps_fn(state.ema_params)
+    out_dir = out_dir or run.workdir.generated(request.default_dirname(step))
     final = os.path.join(out_dir, "samples.npz")
     manifest = {**dataclasses.asdict(request), "checkpoint_step": step,
                 "workdir": os.path.abspath(workdir)}
@@ -147,10 +138,9 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     if jax.process_index() == 0:
         _check_manifest(out_dir, manifest)
     if os.path.exists(final):
-        print(f"{final}: already complete", file=sys.stderr)
+        console.info("%s: already complete", final)
         return final
 
-    height, width, channels = run.source.image_shape
     chunk_path = [os.path.join(out_dir, "chunks", f"chunk_{i:05d}.npz")
                   for i in range(request.num_chunks)]
     todo = [i for i in range(request.num_chunks) if not os.path.exists(chunk_path[i])]
@@ -158,82 +148,78 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     sampler = get_sampler(request.sampler)
     options = {k: v for k, v in (("eta", request.eta), ("clip_x0", request.clip_x0))
                if v is not None}
-    base = stream_key(request.seed, SAMPLE_CLI_STREAM)
-    shape = (request.chunk_size, height, width, channels)
-    start = time.perf_counter()
-    for done, i in enumerate(todo[:max_chunks] if max_chunks is not None else todo):
+    base = rng.stream_key(request.seed, rng.SAMPLE_CLI)
+    shape = (request.chunk_size, *run.image_shape)
+    progress = Progress("sampling", total=request.num_chunks, unit="chunk",
+                        done=request.num_chunks - len(todo))
+    for i in todo[:max_chunks] if max_chunks is not None else todo:
         images = sampler(run.process, eps_fn, jax.random.fold_in(base, i), shape, request.steps,
                          sharding=batch_sharding(mesh), **options)
         images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
         count = min(request.chunk_size, request.num_samples - i * request.chunk_size)
         if jax.process_index() == 0:
-            _write_atomic_npz(chunk_path[i], images=images[:count].astype(np.float32))
-        rate = (done + 1) * request.chunk_size / (time.perf_counter() - start)
-        left = (len(todo) - done - 1) * request.chunk_size / rate
-        print(f"chunk {i + 1}/{request.num_chunks}: {rate:.1f} img/s, ETA {left:.0f} s",
-              file=sys.stderr, flush=True)
+            files.write_npz(chunk_path[i], images=images[:count].astype(np.float32))
+        progress.update(1)
     barrier("sagd-sample-end")
     if not all(os.path.exists(p) for p in chunk_path):
         return None
     if jax.process_index() == 0:
-        from sagd_jax.train.images import save_grid
-
         samples = np.concatenate([np.load(p)["images"] for p in chunk_path])
-        _write_atomic_npz(final, arr_0=to_uint8(samples), float32=samples)
+        files.write_npz(final, arr_0=to_uint8(samples), float32=samples)
         grid = os.path.join(out_dir, "grid.png")
         if not os.path.exists(grid):
             save_grid(samples[:64], grid)
     return final
 
 
-def main(argv: list[str]) -> None:
-    FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    request = SampleRequest(
-        num_samples=FLAGS.num_samples, sampler=FLAGS.sampler, steps=FLAGS.steps,
-        seed=FLAGS.seed, eta=FLAGS.eta, clip_x0=FLAGS.clip_x0,
-        checkpoint_step=FLAGS.checkpoint_step, chunk_size=FLAGS.chunk_size, model=FLAGS.model)
-    try:
-        from sagd_jax import distributed
+def define_flags(fv: flags.FlagValues) -> None:
+    cli.define_config(fv, required=False, help_text="Optional: the run's config file; must "
+                      "match the workdir's run.")
+    flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoints).",
+                        flag_values=fv, required=True)
+    flags.DEFINE_integer("num_samples", None, "Number of images.", flag_values=fv,
+                         required=True)
+    flags.DEFINE_string("sampler", "ddpm", "ddpm | ddim | ode_euler | ode_heun | sde",
+                        flag_values=fv)
+    flags.DEFINE_integer("steps", 250, "Sampler iterations.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Sampling seed (independent of the training seed).",
+                         flag_values=fv)
+    flags.DEFINE_float("eta", None, "DDIM's eta (0: deterministic, 1: DDPM's posterior).",
+                       flag_values=fv)
+    flags.DEFINE_float("clip_x0", None, "ddpm, ddim: clip x0_hat to [-C, C] at every step "
+                       "(the data range is 1); default: no clipping.", flag_values=fv)
+    flags.DEFINE_integer("checkpoint_step", None, "Checkpoint to load (default: latest).",
+                         flag_values=fv)
+    flags.DEFINE_integer("chunk_size", 256, "Images per chunk (a multiple of the devices).",
+                         flag_values=fv)
+    flags.DEFINE_string("out", None, "Output directory (default DIR/generated/...).",
+                        flag_values=fv)
+    flags.DEFINE_enum("model", "ema", ["ema", "exact"], "EMA network, or the exact Gaussian "
+                      "model of grf data (no checkpoint).", flag_values=fv)
+    flags.DEFINE_integer("max_chunks", None, "Compute at most this many chunks in this call.",
+                         flag_values=fv)
+    cli.define_distributed(fv)
 
-        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        path = generate(FLAGS.workdir, request, FLAGS.out, FLAGS.config, FLAGS.max_chunks)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+
+def sample(fv: flags.FlagValues) -> None:
+    request = SampleRequest(
+        num_samples=fv.num_samples, sampler=fv.sampler, steps=fv.steps, seed=fv.seed,
+        eta=fv.eta, clip_x0=fv.clip_x0, checkpoint_step=fv.checkpoint_step,
+        chunk_size=fv.chunk_size, model=fv.model)
+    cli.initialize_distributed(fv)
+    path = generate(fv.workdir, request, fv.out, fv.config, fv.max_chunks)
     print(path if path else "stopped early (--max_chunks); run again to continue")
 
 
-def _define_flags() -> None:
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Optional: the run's config file; must "
-                                    "match the workdir's run.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoints).")
-    flags.DEFINE_integer("num_samples", None, "Number of images.")
-    flags.DEFINE_string("sampler", "ddpm", "ddpm | ddim | ode_euler | ode_heun | sde")
-    flags.DEFINE_integer("steps", 250, "Sampler iterations.")
-    flags.DEFINE_integer("seed", 0, "Sampling seed (independent of the training seed).")
-    flags.DEFINE_float("eta", None, "DDIM's eta (0: deterministic, 1: DDPM's posterior).")
-    flags.DEFINE_float("clip_x0", None, "ddpm, ddim: clip x0_hat to [-C, C] at every step "
-                       "(the data range is 1); default: no clipping.")
-    flags.DEFINE_integer("checkpoint_step", None, "Checkpoint to load (default: latest).")
-    flags.DEFINE_integer("chunk_size", 256, "Images per chunk (a multiple of the devices).")
-    flags.DEFINE_string("out", None, "Output directory (default DIR/generated/...).")
-    flags.DEFINE_enum("model", "ema", ["ema", "exact"], "EMA network, or the exact Gaussian "
-                      "model of grf data (no checkpoint).")
-    flags.DEFINE_integer("max_chunks", None, "Compute at most this many chunks in this call.")
-    flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
-    flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
-    flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
-    flags.mark_flags_as_required(["workdir", "num_samples"])
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sampling CLI on ``argv`` (default ``sys.argv``); returns the exit status."""
+    return cli.run(__doc__, define_flags, sample, argv)
 
 
 def run() -> None:
     """Console-script entry point (``sagd-sample``)."""
-    _define_flags()
-    app.run(main)
+    sys.exit(main())
+
 
 if __name__ == "__main__":
     run()

@@ -37,3 +37,9 @@ def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Place every array of ``tree`` replicated on the mesh."""
     return jax.device_put(tree, replicated(mesh))
+
+
+def state_sharding(abstract_state: Any, mesh: Mesh) -> Any:
+    """The sharding of every leaf of a train state on ``mesh``: replicated (parameters,
+    optimizer state and EMA are small next to the activations; an ``fsdp`` axis comes later)."""
+    return jax.tree.map(lambda _: replicated(mesh), abstract_state)

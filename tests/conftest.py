@@ -1,9 +1,17 @@
-"""Shared test helpers: dense float64 references of the spectral operators."""
+"""Fixtures shared by the tests: the repository, tiny configs, in-process CLI runs, and dense
+float64 references of the spectral operators. Tests never import one another: what they
+share lives here, as fixtures."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
+import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -18,7 +26,109 @@ _CACHE = os.environ.setdefault(
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
+# A U-Net of a few thousand parameters on 16x16 grf data: seconds to compile and train.
+TINY_OVERRIDES = {
+    "data.name": "grf", "data.image_size": 16, "data.channels": 1, "data.num_examples": 256,
+    "model.ch": 8, "model.ch_mult": (1, 2), "model.num_res_blocks": 1,
+    "model.attn_resolutions": (8,), "model.num_groups": 2, "model.dropout": 0.1,
+    "optim.warmup_steps": 2, "optim.learning_rate": 1e-3,
+    "train.batch_size": 8, "train.log_every": 2, "train.checkpoint_every": 3,
+    "train.sample_every": 100, "train.num_samples": 4, "train.sample_steps": 3,
+}
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not os.path.isdir(FASHION_MNIST),
+    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+
+
+@pytest.fixture(scope="session")
+def repo() -> str:
+    """The repository root."""
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., Any]:
+    """``tiny_config(**{"train.num_steps": 3})``: ``default_config()`` with ``TINY_OVERRIDES``
+    and the given dotted overrides."""
+    from sagd_jax.config import default_config
+
+    def make(**overrides: Any) -> Any:
+        config = default_config()
+        for key, value in {**TINY_OVERRIDES, **overrides}.items():
+            node = config
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        return config
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_cli_overrides() -> list[str]:
+    """``TINY_OVERRIDES`` without the data keys as ``--config.KEY=VALUE`` flags (the
+    quickstart config's own data: real Fashion-MNIST)."""
+    out = []
+    for key, value in TINY_OVERRIDES.items():
+        if key.startswith("data."):
+            continue
+        if isinstance(value, tuple):
+            value = "(" + ",".join(map(str, value)) + ",)"
+        out.append(f"--config.{key}={value}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def params_of() -> Callable[[Any], list[np.ndarray]]:
+    """The host arrays of a state's parameters, EMA and optimizer state, in leaf order."""
+    def leaves(state: Any) -> list[np.ndarray]:
+        return jax.tree.leaves(jax.device_get((state.params, state.ema_params, state.opt_state)))
+
+    return leaves
+
+
+@dataclasses.dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+            ) -> Callable[..., CliResult]:
+    """``run_cli("sagd_jax.sample", "--workdir=...", ...)``: the tool's ``main(argv)`` run in
+    this process from the repository root, with its exit status and captured output."""
+    monkeypatch.chdir(REPO)
+
+    def call(module: str, *args: str) -> CliResult:
+        main = importlib.import_module(module).main
+        capfd.readouterr()
+        code = main([module, *args])
+        out = capfd.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return call
+
+
+@pytest.fixture(scope="session")
+def run_subprocess() -> Callable[..., subprocess.CompletedProcess]:
+    """``run_subprocess("sagd_jax.main", *args, env=None, timeout=600)``: ``python -m`` in a
+    new process from the repository root (for signals, devices and processes)."""
+    def call(module: str, *args: str, env: dict[str, str] | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return call
+
+
+# --- dense references of the spectral operators ---------------------------------------------
 def unitary_dft_matrix(height: int, width: int) -> np.ndarray:
     """The unitary 2-D DFT on row-major flattened (H, W) images, complex128 (H*W, H*W)."""
 
@@ -29,8 +139,7 @@ def unitary_dft_matrix(height: int, width: int) -> np.ndarray:
     return np.kron(dft(height), dft(width))
 
 
-def dense_multiplier(full_multiplier: np.ndarray) -> np.ndarray:
-    """``F^H diag(m) F`` for a multiplier on the full (H, W) grid, float64 (real part)."""
+def _dense_multiplier(full_multiplier: np.ndarray) -> np.ndarray:
     height, width = full_multiplier.shape
     f = unitary_dft_matrix(height, width)
     dense = f.conj().T @ np.diag(full_multiplier.reshape(-1).astype(np.complex128)) @ f
@@ -38,15 +147,32 @@ def dense_multiplier(full_multiplier: np.ndarray) -> np.ndarray:
     return dense.real
 
 
-def dense_operator(op, height: int, width: int) -> np.ndarray:
-    """The matrix of a linear image operator, from its action on the identity basis."""
+def _dense_operator(op: Callable[[np.ndarray], Any], height: int, width: int) -> np.ndarray:
     basis = np.eye(height * width, dtype=np.float32).reshape(height * width, height, width, 1)
     columns = np.asarray(op(basis), np.float64).reshape(height * width, height * width)
     return columns.T
 
 
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="session")
+def dense_multiplier() -> Callable[[np.ndarray], np.ndarray]:
+    """``F^H diag(m) F`` for a multiplier on the full (H, W) grid, float64 (real part)."""
+    return _dense_multiplier
+
+
+@pytest.fixture(scope="session")
+def dense_operator() -> Callable[..., np.ndarray]:
+    """The matrix of a linear image operator, from its action on the identity basis."""
+    return _dense_operator
+
+
+@pytest.fixture(scope="session")
+def rel_err() -> Callable[[np.ndarray, np.ndarray], float]:
+    """``|a - b| / |b|`` (Frobenius)."""
+    return _rel_err
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import dense_multiplier, dense_operator, rel_err
 
 from sagd_jax.spectral import Band, SpectralCovariance, parse_bands, radial_frequency
 
@@ -64,7 +63,8 @@ def test_weights_match_reference_and_are_even(grid, setting):
 
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_operators_equal_dense_float64_reference(grid, setting):
+def test_operators_equal_dense_float64_reference(grid, setting, dense_operator,
+                                                 dense_multiplier, rel_err):
     height, width = grid
     cov = SpectralCovariance.create(height, width, **setting)
     w = reference_weights(height, width, **setting)
@@ -93,7 +93,7 @@ def test_operators_equal_dense_float64_reference(grid, setting):
     assert rel_err(inv_root @ root, proj) < 1e-5
 
 
-def test_sample_covariance_matches_sigma_to_monte_carlo_error():
+def test_sample_covariance_matches_sigma_to_monte_carlo_error(dense_multiplier):
     height, width, n = 7, 5, 100_000
     cov = SpectralCovariance.create(
         height, width, gamma=1.0, bands=[Band("bandstop", 0.5, 0.8, edge=0.1)]

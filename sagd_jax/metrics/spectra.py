@@ -105,9 +105,8 @@ def variance_error(images: np.ndarray, spectrum: np.ndarray) -> dict[str, Any]:
             "ratio": ratio}
 
 
-def plot_radial(path: str, centers: np.ndarray, curves: dict[str, np.ndarray], *,
-                ylabel: str, title: str = "", logy: bool = True) -> None:
-    """A line plot of radially binned values (one curve per label) against ``rho``, as PNG."""
+def _radial_figure(centers: np.ndarray, curves: dict[str, np.ndarray], ylabel: str,
+                   title: str, logy: bool) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,5 +124,26 @@ def plot_radial(path: str, centers: np.ndarray, curves: dict[str, np.ndarray], *
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_radial(path: str, centers: np.ndarray, curves: dict[str, np.ndarray], *,
+                ylabel: str, title: str = "", logy: bool = True) -> None:
+    """A line plot of radially binned values (one curve per label) against ``rho``, as PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = _radial_figure(centers, curves, ylabel, title, logy)
     fig.savefig(path)
     plt.close(fig)
+
+
+def radial_plot_image(centers: np.ndarray, curves: dict[str, np.ndarray], *, ylabel: str,
+                      title: str = "", logy: bool = True) -> np.ndarray:
+    """The plot of ``plot_radial`` as a uint8 ``(H, W, 3)`` RGB array (for TensorBoard)."""
+    import matplotlib.pyplot as plt
+
+    fig = _radial_figure(centers, curves, ylabel, title, logy)
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image

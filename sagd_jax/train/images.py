@@ -8,6 +8,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from sagd_jax.files import atomic_open
+
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """float ``(N, H, W, C)`` in [-1, 1] -> uint8 in [0, 255] (clipped)."""
@@ -37,6 +39,6 @@ def save_grid(images: np.ndarray, path: str) -> bool:
         return False
     grid = image_grid(to_uint8(images))
     mode = "L" if grid.shape[-1] == 1 else "RGB"
-    with open(path, "xb") as f:
+    with atomic_open(path, "wb", exclusive=True) as f:
         Image.fromarray(grid[..., 0] if mode == "L" else grid, mode).save(f, format="PNG")
     return True

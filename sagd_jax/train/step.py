@@ -16,14 +16,7 @@ from sagd_jax.train.state import TrainState, ema_decay_at
 
 # Metrics report the loss per noise-level bucket: t in [0, 1/N), ..., [(N-1)/N, 1].
 NUM_LOSS_BUCKETS = 4
-# Keys derived from (seed, step) for different uses never collide.
-TRAIN_STREAM, SAMPLE_STREAM, INIT_STREAM = 1, 2, 3
 NOISE_LABEL_SCALE = 1000.0  # the network sees 1000 * t
-
-
-def stream_key(seed: int, stream: int) -> jax.Array:
-    """The base key of one random stream of a run; per-step keys fold the step into it."""
-    return jax.random.fold_in(jax.random.key(seed), stream)
 
 
 def network_eps(model: nn.Module, process: DiffusionProcess, params: Any, x: jax.Array,
@@ -51,7 +44,8 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on ``batch: (B, H, W, C)`` float32.
 
-    All randomness (noise levels, noise, dropout) comes from ``fold_in(train_key, state.step)``,
+    All randomness (noise levels, noise, dropout) comes from ``fold_in(train_key, state.step)``
+    (``train_key``: the run's ``rng.TRAIN`` stream),
     so a step is a pure function of (state, batch, seed). A step whose loss or gradients are
     not finite changes nothing but ``step`` (its update is dropped; the loop decides whether to
     stop or go on). Returns the new state and metrics: ``loss``, ``grad_norm``, ``nonfinite``

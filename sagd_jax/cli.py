@@ -1,0 +1,160 @@
+"""The one flag system of every command-line tool: absl flags (with ``ml_collections``'
+``config_flags`` where a config is taken), one-line errors, exit statuses, a quiet console.
+
+A tool defines its flags in a function and hands it, with its body, to ``run``:
+
+    def define_flags(fv: flags.FlagValues) -> None:
+        cli.define_config(fv)
+        flags.DEFINE_integer("steps", 250, "Sampler iterations.", flag_values=fv)
+
+    def main(argv: list[str] | None = None) -> int:
+        return cli.run(__doc__, define_flags, body, argv)
+
+Each call parses into a fresh ``FlagValues``, so a tool can run many times in one process
+(tests, drivers). Exit statuses: 0 done, 2 bad input (flags, config keys, files: one line
+``error: ...``, nothing written), 3 a run stopped by a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import flags
+
+from sagd_jax import console
+
+FlagValues = flags.FlagValues
+BAD_INPUT, NONFINITE = 2, 3
+
+
+def define_config(fv: FlagValues, required: bool = True, help_text: str | None = None) -> None:
+    """``--config=configs/NAME.py[:VARIANT]`` with ``--config.KEY=VALUE`` overrides."""
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", None, help_text or "Config file (configs/*.py[:variant]); override values "
+        "with --config.KEY=VALUE.", flag_values=fv, lock_config=True)
+    if required:
+        flags.mark_flag_as_required("config", flag_values=fv)
+
+
+def define_distributed(fv: FlagValues) -> None:
+    """``--coordinator_address``, ``--num_processes``, ``--process_id`` (multi-process)."""
+    flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of "
+                        "process 0 (else $SAGD_COORDINATOR_ADDRESS, else auto-detected on TPU "
+                        "pods and SLURM).", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Multi-process runs: total number of "
+                         "processes.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.",
+                         flag_values=fv)
+
+
+def initialize_distributed(fv: FlagValues) -> None:
+    """Join the multi-process run the flags (or the environment) describe, if any."""
+    from sagd_jax import distributed
+
+    distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
+
+
+def _config_overrides(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The ``--config=SPEC`` value and the keys of ``--config.KEY=VALUE`` in ``argv``."""
+    spec, keys = None, []
+    for arg in argv:
+        name, _, value = arg.lstrip("-").partition("=")
+        if name == "config":
+            spec = value
+        elif name.startswith(("config.", "noconfig.")):
+            keys.append(name.split(".", 1)[1])
+    return spec, keys
+
+
+def _check_config(argv: Sequence[str]) -> None:
+    """Refuse a missing config file, and an override of a key the config does not have,
+    naming the closest ones (``config_flags`` would fail later, with a traceback)."""
+    spec, keys = _config_overrides(argv)
+    if spec is None:
+        return
+    from sagd_jax.config import check_keys, load_config_file
+
+    check_keys(keys, load_config_file(spec))
+
+
+@contextlib.contextmanager
+def _argv(argv: list[str]) -> Any:
+    """``config_flags`` reads the overrides from ``sys.argv``: point it at ``argv``."""
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def parse(define_flags: Callable[[FlagValues], None], argv: Sequence[str]) -> FlagValues:
+    """``argv`` (program name first) parsed into a fresh ``FlagValues`` with the tool's flags
+    and ``--verbosity``; bad input raises a one-line ``ValueError``."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    flags.DEFINE_integer("verbosity", console.QUIET, "-1: this tool's progress and warnings "
+                         "only; 0: also the libraries' INFO logs (Orbax, absl, TensorFlow); "
+                         "1: debug.", flag_values=fv)
+    argv = list(argv)
+    _check_config(argv[1:])
+    try:
+        with _argv(argv):
+            rest = fv(argv)
+    except flags.Error as err:
+        raise ValueError(str(err).splitlines()[0]) from None
+    except (OSError, AttributeError, KeyError, TypeError) as err:  # config file or override
+        message = str(err).strip().splitlines()
+        raise ValueError(f"--config: {message[0] if message else type(err).__name__}"
+                         ) from None
+    if len(rest) > 1:
+        raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+    if not flags.FLAGS.is_parsed():  # absl's own logging asks for parsed global flags
+        flags.FLAGS.mark_as_parsed()
+    return fv
+
+
+def run(doc: str | None, define_flags: Callable[[FlagValues], None],
+        body: Callable[[FlagValues], int | None], argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv``), set the console up, run ``body(flags)``; returns
+    the exit status. ``ValueError`` -> ``error: ...`` and 2; ``FloatingPointError`` -> 3."""
+    argv = list(sys.argv if argv is None else argv)
+    console.quiet_native_logs(_early_verbosity(argv))
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        fv = flags.FlagValues()
+        define_flags(fv)
+        print((doc or "").strip() + "\n\nflags:\n" + fv.get_help())
+        return 0
+    try:
+        fv = parse(define_flags, argv)
+    except ValueError as err:
+        return _fail(err, BAD_INPUT)
+    console.setup(fv.verbosity)
+    try:
+        status = body(fv)
+    except ValueError as err:
+        return _fail(err, BAD_INPUT)
+    except FloatingPointError as err:
+        return _fail(err, NONFINITE)
+    return 0 if status is None else int(status)
+
+
+def _early_verbosity(argv: Sequence[str]) -> int:
+    """``--verbosity`` read before parsing: TensorFlow's C++ logging is set at its import,
+    which a config file may trigger."""
+    for arg in argv:
+        name, _, value = arg.lstrip("-").partition("=")
+        if name == "verbosity" and value.lstrip("-").isdigit():
+            return int(value)
+    return console.QUIET
+
+
+def _fail(err: Exception, status: int) -> int:
+    sys.stdout.flush()
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    return status

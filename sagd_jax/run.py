@@ -1,0 +1,195 @@
+"""One object owns a run: its config, data, process, model, optimizer, workdir, state and the
+compiled step. Every CLI, driver and benchmark builds on it.
+
+    run = Run.from_config(config, workdir)      # normalised and validated once, in one line
+    run = Run.from_workdir(workdir)             # the run a workdir holds (its config.json)
+    mesh = make_mesh()
+    state = run.init_state(mesh)                # created directly onto its shardings
+    state = run.restore(mesh, step=None)        # a checkpoint (latest by default)
+    step = run.train_step(mesh)                 # the jitted, sharded, donated update
+    state, metrics = step(state, run.global_batch(s, mesh))
+    images = sampler(run.process, run.eps_fn(state.ema_params), key, shape, steps)
+
+Everything that can be wrong with the input is checked in ``from_config``, before anything
+is loaded, compiled or written: a one-line ``ValueError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from sagd_jax import rng
+from sagd_jax.config import normalize, validate_config
+from sagd_jax.data import get_source, load_batch
+from sagd_jax.data.sources import ImageSource
+from sagd_jax.metrics.spectra import radial_power_spectrum
+from sagd_jax.models import build_model
+from sagd_jax.process import DiffusionProcess
+from sagd_jax.samplers import get_sampler
+from sagd_jax.schedules import time_grid
+from sagd_jax.sharding import batch_sharding, global_batch, replicated, state_sharding
+from sagd_jax.train.state import TrainState, create_train_state, make_optimizer
+from sagd_jax.train.step import make_eps_fn, train_step
+from sagd_jax.workdir import Workdir
+
+REFERENCE_IMAGES = 512  # data images behind the reference power spectrum
+
+
+class Run:
+    """A validated run. ``config``: the normalised config (every key of ``default_config``);
+    ``workdir``: its ``Workdir`` (None for a run without files: benchmarks, tests)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, process: DiffusionProcess,
+                 model: Any, tx: optax.GradientTransformation, workdir: Workdir | None,
+                 source: ImageSource | None):
+        self.config, self.process, self.model, self.tx = config, process, model, tx
+        self.workdir = workdir
+        self._source = source
+
+    @classmethod
+    def from_config(cls, config: Any, workdir: str | Workdir | None = None, *,
+                    load_data: bool = True, device_count: int | None = None) -> Run:
+        """Normalise ``config`` onto the defaults and validate every section, across sections
+        too; ``load_data=False`` skips opening the data source (benchmarks on shapes only).
+        Raises a one-line ``ValueError``; writes nothing."""
+        if isinstance(workdir, str):
+            workdir = Workdir(workdir)
+        if workdir is not None:
+            workdir.check_writable()
+        config = normalize(config)
+        validate_config(config, device_count)
+        source = get_source(config.data) if load_data else None
+        image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
+        if source is not None and tuple(source.image_shape) != image_shape:
+            raise ValueError(f"data.image_size={config.data.image_size}: {source.name} has "
+                             f"{source.image_shape} images")
+        process = DiffusionProcess.from_config(config, image_shape[0], image_shape[1])
+        model = build_model(config.model, image_shape)
+        try:
+            time_grid(process.schedule, config.train.sample_steps)
+        except ValueError as err:
+            raise ValueError(f"train.sample_steps={config.train.sample_steps}: "
+                             f"{str(err).split(': ', 1)[-1]} (diffusion.schedule)") from None
+        config.lock()
+        return cls(config, process, model, make_optimizer(config.optim), workdir, source)
+
+    @classmethod
+    def from_workdir(cls, workdir: str | Workdir, **kwargs: Any) -> Run:
+        """The run a workdir holds, from its ``config.json`` (on today's defaults)."""
+        workdir = Workdir(workdir) if isinstance(workdir, str) else workdir
+        return cls.from_config(workdir.saved_config(), workdir, **kwargs)
+
+    # --- data -----------------------------------------------------------------------------
+    @property
+    def source(self) -> ImageSource:
+        if self._source is None:
+            self._source = get_source(self.config.data)
+        return self._source
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of the run's images."""
+        data = self.config.data
+        return (data.image_size, data.image_size, data.channels)
+
+    def load_batch(self, step: int, batch_size: int | None = None) -> np.ndarray:
+        """This process's slice of the batch of ``step``: float32 ``(B / processes, H, W, C)``,
+        a pure function of (seed, step, process); ``batch_size`` defaults to the global
+        ``train.batch_size``."""
+        size = self.config.train.batch_size if batch_size is None else batch_size
+        return load_batch(self.source, self.config.data, self.config.seed, step, size,
+                          jax.process_index(), jax.process_count())
+
+    def global_batch(self, step: int, mesh: jax.sharding.Mesh) -> jax.Array:
+        """The batch of ``step`` as one array sharded over the mesh's ``data`` axis."""
+        return global_batch(self.load_batch(step), mesh)
+
+    def reference_spectrum(self) -> np.ndarray:
+        """Radially averaged power spectrum of a fixed set of training images."""
+        count = min(len(self.source), REFERENCE_IMAGES)
+        images = load_batch(self.source, self.config.data, self.config.seed, 0, count)
+        return radial_power_spectrum(images)[1]
+
+    # --- state ----------------------------------------------------------------------------
+    def _make_state(self, key: jax.Array) -> TrainState:
+        return create_train_state(self.model, self.tx, key, image_shape=self.image_shape)
+
+    def abstract_state(self, mesh: jax.sharding.Mesh | None = None) -> TrainState:
+        """The state's shapes and dtypes (``jax.ShapeDtypeStruct``), with their shardings on
+        ``mesh`` when given; nothing is computed."""
+        shapes = jax.eval_shape(self._make_state, rng.init_key(self.config.seed))
+        if mesh is None:
+            return shapes
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            shapes, state_sharding(shapes, mesh))
+
+    def state_sharding(self, mesh: jax.sharding.Mesh) -> Any:
+        """The ``NamedSharding`` of every leaf of the state (``sharding.state_sharding``)."""
+        return state_sharding(jax.eval_shape(self._make_state, rng.init_key(self.config.seed)),
+                              mesh)
+
+    def init_state(self, mesh: jax.sharding.Mesh) -> TrainState:
+        """Step 0, initialised from (seed, ``rng.INIT``) directly onto its shardings."""
+        make = jax.jit(self._make_state, out_shardings=self.state_sharding(mesh))
+        return make(rng.init_key(self.config.seed))
+
+    def restore(self, mesh: jax.sharding.Mesh, step: int | None = None) -> TrainState:
+        """Checkpoint ``step`` (latest by default) of the workdir, restored onto its shardings
+        on ``mesh``; a one-line ``ValueError`` when there is no such checkpoint."""
+        workdir = self._require_workdir()
+        steps = workdir.checkpoint_steps()
+        step = (steps[-1] if steps else None) if step is None else step
+        if step is None or step not in steps:
+            raise ValueError(f"--workdir={workdir.path}: no checkpoint"
+                             + ("" if step is None else f" of step {step}")
+                             + f" under {workdir.checkpoint_dir}")
+        checkpointer = workdir.checkpointer()
+        try:
+            return checkpointer.restore(self.abstract_state(mesh), step)
+        finally:
+            checkpointer.close()
+
+    def _require_workdir(self) -> Workdir:
+        if self.workdir is None:
+            raise ValueError("this run has no workdir")
+        return self.workdir
+
+    # --- computation ----------------------------------------------------------------------
+    def train_step(self, mesh: jax.sharding.Mesh) -> Any:
+        """The jitted update ``(state, batch) -> (state, metrics)``: state on its shardings
+        (donated), batch ``(B, H, W, C)`` split over ``data``, metrics replicated; its
+        randomness is ``fold_in(stream(seed, rng.TRAIN), state.step)``."""
+        config = self.config
+        state_sh = self.state_sharding(mesh)
+
+        def step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict[str, Any]]:
+            return train_step(state, batch, rng.stream_key(config.seed, rng.TRAIN),
+                              model=self.model, tx=self.tx, process=self.process,
+                              ema_decay=config.optim.ema_decay)
+
+        return jax.jit(step, in_shardings=(state_sh, batch_sharding(mesh)),
+                       out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
+
+    def eps_fn(self, params: Any) -> jax.tree_util.Partial:
+        """The network with ``params`` as a sampler's ``eps_fn(x, t)`` (parameters traced:
+        no recompile per checkpoint)."""
+        return make_eps_fn(self.model, self.process, params)
+
+    @functools.cached_property
+    def _periodic_sampler(self) -> Any:
+        return get_sampler(self.config.train.sampler)
+
+    def periodic_samples(self, params: Any, step: int) -> np.ndarray:
+        """The trainer's ``train.num_samples`` samples at ``step`` (``train.sampler``,
+        ``train.sample_steps``); the key is ``fold_in(stream(seed, rng.SAMPLE), step)``."""
+        cfg = self.config.train
+        key = jax.random.fold_in(rng.stream_key(self.config.seed, rng.SAMPLE), step)
+        images = self._periodic_sampler(self.process, self.eps_fn(params), key,
+                                        (cfg.num_samples, *self.image_shape), cfg.sample_steps)
+        return np.asarray(jax.device_get(images))

@@ -1,0 +1,155 @@
+"""A run's workdir and everything in it: the one place that knows its layout.
+
+    WORKDIR/config.json            the config the run started with (written once)
+    WORKDIR/checkpoints/<step>/    Orbax checkpoints (``sagd_jax.checkpoint``)
+    WORKDIR/metrics.jsonl          every logged record, append-only
+    WORKDIR/events.out.tfevents.*  TensorBoard scalars and images
+    WORKDIR/samples/               EMA sample grids and spectra of the trainer
+    WORKDIR/generated/<name>/      sample sets of ``sagd_jax.sample``
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+from typing import Any
+
+import ml_collections
+
+from sagd_jax import checkpoint, files
+from sagd_jax.config import normalize
+
+# Config sections that fix what a checkpoint means; a workdir never resumes under others.
+STRUCTURAL_KEYS = ("data.name", "data.image_size", "data.channels", "noise", "diffusion", "model")
+
+
+def _as_dict(config: Any) -> dict[str, Any]:
+    """A config (ConfigDict or dict) as plain JSON values."""
+    if isinstance(config, dict):
+        return json.loads(json.dumps(config))
+    return json.loads(config.to_json_best_effort())
+
+
+def _structural(config: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key in STRUCTURAL_KEYS:
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[key] = node
+    return out
+
+
+class Workdir:
+    """The files of one run under ``path`` (a folder that may not exist yet)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.config_path = os.path.join(path, "config.json")
+        self.metrics_path = os.path.join(path, "metrics.jsonl")
+        self.samples_dir = os.path.join(path, "samples")
+        self.generated_dir = os.path.join(path, "generated")
+        self.checkpoint_dir = checkpoint.checkpoint_dir(path)
+
+    def __repr__(self) -> str:
+        return f"Workdir({self.path!r})"
+
+    # --- before anything is built ---------------------------------------------------------
+    def check_writable(self) -> None:
+        """Refuse a workdir that cannot be created or written (one-line ``ValueError``).
+
+        Probes the nearest existing ancestor with a temporary file that is removed at once
+        (works for root too, for whom permission bits say nothing)."""
+        existing = os.path.abspath(self.path)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise ValueError(f"--workdir={self.path}: {existing} exists and is not a directory")
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as err:
+            raise ValueError(f"--workdir={self.path}: not writable ({existing}: "
+                             f"{err.strerror})") from None
+
+    # --- the config -----------------------------------------------------------------------
+    def saved_config(self) -> ml_collections.ConfigDict:
+        """The config the run started with, on today's defaults (keys added since then read
+        their default); raises a one-line ``ValueError`` if there is none."""
+        if not os.path.isfile(self.config_path):
+            raise ValueError(f"--workdir={self.path}: no config.json; not a training workdir")
+        try:
+            saved = files.read_json(self.config_path)
+            return normalize(saved)
+        except (json.JSONDecodeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{self.config_path}: not a config ({err})") from None
+
+    def check_compatible(self, config: Any, saved: Any = None) -> None:
+        """Raise a one-line ``ValueError`` naming the first structural key where ``config``
+        differs from the run's own (``saved``, default: its ``config.json``)."""
+        saved = self.saved_config() if saved is None else normalize(saved)
+        previous, current = _structural(_as_dict(saved)), _structural(_as_dict(config))
+        for key in STRUCTURAL_KEYS:
+            if previous[key] != current[key]:
+                raise ValueError(
+                    f"--workdir={self.path}: holds a run with {key}={previous[key]!r}, this "
+                    f"config has {current[key]!r}; use a new workdir")
+
+    def prepare(self, config: Any, is_writer: bool = True) -> None:
+        """Create the workdir and write ``config.json`` on a first start, or check that the run
+        already in it has a compatible config (nothing is written then)."""
+        if os.path.exists(self.config_path):
+            self.check_compatible(config)
+            return
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            if is_writer:  # atomically: other processes may be reading it already
+                files.write_json(self.config_path, _as_dict(config))
+        except OSError as err:
+            raise ValueError(f"--workdir={self.path}: not writable ({err.strerror})") from None
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the complete checkpoints, ascending."""
+        return checkpoint.saved_steps(self.path)
+
+    def latest_step(self) -> int | None:
+        steps = self.checkpoint_steps()
+        return steps[-1] if steps else None
+
+    def is_finished(self, num_steps: int) -> bool:
+        """Whether the run has its final checkpoint (step ``num_steps``)."""
+        return num_steps in self.checkpoint_steps()
+
+    def checkpointer(self, keep: int | None = None) -> checkpoint.Checkpointer:
+        return checkpoint.Checkpointer(self.path, keep=keep)
+
+    # --- logs and samples -----------------------------------------------------------------
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        files.append_jsonl(self.metrics_path, record)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every logged record (``[]`` before the first)."""
+        return files.read_jsonl(self.metrics_path)
+
+    def last_metrics(self) -> dict[str, Any]:
+        """The last logged record (``{}`` before the first)."""
+        records = self.metrics()
+        return records[-1] if records else {}
+
+    def sample_grid_path(self, step: int) -> str:
+        return os.path.join(self.samples_dir, f"step_{step:07d}.png")
+
+    def spectrum_path(self, step: int) -> str:
+        return os.path.join(self.samples_dir, f"spectrum_{step:07d}.json")
+
+    def last_spectrum_error(self) -> float | None:
+        """The latest periodic samples' mean |log ratio| of radial spectra, if any."""
+        paths = sorted(glob.glob(os.path.join(self.samples_dir, "spectrum_*.json")))
+        return files.read_json(paths[-1])["mean_abs_log_ratio"] if paths else None
+
+    def generated(self, name: str) -> str:
+        """The folder of a sample set of ``sagd_jax.sample``."""
+        return os.path.join(self.generated_dir, name)
