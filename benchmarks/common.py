@@ -1,14 +1,23 @@
 """What every benchmark script shares: flags, timing, reference rates, the machine, JSON out.
 
-Flags: ``--config FILE[:VARIANT]`` (a ``configs/*.py``), ``--set KEY=VALUE`` (repeatable config
-overrides, parsed like ``--config.KEY=VALUE`` of the trainer) and ``--json FILE`` (a new file:
-an existing one is refused before anything runs).
+Flags (absl, through ``sagd_jax.cli``): ``--config=FILE[:VARIANT]`` (a ``configs/*.py``; each
+script that takes a config has its own default) with ``--config.KEY=VALUE`` overrides, and
+``--json=FILE`` (a new file: an existing one is refused before anything runs). Every script
+runs as ``python benchmarks/NAME.py`` from any working directory (it puts the repository on
+``sys.path`` first) and imports as ``benchmarks.NAME``. A script is
+
+    def define_flags(fv): flags.DEFINE_integer("steps", 4, "...", flag_values=fv)
+    def measure(fv, command) -> dict | None: ...   # fv.config: the config; returns the result
+    def main(argv=None) -> int:
+        return common.main(__doc__, __file__, define_flags, measure, argv, "configs/X.py")
+
+Bad input stops with ``error: ...`` and exit status 2 before anything is measured; a failed
+measurement (``Failed``) with exit status 1.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import os
 import platform
 import resource
@@ -18,40 +27,101 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from absl import flags
+
+from sagd_jax import cli, files
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # run as ``python benchmarks/NAME.py`` from anywhere
-    sys.path.insert(0, REPO)
+
+Measure = Callable[[flags.FlagValues, "Command"], "dict[str, Any] | None"]
 
 
-def make_parser(doc: str, default_config: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=default_config,
-                        help=f"a configs/*.py file, optionally :VARIANT (default {default_config})")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set model.ch=32 (repeatable)")
-    parser.add_argument("--json", default=None, metavar="FILE",
-                        help="also write the results to this new JSON file")
-    return parser
+class Failed(Exception):
+    """A measurement that could not be made (not bad input): ``error: ...``, exit status 1."""
 
 
-def check_args(args: argparse.Namespace) -> Any:
-    """The config of ``--config`` and ``--set``; refuses an existing ``--json`` file. Raises
-    ``SystemExit`` with one line naming the flag on bad input, before anything is compiled."""
-    from sagd_jax.config import load_config_file
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """How a script was called: its file, ``argv`` (program first) and its default config
+    spec (repository-relative; None: the script takes no config)."""
 
-    if args.json and os.path.exists(args.json):
-        raise SystemExit(f"--json={args.json}: exists; results are never overwritten")
-    pairs = []
-    for item in args.set:
-        if "=" not in item:
-            raise SystemExit(f"--set {item}: expected KEY=VALUE")
-        pairs.append(tuple(item.split("=", 1)))
-    path = args.config if os.path.isabs(args.config) else os.path.join(REPO, args.config)
+    script: str
+    argv: tuple[str, ...]
+    default_config: str | None
+
+    @property
+    def config_spec(self) -> str | None:
+        """The ``--config`` value given, else the default (absolute: any working directory)."""
+        spec = cli.config_args(self.argv[1:])[0]
+        if spec is None and self.default_config is not None:
+            spec = os.path.join(REPO, self.default_config)
+        return spec
+
+    @property
+    def overrides(self) -> list[str]:
+        """``KEY=VALUE`` of every ``--config.KEY=VALUE``, in order."""
+        return cli.config_args(self.argv[1:])[1]
+
+    def config_flags(self) -> list[str]:
+        """``--config=SPEC`` and the overrides, for another tool or process given the same
+        config."""
+        return [f"--config={self.config_spec}", *(f"--config.{item}" for item in self.overrides)]
+
+    def text(self) -> str:
+        """The command line, as ``python benchmarks/NAME.py ARGS``."""
+        path = os.path.relpath(os.path.abspath(self.script), REPO)
+        return " ".join(["python", path, *self.argv[1:]])
+
+
+def main(doc: str | None, script: str, define_flags: Callable[[flags.FlagValues], None],
+         measure: Measure, argv: Sequence[str] | None = None,
+         default_config: str | None = None) -> int:
+    """Run a benchmark through ``cli.run``: the shared flags plus ``define_flags``, then
+    ``measure(flags, command)``; its result goes to ``--json`` with the command, the machine and
+    the config. ``default_config``: repository-relative spec (None: the script takes no config).
+    Returns the exit status."""
+    command = Command(script, tuple(sys.argv if argv is None else argv), default_config)
+
+    def define(fv: flags.FlagValues) -> None:
+        if default_config is not None:
+            cli.define_config(fv, default=os.path.join(REPO, default_config))
+        flags.DEFINE_string("json", None, "Also write the results to this new JSON file (an "
+                            "existing one is refused).", flag_values=fv)
+        define_flags(fv)
+
+    def body(fv: flags.FlagValues) -> int | None:
+        if fv.json and files.exists(fv.json):
+            raise ValueError(f"--json={fv.json}: exists; results are never overwritten")
+        try:
+            result = measure(fv, command)
+        except Failed as err:
+            sys.stdout.flush()
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return 1
+        if result is not None and fv.json:
+            write_json(fv.json, result, command)
+        return None
+
+    return cli.run(doc, define, body, command.argv)
+
+
+def write_json(path: str, result: dict[str, Any], command: Command) -> None:
+    """``result`` in the new file ``path`` with the command that made it, the machine and (for
+    a script with a config) the config spec and overrides."""
+    record: dict[str, Any] = {"command": command.text(), "machine": machine()}
+    if command.default_config is not None:
+        record |= {"config": command.config_spec, "overrides": command.overrides}
     try:
-        return load_config_file(path, pairs)
-    except ValueError as err:
-        raise SystemExit(f"--config={args.config}: {err}") from None
+        files.write_json(path, record | result, exclusive=True)
+    except FileExistsError:
+        raise ValueError(f"--json={path}: exists; results are never overwritten") from None
+    print(f"wrote {path}")
+
+
+def scalars(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The numeric entries of a result as ``console.table`` rows (``key``, ``value``)."""
+    return [{"key": key, "value": value} for key, value in result.items()
+            if isinstance(value, (int, float))]
 
 
 def machine() -> dict[str, Any]:
@@ -63,6 +133,15 @@ def machine() -> dict[str, Any]:
             "device_count": jax.device_count(),
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "jax": jax.__version__, "python": platform.python_version()}
+
+
+def default_mesh() -> Any:
+    """A one-device mesh on the default device: where the single-device figures are measured."""
+    import jax
+
+    from sagd_jax.sharding import make_mesh
+
+    return make_mesh(jax.devices()[:1])
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
@@ -77,17 +156,15 @@ def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
     return times
 
 
-def counted_flops(fn: Callable[..., Any], *args: Any) -> float:
-    """XLA's FLOP count of ``fn(*args)`` (``fn`` not jitted), traced afresh with the kernel
-    gradients' taps unrolled: cost analysis counts a loop body once (``unrolled_taps``)."""
-    import functools
-
-    import jax
-
+def counted_flops(build: Callable[[], Any], *args: Any) -> float:
+    """XLA's FLOP count of the jitted function ``build()`` returns, on ``args``; built and
+    traced afresh with the kernel gradients' taps unrolled (cost analysis counts a loop body
+    once: ``unrolled_taps``). ``build`` must make a new function: a cached trace would not
+    have the taps unrolled."""
     from sagd_jax.models.conv import unrolled_taps
 
-    with unrolled_taps():  # a new partial: never a trace cached without the unrolling
-        cost = jax.jit(functools.partial(fn)).lower(*args).cost_analysis()
+    with unrolled_taps():
+        cost = build().lower(*args).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])
 
@@ -116,37 +193,3 @@ def peak_memory_bytes() -> tuple[int, str]:
         return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
 
-
-def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "-" if value is None else str(value)
-
-    widths = [max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in columns]
-    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in rows:
-        print("  ".join(cell(row.get(c)).rjust(w) for c, w in zip(columns, widths, strict=True)))
-
-
-def print_scalars(result: dict[str, Any]) -> None:
-    """One ``key  value`` line per numeric entry of a benchmark's result."""
-    width = max(len(key) for key in result)
-    for key, value in result.items():
-        if isinstance(value, (int, float)):
-            print(f"{key:>{width}s}  {value:.4g}")
-
-
-def write_json(args: argparse.Namespace, result: dict[str, Any], script: str,
-               argv: Sequence[str] | None) -> None:
-    """Write ``result`` to the new file ``args.json`` (if given) with the command that made it
-    (``script`` and ``argv``, or this process's own arguments), the machine and the config."""
-    if not args.json:
-        return
-    arguments = sys.argv[1:] if argv is None else list(argv)
-    command = f"python benchmarks/{os.path.basename(script)} " + " ".join(arguments)
-    record = {"command": command, "machine": machine(), "config": args.config,
-              "overrides": args.set, **result}
-    with open(args.json, "x") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {args.json}")

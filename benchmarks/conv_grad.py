@@ -1,6 +1,6 @@
 """Kernel gradient of a 3x3 'SAME' convolution: XLA's against the shifted-matmul formulation.
 
-    python benchmarks/conv_grad.py [--json FILE]
+    python benchmarks/conv_grad.py [--json=FILE]
 
 Both are measured in the same process on the same inputs (median of 5 after a warm-up); the
 ratio decides where ``sagd_jax.models.conv`` uses the shifted matmuls (CPU, large maps).
@@ -8,13 +8,19 @@ ratio decides where ``sagd_jax.models.conv`` uses the shifted matmuls (CPU, larg
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
+import sys
 import time
+from typing import Any
+
+if __package__ in (None, ""):  # ``python benchmarks/NAME.py`` from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
+from benchmarks import common
 from sagd_jax.models.conv import _conv, kernel_grad
 
 SHAPES = [  # (batch, side, C_in, C_out)
@@ -33,10 +39,11 @@ def median_seconds(fn, *args, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", default=None, help="write the table to this (new) JSON file")
-    args = parser.parse_args()
+def define_flags(fv: flags.FlagValues) -> None:
+    pass  # the shared --json only
+
+
+def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
     rows = []
     print(f"device: {jax.devices()[0].device_kind}; GFLOP/s of the kernel gradient")
     for batch, side, c_in, c_out in SHAPES:
@@ -52,10 +59,12 @@ def main() -> None:
                          shifted_gflops=rate_shift, ratio=rate_shift / rate_xla))
         print(f"B={batch:3d} {side:2d}x{side:<2d} {c_in:4d}->{c_out:<4d} XLA {rate_xla:6.1f}  "
               f"shifted {rate_shift:6.1f}  ratio {rate_shift / rate_xla:5.2f}")
-    if args.json:
-        with open(args.json, "x") as f:
-            json.dump(rows, f, indent=2)
+    return {"rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.main(__doc__, __file__, define_flags, measure, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

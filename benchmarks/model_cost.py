@@ -1,37 +1,50 @@
 """Parameter count and forward FLOPs per image (XLA cost analysis) of a config's U-Net.
 
-    python benchmarks/model_cost.py --config configs/cifar10_ddpmpp.py [--variant cpu]
+    python benchmarks/model_cost.py --config=configs/cifar10_ddpmpp.py:cpu [--json=FILE]
 
 Shapes only: the parameters are never allocated (``jax.eval_shape``).
 """
 
 from __future__ import annotations
 
-import argparse
+import os
+import sys
+from typing import Any
 
-import jax
-import jax.numpy as jnp
+if __package__ in (None, ""):  # ``python benchmarks/NAME.py`` from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sagd_jax.config import load_config_file
-from sagd_jax.models import build_model, count_params, flops_per_image
+from absl import flags
+
+from benchmarks import common
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="a configs/*.py file")
-    parser.add_argument("--variant", default=None, help="the config's variant, if any")
-    args = parser.parse_args()
-    config = load_config_file(args.config + (f":{args.variant}" if args.variant else ""))
-    shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    model = build_model(config.model, shape)
+def define_flags(fv: flags.FlagValues) -> None:
+    pass  # the shared --config and --json only
+
+
+def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+
+    from sagd_jax.models import count_params, flops_per_image
+    from sagd_jax.run import Run
+
+    run = Run.from_config(fv.config, load_data=False, device_count=1)
+    shape = run.image_shape
     x, labels = jnp.zeros((1, *shape)), jnp.zeros((1,))
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, labels))
+    variables = jax.eval_shape(lambda: run.model.init(jax.random.key(0), x, labels))
     params = count_params(variables["params"])
-    flops = flops_per_image(model, variables, shape)
-    print(f"{args.config}{':' + args.variant if args.variant else ''}: image {shape}, "
-          f"{params:,} parameters, {flops / 1e9:.2f} GFLOP per image forward "
-          f"(XLA cost analysis on {jax.devices()[0].platform})")
+    flops = flops_per_image(run.model, variables, shape)
+    print(f"{command.config_spec}: image {shape}, {params:,} parameters, {flops / 1e9:.2f} "
+          f"GFLOP per image forward (XLA cost analysis on {jax.devices()[0].platform})")
+    return {"image_shape": list(shape), "params": params, "flops_per_image": flops}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.main(__doc__, __file__, define_flags, measure, argv,
+                       "configs/cifar10_ddpmpp.py:cpu")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

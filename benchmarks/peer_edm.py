@@ -2,18 +2,18 @@
 
     pip install torch==2.13.0          # CPU build; never a dependency of sagd-jax
     git clone https://github.com/NVlabs/edm DIR
-    python benchmarks/peer_edm.py --edm-path=DIR                                  # 64 ch, batch 32
-    python benchmarks/peer_edm.py --edm-path=DIR --config configs/cifar10_ddpmpp.py:full \\
-        --batch_size 16                                                            # 128 ch
+    python benchmarks/peer_edm.py --edm_path=DIR                                  # 64 ch, batch 32
+    python benchmarks/peer_edm.py --edm_path=DIR --config=configs/cifar10_ddpmpp.py:full \\
+        --batch_size=16                                                            # 128 ch
 
 Both sides train the same architecture (EDM's ``SongUNet`` with its DDPM++ settings, built
 from this config's ``model`` section; parameter counts are checked to agree within 2%), on
 the same batch size and image shape, fp32, with the same work per step: forward, eps-MSE
 loss under a VP process, backward, global-norm gradient clipping, Adam, EMA update. Ours is the
-trainer's jitted ``train_step`` with isotropic noise (gamma = 0). The two alternate in blocks
+trainer's step (``Run.train_step``) with isotropic noise (gamma = 0). The two alternate in blocks
 of ``--steps`` steps in one process, PyTorch in both memory layouts (NCHW and channels-last,
 NHWC like ours); the printed ratio is ours over the faster PyTorch, in img/s. The EDM
-code is imported from ``--edm-path`` and never copied into this repository.
+code is imported from ``--edm_path`` and never copied into this repository.
 """
 
 from __future__ import annotations
@@ -22,9 +22,14 @@ import os
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import check_args, make_parser, median, print_scalars, write_json  # noqa: E402
-from train_throughput import BareStep, step_parts  # noqa: E402
+if __package__ in (None, ""):  # ``python benchmarks/NAME.py`` from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags
+
+from benchmarks import common
+from benchmarks.train_throughput import BareStep, bare_run
+from sagd_jax import console
 
 PARAM_TOLERANCE = 0.02
 
@@ -32,9 +37,9 @@ PARAM_TOLERANCE = 0.02
 def load_song_unet(edm_path: str) -> Any:
     """``training.networks.SongUNet`` from a checkout of github.com/NVlabs/edm."""
     if not os.path.isfile(os.path.join(edm_path, "training", "networks.py")):
-        raise SystemExit(f"--edm-path={edm_path}: no training/networks.py there; expected a "
+        raise ValueError(f"--edm_path={edm_path}: no training/networks.py there; expected a "
                          "checkout of https://github.com/NVlabs/edm")
-    sys.path.insert(0, os.path.abspath(edm_path))
+    sys.path.insert(0, os.path.abspath(edm_path))  # EDM's code, imported from its checkout
     from training.networks import SongUNet
 
     return SongUNet
@@ -102,73 +107,78 @@ class TorchStep:
         return times
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = make_parser(__doc__, "configs/cifar10_ddpmpp.py:cpu")
-    parser.add_argument("--edm-path", "--edm_path", dest="edm_path", required=True,
-                        help="a checkout of github.com/NVlabs/edm")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per block")
-    parser.add_argument("--blocks", type=int, default=3, help="alternating JAX/PyTorch blocks")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="PyTorch intra-op threads (XLA uses every core)")
-    args = parser.parse_args(argv)
-    config = check_args(args)
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("edm_path", None, "A checkout of github.com/NVlabs/edm.",
+                        flag_values=fv, required=True)
+    flags.DEFINE_alias("edm-path", "edm_path", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 32, "Global batch of both sides.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_integer("steps", 3, "Timed steps per block.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("blocks", 3, "Alternating JAX/PyTorch blocks.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_integer("threads", os.cpu_count(), "PyTorch intra-op threads (XLA uses every "
+                         "core).", lower_bound=1, flag_values=fv)
+
+
+def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
+    config = fv.config
     config.noise.gamma, config.noise.bands = 0.0, ""
-    config.train.batch_size = args.batch_size
-    try:
-        step_parts(config)
-    except ValueError as err:
-        raise SystemExit(f"--config={args.config}: {err}") from None
-    song_unet = load_song_unet(args.edm_path)
+    config.train.batch_size = fv.batch_size
+    run = bare_run(config)
+    song_unet = load_song_unet(fv.edm_path)
 
     import jax
     import torch
 
     from sagd_jax.models import count_params
 
-    torch.set_num_threads(args.threads)
-    _, _, _, shape = step_parts(config)
-    batch = jax.random.uniform(jax.random.key(0), (args.batch_size, *shape), minval=-1.0,
-                               maxval=1.0)
-    peers = {"nchw": TorchStep(song_unet, config, args.batch_size, channels_last=False),
-             "channels_last": TorchStep(song_unet, config, args.batch_size, channels_last=True)}
+    torch.set_num_threads(fv.threads)
+    batch = jax.random.uniform(jax.random.key(0), (fv.batch_size, *run.image_shape),
+                               minval=-1.0, maxval=1.0)
+    peers = {"nchw": TorchStep(song_unet, run.config, fv.batch_size, channels_last=False),
+             "channels_last": TorchStep(song_unet, run.config, fv.batch_size,
+                                        channels_last=True)}
     peer = peers["nchw"]
-    ours = BareStep(config, batch)
+    ours = BareStep(run, batch)
     ours_params = count_params(ours.state.params)
     mismatch = abs(ours_params - peer.num_params) / peer.num_params
     print(f"parameters: sagd-jax {ours_params:,}, EDM SongUNet {peer.num_params:,} "
           f"({100 * mismatch:.2f}% apart)", flush=True)
     if mismatch > PARAM_TOLERANCE:
-        raise SystemExit(f"parameter counts differ by {100 * mismatch:.1f}% (> 2%): not the "
-                         "same architecture")
+        raise ValueError(f"--config: parameter counts differ by {100 * mismatch:.1f}% (> 2%): "
+                         "not the same architecture")
     for p in peers.values():
         p.run(2)  # warm-up
     jax_times: list[float] = []
     torch_times: dict[str, list[float]] = {name: [] for name in peers}
-    for block in range(args.blocks):
-        jax_times += ours.run(args.steps)
+    for block in range(fv.blocks):
+        jax_times += ours.run(fv.steps)
         for name, p in peers.items():
-            torch_times[name] += p.run(args.steps)
-        print(f"block {block}: sagd-jax {args.batch_size / median(jax_times):.3g} img/s, "
-              + ", ".join(f"PyTorch {name} {args.batch_size / median(t):.3g} img/s"
+            torch_times[name] += p.run(fv.steps)
+        print(f"block {block}: sagd-jax {fv.batch_size / common.median(jax_times):.3g} img/s, "
+              + ", ".join(f"PyTorch {name} {fv.batch_size / common.median(t):.3g} img/s"
                           for name, t in torch_times.items()), flush=True)
-    rates = {name: args.batch_size / median(t) for name, t in torch_times.items()}
+    rates = {name: fv.batch_size / common.median(t) for name, t in torch_times.items()}
     best = max(rates, key=rates.get)
-    jax_rate, torch_rate = args.batch_size / median(jax_times), rates[best]
+    jax_rate, torch_rate = fv.batch_size / common.median(jax_times), rates[best]
     result = {
-        "batch_size": args.batch_size,
+        "batch_size": fv.batch_size,
         "params_sagd_jax": ours_params, "params_edm": peer.num_params,
         "sagd_jax_img_per_s": jax_rate, "pytorch_img_per_s": torch_rate,
         "pytorch_layout": best, **{f"pytorch_{name}_img_per_s": r for name, r in rates.items()},
         "ratio_sagd_jax_over_pytorch": jax_rate / torch_rate,
-        "flops_per_image": ours.flops / args.batch_size,
-        "sagd_jax_step_gflops": ours.flops / median(jax_times) / 1e9,
-        "pytorch_step_gflops_same_flops": ours.flops * torch_rate / args.batch_size / 1e9,
+        "flops_per_image": ours.flops / fv.batch_size,
+        "sagd_jax_step_gflops": ours.flops / common.median(jax_times) / 1e9,
+        "pytorch_step_gflops_same_flops": ours.flops * torch_rate / fv.batch_size / 1e9,
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
     }
-    print_scalars(result)
-    write_json(args, result, __file__, argv)
-    return 0
+    print(console.table(common.scalars(result)))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.main(__doc__, __file__, define_flags, measure, argv,
+                       "configs/cifar10_ddpmpp.py:cpu")
 
 
 if __name__ == "__main__":

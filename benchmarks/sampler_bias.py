@@ -1,6 +1,6 @@
 """Exact bias of each sampler on the Gaussian model, versus step count and noise anisotropy.
 
-    python benchmarks/sampler_bias.py [--size 8] [--json FILE]
+    python benchmarks/sampler_bias.py [--size=8] [--json=FILE]
 
 No Monte Carlo: ``sagd_jax.gaussian.sampler_output_spectrum`` propagates the per-frequency
 variance through each sampler's linear recursion in float64. Printed: the worst per-frequency
@@ -10,11 +10,17 @@ frequency, a bump at rho = 0.7) and VP SDE noise with several gamma.
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
+import sys
+from typing import Any
+
+if __package__ in (None, ""):  # ``python benchmarks/NAME.py`` from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+from absl import flags
 
+from benchmarks import common
 from sagd_jax.demo import demo_data
 from sagd_jax.gaussian import sampler_output_spectrum
 from sagd_jax.process import DiffusionProcess
@@ -26,29 +32,32 @@ CASES = [("ddpm", 200), ("ddpm", 1000), ("ddim", 100), ("ddim", 400), ("ode_eule
 GAMMAS = (-1.0, 0.0, 1.0, 2.0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=8, help="image side, pixels")
-    parser.add_argument("--json", default=None, help="write the table to this (new) JSON file")
-    args = parser.parse_args()
-    data = demo_data(args.size)
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("size", 8, "Image side, pixels.", lower_bound=2, flag_values=fv)
+
+
+def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
+    size = fv.size
+    data = demo_data(size)
     c = np.asarray(data.spectrum, np.float64)
     table = {}
-    print(f"worst |var/c - 1| over frequencies, {args.size}x{args.size}, VP SDE schedule")
+    print(f"worst |var/c - 1| over frequencies, {size}x{size}, VP SDE schedule")
     print(f"{'sampler':10s} {'steps':>5s} " + " ".join(f"{'gamma=' + str(g):>10s}" for g in GAMMAS))
     for name, steps in CASES:
         row = []
         for gamma in GAMMAS:
-            cov = SpectralCovariance.create(args.size, args.size, gamma=gamma)
+            cov = SpectralCovariance.create(size, size, gamma=gamma)
             process = DiffusionProcess(cov=cov, schedule=VPSDE())
             var = sampler_output_spectrum(process, data, name, steps)
             row.append(float(np.abs(var / c - 1).max()))
         table[f"{name}/{steps}"] = dict(zip([str(g) for g in GAMMAS], row, strict=True))
         print(f"{name:10s} {steps:5d} " + " ".join(f"{v:10.4f}" for v in row))
-    if args.json:
-        with open(args.json, "x") as f:
-            json.dump(table, f, indent=2)
+    return {"size": size, "worst_rel_var_err": table}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.main(__doc__, __file__, define_flags, measure, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

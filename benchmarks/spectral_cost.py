@@ -20,30 +20,39 @@ import os
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import check_args, make_parser, median, print_table, timed, write_json  # noqa: E402
+if __package__ in (None, ""):  # ``python benchmarks/NAME.py`` from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags
+
+from benchmarks import common
+from sagd_jax import console
 
 
-def int_list(text: str, flag: str) -> list[int]:
+def int_list(values: list[str], flag: str) -> list[int]:
+    """``--flag=1,2,3`` (absl's list) as positive integers; a one-line ``ValueError`` else."""
+    text = ",".join(values)
     try:
-        values = [int(v) for v in text.split(",")]
+        ints = [int(v) for v in values]
     except ValueError:
-        raise SystemExit(f"{flag}={text}: expected comma-separated integers") from None
-    if not values or min(values) < 1:
-        raise SystemExit(f"{flag}={text}: values must be >= 1")
-    return values
+        raise ValueError(f"{flag}={text}: expected comma-separated integers") from None
+    if not ints or min(ints) < 1:
+        raise ValueError(f"{flag}={text}: values must be >= 1")
+    return ints
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = make_parser(__doc__, "configs/cifar10_ddpmpp.py:cpu")
-    parser.add_argument("--sizes", default="32,64,128,256", help="image sides")
-    parser.add_argument("--batches", default="16,64")
-    parser.add_argument("--channels", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args(argv)
-    config = check_args(args)
-    sizes = int_list(args.sizes, "--sizes")
-    batches = int_list(args.batches, "--batches")
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_list("sizes", ["32", "64", "128", "256"], "Image sides.", flag_values=fv)
+    flags.DEFINE_list("batches", ["16", "64"], "Batch sizes.", flag_values=fv)
+    flags.DEFINE_integer("channels", 3, "Channels.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("repeats", 7, "Timed calls per operator (median).", lower_bound=1,
+                         flag_values=fv)
+
+
+def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
+    config = fv.config
+    sizes = int_list(fv.sizes, "--sizes")
+    batches = int_list(fv.batches, "--batches")
 
     import jax
     import jax.numpy as jnp
@@ -52,12 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     for size in sizes:
-        try:
-            cov = SpectralCovariance.from_config(config.noise, size, size)
-        except ValueError as err:
-            raise SystemExit(f"--config={args.config}: {err}") from None
+        cov = SpectralCovariance.from_config(config.noise, size, size)
         for batch in batches:
-            shape = (batch, size, size, args.channels)
+            shape = (batch, size, size, fv.channels)
             x = jax.random.normal(jax.random.key(0), shape)
             key = jax.random.key(1)
             ops = {
@@ -69,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds = {}
             for name, (fn, fn_args) in ops.items():
                 jax.block_until_ready(fn(*fn_args))
-                seconds[name] = median(timed(lambda fn=fn, a=fn_args: fn(*a), args.repeats))
-            pixels = batch * size * size * args.channels
+                seconds[name] = common.median(common.timed(lambda fn=fn, a=fn_args: fn(*a),
+                                                           fv.repeats))
+            pixels = batch * size * size * fv.channels
             nbytes = 2 * pixels * jnp.dtype(jnp.float32).itemsize
             rows.append({
                 "batch": batch, "size": size, **{f"{k}_ms": 1e3 * v for k, v in seconds.items()},
@@ -82,9 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"batch {batch} {size}x{size}: sqrt {1e3 * seconds['sqrt']:.3g} ms, "
                   f"sample/normal {rows[-1]['sample_over_normal']:.3g}, "
                   f"sqrt/copy {rows[-1]['sqrt_over_copy']:.3g}", flush=True)
-    print_table(rows, list(rows[0]))
-    write_json(args, {"channels": args.channels, "rows": rows}, __file__, argv)
-    return 0
+    print(console.table(rows, list(rows[0])))
+    return {"channels": fv.channels, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.main(__doc__, __file__, define_flags, measure, argv,
+                       "configs/cifar10_ddpmpp.py:cpu")
 
 
 if __name__ == "__main__":

@@ -1,31 +1,29 @@
 """Training throughput of a config's train step, with every ratio measured in the same run.
 
     python benchmarks/train_throughput.py                       # DDPM++ 64 ch, batch 32
-    python benchmarks/train_throughput.py --config configs/quickstart.py
-    python benchmarks/train_throughput.py --set model.remat=True --json out.json
+    python benchmarks/train_throughput.py --config=configs/quickstart.py
+    python benchmarks/train_throughput.py --config.model.remat=True --json=out.json
 
 Measures, on the default device:
-* the bare jitted train step on pre-loaded data: compile time, median step time, img/s, FLOPs
-  per image (XLA cost analysis of the whole step, ``common.counted_flops``), XLA's buffer
-  sizes and peak memory;
+* the bare train step (``Run.train_step``: jitted, sharded, donated) on pre-loaded data:
+  compile time, median step time, img/s, FLOPs per image (XLA cost analysis of the whole
+  step, ``common.counted_flops``), XLA's buffer sizes and peak memory;
 * the same step with isotropic noise (gamma = 0, no bands), interleaved with the SAGD step in
   alternating blocks so drift cancels: ``sagd_over_iso_step_time``; and the parts where they
   differ timed alone: ``sagd_over_iso_from_parts``;
 * the f32 matmul rate, and the rate XLA reaches on this step's own 3x3 convolutions (forward
   plus both gradients, each shape timed alone, weighted by its count in the network):
   ``utilization_vs_matmul`` and ``utilization_vs_conv`` are the step's FLOP/s over those;
-* the trainer's full loop (data pipeline, metrics, logging, async checkpoints at the config's
-  intervals unless overridden) against the bare step dispatched back to back before and
-  after it: ``loop_over_bare_img_per_s``; and one checkpoint save on its own (blocking, total
-  and CPU seconds). If the config's dataset is not available offline, the loop reads
-  ``natural_patches`` of the same size instead.
+* the trainer's full loop (``sagd_jax.main`` in this process: data pipeline, metrics,
+  logging, async checkpoints at the config's intervals unless overridden) against the bare
+  step dispatched back to back before and after it: ``loop_over_bare_img_per_s``; and one
+  checkpoint save on its own (blocking, total and CPU seconds). If the config's dataset is not
+  available offline, the loop reads ``natural_patches`` of the same size instead.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import json
 import os
 import sys
 import tempfile
@@ -33,50 +31,39 @@ import time
 from collections import Counter
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (  # noqa: E402
-    check_args,
-    counted_flops,
-    make_parser,
-    matmul_gflops,
-    median,
-    peak_memory_bytes,
-    print_scalars,
-    timed,
-    write_json,
-)
+if __package__ in (None, ""):  # ``python benchmarks/NAME.py`` from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags
+
+from benchmarks import common
+from sagd_jax import console
+from sagd_jax.run import Run
 
 
-def step_parts(config: Any) -> tuple[Any, Any, Any, tuple[int, int, int]]:
-    """(model, optimizer, process, image shape) of a config, without touching its dataset."""
-    from sagd_jax.models import build_model
-    from sagd_jax.process import DiffusionProcess
-    from sagd_jax.train.state import make_optimizer
-
-    shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    process = DiffusionProcess.from_config(config, shape[0], shape[1])
-    return build_model(config.model, shape), make_optimizer(config.optim), process, shape
+def bare_run(config: Any) -> Run:
+    """The config's run without its data (shapes only), validated for one device."""
+    return Run.from_config(config, load_data=False, device_count=1)
 
 
 class BareStep:
-    """The trainer's jitted ``train_step`` (same partial, same donation) on one fixed batch."""
+    """The trainer's train step (``Run.train_step``: jitted, sharded, donated) on one fixed
+    batch ``(B, H, W, C)``, on the default device."""
 
-    def __init__(self, config: Any, batch: Any):
+    def __init__(self, run: Run, batch: Any):
         import jax
 
-        from sagd_jax.train.state import create_train_state, init_key
-        from sagd_jax.train.step import INIT_STREAM, TRAIN_STREAM, stream_key, train_step
+        from sagd_jax.sharding import batch_sharding
 
-        model, tx, process, shape = step_parts(config)
-        self.state = create_train_state(model, tx, init_key(config.seed, INIT_STREAM), shape)
-        self.batch, self.key = batch, stream_key(config.seed, TRAIN_STREAM)
-        step = functools.partial(train_step, model=model, tx=tx, process=process,
-                                 ema_decay=config.optim.ema_decay)
-        lowered = jax.jit(step, donate_argnums=0).lower(self.state, batch, self.key)
+        self.mesh = common.default_mesh()
+        self.state = run.init_state(self.mesh)
+        self.batch = jax.device_put(batch, batch_sharding(self.mesh))
+        lowered = run.train_step(self.mesh).lower(self.state, self.batch)
         start = time.perf_counter()
         self.compiled = lowered.compile()
         self.compile_s = time.perf_counter() - start
-        self.flops = counted_flops(step, self.state, batch, self.key)
+        self.flops = common.counted_flops(lambda: run.train_step(self.mesh), self.state,
+                                          self.batch)
         memory = self.compiled.memory_analysis()
         self.buffer_bytes = {name: int(getattr(memory, f"{name}_size_in_bytes", 0))
                              for name in ("argument", "output", "temp", "alias")}
@@ -84,10 +71,10 @@ class BareStep:
 
     def run(self, steps: int) -> list[float]:
         def one() -> Any:
-            self.state, metrics = self.compiled(self.state, self.batch, self.key)
+            self.state, metrics = self.compiled(self.state, self.batch)
             return metrics["loss"]
 
-        return timed(one, steps)
+        return common.timed(one, steps)
 
     def pipelined_seconds(self, steps: int) -> float:
         """Seconds of ``steps`` steps dispatched back to back (one wait at the end), as a
@@ -96,18 +83,18 @@ class BareStep:
 
         start = time.perf_counter()
         for _ in range(steps):
-            self.state, metrics = self.compiled(self.state, self.batch, self.key)
+            self.state, metrics = self.compiled(self.state, self.batch)
         jax.block_until_ready((self.state, metrics))
         return time.perf_counter() - start
 
 
-def process_part_seconds(config: Any, batch: Any, repeats: int = 20) -> float:
+def process_part_seconds(run: Run, batch: Any, repeats: int = 20) -> float:
     """Median seconds of the step's process-only work on ``batch``: drawing ``x_t``
     (``Sigma^{1/2}``) and the projected loss with its gradient, the parts where SAGD and
     isotropic steps differ."""
     import jax
 
-    _, _, process, _ = step_parts(config)
+    process = run.process
 
     @jax.jit
     def part(key: Any, x0: Any) -> Any:
@@ -118,15 +105,15 @@ def process_part_seconds(config: Any, batch: Any, repeats: int = 20) -> float:
 
     key = jax.random.key(0)
     jax.block_until_ready(part(key, batch))
-    return median(timed(lambda: part(key, batch), repeats))
+    return common.median(common.timed(lambda: part(key, batch), repeats))
 
 
-def conv_shapes(config: Any, batch_size: int) -> Counter:
+def conv_shapes(run: Run, batch_size: int) -> Counter:
     """The 3x3 convolutions of one training forward pass: Counter of (x shape, kernel shape)."""
     import jax
     import jax.numpy as jnp
 
-    model, _, _, shape = step_parts(config)
+    model, shape = run.model, run.image_shape
     x = jnp.zeros((batch_size, *shape))
     labels = jnp.zeros((batch_size,))
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), x[:1], labels[:1]))
@@ -170,8 +157,8 @@ def conv_rate(shapes: Counter, repeats: int) -> dict[str, float]:
             return y, vjp(dy)
 
         jax.block_until_ready(fwd_bwd(x, kernel, dy))
-        seconds = median(timed(lambda x=x, kernel=kernel, dy=dy, f=fwd_bwd: f(x, kernel, dy),
-                               repeats))
+        seconds = common.median(common.timed(
+            lambda x=x, kernel=kernel, dy=dy, f=fwd_bwd: f(x, kernel, dy), repeats))
         b, h, w, c_in = x_shape
         flops = 3 * 2 * b * h * w * k_shape[0] * k_shape[1] * c_in * k_shape[3]
         total_s += count * seconds
@@ -180,32 +167,39 @@ def conv_rate(shapes: Counter, repeats: int) -> dict[str, float]:
             "conv_flops_per_step": total_flops}
 
 
-def loop_img_per_s(config: Any, log_every: int, checkpoint_every: int,
-                   num_steps: int) -> tuple[float, str]:
-    """img/s of ``train_and_evaluate`` over its log intervals after the first (which holds the
+def loop_img_per_s(command: common.Command, config: Any, log_every: int,
+                   checkpoint_every: int, num_steps: int, verbosity: int) -> tuple[float, str]:
+    """img/s of the trainer (``sagd_jax.main``, in this process, on the config of ``command``
+    at ``config``'s batch size) over its log intervals after the first (which holds the
     compile), with the async checkpoint saves that fall in them; returns it and the dataset
     read. With ``num_steps = checkpoint_every + log_every`` the timed window is one checkpoint
     interval holding exactly one save."""
+    from sagd_jax import main as trainer
     from sagd_jax.data import get_source
-    from sagd_jax.train.loop import train_and_evaluate
+    from sagd_jax.workdir import Workdir
 
-    config = copy.deepcopy(config)
+    dataset = config.data.name
     try:
         get_source(config.data)
     except ValueError as err:
-        print(f"loop: {config.data.name} unavailable ({err}); reading natural_patches instead")
-        config.data.name = "natural_patches"
-    config.train.update(dict(num_steps=num_steps, log_every=log_every,
-                             checkpoint_every=checkpoint_every, sample_every=10**9,
-                             num_samples=2, sample_steps=1))
+        console.warning("loop: %s unavailable (%s); reading natural_patches instead", dataset,
+                        err)
+        dataset = "natural_patches"
+    settings = dict(batch_size=config.train.batch_size, num_steps=num_steps,
+                    log_every=log_every, checkpoint_every=checkpoint_every,
+                    sample_every=10**9, num_samples=2, sample_steps=1)
+    args = [*command.config_flags(), f"--config.data.name={dataset}",
+            *(f"--config.train.{key}={value}" for key, value in settings.items())]
     with tempfile.TemporaryDirectory() as workdir:
-        train_and_evaluate(config, workdir)
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        status = trainer.main(["sagd_jax.main", *args, f"--workdir={workdir}",
+                               f"--verbosity={verbosity}"])
+        if status:
+            raise common.Failed(f"loop: the trainer stopped with exit status {status}")
+        records = Workdir(workdir).metrics()
     timed_records = [r for r in records[1:] if r["step"] % log_every == 0]
     steps = sum(log_every for _ in timed_records)
     seconds = sum(log_every / r["steps_per_sec"] for r in timed_records)
-    return steps * config.train.batch_size / seconds, config.data.name
+    return steps * config.train.batch_size / seconds, dataset
 
 
 def checkpoint_cost(state: Any, config: Any, saves: int = 3) -> dict[str, float]:
@@ -215,7 +209,7 @@ def checkpoint_cost(state: Any, config: Any, saves: int = 3) -> dict[str, float]
 
     import jax
 
-    from sagd_jax.checkpoint import Checkpointer
+    from sagd_jax.workdir import Workdir
 
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -223,7 +217,7 @@ def checkpoint_cost(state: Any, config: Any, saves: int = 3) -> dict[str, float]
 
     blocked, total, cpu_s = [], [], []
     with tempfile.TemporaryDirectory() as workdir:
-        checkpointer = Checkpointer(workdir, keep=2)
+        checkpointer = Workdir(workdir).checkpointer(keep=2)
         for i in range(saves):
             state = state.replace(step=state.step + 1 + i)
             cpu0, start = cpu(), time.perf_counter()
@@ -234,58 +228,62 @@ def checkpoint_cost(state: Any, config: Any, saves: int = 3) -> dict[str, float]
             cpu_s.append(cpu() - cpu0)
         checkpointer.close()
     leaves = jax.tree.leaves(state)
-    return {"checkpoint_blocking_s": median(blocked), "checkpoint_save_s": median(total),
-            "checkpoint_cpu_s": median(cpu_s), "state_leaves": len(leaves),
+    return {"checkpoint_blocking_s": common.median(blocked),
+            "checkpoint_save_s": common.median(total), "checkpoint_cpu_s": common.median(cpu_s),
+            "state_leaves": len(leaves),
             "state_bytes": sum(leaf.nbytes for leaf in leaves)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = make_parser(__doc__, "configs/cifar10_ddpmpp.py:cpu")
-    parser.add_argument("--batch_size", type=int, default=None,
-                        help="global batch (default: the config's train.batch_size)")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per block")
-    parser.add_argument("--blocks", type=int, default=3,
-                        help="alternating SAGD/isotropic blocks (medians over all steps)")
-    parser.add_argument("--loop_log_every", type=int, default=None,
-                        help="steps per log interval of the loop run (default: the config's)")
-    parser.add_argument("--loop_checkpoint_every", type=int, default=None,
-                        help="steps per checkpoint of the loop run (default: the config's)")
-    parser.add_argument("--loop_steps", type=int, default=None,
-                        help="steps of the loop run (default: checkpoint_every + log_every, "
-                             "so that the timed window holds one save)")
-    parser.add_argument("--skip_loop", action="store_true")
-    parser.add_argument("--skip_conv", action="store_true")
-    args = parser.parse_args(argv)
-    config = check_args(args)
-    if args.batch_size is not None:
-        config.train.batch_size = args.batch_size
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's "
+                         "train.batch_size).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("steps", 4, "Timed steps per block.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("blocks", 3, "Alternating SAGD/isotropic blocks (medians over all "
+                         "steps).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("loop_log_every", None, "Steps per log interval of the loop run "
+                         "(default: the config's).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("loop_checkpoint_every", None, "Steps per checkpoint of the loop run "
+                         "(default: the config's).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("loop_steps", None, "Steps of the loop run (default: "
+                         "checkpoint_every + log_every, so that the timed window holds one "
+                         "save).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_boolean("skip_loop", False, "Leave out the loop run and the checkpoint save.",
+                         flag_values=fv)
+    flags.DEFINE_boolean("skip_conv", False, "Leave out the convolutions timed alone.",
+                         flag_values=fv)
+
+
+def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
+    config = copy.deepcopy(fv.config)
+    if fv.batch_size is not None:
+        config.train.batch_size = fv.batch_size
     iso = copy.deepcopy(config)
     iso.noise.gamma, iso.noise.bands = 0.0, ""
-    from sagd_jax.config import validate_config
-
-    for cfg in (config, iso):
-        try:
-            validate_config(cfg)
-            step_parts(cfg)
-        except ValueError as err:
-            raise SystemExit(f"--config={args.config}: {err}") from None
+    sagd_run, iso_run = bare_run(config), bare_run(iso)
+    config = sagd_run.config
+    log_every = fv.loop_log_every or config.train.log_every
+    checkpoint_every = fv.loop_checkpoint_every or config.train.checkpoint_every
+    num_steps = fv.loop_steps or checkpoint_every + log_every
+    if not fv.skip_loop and num_steps < 2 * log_every:
+        raise ValueError(f"--loop_steps={num_steps}: needs at least two log intervals of "
+                         f"{log_every} steps (the first holds the compile)")
 
     import jax
 
-    batch_size = config.train.batch_size
-    _, _, _, shape = step_parts(config)
+    batch_size, shape = config.train.batch_size, sagd_run.image_shape
     batch = jax.random.uniform(jax.random.key(0), (batch_size, *shape), minval=-1.0, maxval=1.0)
-    print(f"{args.config} {' '.join(args.set)}: batch {batch_size}, image {shape}, "
-          f"device {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
-    sagd, isotropic = BareStep(config, batch), BareStep(iso, batch)
+    print(f"{command.config_spec} {' '.join(command.overrides)}: batch {batch_size}, image "
+          f"{shape}, device {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
+    sagd, isotropic = BareStep(sagd_run, batch), BareStep(iso_run, batch)
     sagd_times, iso_times = [], []
-    for _ in range(args.blocks):
-        sagd_times += sagd.run(args.steps)
-        iso_times += isotropic.run(args.steps)
-    step_s, iso_s = median(sagd_times), median(iso_times)
-    sagd_part, iso_part = process_part_seconds(config, batch), process_part_seconds(iso, batch)
+    for _ in range(fv.blocks):
+        sagd_times += sagd.run(fv.steps)
+        iso_times += isotropic.run(fv.steps)
+    step_s, iso_s = common.median(sagd_times), common.median(iso_times)
+    sagd_part = process_part_seconds(sagd_run, batch)
+    iso_part = process_part_seconds(iso_run, batch)
     flops_per_image = sagd.flops / batch_size
-    peak, peak_kind = peak_memory_bytes()
+    peak, peak_kind = common.peak_memory_bytes()
     result: dict[str, Any] = {
         "batch_size": batch_size,
         "img_per_s": batch_size / step_s, "step_time_s": step_s, "compile_s": sagd.compile_s,
@@ -298,25 +296,20 @@ def main(argv: list[str] | None = None) -> int:
         "xla_buffer_bytes": sagd.buffer_bytes, "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
     }
-    matmul = matmul_gflops()
+    matmul = common.matmul_gflops()
     result |= {"matmul_gflops": matmul, "utilization_vs_matmul": result["step_gflops"] / matmul}
-    if not args.skip_conv:
-        conv = conv_rate(conv_shapes(config, batch_size), repeats=3)
+    if not fv.skip_conv:
+        conv = conv_rate(conv_shapes(sagd_run, batch_size), repeats=3)
         result |= conv | {
             "utilization_vs_conv": result["step_gflops"] / conv["conv_gflops"],
             "conv_share_of_step_time": conv["conv_seconds_per_step"] / step_s,
         }
-    if not args.skip_loop:
-        log_every = args.loop_log_every or config.train.log_every
-        checkpoint_every = args.loop_checkpoint_every or config.train.checkpoint_every
-        num_steps = args.loop_steps or checkpoint_every + log_every
-        if num_steps < 2 * log_every:
-            raise SystemExit(f"--loop_steps={num_steps}: needs at least two log intervals "
-                             f"of {log_every} steps (the first holds the compile)")
+    if not fv.skip_loop:
         # The bare step pipelined as the loop runs it, before and after the loop (drift cancels).
-        pipelined_steps = args.steps * args.blocks
+        pipelined_steps = fv.steps * fv.blocks
         bare_s = sagd.pipelined_seconds(pipelined_steps)
-        loop, dataset = loop_img_per_s(config, log_every, checkpoint_every, num_steps)
+        loop, dataset = loop_img_per_s(command, config, log_every, checkpoint_every, num_steps,
+                                       fv.verbosity)
         bare_s += sagd.pipelined_seconds(pipelined_steps)
         bare = 2 * pipelined_steps * batch_size / bare_s
         result |= {"loop_img_per_s": loop, "loop_dataset": dataset,
@@ -324,9 +317,13 @@ def main(argv: list[str] | None = None) -> int:
                    "loop_log_every": log_every, "loop_checkpoint_every": checkpoint_every,
                    "loop_steps": num_steps}
         result |= checkpoint_cost(sagd.state, config)
-    print_scalars(result)
-    write_json(args, result, __file__, argv)
-    return 0
+    print(console.table(common.scalars(result)))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.main(__doc__, __file__, define_flags, measure, argv,
+                       "configs/cifar10_ddpmpp.py:cpu")
 
 
 if __name__ == "__main__":

@@ -1,34 +1,39 @@
 """Config sweeps from the command line: one resumable training run per grid point.
 
     python -m launch.sweep --config=configs/fashion_mnist.py \\
-        --sweep noise.gamma=0,0.5,1,2 --sweep seed=0,1 [--set train.num_steps=2000] \\
-        [--root=workdirs/sweeps/NAME] [--index=I | --emit=slurm | --emit=commands] [--dry_run]
+        --sweep=noise.gamma=0,0.5,1,2 --sweep=seed=0,1 [--set=train.num_steps=2000] \\
+        [--root=workdirs/sweeps/NAME] [--index=I | --emit=slurm | --emit=commands] [--dry_run] \\
+        [--json=FILE]
 
 Every point (the Cartesian product of the ``--sweep`` lists, with the ``--set`` values fixed)
 trains in ``ROOT/<key-value name>``, e.g. ``ROOT/noise.gamma-0.5_seed-1``, through
-``python -m sagd_jax.main``; running the sweep again resumes unfinished runs and skips finished
-ones, then prints a table of each run's last logged metrics and sample-spectrum error.
+``python -m sagd_jax.main`` (one process per run, its output in ``ROOT/logs/<name>.log``);
+running the sweep again resumes unfinished runs and skips finished ones, then prints a table of
+each run's last logged metrics and sample-spectrum error (``--json``: also to a new file).
 ``--index=I`` runs point I only (one task of a job array); ``--emit=slurm`` prints an sbatch
 job-array script running one point per task; ``--emit=commands`` prints one trainer command per
-line (for any other scheduler). Every point's config is validated before any run starts.
+line (for any other scheduler). Every point's config is validated before any run starts: an
+unknown key or a bad value stops the sweep with a one-line error and exit status 2, nothing
+written. Exit status 1 when a run failed.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import glob
 import itertools
-import json
 import os
 import re
 import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from sagd_jax.config import load_config_file
+from absl import flags
+
+from sagd_jax import cli, console, files
+from sagd_jax.config import check_keys, load_config_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +69,7 @@ def split_values(text: str) -> list[str]:
 def parse_assignment(flag: str, text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key or not value:
-        raise ValueError(f"{flag} {text}: expected KEY=VALUE[,VALUE...]")
+        raise ValueError(f"{flag}={text}: expected KEY=VALUE[,VALUE...]")
     return key.strip(), value
 
 
@@ -91,69 +96,56 @@ def make_points(root: str, sweeps: list[str], sets: list[str]) -> list[Point]:
     return points
 
 
+def check_known_keys(config_spec: str, sweeps: Sequence[str], sets: Sequence[str]) -> None:
+    """Refuse a ``--sweep`` / ``--set`` key the config does not have, naming the closest."""
+    base = load_config_file(config_spec)
+    for flag, texts in (("--set", sets), ("--sweep", sweeps)):
+        for text in texts:
+            check_keys([parse_assignment(flag, text)[0]], base, flag=f"{flag}=")
+
+
 def validate_points(config_spec: str, points: list[Point]) -> list[Any]:
-    """Each point's config, fully validated (keys, types, values); one-line errors."""
-    from sagd_jax.train.loop import build_run
+    """Each point's config, fully validated (keys, types, values, data) by ``Run.from_config``;
+    one-line errors naming the point."""
+    from sagd_jax.run import Run
 
     configs = []
     for point in points:
-        config = load_config_file(config_spec, point.overrides)
         try:
-            build_run(config)
+            config = Run.from_config(load_config_file(config_spec, point.overrides)).config
         except ValueError as err:
             raise ValueError(f"point {point.index} ({run_name(point.swept)}): {err}") from None
         configs.append(config)
     return configs
 
 
-def is_finished(workdir: str, num_steps: int) -> bool:
-    return os.path.isdir(os.path.join(workdir, "checkpoints", str(num_steps)))
+def summary_rows(points: list[Point], statuses: dict[int, str]) -> list[dict[str, Any]]:
+    """One row per point: its swept values, status, and the run's last logged metrics and
+    sample-spectrum error."""
+    from sagd_jax.workdir import Workdir
 
-
-def last_record(workdir: str) -> dict[str, Any]:
-    """The last logged metrics of a run and its latest sample-spectrum error (if any)."""
-    record: dict[str, Any] = {}
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
-            lines = [line for line in f if line.strip()]
-        if lines:
-            record = json.loads(lines[-1])
-    spectra = sorted(glob.glob(os.path.join(workdir, "samples", "spectrum_*.json")))
-    if spectra:
-        with open(spectra[-1]) as f:
-            record["spectrum_error"] = json.load(f)["mean_abs_log_ratio"]
-    return record
-
-
-def summary_table(points: list[Point], statuses: dict[int, str]) -> tuple[str, list[dict]]:
-    """A text table (one row per point) and the same rows as dicts."""
     rows = []
     for point in points:
-        record = last_record(point.workdir)
+        workdir = Workdir(point.workdir)
+        record = workdir.last_metrics()
         rows.append({**dict(point.swept), "status": statuses.get(point.index, "-"),
                      "step": record.get("step"), "loss": record.get("loss"),
                      **{k: v for k, v in record.items() if k.startswith("loss_t")},
                      "img_per_sec": record.get("img_per_sec"),
-                     "spectrum_error": record.get("spectrum_error")})
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return "-"
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    table = [columns] + [[cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    text = "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True))
-                     for line in table)
-    return text, rows
+                     "spectrum_error": workdir.last_spectrum_error()})
+    return rows
 
 
-def slurm_script(args: argparse.Namespace, count: int) -> str:
+def sweep_argv(fv: flags.FlagValues, root: str) -> list[str]:
+    """The flags that define the sweep's points: config, grid, fixed values, root."""
+    return [f"--config={fv.config}", *(f"--sweep={text}" for text in fv.sweep),
+            *(f"--set={text}" for text in fv.set), f"--root={root}"]
+
+
+def slurm_script(fv: flags.FlagValues, root: str, count: int) -> str:
     """An sbatch job array with one sweep point per task (edit the resources to taste)."""
-    argv = [a for a in sys.argv[1:] if not a.startswith("--emit")]
-    command = shlex.join(["python", "-m", "launch.sweep", *argv]) + " --index=$SLURM_ARRAY_TASK_ID"
+    command = (shlex.join(["python", "-m", "launch.sweep", *sweep_argv(fv, root)])
+               + " --index=$SLURM_ARRAY_TASK_ID")
     return "\n".join([
         "#!/bin/bash",
         "#SBATCH --job-name=sagd-sweep",
@@ -161,7 +153,7 @@ def slurm_script(args: argparse.Namespace, count: int) -> str:
         "#SBATCH --nodes=1",
         "#SBATCH --gpus-per-node=1",
         "#SBATCH --cpus-per-task=8",
-        f"#SBATCH --output={os.path.join(args.root, 'logs', 'slurm-%A_%a.log')}",
+        f"#SBATCH --output={os.path.join(root, 'logs', 'slurm-%A_%a.log')}",
         "set -euo pipefail",
         f"cd {shlex.quote(os.getcwd())}",
         command,
@@ -169,76 +161,93 @@ def slurm_script(args: argparse.Namespace, count: int) -> str:
     ])
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="configs/NAME.py[:VARIANT]")
-    parser.add_argument("--sweep", action="append", default=[],
-                        help="KEY=V1,V2,... (repeat for a grid)")
-    parser.add_argument("--set", action="append", default=[],
-                        help="KEY=VALUE fixed for every point (repeatable)")
-    parser.add_argument("--root", default=None,
-                        help="parent of the runs' workdirs (default workdirs/sweeps/<config>)")
-    parser.add_argument("--index", type=int, default=None, help="run point INDEX only")
-    parser.add_argument("--emit", choices=("slurm", "commands"), default=None,
-                        help="print a job-array script or the commands instead of running")
-    parser.add_argument("--dry_run", action="store_true", help="validate and list the points")
-    parser.add_argument("--json", default=None, help="also write the summary rows to FILE")
-    args = parser.parse_args(argv)
-    if args.root is None:
-        name = os.path.splitext(os.path.basename(args.config.partition(":")[0]))[0]
-        variant = args.config.partition(":")[2]
-        args.root = os.path.join("workdirs", "sweeps", name + (f"-{variant}" if variant else ""))
-    return args
+def default_root(config_spec: str) -> str:
+    """``workdirs/sweeps/<config name>[-<variant>]``."""
+    path, _, variant = config_spec.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("workdirs", "sweeps", name + (f"-{variant}" if variant else ""))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        points = make_points(args.root, args.sweep, args.set)
-        if args.index is not None and not 0 <= args.index < len(points):
-            raise ValueError(f"--index={args.index}: the sweep has {len(points)} points")
-        configs = validate_points(args.config, points)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.emit == "slurm":
-        print(slurm_script(args, len(points)), end="")
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("config", None, "configs/NAME.py[:VARIANT] (passed on to the trainer).",
+                        flag_values=fv, required=True)
+    flags.DEFINE_multi_string("sweep", [], "KEY=V1,V2,... (repeat for a grid).",
+                              flag_values=fv)
+    flags.DEFINE_multi_string("set", [], "KEY=VALUE fixed for every point (repeatable).",
+                              flag_values=fv)
+    flags.DEFINE_string("root", None, "Parent of the runs' workdirs (default "
+                        "workdirs/sweeps/<config>).", flag_values=fv)
+    flags.DEFINE_integer("index", None, "Run point INDEX only.", flag_values=fv)
+    flags.DEFINE_enum("emit", None, ["slurm", "commands"], "Print a job-array script or the "
+                      "trainer commands instead of running.", flag_values=fv)
+    flags.DEFINE_boolean("dry_run", False, "Validate and list the points.", flag_values=fv)
+    flags.DEFINE_string("json", None, "Also write the summary rows to this new file.",
+                        flag_values=fv)
+
+
+def train_point(point: Point, config_spec: str, log_path: str) -> int:
+    """Train (or resume) one point in its own process; its output goes to ``log_path``."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as log:
+        return subprocess.call(point.trainer_command(config_spec), stdout=log, stderr=log)
+
+
+def sweep(fv: flags.FlagValues) -> int:
+    from sagd_jax.workdir import Workdir
+
+    root = default_root(fv.config) if fv.root is None else fv.root
+    points = make_points(root, fv.sweep, fv.set)
+    if fv.index is not None and not 0 <= fv.index < len(points):
+        raise ValueError(f"--index={fv.index}: the sweep has {len(points)} points")
+    if fv.json is not None and files.exists(fv.json):
+        raise ValueError(f"--json={fv.json}: exists; results are never overwritten")
+    check_known_keys(fv.config, fv.sweep, fv.set)
+    configs = validate_points(fv.config, points)
+    console.info("sweep: %d valid point(s) under %s", len(points), root)
+    if fv.emit == "slurm":
+        print(slurm_script(fv, root, len(points)), end="")
         return 0
-    if args.emit == "commands":
+    if fv.emit == "commands":
         for point in points:
-            print(shlex.join(point.trainer_command(args.config)))
+            print(shlex.join(point.trainer_command(fv.config)))
         return 0
-    chosen = points if args.index is None else [points[args.index]]
+    chosen = points if fv.index is None else [points[fv.index]]
     statuses: dict[int, str] = {}
     for point in chosen:
-        num_steps = configs[point.index].train.num_steps
-        if args.dry_run:
-            statuses[point.index] = "finished" if is_finished(point.workdir, num_steps) else "todo"
+        finished = Workdir(point.workdir).is_finished(configs[point.index].train.num_steps)
+        where = f"[{point.index + 1}/{len(points)}] {point.workdir}"
+        if fv.dry_run or finished:
+            statuses[point.index] = "finished" if finished else "todo"
+            if not fv.dry_run:
+                console.info("%s: finished, skipped", where)
             continue
-        if is_finished(point.workdir, num_steps):
-            statuses[point.index] = "finished"
-            print(f"[{point.index + 1}/{len(points)}] {point.workdir}: finished, skipped",
-                  flush=True)
-            continue
-        log_dir = os.path.join(args.root, "logs")
-        os.makedirs(log_dir, exist_ok=True)
-        log_path = os.path.join(log_dir, f"{os.path.basename(point.workdir)}.log")
-        print(f"[{point.index + 1}/{len(points)}] {point.workdir}: training (log {log_path})",
-              flush=True)
+        log_path = os.path.join(root, "logs", f"{os.path.basename(point.workdir)}.log")
+        console.info("%s: training (log %s)", where, log_path)
         start = time.perf_counter()
-        with open(log_path, "a") as log:
-            code = subprocess.call(point.trainer_command(args.config), stdout=log, stderr=log)
-        took = time.perf_counter() - start
+        code = train_point(point, fv.config, log_path)
         statuses[point.index] = "finished" if code == 0 else f"failed ({code})"
-        print(f"    {statuses[point.index]} after {took:.0f} s", flush=True)
-    text, rows = summary_table(chosen, statuses)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-    return 0 if all(s == "finished" or args.dry_run for s in statuses.values()) else 1
+        console.info("%s: %s after %s", where, statuses[point.index],
+                     console.duration(time.perf_counter() - start))
+    rows = summary_rows(chosen, statuses)
+    print(console.table(rows))
+    if fv.json is not None:
+        try:
+            files.write_json(fv.json, rows, exclusive=True)
+        except FileExistsError:
+            raise ValueError(f"--json={fv.json}: exists; results are never overwritten"
+                             ) from None
+    return 0 if all(s == "finished" or fv.dry_run for s in statuses.values()) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sweep CLI on ``argv`` (default ``sys.argv``); returns the exit status."""
+    return cli.run(__doc__, define_flags, sweep, argv)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

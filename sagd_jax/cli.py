@@ -30,14 +30,19 @@ FlagValues = flags.FlagValues
 BAD_INPUT, NONFINITE = 2, 3
 
 
-def define_config(fv: FlagValues, required: bool = True, help_text: str | None = None) -> None:
-    """``--config=configs/NAME.py[:VARIANT]`` with ``--config.KEY=VALUE`` overrides."""
+def define_config(fv: FlagValues, required: bool = True, help_text: str | None = None,
+                  default: str | None = None) -> None:
+    """``--config=configs/NAME.py[:VARIANT]`` with ``--config.KEY=VALUE`` overrides;
+    ``default``: the spec used when ``--config`` is not given (an absolute path, or one
+    relative to the working directory)."""
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file(
+    config_flags.DEFINE_config_file(  # the default goes in as --config=default (``parse``)
         "config", None, help_text or "Config file (configs/*.py[:variant]); override values "
-        "with --config.KEY=VALUE.", flag_values=fv, lock_config=True)
-    if required:
+        "with --config.KEY=VALUE." + (f" Default: {default}" if default else ""),
+        flag_values=fv, lock_config=True)
+    fv["config"].sagd_default_spec = default
+    if required and default is None:
         flags.mark_flag_as_required("config", flag_values=fv)
 
 
@@ -59,27 +64,41 @@ def initialize_distributed(fv: FlagValues) -> None:
     distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
 
 
-def _config_overrides(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    """The ``--config=SPEC`` value and the keys of ``--config.KEY=VALUE`` in ``argv``."""
-    spec, keys = None, []
-    for arg in argv:
-        name, _, value = arg.lstrip("-").partition("=")
+def config_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The ``--config=SPEC`` (or ``--config SPEC``) value and the ``KEY=VALUE`` of every
+    ``--config.KEY=VALUE`` (or ``--config.KEY VALUE``) in ``argv`` (without the program)."""
+    spec, overrides = None, []
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            continue
+        name, equals, value = arg.lstrip("-").partition("=")
+        if not equals and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            value = argv[i + 1]
         if name == "config":
-            spec = value
+            spec = value or None
         elif name.startswith(("config.", "noconfig.")):
-            keys.append(name.split(".", 1)[1])
-    return spec, keys
+            overrides.append(f"{name.split('.', 1)[1]}={value}")
+    return spec, overrides
+
+
+def _with_default_config(fv: FlagValues, argv: list[str]) -> list[str]:
+    """``argv`` with ``--config=<default>`` inserted when the tool has a default config and
+    ``argv`` names none (so the default is loaded, and checked, like a given one)."""
+    default = getattr(fv["config"], "sagd_default_spec", None) if "config" in fv else None
+    if default is None or config_args(argv[1:])[0] is not None:
+        return argv
+    return [argv[0], f"--config={default}", *argv[1:]]
 
 
 def _check_config(argv: Sequence[str]) -> None:
     """Refuse a missing config file, and an override of a key the config does not have,
     naming the closest ones (``config_flags`` would fail later, with a traceback)."""
-    spec, keys = _config_overrides(argv)
+    spec, overrides = config_args(argv)
     if spec is None:
         return
     from sagd_jax.config import check_keys, load_config_file
 
-    check_keys(keys, load_config_file(spec))
+    check_keys([item.split("=", 1)[0] for item in overrides], load_config_file(spec))
 
 
 @contextlib.contextmanager
@@ -101,17 +120,17 @@ def parse(define_flags: Callable[[FlagValues], None], argv: Sequence[str]) -> Fl
     flags.DEFINE_integer("verbosity", console.QUIET, "-1: this tool's progress and warnings "
                          "only; 0: also the libraries' INFO logs (Orbax, absl, TensorFlow); "
                          "1: debug.", flag_values=fv)
-    argv = list(argv)
+    argv = _with_default_config(fv, list(argv))
     _check_config(argv[1:])
-    try:
-        with _argv(argv):
+    with _argv(argv):  # config_flags reads the overrides from sys.argv
+        try:
             rest = fv(argv)
-    except flags.Error as err:
-        raise ValueError(str(err).splitlines()[0]) from None
-    except (OSError, AttributeError, KeyError, TypeError) as err:  # config file or override
-        message = str(err).strip().splitlines()
-        raise ValueError(f"--config: {message[0] if message else type(err).__name__}"
-                         ) from None
+        except flags.Error as err:
+            raise ValueError(str(err).splitlines()[0]) from None
+        except (OSError, AttributeError, KeyError, TypeError) as err:  # config or override
+            message = str(err).strip().splitlines()
+            raise ValueError(f"--config: {message[0] if message else type(err).__name__}"
+                             ) from None
     if len(rest) > 1:
         raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
     if not flags.FLAGS.is_parsed():  # absl's own logging asks for parsed global flags

@@ -67,16 +67,6 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _get(config: Any, key: str) -> Any:
-    node = config
-    for part in key.split("."):
-        try:
-            node = node[part]
-        except (KeyError, TypeError):
-            raise ValueError(f"{key}: missing from the config") from None
-    return node
-
-
 def flat_keys(config: Any, prefix: str = "") -> list[str]:
     """Every dotted leaf key of a config (``train.batch_size``, ...), sections expanded."""
     keys = []
@@ -144,18 +134,18 @@ def normalize(config: Any) -> ml_collections.ConfigDict:
 def validate_config(config: Any, device_count: int | None = None) -> None:
     """Check ``seed``, ``train.*`` and ``optim.*``; raise a one-line ``ValueError``."""
     device_count = jax.device_count() if device_count is None else device_count
-    validate.integer("seed", _get(config, "seed"), 0)
-    validate.integer("train.num_steps", _get(config, "train.num_steps"), 1)
-    batch = validate.integer("train.batch_size", _get(config, "train.batch_size"), 1)
+    validate.integer(*validate.entry(config, "seed"), 0)
+    validate.integer(*validate.entry(config, "train.num_steps"), 1)
+    batch = validate.integer(*validate.entry(config, "train.batch_size"), 1)
     if batch % device_count:
         raise validate.fail("train.batch_size", batch,
                             f"must be divisible by the device count ({device_count})")
     for key in ("checkpoint_every", "log_every", "sample_every", "num_samples", "sample_steps",
                 "keep_checkpoints"):
-        validate.integer(f"train.{key}", _get(config, f"train.{key}"), 1)
-    validate.one_of("train.sampler", _get(config, "train.sampler"), SAMPLERS)
-    validate.one_of("train.nonfinite", _get(config, "train.nonfinite"), NONFINITE_POLICIES)
-    optim = {key: _get(config, f"optim.{key}") for key in config.optim}
+        validate.integer(*validate.entry(config, f"train.{key}"), 1)
+    validate.one_of(*validate.entry(config, "train.sampler"), SAMPLERS)
+    validate.one_of(*validate.entry(config, "train.nonfinite"), NONFINITE_POLICIES)
+    optim = validate.lookup(config, "optim")
     validate.number("optim.learning_rate", optim["learning_rate"], 0.0, 1.0, open_lo=True)
     validate.integer("optim.warmup_steps", optim["warmup_steps"], 0)
     validate.number("optim.b1", optim["b1"], 0.0, 1.0, open_hi=True)

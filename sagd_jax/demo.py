@@ -1,23 +1,26 @@
 """Demo of the SAGD core with no training: the exact Gaussian model through every sampler.
 
-    python -m sagd_jax.demo [--size 32] [--num 512] [--json out.json]
+    python -m sagd_jax.demo [--size=32] [--num=512] [--seed=0] [--json=out.json]
 
 For a data spectrum unlike the noise's and several noise weightings (isotropic, power laws and
 a band-stop mask), each sampler draws images with the exact noise predictor of SAGD.md
 section 5 and the table reports how far the per-frequency variance of the samples is from the
-data spectrum c(k) (the answer is known), and the energy left in the masked band.
+data spectrum c(k) (the answer is known), and the energy left in the masked band. ``--json``
+also writes the rows to a new file (never overwritten); progress goes to stderr.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from sagd_jax import cli, console, files, validate
 from sagd_jax.gaussian import GaussianData
 from sagd_jax.metrics.spectra import power_spectrum
 from sagd_jax.process import DiffusionProcess
@@ -42,10 +45,14 @@ def demo_data(size: int) -> GaussianData:
     return GaussianData(spectrum=jnp.asarray(c, jnp.float32), height=size, width=size)
 
 
-def run(size: int, num: int, seed: int) -> list[dict]:
+def measure(size: int, num: int, seed: int) -> list[dict]:
+    """One row per (noise, sampler): ``num`` samples of ``size x size`` images; the median over
+    frequencies of ``|log(sample variance / c)|``, the energy left in a masked band (None
+    without a mask) and the seconds taken."""
     data = demo_data(size)
     c = np.asarray(data.spectrum, np.float64)
     rows = []
+    progress = console.Progress("demo", total=len(NOISES) * len(SAMPLERS), unit="sampler run")
     for noise_name, noise in NOISES.items():
         cov = SpectralCovariance.create(size, size, **noise)
         process = DiffusionProcess(cov=cov, schedule=VPSDE())
@@ -64,33 +71,54 @@ def run(size: int, num: int, seed: int) -> list[dict]:
                 else None,
                 seconds=seconds,
             ))
+            progress.update(1, f"{noise_name}, {name}")
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=32, help="image side, pixels")
-    parser.add_argument("--num", type=int, default=512, help="samples per sampler")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, help="also write the table to this JSON file")
-    args = parser.parse_args(argv)
-    if args.size < 4 or args.num < 2:
-        parser.error("--size must be >= 4 and --num >= 2")
-    print(f"Exact Gaussian model, {args.size}x{args.size}, {args.num} samples per sampler, "
+def display_rows(rows: list[dict]) -> list[dict]:
+    """``measure``'s rows with the printed columns and precision."""
+    return [{"noise": r["noise"], "sampler": r["sampler"], "steps": r["steps"],
+             "|log var/c|": f"{r['median_abs_log_ratio']:.3f}",
+             "masked E": None if r["masked_energy"] is None else f"{r['masked_energy']:.1e}",
+             "s": f"{r['seconds']:.1f}"} for r in rows]
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("size", 32, "Image side, pixels (>= 4).", flag_values=fv)
+    flags.DEFINE_integer("num", 512, "Samples per sampler (>= 2).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=fv)
+    flags.DEFINE_string("json", None, "Also write the rows to this new JSON file.",
+                        flag_values=fv)
+
+
+def demo(fv: flags.FlagValues) -> None:
+    size = validate.integer("--size", fv.size, 4)
+    num = validate.integer("--num", fv.num, 2)
+    if fv.json is not None and files.exists(fv.json):
+        raise ValueError(f"--json={fv.json}: exists; results are never overwritten")
+    print(f"Exact Gaussian model, {size}x{size}, {num} samples per sampler, "
           f"VP SDE schedule, on {jax.devices()[0].platform}")
-    print(f"{'noise':30s} {'sampler':10s} {'steps':>5s} {'|log var/c|':>12s} "
-          f"{'masked E':>9s} {'s':>6s}")
-    rows = run(args.size, args.num, args.seed)
-    for r in rows:
-        masked = "-" if r["masked_energy"] is None else f"{r['masked_energy']:.1e}"
-        print(f"{r['noise']:30s} {r['sampler']:10s} {r['steps']:5d} "
-              f"{r['median_abs_log_ratio']:12.3f} {masked:>9s} {r['seconds']:6.1f}")
+    rows = measure(size, num, fv.seed)
+    print(console.table(display_rows(rows)))
     print(f"(median over frequencies of |log(sample variance / c)|; Monte-Carlo floor about "
-          f"{np.sqrt(1 / args.num) * 0.67:.3f} for {args.num} samples)")
-    if args.json:
-        with open(args.json, "x") as f:  # never overwrite an earlier result
-            json.dump(rows, f, indent=2)
+          f"{np.sqrt(1 / num) * 0.67:.3f} for {num} samples)")
+    if fv.json is not None:
+        try:
+            files.write_json(fv.json, rows, exclusive=True)
+        except FileExistsError:
+            raise ValueError(f"--json={fv.json}: exists; results are never overwritten"
+                             ) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo on ``argv`` (default ``sys.argv``); returns the exit status."""
+    return cli.run(__doc__, define_flags, demo, argv)
+
+
+def run() -> None:
+    """Console-script entry point (``sagd-demo``)."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -1,7 +1,8 @@
 """Judge generated images against the data of their run; writes one JSON file (and plots).
 
     python -m sagd_jax.evaluate --samples=DIR/generated/NAME/samples.npz \\
-        [--band=bandpass:0.45:0.6] [--filter_band=bandstop:0.45:0.6] [--out=FILE.json]
+        [--band=bandpass:0.45:0.6] [--filter_band=bandstop:0.45:0.6] [--out=FILE.json] \\
+        [--max_reference=10000] [--num_subsets=100] [--subset_size=1000]
 
 The run (its data config) is found from the samples' ``manifest.json``. Reference images: the
 ``test`` split for Fashion-MNIST and TFDS data, the run's own source otherwise, always without
@@ -19,18 +20,25 @@ Metrics (those that apply):
 * ``band_energy_ratio``: energy of samples inside ``--band`` relative to the reference's;
 * ``grf_variance``: for ``grf`` data, per-frequency variance of the samples against the exact
   spectrum (``mean_abs_log_ratio`` and the Monte-Carlo floor; ``grf_variance.png``).
+
+Prints the headline numbers as JSON; progress goes to stderr. Bad input (a missing file, a bad
+band, an existing ``--out``) stops with a one-line error and exit status 2, nothing written.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from absl import flags
+
+from sagd_jax import cli, console, files, validate
 
 REFERENCE_SPLIT_SOURCES = ("fashion_mnist",)  # sources whose reference is the "test" split
 
@@ -49,10 +57,7 @@ def load_samples(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     if images.ndim != 4:
         raise ValueError(f"--samples={path}: expected (N, H, W, C) images, got {images.shape}")
     manifest_path = os.path.join(os.path.dirname(path), "manifest.json")
-    manifest = {}
-    if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            manifest = json.load(f)
+    manifest = files.read_json(manifest_path) if files.exists(manifest_path) else {}
     return images, manifest
 
 
@@ -70,7 +75,7 @@ def reference_images(data_config: Any, max_images: int) -> tuple[np.ndarray, str
     count = min(len(source), max_images)
     raw = source.get(np.arange(count))
     height, width, channels = source.image_shape
-    name = f"{cfg.name}-{cfg.get('split', 'all')}-{height}x{width}x{channels}-{count}"
+    name = f"{cfg.name}-{cfg.split}-{height}x{width}x{channels}-{count}"
     return (to_unit_range(raw) if raw.dtype == np.uint8 else raw), name.replace(":", "_")
 
 
@@ -97,18 +102,18 @@ def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: 
         kernel_distance_blocks,
     )
 
-    extractor = load_or_train(recipe, log=lambda m: print(m, file=sys.stderr, flush=True))
+    extractor = load_or_train(recipe)
     path = os.path.join(cache_dir(), "reference",
                         f"{reference_name}-{extractor.recipe.name}.npz")
-    if os.path.exists(path):
+    if files.exists(path):
+        console.info("features: %d reference images, from %s", len(reference), path)
         ref_features = np.load(path)["features"]
     else:
-        ref_features = extractor(reference)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, features=ref_features.astype(np.float32))
-        os.replace(tmp, path)
-        ref_features = ref_features.astype(np.float32)
+        console.info("features: %d reference images, to cache in %s", len(reference), path)
+        ref_features = extractor(reference).astype(np.float32)
+        with contextlib.suppress(FileExistsError):  # another process cached the same first
+            files.write_npz(path, exclusive=True, features=ref_features)
+    console.info("features: %d samples", len(samples))
     features = extractor(samples)
     kid = kernel_distance(features, ref_features, num_subsets, subset_size)
     blocks = kernel_distance_blocks(features, ref_features, num_blocks=min(10, len(features) // 2))
@@ -180,11 +185,14 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
     ``classifier``: a ``metrics.classifier.Recipe`` other than the documented one (tests)."""
     from sagd_jax.metrics.spectra import plot_radial
     from sagd_jax.spectral import parse_bands
-    from sagd_jax.train.loop import saved_config
+    from sagd_jax.workdir import Workdir
 
     out = out or os.path.join(os.path.dirname(os.path.abspath(samples_path)), "evaluation.json")
-    if os.path.exists(out):
+    if files.exists(out):
         raise ValueError(f"--out={out}: exists; results are never overwritten")
+    validate.integer("--max_reference", max_reference, 2)
+    validate.integer("--num_subsets", num_subsets, 1)
+    validate.integer("--subset_size", subset_size, 2)
     for flag, spec in (("--band", band), ("--filter_band", filter_band)):
         if spec is not None:
             try:
@@ -196,12 +204,14 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
     if "workdir" not in manifest:
         raise ValueError(f"--samples={samples_path}: no manifest.json with the run's workdir "
                          "beside it (made by python -m sagd_jax.sample)")
-    config = saved_config(manifest["workdir"])
+    config = Workdir(manifest["workdir"]).saved_config()
+    console.info("reference: up to %d clean %s images", max_reference, config.data.name)
     reference, reference_name = reference_images(config.data, max_reference)
     if samples.shape[1:] != reference.shape[1:]:
         raise ValueError(f"--samples={samples_path}: images {samples.shape[1:]} but the data "
                          f"has {reference.shape[1:]}")
     plot_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(plot_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(out))[0]
     results: dict[str, Any] = {"samples": os.path.abspath(samples_path),
                                "num_samples": len(samples), "reference": reference_name,
@@ -221,42 +231,54 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
                     ylabel="variance ratio", logy=False,
                     title=f"grf: mean |log var/c| {err['mean_abs_log_ratio']:.3f} "
                           f"(Monte-Carlo floor {err['monte_carlo_floor']:.3f})")
-    with open(out, "x") as f:
-        json.dump(results, f, indent=2)
+    try:
+        files.write_json(out, results, exclusive=True)
+    except FileExistsError:
+        raise ValueError(f"--out={out}: exists; results are never overwritten") from None
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sagd_jax.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", required=True, help="samples.npz of python -m "
-                        "sagd_jax.sample")
-    parser.add_argument("--out", default=None, help="JSON file (default evaluation.json "
-                        "beside the samples)")
-    parser.add_argument("--band", default=None, help="a band (kind:lo:hi[:edge]) whose energy "
-                        "to compare")
-    parser.add_argument("--filter_band", default=None, help="remove this band from samples and "
-                        "reference before FD/KID")
-    parser.add_argument("--max_reference", type=int, default=10_000)
-    parser.add_argument("--num_subsets", type=int, default=100, help="KID subsets")
-    parser.add_argument("--subset_size", type=int, default=1000, help="KID subset size")
-    args = parser.parse_args(argv)
-    try:
-        results = evaluate(args.samples, args.out, args.band, args.filter_band,
-                           args.max_reference, args.num_subsets, args.subset_size)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    summary = {k: v for k, v in results.items() if k in ("fd", "band_energy_ratio")}
-    summary["spectrum_mean_abs_log_ratio"] = results["spectrum"]["mean_abs_log_ratio"]
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("samples", None, "samples.npz of python -m sagd_jax.sample.",
+                        flag_values=fv, required=True)
+    flags.DEFINE_string("out", None, "JSON file (default evaluation.json beside the samples; "
+                        "never overwritten).", flag_values=fv)
+    flags.DEFINE_string("band", None, "A band (kind:lo:hi[:edge]) whose energy to compare.",
+                        flag_values=fv)
+    flags.DEFINE_string("filter_band", None, "Remove this band from samples and reference "
+                        "before FD/KID.", flag_values=fv)
+    flags.DEFINE_integer("max_reference", 10_000, "At most this many reference images.",
+                         flag_values=fv)
+    flags.DEFINE_integer("num_subsets", 100, "KID subsets.", flag_values=fv)
+    flags.DEFINE_integer("subset_size", 1000, "KID subset size.", flag_values=fv)
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of ``evaluate``'s results (what the CLI prints)."""
+    out = {k: v for k, v in results.items() if k in ("fd", "band_energy_ratio")}
+    out["spectrum_mean_abs_log_ratio"] = results["spectrum"]["mean_abs_log_ratio"]
     if "kid" in results:
-        summary["kid"] = f"{results['kid']['mean']:.5f} +- {results['kid']['std']:.5f}"
+        out["kid"] = f"{results['kid']['mean']:.5f} +- {results['kid']['std']:.5f}"
     if "grf_variance" in results:
-        summary["grf_variance_mean_abs_log_ratio"] = results["grf_variance"][
-            "mean_abs_log_ratio"]
-    print(json.dumps(summary, indent=2))
-    return 0
+        out["grf_variance_mean_abs_log_ratio"] = results["grf_variance"]["mean_abs_log_ratio"]
+    return out
+
+
+def evaluate_cli(fv: flags.FlagValues) -> None:
+    results = evaluate(fv.samples, fv.out, fv.band, fv.filter_band, fv.max_reference,
+                       fv.num_subsets, fv.subset_size)
+    print(json.dumps(summary(results), indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluation CLI on ``argv`` (default ``sys.argv``); returns the exit status."""
+    return cli.run(__doc__, define_flags, evaluate_cli, argv)
+
+
+def run() -> None:
+    """Console-script entry point (``sagd-evaluate``)."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from sagd_jax import validate
 from sagd_jax.schedules import Schedule, get_schedule
 from sagd_jax.spectral import SpectralCovariance
 
@@ -46,30 +47,23 @@ class DiffusionProcess:
     project_data: bool = struct.field(pytree_node=False, default=False)
 
     def __post_init__(self) -> None:
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(
-                f"prediction={self.prediction!r}: must be one of {', '.join(PREDICTIONS)}"
-            )
+        validate.one_of("prediction", self.prediction, PREDICTIONS)
 
     @classmethod
     def from_config(cls, config: Any, height: int, width: int) -> DiffusionProcess:
-        """From a config with ``noise`` (see ``SpectralCovariance.from_config``) and
-        ``diffusion`` (``schedule``, ``prediction``, optional ``schedule_kwargs``) sections."""
-        cov = SpectralCovariance.from_config(config.noise, height, width)
-        diffusion = config.diffusion
-        kwargs = dict(diffusion.get("schedule_kwargs", {}) or {})
+        """From a config with full ``noise`` (see ``SpectralCovariance.from_config``, and
+        ``project_data``) and ``diffusion`` (``schedule``, ``schedule_kwargs``, ``prediction``)
+        sections, each key read as it is (their one default: ``default_config()``)."""
+        cov = SpectralCovariance.from_config(validate.lookup(config, "noise"), height, width)
+        project_data = validate.boolean(*validate.entry(config, "noise.project_data"))
+        name = validate.lookup(config, "diffusion.schedule")
+        kwargs = validate.mapping(*validate.entry(config, "diffusion.schedule_kwargs"))
         try:
-            schedule = get_schedule(diffusion.schedule, **kwargs)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"diffusion.{err}") from None
-        project_data = config.noise.get("project_data", False)
-        if not isinstance(project_data, bool):
-            raise ValueError(f"noise.project_data={project_data!r}: must be True or False")
-        try:
-            return cls(cov=cov, schedule=schedule, prediction=diffusion.get("prediction", "eps"),
-                       project_data=project_data)
+            schedule = get_schedule(name, **kwargs)
         except ValueError as err:
             raise ValueError(f"diffusion.{err}") from None
+        prediction = validate.one_of(*validate.entry(config, "diffusion.prediction"), PREDICTIONS)
+        return cls(cov=cov, schedule=schedule, prediction=prediction, project_data=project_data)
 
     # --- marginals -----------------------------------------------------------------------
     def coefficients(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -26,7 +26,7 @@ import optax
 
 from sagd_jax import rng
 from sagd_jax.config import normalize, validate_config
-from sagd_jax.data import get_source, load_batch
+from sagd_jax.data import batch_options, get_source, load_batch
 from sagd_jax.data.sources import ImageSource
 from sagd_jax.metrics.spectra import radial_power_spectrum
 from sagd_jax.models import build_model
@@ -69,6 +69,7 @@ class Run:
         if source is not None and tuple(source.image_shape) != image_shape:
             raise ValueError(f"data.image_size={config.data.image_size}: {source.name} has "
                              f"{source.image_shape} images")
+        batch_options(config.data, image_shape)  # corruption and flips, before any file
         process = DiffusionProcess.from_config(config, image_shape[0], image_shape[1])
         model = build_model(config.model, image_shape)
         try:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from sagd_jax import cli, console, files
+from sagd_jax import cli, console, files, validate
 from sagd_jax.console import Progress
 from sagd_jax.train.images import to_uint8
 
@@ -50,27 +50,24 @@ class SampleRequest:
     def validate(self, device_count: int) -> None:
         from sagd_jax.samplers import SAMPLERS
 
-        if self.num_samples < 1:
-            raise ValueError(f"--num_samples={self.num_samples}: must be >= 1")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"--sampler={self.sampler!r}: unknown; known: {', '.join(SAMPLERS)}")
-        if self.steps < 1:
-            raise ValueError(f"--steps={self.steps}: must be >= 1")
-        if self.seed < 0:
-            raise ValueError(f"--seed={self.seed}: must be >= 0")
-        if self.eta is not None and self.sampler != "ddim":
-            raise ValueError(f"--eta={self.eta}: only the ddim sampler takes eta")
-        if self.eta is not None and not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"--eta={self.eta}: must be in [0, 1]")
-        if self.chunk_size < 1 or self.chunk_size % device_count:
-            raise ValueError(f"--chunk_size={self.chunk_size}: must be a positive multiple of "
-                             f"the device count ({device_count})")
-        if self.clip_x0 is not None and self.sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"--clip_x0={self.clip_x0}: only the ddpm and ddim samplers clip")
-        if self.clip_x0 is not None and not self.clip_x0 > 0:
-            raise ValueError(f"--clip_x0={self.clip_x0}: must be > 0")
-        if self.model not in ("ema", "exact"):
-            raise ValueError(f"--model={self.model!r}: must be ema or exact")
+        validate.integer("--num_samples", self.num_samples, 1)
+        validate.one_of("--sampler", self.sampler, SAMPLERS)
+        validate.integer("--steps", self.steps, 1)
+        validate.integer("--seed", self.seed, 0)
+        if self.eta is not None:
+            if self.sampler != "ddim":
+                raise validate.fail("--eta", self.eta, "only the ddim sampler takes eta")
+            validate.number("--eta", self.eta, 0.0, 1.0)
+        chunk = validate.integer("--chunk_size", self.chunk_size, 1)
+        if chunk % device_count:
+            raise validate.fail("--chunk_size", chunk, "must be a positive multiple of the "
+                                f"device count ({device_count})")
+        if self.clip_x0 is not None:
+            if self.sampler not in ("ddpm", "ddim"):
+                raise validate.fail("--clip_x0", self.clip_x0,
+                                    "only the ddpm and ddim samplers clip")
+            validate.number("--clip_x0", self.clip_x0, 0.0, open_lo=True)
+        validate.one_of("--model", self.model, ("ema", "exact"))
 
     @property
     def num_chunks(self) -> int:
@@ -175,8 +172,8 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
 def define_flags(fv: flags.FlagValues) -> None:
     cli.define_config(fv, required=False, help_text="Optional: the run's config file; must "
                       "match the workdir's run.")
-    flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoints).",
-                        flag_values=fv, required=True)
+    flags.DEFINE_string("workdir", None, "The training workdir (--workdir of "
+                        "python -m sagd_jax.main).", flag_values=fv, required=True)
     flags.DEFINE_integer("num_samples", None, "Number of images.", flag_values=fv,
                          required=True)
     flags.DEFINE_string("sampler", "ddpm", "ddpm | ddim | ode_euler | ode_heun | sde",

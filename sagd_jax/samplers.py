@@ -33,6 +33,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from sagd_jax import validate
 from sagd_jax.process import DiffusionProcess, expand_to
 from sagd_jax.schedules import time_grid
 
@@ -115,8 +116,8 @@ def _make_sampler(
         unknown = sorted(set(options) - set(option_names))
         if unknown:
             raise ValueError(f"sampler {name!r} takes no option(s) {unknown}")
-        if "clip_x0" in options and not options["clip_x0"] > 0:
-            raise ValueError(f"clip_x0={options['clip_x0']}: must be > 0")
+        if "clip_x0" in options:
+            validate.number("clip_x0", options["clip_x0"], 0.0, open_lo=True)
         opts = {k: jnp.float32(v) for k, v in options.items()}
         return _run(process, _as_pytree_fn(eps_fn), key, opts, update=update, shape=shape,
                     steps=steps, sharding=sharding)
@@ -218,6 +219,4 @@ SAMPLERS: dict[str, Callable[..., jax.Array]] = {
 
 def get_sampler(name: str) -> Callable[..., jax.Array]:
     """A sampler by name: ``ddpm``, ``ddim``, ``ode_euler``, ``ode_heun``, ``sde``."""
-    if name not in SAMPLERS:
-        raise ValueError(f"sampler={name!r}: unknown; known: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]
+    return SAMPLERS[validate.one_of("sampler", name, tuple(SAMPLERS))]

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sagd_jax import validate
+
 
 def _vp_from_log_alpha2(log_alpha2: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(alpha, sigma)`` from ``log alpha^2``; ``sigma^2 = -expm1(.)`` avoids cancellation."""
@@ -169,14 +171,18 @@ SCHEDULES: dict[str, type] = {
 
 
 def get_schedule(name: str, **kwargs: float) -> Schedule:
-    """A schedule by name (``vp_sde``, ``ddpm_linear``, ``cosine``, ``ve``) with overrides."""
-    if name not in SCHEDULES:
-        raise ValueError(f"schedule={name!r}: unknown; known: {', '.join(SCHEDULES)}")
+    """A schedule by name (``vp_sde``, ``ddpm_linear``, ``cosine``, ``ve``) with overrides of
+    its parameters (finite numbers; ``num_timesteps`` an integer >= 1)."""
+    validate.one_of("schedule", name, tuple(SCHEDULES))
     fields = {f.name for f in dataclasses.fields(SCHEDULES[name])} - {"name"}
-    unknown = set(kwargs) - fields
+    unknown = sorted(set(kwargs) - fields)
     if unknown:
-        raise ValueError(f"schedule {name!r} has no parameter(s) {sorted(unknown)}")
-    return SCHEDULES[name](**kwargs)
+        raise validate.fail("schedule_kwargs", kwargs,
+                            f"the {name} schedule has no parameter(s) {', '.join(unknown)}")
+    checked = {key: validate.integer(f"schedule_kwargs.{key}", value, 1)
+               if key == "num_timesteps" else validate.number(f"schedule_kwargs.{key}", value)
+               for key, value in kwargs.items()}
+    return SCHEDULES[name](**checked)
 
 
 def time_grid(schedule: Schedule, steps: int) -> np.ndarray:
@@ -185,8 +191,7 @@ def time_grid(schedule: Schedule, steps: int) -> np.ndarray:
     Discrete schedules land on their integer grid ``t_i = i / T`` (needs ``steps <= T``);
     continuous ones are uniform in t. ``steps = 1`` gives ``[1]``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps={steps!r}: must be a positive integer")
+    validate.integer("steps", steps, 1)
     if schedule.num_timesteps is not None:
         total = schedule.num_timesteps
         if steps > total:

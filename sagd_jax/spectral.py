@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from sagd_jax import validate
+
 RHO_MAX = math.sqrt(2.0)
 BAND_KINDS = ("lowpass", "highpass", "bandpass", "bandstop")
 # Mask values below this are snapped to exactly 0 so that the support {w > 0} is well defined
@@ -86,23 +88,20 @@ class Band:
     edge: float = 0.0
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the offending field."""
-        if self.kind not in BAND_KINDS:
-            raise ValueError(f"kind={self.kind!r}: must be one of {', '.join(BAND_KINDS)}")
+        """Raise ``ValueError`` naming the offending field (``lo=0.5: must be <= hi=0.2``)."""
+        validate.one_of("kind", self.kind, BAND_KINDS)
         for name in ("lo", "hi", "edge"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name}={value!r}: must be a finite number")
-        if not (0.0 <= self.lo <= RHO_MAX + 1e-12) or not (0.0 <= self.hi <= RHO_MAX + 1e-12):
-            raise ValueError(f"lo={self.lo}, hi={self.hi}: must lie in [0, sqrt(2)]")
+            value = validate.number(name, getattr(self, name))
+            if name != "edge" and not 0.0 <= value <= RHO_MAX + 1e-12:
+                raise validate.fail(name, value, "must lie in [0, sqrt(2)]")
         if self.lo > self.hi:
-            raise ValueError(f"lo={self.lo} > hi={self.hi}")
+            raise validate.fail("lo", self.lo, f"must be <= hi={self.hi}")
         if self.edge < 0:
-            raise ValueError(f"edge={self.edge}: must be >= 0")
+            raise validate.fail("edge", self.edge, "must be >= 0")
         if self.kind == "lowpass" and self.lo != 0.0:
-            raise ValueError(f"lo={self.lo}: a lowpass band uses only hi (use bandpass)")
+            raise validate.fail("lo", self.lo, "a lowpass band uses only hi (use bandpass)")
         if self.kind == "highpass" and abs(self.hi - RHO_MAX) > 1e-12:
-            raise ValueError(f"hi={self.hi}: a highpass band uses only lo (use bandpass)")
+            raise validate.fail("hi", self.hi, "a highpass band uses only lo (use bandpass)")
 
     def mask(self, rho: np.ndarray) -> np.ndarray:
         """The mask ``m(rho)``, float64, same shape as ``rho``."""
@@ -187,20 +186,18 @@ def spectral_weights(
 
     Shape ``(H, W // 2 + 1)``. With ``normalize`` the mean over all ``H * W`` bins is 1, so
     ``trace(Sigma) = H * W`` per channel (the noise energy of isotropic diffusion).
-    Raises ``ValueError`` naming the offending parameter.
+    Raises ``ValueError`` naming the offending parameter (``gamma=nan: must be a finite number``).
     """
-    for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}={value!r}: must be a positive integer")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
-        raise ValueError(f"gamma={gamma!r}: must be a finite number")
-    if isinstance(rho0, bool) or not isinstance(rho0, (int, float)) or not math.isfinite(rho0):
-        raise ValueError(f"rho0={rho0!r}: must be a finite number")
+    height = validate.integer("height", height, 1)
+    width = validate.integer("width", width, 1)
+    gamma = validate.number("gamma", gamma)
+    rho0 = validate.number("rho0", rho0)
     if rho0 < 0 or (gamma > 0 and rho0 <= 0):
-        raise ValueError(f"rho0={rho0}: must be > 0 when gamma > 0 (and never negative)")
+        raise validate.fail("rho0", rho0, "must be > 0 when gamma > 0 (and never negative)")
+    normalize = validate.boolean("normalize", normalize)
     band_list = parse_bands(bands)
     rho = radial_frequency(height, width)
-    w = power_law(rho, float(gamma), float(rho0))
+    w = power_law(rho, gamma, rho0)
     for band in band_list:
         w = w * band.mask(rho)
     if not np.any(w > 0):
@@ -276,20 +273,16 @@ class SpectralCovariance:
 
     @classmethod
     def from_config(cls, noise: Any, height: int, width: int) -> SpectralCovariance:
-        """Build from a ``noise`` config section (``gamma``, ``rho0``, ``bands``, ``normalize``).
+        """Build from a full ``noise`` config section: ``gamma``, ``rho0``, ``bands`` and
+        ``normalize``, each read as it is (their one default: ``default_config().noise``).
 
-        Errors name the key, e.g. ``noise.gamma=nan: must be a finite number``.
+        Errors name the key, e.g. ``noise.gamma=nan: must be a finite number`` or
+        ``noise.rho0: missing from the config``.
         """
-        get = noise.get if hasattr(noise, "get") else lambda k, d=None: getattr(noise, k, d)
+        values = {key: validate.lookup(noise, key, "noise")
+                  for key in ("gamma", "rho0", "bands", "normalize")}
         try:
-            return cls.create(
-                height,
-                width,
-                gamma=get("gamma", 0.0),
-                rho0=get("rho0", 0.1),
-                bands=get("bands", ()),
-                normalize=bool(get("normalize", True)),
-            )
+            return cls.create(height, width, **values)
         except ValueError as err:
             message = str(err)
             if not message.startswith(("height", "width")):

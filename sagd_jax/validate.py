@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import ml_collections
 
 
 def fail(key: str, value: Any, requirement: str) -> ValueError:
@@ -20,6 +22,29 @@ def fail(key: str, value: Any, requirement: str) -> ValueError:
 
 def is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def lookup(config: Any, key: str, section: str = "") -> Any:
+    """``config[key]`` for a dotted ``key`` (``"grf.rho0"``) in nested ConfigDicts or dicts; a
+    missing key is the error ``<section>.<key>: missing from the config``.
+
+    Builders read their section through this: ``sagd_jax.config.normalize`` gives every key its
+    one default, so a missing key is a bug, never a reason to fall back on another default.
+    """
+    node = config
+    for part in key.split("."):
+        try:
+            node = node[part]
+        except (KeyError, TypeError, IndexError):
+            name = f"{section}.{key}" if section else key
+            raise ValueError(f"{name}: missing from the config") from None
+    return node
+
+
+def entry(config: Any, key: str, section: str = "") -> tuple[str, Any]:
+    """``(full key, value)`` of ``lookup``, to unpack into a check:
+    ``integer(*entry(model, "ch", "model"), 4)`` reads ``model.ch`` and names it on error."""
+    return (f"{section}.{key}" if section else key), lookup(config, key, section)
 
 
 def integer(key: str, value: Any, minimum: int | None = None,
@@ -45,7 +70,9 @@ def number(key: str, value: Any, lo: float = -math.inf, hi: float = math.inf, *,
     if not ok:
         if (lo, hi) == (-math.inf, math.inf):
             raise fail(key, value, "must be a finite number")
-        interval = f"{'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+        left = "(" if open_lo or lo == -math.inf else "["
+        right = ")" if open_hi or hi == math.inf else "]"
+        interval = f"{left}{lo:g}, {hi:g}{right}"
         raise fail(key, value, f"must be a finite number in {interval}")
     return float(value)
 
@@ -72,3 +99,18 @@ def positive_ints(key: str, value: Any, *, allow_empty: bool = False) -> tuple[i
         kind = "a sequence" if allow_empty else "a non-empty sequence"
         raise fail(key, value, f"must be {kind} of positive integers")
     return tuple(int(v) for v in value)
+
+
+def text(key: str, value: Any) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise fail(key, value, "must be a non-empty string")
+    return value
+
+
+def mapping(key: str, value: Any) -> dict[str, Any]:
+    """A mapping (dict or ConfigDict) with string keys, as a plain ``dict``."""
+    ok = isinstance(value, Mapping | ml_collections.ConfigDict)  # FrozenConfigDict included
+    if not ok or not all(isinstance(k, str) for k in value.keys()):
+        raise fail(key, value, "must be a mapping of names to values")
+    return {k: value[k] for k in value.keys()}

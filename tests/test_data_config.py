@@ -6,7 +6,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sagd_jax.data import ArraySource, default_data_config, get_source, load_batch
+from sagd_jax.data import (
+    ArraySource,
+    Corruption,
+    batch_options,
+    default_data_config,
+    get_source,
+    load_batch,
+)
 
 
 def test_default_config_holds_every_key():
@@ -32,10 +39,37 @@ def test_default_config_holds_every_key():
     assert cfg.random_flip is False and cfg.corruption.kind == "none"
 
 
-def test_missing_keys_fall_back_to_defaults():
+def _without(cfg: ml_collections.ConfigDict, key: str) -> ml_collections.ConfigDict:
+    """A copy of the data section ``cfg`` less the dotted ``key``."""
+    values = cfg.to_dict()
+    *parents, leaf = key.split(".")
+    node = values
+    for part in parents:
+        node = node[part]
+    del node[leaf]
+    return ml_collections.ConfigDict(values)
+
+
+@pytest.mark.parametrize("key", ["random_flip", "corruption.kind", "corruption.seed"])
+def test_load_batch_names_a_missing_key_instead_of_defaulting(key):
+    """``default_data_config()`` holds the one default of every key (``sagd_jax.config.normalize``
+    fills them in); a section without one is refused, naming the key."""
     source = ArraySource("tiny", np.zeros((4, 3, 3, 1), dtype=np.uint8))
-    batch = load_batch(source, ml_collections.ConfigDict({"name": "tiny"}), 0, 0, 2)
-    np.testing.assert_array_equal(batch, -np.ones((2, 3, 3, 1), dtype=np.float32))
+    np.testing.assert_array_equal(load_batch(source, default_data_config(), 0, 0, 2),
+                                  -np.ones((2, 3, 3, 1), dtype=np.float32))
+    with pytest.raises(ValueError, match=rf"^data\.{key.replace('.', '[.]')}: missing from the "
+                                         r"config$"):
+        load_batch(source, _without(default_data_config(), key), 0, 0, 2)
+
+
+@pytest.mark.parametrize("key", ["name", "image_size", "grf.gamma", "num_examples"])
+def test_get_source_names_a_missing_key_instead_of_defaulting(key):
+    cfg = default_data_config()
+    cfg.name, cfg.image_size = "grf", 8
+    assert len(get_source(cfg)) == cfg.num_examples
+    with pytest.raises(ValueError, match=rf"^data\.{key.replace('.', '[.]')}: missing from the "
+                                         r"config$"):
+        get_source(_without(cfg, key))
 
 
 SOURCE_ERRORS = [
@@ -87,10 +121,23 @@ def test_corruption_config_errors(overrides, prefix):
         load_batch(source, cfg, 0, 0, 2)
     assert str(err.value).startswith(prefix), str(err.value)
     assert "\n" not in str(err.value)
+    with pytest.raises(ValueError) as early:  # the same check, before any data is loaded
+        batch_options(cfg, source.image_shape)
+    assert str(early.value) == str(err.value)
+
+
+def test_batch_options_of_the_default_section():
+    corruption, random_flip = batch_options(default_data_config(), (28, 28, 1))
+    assert corruption == Corruption(kind="none", lo=0.5, hi=0.6, amplitude=0.1, seed=0)
+    assert random_flip is False
 
 
 def test_random_flip_must_be_boolean():
     source = ArraySource("tiny", np.zeros((4, 4, 4, 1), dtype=np.uint8))
-    cfg = ml_collections.ConfigDict({"random_flip": "yes"})
+    cfg = default_data_config()
+    with cfg.ignore_type():
+        cfg.random_flip = "yes"
     with pytest.raises(ValueError, match=r"^data\.random_flip='yes'"):
         load_batch(source, cfg, 0, 0, 2)
+    with pytest.raises(ValueError, match=r"^data\.random_flip='yes': must be True or False$"):
+        batch_options(cfg, source.image_shape)

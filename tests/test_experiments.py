@@ -4,31 +4,35 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from test_train import REPO
 
-HAS_FASHION = os.path.isdir("/usr/share/datasets/fashion-mnist")
-
-
-def run_experiment(tmp_path, name, *extra, folder=None):
-    command = [sys.executable, "benchmarks/experiments/run.py", f"--experiment={name}", "--tiny",
-               f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'docs'}", *extra]
-    env = {**os.environ, "SAGD_JAX_CACHE": str(tmp_path / "cache")}  # keep ~/.cache clean
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
-                            env=env)
-    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
-    out = tmp_path / "docs" / (folder or name)
-    return result.stdout, json.load(open(out / "results.json")), out
+DRIVER = "benchmarks.experiments.run"
 
 
-def test_t0_grf_experiment_end_to_end(tmp_path):
-    table, results, out = run_experiment(tmp_path, "t0_grf")
+@pytest.fixture
+def run_experiment(run_cli, tmp_path, monkeypatch):
+    """``run_experiment(name, *extra, folder=None)``: the driver's ``main`` in this process on
+    ``--tiny`` settings under ``tmp_path`` (the arms train in subprocesses); returns its
+    ``CliResult``, ``results.json`` and report folder."""
+    monkeypatch.setenv("SAGD_JAX_CACHE", str(tmp_path / "cache"))  # keep ~/.cache clean
+
+    def call(name, *extra, folder=None):
+        result = run_cli(DRIVER, f"--experiment={name}", "--tiny", f"--root={tmp_path / 'runs'}",
+                         f"--out={tmp_path / 'docs'}", *extra)
+        assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+        out = tmp_path / "docs" / (folder or name)
+        return result, json.loads((out / "results.json").read_text()), out
+
+    return call
+
+
+def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
+    first, results, out = run_experiment("t0_grf")
+    assert "training full-support" in first.stderr and "training masked-band" in first.stderr
     assert [r["arm"] for r in results["rows"]] == ["full-support", "masked-band"]
-    assert "| full-support | 2 |" in table
+    assert "| full-support | 2 |" in first.stdout
     for arm in ("full-support", "masked-band"):
         curve = results[f"score_error/{arm}"]
         assert len(curve["t"]) == len(curve["relative_score_error"]) == 6
@@ -38,24 +42,23 @@ def test_t0_grf_experiment_end_to_end(tmp_path):
                    "table.md"):
         assert (out / figure).exists()
     # A second call trains nothing and regenerates the same table.
-    first = (out / "table.md").read_text()
-    again, _, _ = run_experiment(tmp_path, "t0_grf")
-    assert "training" not in again and (out / "table.md").read_text() == first
-    refused = subprocess.run([sys.executable, "benchmarks/experiments/run.py",
-                              "--experiment=t0_grf", "--tiny", "--clip_x0=1",
-                              f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'docs'}"],
-                             cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 1 and "only the ddpm and ddim samplers clip" in refused.stderr
+    table = (out / "table.md").read_text()
+    assert table in first.stdout
+    again, _, _ = run_experiment("t0_grf")
+    assert "training" not in again.stdout + again.stderr
+    assert (out / "table.md").read_text() == table
+    refused = run_cli(DRIVER, "--experiment=t0_grf", "--tiny", "--clip_x0=1",
+                      f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'docs'}")
+    assert refused.returncode == 2 and "only the ddpm and ddim samplers clip" in refused.stderr
     assert not (tmp_path / "docs" / "t0_grf-clip1").exists()
 
     # The ODE check on the same tiny run: the three ODE solves share their prior draw.
     check = tmp_path / "ode_check"
-    result = subprocess.run(
-        [sys.executable, "benchmarks/experiments/ode_check.py", "--num_samples=8", "--steps=4",
-         f"--workdir={tmp_path / 'runs' / 't0_grf' / 'full-support'}", f"--out={check}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = run_cli("benchmarks.experiments.ode_check", "--num_samples=8", "--steps=4",
+                     f"--workdir={tmp_path / 'runs' / 't0_grf' / 'full-support'}",
+                     f"--out={check}")
     assert result.returncode == 0, result.stderr[-3000:]
-    stats = json.load(open(check / "ode_check.json"))
+    stats = json.loads((check / "ode_check.json").read_text())
     assert stats["ode_heun8"]["rms_to_reference"] == 0.0
     for name in ("ode_heun2", "ddim4"):  # another solve of the same ODE: finite, not identical
         assert 0 < stats[name]["rms_to_reference"] < float("inf")
@@ -63,18 +66,17 @@ def test_t0_grf_experiment_end_to_end(tmp_path):
     assert stats["data"]["pixel_std"] > 0 and (check / "ode_check.png").exists()
 
 
-@pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
-def test_every_arm_of_every_experiment_has_a_valid_config():
-    result = subprocess.run([sys.executable, "benchmarks/experiments/run.py", "--check"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+@pytest.mark.needs_fashion_mnist
+def test_every_arm_of_every_experiment_has_a_valid_config(run_cli):
+    result = run_cli(DRIVER, "--check")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count(": ok") == 4
 
 
-@pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission"])
-def test_other_experiments_run_their_first_arm_end_to_end(tmp_path, name):
-    _, results, out = run_experiment(tmp_path, name, "--max_arms=1")
+def test_other_experiments_run_their_first_arm_end_to_end(run_experiment, tmp_path, name):
+    _, results, out = run_experiment(name, "--max_arms=1")
     row, data = results["rows"]  # the first arm, then its training data judged alike
     assert row["steps"] == 2 and row["spectrum_err"] >= 0
     assert 0 <= row["outside_range"] <= 1 and row["low_freq_power_ratio"] > 0
@@ -91,11 +93,11 @@ def test_other_experiments_run_their_first_arm_end_to_end(tmp_path, name):
         assert (name == "sagd_vs_iso_fashion") == ("kid_off_band" in row and "fd_off_band" in data)
     assert (out / "samples.png").exists()
     if name == "sagd_vs_iso_patches":  # an untrained arm is left out, not sampled
-        table, results, _ = run_experiment(tmp_path, name, "--max_arms=2", "--skip_training")
+        _, results, _ = run_experiment(name, "--max_arms=2", "--skip_training")
         assert [r["arm"] for r in results["rows"]] == [row["arm"], data["arm"]]
         assert not (tmp_path / "runs" / name / "gamma0.5").exists()
         # The same arm sampled again with x0_hat clipped: its own samples and report folder.
-        _, clipped, clip_out = run_experiment(tmp_path, name, "--max_arms=1", "--skip_training",
+        _, clipped, clip_out = run_experiment(name, "--max_arms=1", "--skip_training",
                                               "--clip_x0=0.5", folder=f"{name}-clip0.5")
         assert (clip_out / "table.md").exists() and (clip_out / "samples.png").exists()
         assert clipped["rows"][0]["arm"] == row["arm"]
@@ -107,9 +109,21 @@ def test_other_experiments_run_their_first_arm_end_to_end(tmp_path, name):
             assert np.abs(f["float32"]).max() <= 0.5 + 1e-6  # gamma 0: no projection
 
 
+def test_experiments_are_data():
+    """What sets the experiments apart is in their ``Experiment`` fields, not in their names."""
+    from benchmarks.experiments.run import BAND, EXPERIMENTS
+
+    assert EXPERIMENTS["omission"].band == BAND
+    assert [n for n, e in EXPERIMENTS.items() if e.band] == ["omission"]
+    grf = EXPERIMENTS["t0_grf"]
+    assert grf.score_error_curve and grf.exact_floor and not grf.data_rows
+    others = [e for n, e in EXPERIMENTS.items() if n != "t0_grf"]
+    assert all(e.data_rows and not e.score_error_curve and not e.exact_floor for e in others)
+
+
 def test_seed_summary_means_and_half_ranges():
-    sys.path.insert(0, os.path.join(REPO, "benchmarks", "experiments"))
-    from run import markdown_table, seed_summary
+    from benchmarks.experiments.run import seed_summary
+    from sagd_jax.console import table
 
     rows = [{"arm": "gamma0-seed0", "fd": 40.0, "kid_mean": 3.0, "loss": 0.05},
             {"arm": "gamma0-seed1", "fd": 50.0, "kid_mean": 2.0, "loss": 0.04},
@@ -122,6 +136,11 @@ def test_seed_summary_means_and_half_ranges():
         {"arm": "gamma0", "seeds": 2, "loss": "0.045 +- 0.005", "fd": "45 +- 5",
          "kid_mean": "2.5 +- 0.5"},
         {"arm": "gamma1", "seeds": 2, "loss": "0.03 +- 0", "fd": "32 +- 2"}]  # one KID missing
-    table = markdown_table(summary, ("arm", "seeds", "fd", "kid_mean", "grf_var_err"))
-    assert table.splitlines()[0] == "| arm | seeds | fd | kid_mean |"
-    assert table.splitlines()[3] == "| gamma1 | 2 | 32 +- 2 | - |"
+    # The driver's table.md: console.table in Markdown, 3 significant digits.
+    markdown = table(summary, ("arm", "seeds", "fd", "kid_mean", "grf_var_err"), digits=3,
+                     markdown=True)
+    assert markdown.splitlines()[0] == "| arm | seeds | fd | kid_mean |"
+    assert markdown.splitlines()[3] == "| gamma1 | 2 | 32 +- 2 | - |"
+    numbers = table([{"arm": "a", "fd": 12.3456, "wall_s": float("nan")}],
+                    ("arm", "fd", "wall_s"), digits=3, markdown=True)
+    assert numbers.splitlines()[2] == "| a | 12.3 | - |"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -25,8 +26,6 @@ from sagd_jax.metrics.spectra import (
     variance_error,
 )
 from sagd_jax.spectral import parse_bands
-
-HAS_FASHION = os.path.isdir("/usr/share/datasets/fashion-mnist")
 
 
 def test_frechet_distance_matches_a_float64_sqrtm_reference():
@@ -74,7 +73,7 @@ def test_block_kid_standard_error_matches_the_spread_of_independent_repeats():
         kernel_distance_blocks(draw(3, 0.0), draw(3, 0.0), num_blocks=2)
 
 
-@pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.needs_fashion_mnist
 def test_classifier_short_recipe_and_feature_distances_on_fashion_mnist():
     from sagd_jax.data.fashion_mnist import load_labeled_fashion_mnist
     from sagd_jax.metrics.classifier import FeatureExtractor, Recipe, train_classifier
@@ -158,3 +157,56 @@ def test_variance_error_of_exact_samples_sits_at_the_monte_carlo_floor():
     assert doubled["mean_abs_log_ratio"] == pytest.approx(np.log(4), abs=0.05)
     rho, radial = radial_average(err["ratio"], 16)
     assert np.nanmax(np.abs(radial - 1)) < 0.1 and np.isfinite(radial).sum() >= 12
+
+
+def test_evaluate_cli_refuses_a_missing_samples_file_in_one_line(tmp_path, run_cli):
+    missing = tmp_path / "none" / "samples.npz"
+    result = run_cli("sagd_jax.evaluate", f"--samples={missing}")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"error: --samples={missing}: no such file"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_evaluate_cli_never_overwrites_its_results(tmp_path, run_cli):
+    out = tmp_path / "evaluation.json"
+    out.write_text("{}")
+    result = run_cli("sagd_jax.evaluate", f"--samples={tmp_path / 'samples.npz'}",
+                     f"--out={out}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --out={out}: exists; results are never overwritten"]
+    assert out.read_text() == "{}" and os.listdir(tmp_path) == ["evaluation.json"]
+
+
+def test_evaluate_cli_judges_samples_of_a_run_and_writes_one_results_file(tmp_path, run_cli,
+                                                                          tiny_config):
+    """Twice the run's own grf data as "samples": the spectrum error is log 4 in every bin."""
+    from sagd_jax.workdir import Workdir
+
+    config = tiny_config()
+    workdir = Workdir(str(tmp_path / "run"))
+    workdir.prepare(config)
+    images = 2.0 * get_source(config.data).get(np.arange(256)).astype(np.float32)
+    folder = tmp_path / "generated"
+    folder.mkdir()
+    np.savez(folder / "samples.npz", arr_0=np.zeros(images.shape, np.uint8), float32=images)
+    (folder / "manifest.json").write_text(f'{{"workdir": "{workdir.path}"}}')
+    result = run_cli("sagd_jax.evaluate", f"--samples={folder / 'samples.npz'}",
+                     "--max_reference=256")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["spectrum_mean_abs_log_ratio"] == pytest.approx(np.log(4.0), rel=1e-5)
+    assert "reference: up to 256 clean grf images" in result.stderr
+    report = json.loads((folder / "evaluation.json").read_text())
+    assert report["num_samples"] == 256 and report["sampling"] == {"workdir": workdir.path}
+    assert (summary["grf_variance_mean_abs_log_ratio"]
+            == report["grf_variance"]["mean_abs_log_ratio"])
+    assert sorted(os.listdir(folder)) == ["evaluation.json", "evaluation_grf_variance.png",
+                                          "evaluation_spectrum.png", "manifest.json",
+                                          "samples.npz"]
+    again = run_cli("sagd_jax.evaluate", f"--samples={folder / 'samples.npz'}")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"error: --out={folder / 'evaluation.json'}: exists; results are never overwritten"]
+    assert json.loads((folder / "evaluation.json").read_text()) == report

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from sagd_jax.config import default_config
 from sagd_jax.models import UNet, build_model, count_params, flops_per_image
 from sagd_jax.models.embeddings import positional_embedding
 
@@ -202,19 +203,35 @@ def test_indivisible_image_size_names_size_and_ch_mult():
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(
-        dict(
-            ch=16,
-            ch_mult=(1, 2),
-            num_res_blocks=1,
-            attn_resolutions=(14,),
-            dropout=0.1,
-            num_groups=32,
-            dtype="bfloat16",
-        )
-    )
+    """The full ``model`` section of ``default_config()`` with a small network's values."""
+    cfg = default_config().model
+    cfg.update(dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(14,),
+                    dropout=0.1, num_groups=32, dtype="bfloat16"))
     cfg.update(overrides)
     return cfg
+
+
+def test_build_model_of_the_default_model_section_is_the_default_unet():
+    """``default_config().model`` is the one default: every field of the UNet comes from it
+    (not from defaults of ``UNet`` or ``build_model``)."""
+    section = default_config().model
+    model = build_model(section, (28, 28, 1))
+    assert (model.ch, model.ch_mult, model.num_res_blocks, model.attn_resolutions) == (
+        section.ch, tuple(section.ch_mult), section.num_res_blocks,
+        tuple(section.attn_resolutions))
+    assert (model.dropout, model.num_groups, model.remat) == (
+        section.dropout, section.num_groups, section.remat)
+    assert model.dtype == jnp.float32 and section.dtype == "float32"
+    assert set(section.keys()) == {"ch", "ch_mult", "num_res_blocks", "attn_resolutions",
+                                   "dropout", "num_groups", "dtype", "remat"}
+
+
+@pytest.mark.parametrize("key", ["ch", "ch_mult", "attn_resolutions", "dropout", "remat"])
+def test_build_model_names_a_missing_key_instead_of_defaulting(key):
+    values = _config().to_dict()
+    del values[key]
+    with pytest.raises(ValueError, match=rf"^model\.{key}: missing from the config$"):
+        build_model(ml_collections.ConfigDict(values), (28, 28, 1))
 
 
 def test_build_model_reads_config():
@@ -229,6 +246,7 @@ def test_build_model_reads_config():
     "key, value",
     [
         ("ch", 0),
+        ("ch", 2),
         ("ch", 2.5),
         ("ch_mult", ()),
         ("ch_mult", (1, 0)),

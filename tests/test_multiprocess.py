@@ -11,12 +11,16 @@ import sys
 
 import jax
 import numpy as np
-from test_train import REPO, run_cli, tiny_cli_overrides
+import pytest
 
-from sagd_jax.train.loop import load_state
+from sagd_jax.run import Run
+from sagd_jax.sharding import make_mesh
 
-ARGS = ["--config=configs/quickstart.py", "--config.data.name=grf", "--config.data.image_size=16",
-        *tiny_cli_overrides(), "--config.train.log_every=1"]
+
+@pytest.fixture
+def args(tiny_cli_overrides):
+    return ["--config=configs/quickstart.py", "--config.data.name=grf",
+            "--config.data.image_size=16", *tiny_cli_overrides, "--config.train.log_every=1"]
 
 
 def free_port() -> int:
@@ -25,14 +29,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_processes(workdir, num_steps):
+def start_processes(args, repo, workdir, num_steps):
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return [subprocess.Popen(
-        [sys.executable, "-m", "sagd_jax.main", *ARGS, f"--workdir={workdir}",
+        [sys.executable, "-m", "sagd_jax.main", *args, f"--workdir={workdir}",
          f"--config.train.num_steps={num_steps}", f"--coordinator_address=localhost:{port}",
          "--num_processes=2", f"--process_id={i}"],
-        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        cwd=repo, env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
 def finish(procs, timeout=600):
@@ -45,23 +49,27 @@ def finish(procs, timeout=600):
 
 
 def restore(workdir, step):
-    _, state = load_state(str(workdir), step)
+    state = Run.from_workdir(str(workdir)).restore(make_mesh(), step)
     return jax.tree.leaves(jax.device_get(state))
 
 
-def test_two_processes_preempted_and_resumed_match_one_process(tmp_path):
+def test_two_processes_preempted_and_resumed_match_one_process(tmp_path, args, repo, run_cli):
     workdir = tmp_path / "two"
-    errs = finish(start_processes(workdir, 3))
+    errs = finish(start_processes(args, repo, workdir, 3))
     assert "starting at step 0 of 3 on 2 device(s), 2 process(es)" in errs[0]
     assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
 
     # Resume; SIGTERM reaches process 1 only, and both stop at the same step with a checkpoint.
-    procs = start_processes(workdir, 100_000)
-    for line in procs[1].stderr:
+    # (Progress lines come from process 0 only.)
+    procs = start_processes(args, repo, workdir, 100_000)
+    seen = ""
+    for line in procs[0].stderr:
+        seen += line
         if "step 5/100000" in line:
             break
     procs[1].send_signal(signal.SIGTERM)
     errs = finish(procs)
+    errs[0] = seen + errs[0]
     assert "starting at step 3 of 100000" in errs[0]
     steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
     stopped = steps[-1]
@@ -69,7 +77,8 @@ def test_two_processes_preempted_and_resumed_match_one_process(tmp_path):
     assert all(f"checkpointed step {stopped} " in err for err in errs)
 
     one = tmp_path / "one"
-    result = run_cli(*ARGS, f"--workdir={one}", f"--config.train.num_steps={stopped}")
+    result = run_cli("sagd_jax.main", *args, f"--workdir={one}",
+                     f"--config.train.num_steps={stopped}")
     assert result.returncode == 0, result.stderr[-3000:]
     two_leaves, one_leaves = restore(workdir, stopped), restore(one, stopped)
     assert len(two_leaves) == len(one_leaves) > 10

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from sagd_jax.config import default_config
 from sagd_jax.metrics.spectra import power_spectrum
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.schedules import VE, VPSDE, Cosine, DDPMLinear, get_schedule, time_grid
@@ -164,14 +165,21 @@ def test_score_and_denoiser_closed_forms():
 
 
 def test_process_from_config_and_errors():
-    config = ml_collections.ConfigDict(
-        dict(
-            noise=dict(gamma=1.0, rho0=0.1, bands="", normalize=True),
-            diffusion=dict(schedule="cosine", prediction="v", schedule_kwargs={}),
-        )
-    )
+    config = default_config()
+    config.diffusion.schedule, config.diffusion.prediction = "cosine", "v"
     proc = DiffusionProcess.from_config(config, 8, 8)
     assert proc.schedule == Cosine() and proc.prediction == "v"
+    config.diffusion.schedule_kwargs = ml_collections.ConfigDict(dict(s=0.01))
+    assert DiffusionProcess.from_config(config, 8, 8).schedule == Cosine(s=0.01)
+    config.diffusion.schedule_kwargs = ml_collections.ConfigDict(dict(beta_max=10.0))
+    with pytest.raises(ValueError, match=r"^diffusion\.schedule_kwargs=.*cosine schedule has no "
+                                         r"parameter\(s\) beta_max$"):
+        DiffusionProcess.from_config(config, 8, 8)
+    config.diffusion.schedule_kwargs = ml_collections.ConfigDict(dict(s="small"))
+    with pytest.raises(ValueError, match=r"^diffusion\.schedule_kwargs\.s='small': must be a "
+                                         r"finite number$"):
+        DiffusionProcess.from_config(config, 8, 8)
+    config.diffusion.schedule_kwargs = ml_collections.ConfigDict()
     config.diffusion.prediction = "score"
     with pytest.raises(ValueError, match=r"^diffusion\.prediction='score'"):
         DiffusionProcess.from_config(config, 8, 8)
@@ -181,6 +189,24 @@ def test_process_from_config_and_errors():
     config.diffusion.schedule, config.noise.rho0 = "vp_sde", -2.0
     with pytest.raises(ValueError, match=r"^noise\.rho0=-2.0"):
         DiffusionProcess.from_config(config, 8, 8)
+
+
+@pytest.mark.parametrize("key", ["noise.project_data", "diffusion.schedule",
+                                 "diffusion.schedule_kwargs", "diffusion.prediction"])
+def test_process_from_config_names_a_missing_key_instead_of_defaulting(key):
+    config = default_config().to_dict()
+    section, leaf = key.split(".")
+    del config[section][leaf]
+    with pytest.raises(ValueError, match=rf"^{key}: missing from the config$"):
+        DiffusionProcess.from_config(ml_collections.ConfigDict(config), 8, 8)
+
+
+def test_process_from_the_default_config_is_the_default_process():
+    config = default_config()
+    proc = DiffusionProcess.from_config(config, 16, 12)
+    assert proc.schedule == VPSDE() and proc.prediction == "eps" and proc.project_data is False
+    np.testing.assert_array_equal(
+        proc.cov.weights, SpectralCovariance.create(16, 12, gamma=1.0, rho0=0.1).weights)
 
 
 def test_training_data_is_projected_onto_the_support_only_when_asked():
@@ -198,10 +224,8 @@ def test_training_data_is_projected_onto_the_support_only_when_asked():
     full = DiffusionProcess(cov=SpectralCovariance.create(16, 12, gamma=1.0), schedule=VPSDE(),
                             project_data=True)
     np.testing.assert_allclose(full.training_data(x0), x0, atol=2e-6)
-    config = ml_collections.ConfigDict(dict(
-        noise=dict(gamma=0.0, rho0=0.1, bands="bandstop:0.4:0.6", normalize=True,
-                   project_data=True),
-        diffusion=dict(schedule="vp_sde", prediction="eps", schedule_kwargs={})))
+    config = default_config()
+    config.noise.update(dict(gamma=0.0, bands="bandstop:0.4:0.6", project_data=True))
     assert DiffusionProcess.from_config(config, 16, 12).project_data is True
     with config.ignore_type():
         config.noise.project_data = 1

@@ -13,20 +13,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train import REPO, params_of, run_cli, tiny_cli_overrides, tiny_config
 
+from sagd_jax import rng
 from sagd_jax.config import validate_config
-from sagd_jax.train import loop
-from sagd_jax.train.loop import build_run, check_workdir, train_and_evaluate
-from sagd_jax.train.state import create_train_state
-from sagd_jax.train.step import TRAIN_STREAM, reduce_metrics, stream_key, train_step
+from sagd_jax.run import Run
+from sagd_jax.sharding import make_mesh
+from sagd_jax.train.loop import train_and_evaluate
+from sagd_jax.train.step import reduce_metrics, train_step
+from sagd_jax.workdir import Workdir
 
 
-def test_a_nonfinite_step_changes_nothing_but_the_step_counter():
-    config = tiny_config()
-    run = build_run(config)
-    state = create_train_state(run.model, run.tx, jax.random.key(0), run.source.image_shape)
-    step = jax.jit(lambda s, b: train_step(s, b, stream_key(0, TRAIN_STREAM), model=run.model,
+def test_a_nonfinite_step_changes_nothing_but_the_step_counter(tiny_config, params_of):
+    run = Run.from_config(tiny_config())
+    state = run.init_state(make_mesh())
+    step = jax.jit(lambda s, b: train_step(s, b, rng.stream_key(0, rng.TRAIN), model=run.model,
                                            tx=run.tx, process=run.process, ema_decay=0.9))
     good = jnp.zeros((8, 16, 16, 1))
     bad = good.at[3, 2, 2, 0].set(jnp.nan)
@@ -49,26 +49,28 @@ def _nan_metrics(metrics):
 
 
 def _nan_at(monkeypatch, bad_step):
-    real = loop.load_batch
+    real = Run.load_batch
 
-    def load_batch(source, data_config, seed, step, *args):
-        batch = real(source, data_config, seed, step, *args)
+    def load_batch(self, step, *args):
+        batch = real(self, step, *args)
         if step == bad_step:
             batch[0, 0, 0, 0] = np.nan
         return batch
 
-    monkeypatch.setattr(loop, "load_batch", load_batch)
+    monkeypatch.setattr(Run, "load_batch", load_batch)
 
 
 def test_nonfinite_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch,
+                                                                          tiny_config):
     _nan_at(monkeypatch, 4)  # the update that makes step 5
     with pytest.raises(FloatingPointError, match=r"at step 5 .*last checkpoint: step 3"):
         train_and_evaluate(tiny_config(**{"train.num_steps": 6}), str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
 
 
-def test_nonfinite_skip_drops_the_step_and_goes_on(tmp_path, monkeypatch):
+def test_nonfinite_skip_drops_the_step_and_goes_on(tmp_path, monkeypatch, tiny_config,
+                                                   params_of):
     _nan_at(monkeypatch, 4)
     state = train_and_evaluate(
         tiny_config(**{"train.num_steps": 6, "train.nonfinite": "skip"}), str(tmp_path))
@@ -80,14 +82,15 @@ def test_nonfinite_skip_drops_the_step_and_goes_on(tmp_path, monkeypatch):
     assert all(np.isfinite(r["loss"]) for r in records)
 
 
-def test_sigkill_during_a_checkpoint_save_loses_nothing(tmp_path):
+def test_sigkill_during_a_checkpoint_save_loses_nothing(tmp_path, repo, tiny_cli_overrides,
+                                                        run_cli):
     workdir = tmp_path / "killed"
     args = ["--config=configs/quickstart.py", f"--workdir={workdir}", "--config.data.name=grf",
             "--config.data.image_size=16", "--config.train.sample_every=100000",
-            *tiny_cli_overrides(), "--config.train.checkpoint_every=1",
+            *tiny_cli_overrides, "--config.train.checkpoint_every=1",
             "--config.train.keep_checkpoints=100"]
     proc = subprocess.Popen([sys.executable, "-m", "sagd_jax.main", *args,
-                             "--config.train.num_steps=100000"], cwd=REPO,
+                             "--config.train.num_steps=100000"], cwd=repo,
                             stderr=subprocess.DEVNULL)
     ckpt = workdir / "checkpoints"
     caught_mid_save = False
@@ -109,7 +112,7 @@ def test_sigkill_during_a_checkpoint_save_loses_nothing(tmp_path):
     complete = sorted(int(n) for n in names if n.isdigit())
     assert any(not n.isdigit() for n in names)  # the interrupted save's leftovers
     last = complete[-1]
-    result = run_cli(*args, f"--config.train.num_steps={last + 2}")
+    result = run_cli("sagd_jax.main", *args, f"--config.train.num_steps={last + 2}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"starting at step {last} of {last + 2}" in result.stderr
     assert str(last + 2) in os.listdir(ckpt)
@@ -119,14 +122,14 @@ def test_unwritable_workdir_is_refused_before_anything_is_built(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     with pytest.raises(ValueError, match="a_file exists and is not a directory"):
-        check_workdir(str(blocker / "run"))
+        Workdir(str(blocker / "run")).check_writable()
     with pytest.raises(ValueError, match=r"--workdir=/proc/sagd/run: not writable"):
-        check_workdir("/proc/sagd/run")
-    check_workdir(str(tmp_path / "new" / "run"))
+        Workdir("/proc/sagd/run").check_writable()
+    Workdir(str(tmp_path / "new" / "run")).check_writable()
     assert sorted(os.listdir(tmp_path)) == ["a_file"]
 
 
-def test_batch_must_divide_over_the_devices():
+def test_batch_must_divide_over_the_devices(tiny_config):
     with pytest.raises(ValueError, match=r"train.batch_size=8: must be divisible by the device "
                                          r"count \(3\)"):
         validate_config(tiny_config(), device_count=3)

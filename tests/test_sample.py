@@ -10,7 +10,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from test_train import REPO, tiny_config
 
 from sagd_jax.data import grf_model
 from sagd_jax.data.grf import grf_spectrum
@@ -18,11 +17,12 @@ from sagd_jax.gaussian import sampler_output_spectrum
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.sample import SampleRequest, generate, to_uint8
 from sagd_jax.spectral import half_plane_multiplicity
-from sagd_jax.train.loop import prepare_workdir, train_and_evaluate
+from sagd_jax.train.loop import train_and_evaluate
+from sagd_jax.workdir import Workdir
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_config):
     workdir = str(tmp_path_factory.mktemp("trained"))
     train_and_evaluate(tiny_config(**{"train.num_steps": 2, "train.checkpoint_every": 1}),
                        workdir)
@@ -68,13 +68,13 @@ def test_clipped_sampling_has_its_own_folder_and_stays_in_range(trained):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(sampler="euler"), "--sampler='euler': unknown"),
-    (dict(steps=0), "--steps=0: must be >= 1"),
-    (dict(num_samples=0), "--num_samples=0: must be >= 1"),
+    (dict(sampler="euler"), "--sampler='euler': must be one of ddpm, "),
+    (dict(steps=0), "--steps=0: must be an integer >= 1"),
+    (dict(num_samples=0), "--num_samples=0: must be an integer >= 1"),
     (dict(checkpoint_step=7), "no checkpoint of step 7"),
     (dict(eta=0.5), "--eta=0.5: only the ddim sampler takes eta"),
     (dict(sampler="ode_heun", clip_x0=1.0), "--clip_x0=1.0: only the ddpm and ddim samplers"),
-    (dict(clip_x0=0.0), "--clip_x0=0.0: must be > 0"),
+    (dict(clip_x0=0.0), "--clip_x0=0.0: must be a finite number in (0, inf)"),
 ])
 def test_bad_sampling_input_is_refused_before_anything_runs(trained, tmp_path, change, message):
     request = SampleRequest(**{**dict(num_samples=4, sampler="ddpm", steps=2), **change})
@@ -83,16 +83,23 @@ def test_bad_sampling_input_is_refused_before_anything_runs(trained, tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
-def test_sample_cli_refuses_another_config_and_a_workdir_without_checkpoints(trained, tmp_path):
+def test_sample_cli_refuses_another_config_and_a_workdir_without_checkpoints(trained, tmp_path,
+                                                                             tiny_config,
+                                                                             run_cli):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "sagd_jax.sample", *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
+        return run_cli("sagd_jax.sample", *args)
 
     other = cli(f"--workdir={trained}", "--num_samples=4", "--config=configs/quickstart.py")
     assert other.returncode == 2 and "Traceback" not in other.stderr
     assert "holds a run with data.name='grf'" in other.stderr.strip().splitlines()[-1]
+    typo = cli(f"--workdir={trained}", "--num_samples=4", "--config=configs/quickstart.py",
+               "--config.noise.gama=2")
+    assert typo.returncode == 2
+    lines = typo.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: --config.noise.gama: no such config key; closest: noise.gamma"), lines
     empty = tmp_path / "empty"
-    prepare_workdir(str(empty), tiny_config())
+    Workdir(str(empty)).prepare(tiny_config())
     result = cli(f"--workdir={empty}", "--num_samples=4")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: --workdir={empty}: no "
@@ -100,23 +107,22 @@ def test_sample_cli_refuses_another_config_and_a_workdir_without_checkpoints(tra
     assert sorted(os.listdir(empty)) == ["config.json"]
 
 
-def test_exact_model_through_the_sample_and_evaluate_clis_hits_the_grf_spectrum(tmp_path):
+def test_exact_model_through_the_sample_and_evaluate_clis_hits_the_grf_spectrum(tmp_path,
+                                                                                tiny_config,
+                                                                                run_cli):
     """No training: the exact Gaussian model of grf data, sampled by the CLI, has the known
     per-frequency variance within Monte-Carlo error of the sampler's exact prediction."""
     config = tiny_config(**{"data.grf.gamma": 2.0})
     workdir = tmp_path / "grf"
-    prepare_workdir(str(workdir), config)
+    Workdir(str(workdir)).prepare(config)
     n, steps = 4096, 50
-    result = subprocess.run(
-        [sys.executable, "-m", "sagd_jax.sample", f"--workdir={workdir}", "--model=exact",
-         f"--num_samples={n}", "--sampler=ode_heun", f"--steps={steps}", "--chunk_size=1024"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_cli("sagd_jax.sample", f"--workdir={workdir}", "--model=exact",
+                     f"--num_samples={n}", "--sampler=ode_heun", f"--steps={steps}",
+                     "--chunk_size=1024")
     assert result.returncode == 0, result.stderr[-3000:]
     samples = result.stdout.strip().splitlines()[-1]
     assert samples.endswith("ode_heun-50steps-seed0-exact/samples.npz")
-    evaluation = subprocess.run([sys.executable, "-m", "sagd_jax.evaluate",
-                                 f"--samples={samples}"], cwd=REPO, capture_output=True,
-                                text=True, timeout=300)
+    evaluation = run_cli("sagd_jax.evaluate", f"--samples={samples}")
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     report = json.load(open(os.path.join(os.path.dirname(samples), "evaluation.json")))
     grf = report["grf_variance"]
@@ -161,8 +167,8 @@ SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sharded_sampling_splits_the_batch_and_matches_one_device():
+def test_sharded_sampling_splits_the_batch_and_matches_one_device(repo):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=REPO,
+    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=repo,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from sagd_jax.config import default_config
 from sagd_jax.spectral import Band, SpectralCovariance, parse_bands, radial_frequency
 
 GRIDS = [(7, 5), (8, 8), (6, 9)]
@@ -174,7 +175,7 @@ def test_radial_frequency_conventions():
         (dict(gamma=float("nan")), r"^gamma=nan: must be a finite number$"),
         (dict(gamma=1.0, rho0=0.0), r"^rho0=0.0: must be > 0"),
         (dict(rho0=-1.0), r"^rho0=-1.0"),
-        (dict(bands="bandpass:0.5:0.2"), r"^bands\[0\].*lo=0.5 > hi=0.2"),
+        (dict(bands="bandpass:0.5:0.2"), r"^bands\[0\].*: lo=0\.5: must be <= hi=0\.2$"),
         (dict(bands="bandpass:0.5:1.6"), r"^bands\[0\].*must lie in \[0, sqrt\(2\)\]"),
         (dict(bands="notch:0.1:0.2"), r"^bands\[0\].*kind='notch'"),
         (dict(bands="lowpass:0.1:0.3"), r"^bands\[0\].*lowpass band uses only hi"),
@@ -188,9 +189,8 @@ def test_validation_errors_name_the_parameter(kwargs, message):
 
 
 def test_from_config_and_its_errors():
-    noise = ml_collections.ConfigDict(
-        dict(gamma=1.0, rho0=0.1, bands="bandstop:0.3:0.5", normalize=True)
-    )
+    noise = default_config().noise
+    noise.bands = "bandstop:0.3:0.5"
     cov = SpectralCovariance.from_config(noise, 8, 8)
     direct = SpectralCovariance.create(8, 8, gamma=1.0, rho0=0.1, bands="bandstop:0.3:0.5")
     np.testing.assert_array_equal(cov.weights, direct.weights)
@@ -202,6 +202,26 @@ def test_from_config_and_its_errors():
         SpectralCovariance.from_config(noise, 8, 8)
     with pytest.raises(ValueError, match=r"^height=0"):
         SpectralCovariance.from_config(noise, 0, 8)
+    noise.bands = ""
+    with noise.ignore_type():
+        noise.normalize = 1
+    with pytest.raises(ValueError, match=r"^noise\.normalize=1: must be True or False$"):
+        SpectralCovariance.from_config(noise, 8, 8)
+
+
+def test_from_config_of_the_default_noise_section_is_the_default_covariance():
+    """``default_config().noise`` is the one default (gamma 1.0): ``from_config`` reads every
+    key as it is, and a key missing from the section is an error, never another default."""
+    noise = default_config().noise
+    assert (noise.gamma, noise.rho0, noise.bands, noise.normalize) == (1.0, 0.1, "", True)
+    cov = SpectralCovariance.from_config(noise, 16, 12)
+    expected = SpectralCovariance.create(16, 12, gamma=1.0, rho0=0.1, bands=(), normalize=True)
+    np.testing.assert_array_equal(cov.weights, expected.weights)
+    assert not cov.identity and cov.full_support
+    for key in ("gamma", "rho0", "bands", "normalize"):
+        partial = ml_collections.ConfigDict({k: v for k, v in noise.items() if k != key})
+        with pytest.raises(ValueError, match=rf"^noise\.{key}: missing from the config$"):
+            SpectralCovariance.from_config(partial, 16, 12)
 
 
 def test_isotropic_is_identity_and_unnormalised_keeps_scale():

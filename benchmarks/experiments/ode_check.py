@@ -1,6 +1,6 @@
 """Is the probability-flow ODE solved accurately on a trained model, and where do its samples go?
 
-    python benchmarks/experiments/ode_check.py \
+    python benchmarks/experiments/ode_check.py \\
         --workdir=workdirs/experiments/omission/iso-clean --out=docs/experiments/ode_check
 
 Draws ``--num_samples`` images from one run's EMA model with the same seed under DDPM (``S``
@@ -16,13 +16,19 @@ fraction of pixels outside [-1, 1], RMS and max distance to the reference solve)
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
+if __package__ in (None, ""):  # ``python benchmarks/experiments/ode_check.py`` from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+
 import numpy as np
+from absl import flags
+
+from sagd_jax import cli, files
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,23 +48,25 @@ def distance(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def check(workdir: str, out: str, num_samples: int, steps: int, seed: int) -> dict[str, Any]:
+    from benchmarks.experiments.run import side_by_side
     from sagd_jax.data import get_source, load_batch
     from sagd_jax.sample import SampleRequest, generate
     from sagd_jax.train.images import save_grid
-    from sagd_jax.train.loop import saved_config
+    from sagd_jax.workdir import Workdir
 
+    run_dir = Workdir(workdir)
+    config = run_dir.saved_config()  # a one-line error if this is not a training workdir
     plan = [("ddpm", steps), ("ddim", steps), ("ode_heun", steps // 2), ("ode_heun", 2 * steps)]
-    samples = {}
+    samples, folders = {}, {}
     for sampler, n_steps in plan:
         name = f"{sampler}{n_steps}"
         request = SampleRequest(num_samples=num_samples, sampler=sampler, steps=n_steps,
                                 seed=seed, chunk_size=min(num_samples, 250),
                                 eta=0.0 if sampler == "ddim" else None)
-        out_dir = os.path.join(workdir, "generated", "ode_check", name)
-        with np.load(generate(workdir, request, out_dir=out_dir)) as f:
+        folders[name] = run_dir.generated(os.path.join("ode_check", name))
+        with np.load(generate(workdir, request, out_dir=folders[name])) as f:
             samples[name] = f["float32"]
     reference = samples[f"ode_heun{2 * steps}"]
-    config = saved_config(workdir)
     data = load_batch(get_source(config.data), config.data, seed=0, step=0,
                       global_batch_size=num_samples)
     result: dict[str, Any] = {"workdir": os.path.relpath(workdir, REPO), "seed": seed,
@@ -68,40 +76,40 @@ def check(workdir: str, out: str, num_samples: int, steps: int, seed: int) -> di
         result[name] = pixel_stats(images)
         if not name.startswith("ddpm"):  # the ODE solves share the reference's prior draw
             result[name] |= distance(images, reference)
-        grid = os.path.join(workdir, "generated", "ode_check", name, "grid64.png")
+        grid = os.path.join(folders[name], "grid64.png")
         save_grid(images[:64], grid)
         grids.append(grid)
         labels.append(name)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "ode_check.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from run import side_by_side
-
+    files.write_json(os.path.join(out, "ode_check.json"), result)
     side_by_side(grids, labels, os.path.join(out, "ode_check.png"))
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a trained run (sagd_jax.main)")
-    parser.add_argument("--out", required=True, help="folder for the JSON and the figure")
-    parser.add_argument("--num_samples", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=100, help="S: DDPM and DDIM steps")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if not os.path.isfile(os.path.join(args.workdir, "config.json")):
-        parser.error(f"--workdir={args.workdir}: no config.json (not a sagd_jax.main run)")
-    if args.steps < 2 or args.steps % 2:
-        parser.error(f"--steps={args.steps}: must be an even number >= 2 (Heun takes S/2)")
-    if args.num_samples < 1:
-        parser.error(f"--num_samples={args.num_samples}: must be >= 1")
-    result = check(args.workdir, args.out, args.num_samples, args.steps, args.seed)
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "A trained run (sagd_jax.main).", flag_values=fv,
+                        required=True)
+    flags.DEFINE_string("out", None, "Folder for the JSON and the figure.", flag_values=fv,
+                        required=True)
+    flags.DEFINE_integer("num_samples", 64, "Images per sampler.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_integer("steps", 100, "S: DDPM and DDIM steps (even: Heun takes S/2).",
+                         lower_bound=2, flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Sampling seed (the same prior draw for every solver).",
+                         lower_bound=0, flag_values=fv)
+
+
+def body(fv: flags.FlagValues) -> None:
+    if fv.steps % 2:
+        raise ValueError(f"--steps={fv.steps}: must be an even number >= 2 (Heun takes S/2)")
+    result = check(fv.workdir, fv.out, fv.num_samples, fv.steps, fv.seed)
     for name, row in result.items():
         if isinstance(row, dict):
             print(name, " ".join(f"{k}={v:.4g}" for k, v in row.items()))
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the check on ``argv`` (default ``sys.argv``); returns the exit status."""
+    return cli.run(__doc__, define_flags, body, argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python benchmarks/experiments/run.py --experiment=omission
     python benchmarks/experiments/run.py --experiment=t0_grf
     python benchmarks/experiments/run.py --list
-    python benchmarks/experiments/run.py --experiment=sagd_vs_iso_patches --skip_training \
+    python benchmarks/experiments/run.py --experiment=sagd_vs_iso_patches --skip_training \\
         --clip_x0=1    # the finished arms sampled again with x0_hat clipped to [-1, 1]
 
 Each arm trains with ``python -m sagd_jax.main`` in ``--root/<experiment>/<arm>`` (resumed if
@@ -16,26 +16,44 @@ SIGTERM (the trainer then checkpoints its current step). ``--tiny`` shrinks ever
 (the end-to-end test); ``--skip_training`` reports on the arms that finished training.
 ``--clip_x0=C`` samples with ``x0_hat`` clipped to ``[-C, C]`` (``sagd_jax.samplers``; DDPM and
 DDIM experiments only) into their own folders and reports into ``--out/<experiment>-clipC/``.
+Bad input (an unknown experiment, an arm's invalid config, a clip the sampler cannot do) stops
+with a one-line error and exit status 2 before any arm trains; a failed training with exit
+status 1 (its ``<arm>/train.log`` says why). ``--check`` validates every arm of every
+experiment and runs nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if __package__ in (None, ""):  # ``python benchmarks/experiments/run.py`` from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
 
 import numpy as np
+from absl import flags
+
+from sagd_jax import cli, console, files
+
+if TYPE_CHECKING:
+    from sagd_jax.run import Run
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/experiments/paper.py"
 BAND = "bandpass:0.45:0.55"  # the omission band B (configs/experiments/paper.py)
 STOP = (0.4, 0.6)  # the band-stop arm of experiment 1: w = 0 on 0.4 <= rho <= 0.6
+WALL_TIME = "wall_time.jsonl"  # the driver's own record of each training call, in the workdir
+
+
+class TrainingFailed(Exception):
+    """An arm's trainer stopped with a non-zero exit status (its log says why)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +70,18 @@ class Experiment:
     num_samples: int = 1000  # 1000 x 100 network evaluations: about 15 min at 28x28 on 2 cores
     sampler: str = "ddpm"
     steps: int = 100
+    # Samples and data judged in this band (``band_energy_ratio``) and, filtered, without it
+    # (``spectrum_off_band``): the omission band B.
+    band: str | None = None
     # Every arm (and the data) judged a second time without this band (a ``Band`` spec): the
     # band-stop arm's samples are empty there by design, so its full-band metrics say so only.
     judge_off: str | None = None
+    # The trained model's score error against the exact score over t (grf data), and its figure.
+    score_error_curve: bool = False
+    # The exact model (grf data) sampled and judged alike: the sampler's own floor.
+    exact_floor: bool = False
+    # The training data judged like the samples: the floor of every metric.
+    data_rows: bool = True
 
 
 def _gamma_arms(variant: str, seeds: tuple[int, ...] = (0,)) -> tuple[Arm, ...]:
@@ -87,11 +114,13 @@ EXPERIMENTS = {
         Arm("masked-projected", "omission_corrupted",
             (("noise.gamma", "0"), ("noise.bands", "bandstop:0.45:0.55"),
              ("noise.project_data", "True"))),
-    ), "Selective omission: stripes confined to B = 0.45..0.55; w = 0 on B"),
+    ), "Selective omission: stripes confined to B = 0.45..0.55; w = 0 on B", band=BAND),
     "t0_grf": Experiment((
         Arm("full-support", "grf", (("noise.gamma", "1"),)),
         Arm("masked-band", "grf", (("noise.gamma", "1"), ("noise.bands", "bandstop:0.4:0.6"))),
-    ), "The t -> 0 claim on grf data (exact score known)", sampler="ode_heun", steps=100),
+    ), "The t -> 0 claim on grf data (exact score known)", sampler="ode_heun", steps=100,
+        score_error_curve=True, exact_floor=True,
+        data_rows=False),  # the floor is the exact model's
 }
 
 TINY = ["data.num_examples=64", "model.ch=8", "model.ch_mult=(1,2)", "model.num_groups=2",
@@ -102,22 +131,24 @@ TINY = ["data.num_examples=64", "model.ch=8", "model.ch_mult=(1,2)", "model.num_
 
 def finished(arm: Arm, workdir: str, extra: list[str]) -> bool:
     """Whether the arm's run has its final checkpoint (reads the config; loads no data)."""
-    steps = load_arm_config(arm, extra).train.num_steps
-    return os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
+    from sagd_jax.workdir import Workdir
+
+    return Workdir(workdir).is_finished(load_arm_config(arm, extra).train.num_steps)
 
 
 def train(arm: Arm, workdir: str, extra: list[str]) -> None:
     """Train or resume one arm (a subprocess: one process per run, as users run it)."""
     if finished(arm, workdir, extra):
         return
-    arm_config(arm, extra)  # bad input: one line here, before anything is started or written
+    arm_run(arm, extra)  # bad input: one line here, before anything is started or written
     os.makedirs(workdir, exist_ok=True)
     command = [sys.executable, "-m", "sagd_jax.main", f"--config={CONFIG}:{arm.variant}",
                f"--workdir={workdir}",
                *(f"--config.{key}={text}" for key, text in arm_settings(arm, extra))]
-    print(f"  training {arm.name} (log {workdir}/train.log)", flush=True)
+    log_path = os.path.join(workdir, "train.log")
+    console.info("  training %s (log %s)", arm.name, log_path)
     start = time.perf_counter()
-    with open(os.path.join(workdir, "train.log"), "a") as log:
+    with open(log_path, "a") as log:
         child = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log)
         try:
             code = child.wait()
@@ -125,11 +156,10 @@ def train(arm: Arm, workdir: str, extra: list[str]) -> None:
             if child.poll() is None:
                 child.terminate()
                 code = child.wait()
-            with open(os.path.join(workdir, "wall_time.jsonl"), "a") as f:
-                f.write(json.dumps({"seconds": time.perf_counter() - start, "exit": code})
-                        + "\n")
+            files.append_jsonl(os.path.join(workdir, WALL_TIME),
+                               {"seconds": time.perf_counter() - start, "exit": code})
     if code:
-        raise SystemExit(f"training {arm.name} failed (exit {code}); see {workdir}/train.log")
+        raise TrainingFailed(f"training {arm.name} failed (exit {code}); see {log_path}")
 
 
 def arm_settings(arm: Arm, extra: list[str]) -> list[tuple[str, str]]:
@@ -145,26 +175,26 @@ def load_arm_config(arm: Arm, extra: list[str]) -> Any:
                             arm_settings(arm, extra))
 
 
-def arm_config(arm: Arm, extra: list[str]) -> Any:
-    """The validated config of an arm (``build_run`` checks it and loads its data source)."""
-    from sagd_jax.train.loop import build_run
+def arm_run(arm: Arm, extra: list[str]) -> Run:
+    """The arm's ``Run``: its config validated and its data source opened (one-line
+    ``ValueError`` naming the arm)."""
+    from sagd_jax.run import Run
 
-    config = load_arm_config(arm, extra)
-    build_run(config)
-    return config
+    try:
+        return Run.from_config(load_arm_config(arm, extra))
+    except ValueError as err:
+        raise ValueError(f"arm {arm.name}: {err}") from None
 
 
 def check(name: str) -> None:
     for arm in EXPERIMENTS[name].arms:
-        arm_config(arm, [])
+        arm_run(arm, [])
 
 
 def wall_time(workdir: str) -> float:
-    path = os.path.join(workdir, "wall_time.jsonl")
-    if not os.path.exists(path):
-        return float("nan")
-    with open(path) as f:
-        return sum(json.loads(line)["seconds"] for line in f if line.strip())
+    """Seconds of every training call of the arm (NaN before the first)."""
+    records = files.read_jsonl(os.path.join(workdir, WALL_TIME))
+    return sum(r["seconds"] for r in records) if records else float("nan")
 
 
 def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | None,
@@ -180,9 +210,8 @@ def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | N
                             chunk_size=8 if tiny else 250, model=model, clip_x0=clip_x0)
     samples = generate(workdir, request)
     out = os.path.join(os.path.dirname(samples), name)
-    if os.path.exists(out):
-        with open(out) as f:
-            return json.load(f)
+    if files.exists(out):
+        return files.read_json(out)
     return evaluate(samples, out, band=band, filter_band=filter_band, **judging(tiny))
 
 
@@ -201,13 +230,13 @@ def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[st
     """The training data itself (``num_samples`` images of the arm's variant, its corruption
     included, drawn by the training pipeline) judged exactly like the samples: the floor of
     every metric (a perfect model of the training data scores this)."""
-    from sagd_jax.data import get_source, load_batch
+    from sagd_jax.data import load_batch
     from sagd_jax.evaluate import image_metrics, reference_images
 
-    config = arm_config(arm, TINY if tiny else [])
+    run = arm_run(arm, TINY if tiny else [])
+    config = run.config
     n = 16 if tiny else exp.num_samples
-    images = load_batch(get_source(config.data), config.data, seed=0, step=0,
-                        global_batch_size=n)
+    images = load_batch(run.source, config.data, seed=0, step=0, global_batch_size=n)
     settings = judging(tiny)
     reference, name = reference_images(config.data, settings.pop("max_reference"))
     metrics = image_metrics(images, reference, name, config.data, band, band, **settings)
@@ -260,14 +289,16 @@ def score_error_curve(workdir: str, tiny: bool) -> dict[str, Any]:
     import jax.numpy as jnp
 
     from sagd_jax.data import grf_model
-    from sagd_jax.train.loop import load_state
-    from sagd_jax.train.step import network_eps
+    from sagd_jax.run import Run
+    from sagd_jax.sharding import make_mesh
 
-    run, state = load_state(workdir)
+    run = Run.from_workdir(workdir, load_data=False)
+    state = run.restore(make_mesh())
+    eps_fn = run.eps_fn(state.ema_params)
     data = grf_model(run.config.data)
     process = run.process
     n = 16 if tiny else 1024
-    shape = (n, *run.source.image_shape)
+    shape = (n, *run.image_shape)
     times = np.geomspace(process.schedule.t_min, 1.0, 6 if tiny else 24)
 
     @jax.jit
@@ -276,8 +307,7 @@ def score_error_curve(workdir: str, tiny: bool) -> dict[str, Any]:
         x0 = data.sample(k0, shape)
         tt = jnp.full((n,), t)
         x_t, _ = process.marginal_sample(k1, process.training_data(x0), tt)
-        eps = network_eps(run.model, process, state.ema_params, x_t, tt)
-        model_score = process.cov.project(process.score(x_t, tt, eps))
+        model_score = process.cov.project(process.score(x_t, tt, eps_fn(x_t, tt)))
         exact = process.cov.project(data.score(process, x_t, tt))
         return jnp.sum((model_score - exact) ** 2), jnp.sum(exact**2)
 
@@ -348,38 +378,30 @@ def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summaries
 
 
-def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
-    """The ``columns`` that any row has, one line per row (``-`` where a row lacks one)."""
-    columns = tuple(c for c in columns if any(c in r for r in rows))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "-"
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+TABLE_COLUMNS = (
+    "arm", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50", "loss_t0.50-0.75",
+    "loss_t0.75-1.00", "spectrum_err", "spectrum_err_off_band", "low_freq_power_ratio",
+    "outside_range", "fd", "kid", "fd_off_band", "kid_off_band", "band_energy_ratio",
+    "grf_var_err", "grf_var_floor")
 
 
 def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
            extra: dict[str, Any]) -> str:
+    """``results.json``, ``table.md`` and the figures of an experiment in ``out_dir``,
+    regenerated from ``rows`` (atomically: a reader never sees half a file); returns the
+    table."""
     from sagd_jax.metrics.spectra import plot_radial
 
     os.makedirs(out_dir, exist_ok=True)
     seeds = seed_summary(rows)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"experiment": name, "rows": rows, "seed_summary": seeds, **extra}, f,
-                  indent=2)
-    table = markdown_table(rows, (
-        "arm", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50", "loss_t0.50-0.75",
-        "loss_t0.75-1.00", "spectrum_err", "spectrum_err_off_band", "low_freq_power_ratio",
-        "outside_range", "fd", "kid", "fd_off_band",
-        "kid_off_band", "band_energy_ratio", "grf_var_err", "grf_var_floor"))
+    files.write_json(os.path.join(out_dir, "results.json"),
+                     {"experiment": name, "rows": rows, "seed_summary": seeds, **extra})
+    table = console.table(rows, TABLE_COLUMNS, digits=3, markdown=True)
     if seeds:
         table += ("\nArms with several seeds: mean +- half the range over the seeds\n\n"
-                  + markdown_table(seeds, ("arm", "seeds", *SEED_COLUMNS)))
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
+                  + console.table(seeds, ("arm", "seeds", *SEED_COLUMNS), digits=3,
+                                  markdown=True))
+    with files.atomic_open(os.path.join(out_dir, "table.md")) as f:
         f.write(table)
     spectra = {r["arm"]: np.asarray(r["spectrum"]["samples"]) for r in rows if "spectrum" in r}
     if spectra:
@@ -403,6 +425,10 @@ def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
 
 def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bool,
                    max_arms: int | None = None, clip_x0: float | None = None) -> str:
+    """Train (or resume), sample and judge the arms of experiment ``name`` and regenerate its
+    report; returns the Markdown table."""
+    from sagd_jax.workdir import Workdir
+
     exp = EXPERIMENTS[name]
     if clip_x0 is not None:
         from sagd_jax.sample import SampleRequest
@@ -411,22 +437,22 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
             SampleRequest(num_samples=1, sampler=exp.sampler, steps=exp.steps,
                           clip_x0=clip_x0).validate(device_count=1)
         except ValueError as err:
-            raise SystemExit(f"experiment {name}: {err}") from None
+            raise ValueError(f"experiment {name}: {err}") from None
         exp = dataclasses.replace(
             exp, description=f"{exp.description} (x0_hat clipped to [-{clip_x0:g}, {clip_x0:g}])")
     extra_overrides = TINY if tiny else []
+    folder = os.path.join(out, name if clip_x0 is None else f"{name}-clip{clip_x0:g}")
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {} if clip_x0 is None else {"clip_x0": clip_x0}
-    band = BAND if name == "omission" else None
     for arm in exp.arms[:max_arms]:
         workdir = os.path.join(root, name, arm.name)
         if not skip_training:
             train(arm, workdir, extra_overrides)
         if not finished(arm, workdir, extra_overrides):
             continue  # not trained yet (--skip_training): no samples from an unfinished run
-        evaluation = sample_and_evaluate(workdir, exp, tiny, band, band, clip_x0=clip_x0)
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            last = json.loads([line for line in f if line.strip()][-1])
+        evaluation = sample_and_evaluate(workdir, exp, tiny, exp.band, exp.band,
+                                         clip_x0=clip_x0)
+        last = Workdir(workdir).last_metrics()
         row = {"arm": arm.name, "steps": last["step"], "wall_s": wall_time(workdir),
                "loss": last["loss"], **{k: v for k, v in last.items() if k.startswith("loss_t")},
                **summary_row(arm.name, evaluation),
@@ -437,20 +463,20 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
             row |= off_band_columns(sample_and_evaluate(
                 workdir, exp, tiny, None, exp.judge_off, name="evaluation_off_band.json",
                 clip_x0=clip_x0))
-        if name == "t0_grf":
+        if exp.score_error_curve:
             extra[f"score_error/{arm.name}"] = score_error_curve(workdir, tiny)
+        if exp.exact_floor:
             exact = sample_and_evaluate(workdir, exp, tiny, None, None, model="exact")
             extra[f"exact_sampler_floor/{arm.name}"] = exact["grf_variance"]
         rows.append(row)
-    if name == "t0_grf" and rows:
-        _plot_score_error(extra, os.path.join(out, name, "score_error.png"))
-    if name != "t0_grf" and rows:  # t0_grf's floor is the exact model's, above
+    if exp.score_error_curve and rows:
+        _plot_score_error(extra, os.path.join(folder, "score_error.png"))
+    if exp.data_rows and rows:
         first_of_variant: dict[str, Arm] = {}
         for arm in exp.arms[:max_arms]:
             first_of_variant.setdefault(arm.variant, arm)
-        rows += [data_row(arm, exp, tiny, band) for arm in first_of_variant.values()]
-    folder = name if clip_x0 is None else f"{name}-clip{clip_x0:g}"
-    return report(name, exp, rows, os.path.join(out, folder), extra)
+        rows += [data_row(arm, exp, tiny, exp.band) for arm in first_of_variant.values()]
+    return report(name, exp, rows, folder, extra)
 
 
 def _plot_score_error(extra: dict[str, Any], path: str) -> None:
@@ -477,35 +503,57 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(f"stopped by signal {signum}; rerun the same command to resume")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", choices=sorted(EXPERIMENTS))
-    parser.add_argument("--list", action="store_true", help="list the experiments and arms")
-    parser.add_argument("--root", default=os.path.join(REPO, "workdirs", "experiments"))
-    parser.add_argument("--out", default=os.path.join(REPO, "docs", "experiments"))
-    parser.add_argument("--tiny", action="store_true", help="seconds-long settings (tests)")
-    parser.add_argument("--skip_training", action="store_true")
-    parser.add_argument("--max_arms", type=int, default=None, help="only the first N arms")
-    parser.add_argument("--clip_x0", type=float, default=None,
-                        help="sample with x0_hat clipped to [-C, C]; report to OUT/NAME-clipC")
-    parser.add_argument("--check", action="store_true",
-                        help="validate every arm's config of every experiment, run nothing")
-    args = parser.parse_args(argv)
-    if args.check:
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_enum("experiment", None, sorted(EXPERIMENTS), "The experiment to run.",
+                      flag_values=fv)
+    flags.DEFINE_boolean("list", False, "List the experiments and their arms.", flag_values=fv)
+    flags.DEFINE_string("root", os.path.join(REPO, "workdirs", "experiments"),
+                        "Workdirs of the arms: ROOT/<experiment>/<arm>.", flag_values=fv)
+    flags.DEFINE_string("out", os.path.join(REPO, "docs", "experiments"),
+                        "Reports: OUT/<experiment>/ (table.md, results.json, figures).",
+                        flag_values=fv)
+    flags.DEFINE_boolean("tiny", False, "Seconds-long settings (tests).", flag_values=fv)
+    flags.DEFINE_boolean("skip_training", False, "Report on the arms that finished training; "
+                         "train nothing.", flag_values=fv)
+    flags.DEFINE_integer("max_arms", None, "Only the first N arms.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_float("clip_x0", None, "Sample with x0_hat clipped to [-C, C]; report to "
+                       "OUT/<experiment>-clipC.", flag_values=fv)
+    flags.DEFINE_boolean("check", False, "Validate every arm's config of every experiment; "
+                         "run nothing.", flag_values=fv)
+
+
+def body(fv: flags.FlagValues) -> int | None:
+    if fv.check:
         for name in EXPERIMENTS:
             check(name)
             print(f"{name}: ok")
-        return 0
-    if args.list or not args.experiment:
+        return None
+    if fv.list or not fv.experiment:
         for name, exp in EXPERIMENTS.items():
             print(f"{name}: {exp.description}; arms: {', '.join(a.name for a in exp.arms)}")
-        return 0
-    print(run_experiment(args.experiment, args.root, args.out, args.tiny, args.skip_training,
-                         args.max_arms, args.clip_x0))
-    return 0
+        return None
+    try:
+        print(run_experiment(fv.experiment, fv.root, fv.out, fv.tiny, fv.skip_training,
+                             fv.max_arms, fv.clip_x0))
+    except TrainingFailed as err:
+        sys.stdout.flush()
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the driver on ``argv`` (default ``sys.argv``); returns the exit status."""
+    return cli.run(__doc__, define_flags, body, argv)
+
+
+def run() -> None:
+    """Command-line entry point: SIGTERM stops the training subprocess cleanly (its trainer
+    checkpoints, its wall time is recorded), then this process."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # runs the trainers' finally: wall times
-    sys.exit(main())
+    run()

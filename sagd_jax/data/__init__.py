@@ -1,7 +1,7 @@
 """Image data for training: uint8 NHWC sources and a stateless float32 [-1, 1] pipeline.
 
 Where things live:
-  config           default_data_config() and the checks of every data.* key
+  config           default_data_config() (every data.* key, one default each), shared checks
   sources          the ImageSource interface, ArraySource, register_source / get_source
   fashion_mnist    IDX parsing, Debian's Fashion-MNIST files (TFDS fallback)
   tfds_source      any TFDS image dataset ("tfds:NAME")
@@ -9,7 +9,8 @@ Where things live:
   folder           PNG / JPEG files under a folder
   grf              Gaussian random fields of known spectrum (float32; the exact answer)
   corruption       additive patterns confined to a radial frequency band
-  pipeline         batch_indices / load_batch: batches as pure functions of (seed, step, process)
+  pipeline         batch_indices / load_batch: batches as pure functions of (seed, step, process);
+                   batch_options checks the keys load_batch reads, before anything loads
 
 Typical use:
     source = get_source(config.data)
@@ -26,7 +27,14 @@ from sagd_jax.data.fashion_mnist import make_fashion_mnist, parse_idx, read_idx
 from sagd_jax.data.folder import make_folder
 from sagd_jax.data.grf import grf_model, make_grf
 from sagd_jax.data.natural_patches import make_natural_patches
-from sagd_jax.data.pipeline import batch_indices, flip_mask, load_batch, local_batch_size, to_float
+from sagd_jax.data.pipeline import (
+    batch_indices,
+    batch_options,
+    flip_mask,
+    load_batch,
+    local_batch_size,
+    to_float,
+)
 from sagd_jax.data.sources import (
     ArraySource,
     ImageSource,
@@ -47,6 +55,7 @@ __all__ = [
     "Corruption",
     "ImageSource",
     "batch_indices",
+    "batch_options",
     "corruption_from_config",
     "default_data_config",
     "flip_mask",

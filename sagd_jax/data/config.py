@@ -1,17 +1,19 @@
-"""Default data configuration and the checks applied to every value the package reads.
+"""Default data configuration (every ``data.*`` key and its one default) and the checks of the
+keys several sources share.
 
-All errors are one-line ``ValueError``s that start with the full key, e.g.
-``data.image_size=0: must be a positive integer``.
+Readers take a full ``data`` section (``sagd_jax.config.normalize`` fills in every key) and
+check each value with ``sagd_jax.validate`` under its full key, so every error is a one-line
+``ValueError`` such as ``data.image_size=0: must be an integer >= 1``; a missing key is
+``data.<key>: missing from the config``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
-import numpy as np
+
+from sagd_jax import validate
 
 CORRUPTION_KINDS = ("none", "stripes", "band_noise")
 
@@ -58,82 +60,34 @@ def default_data_config() -> ml_collections.ConfigDict:
     return cfg
 
 
-_DEFAULTS = default_data_config()
+def read(cfg: Any, key: str) -> Any:
+    """``data.<key>`` (dotted keys allowed) of the data section ``cfg``, no default."""
+    return validate.lookup(cfg, key, "data")
 
 
-def config_error(key: str, value: Any, reason: str) -> ValueError:
-    """A one-line ``ValueError`` naming ``data.<key>`` and its offending value."""
-    return ValueError(f"data.{key}={value!r}: {reason}")
-
-
-def get_value(cfg: Any, key: str) -> Any:
-    """``cfg.<key>`` (dotted keys allowed), or its default when absent."""
-    node, default = cfg, _DEFAULTS
-    for part in key.split("."):
-        default = default[part]
-        if node is None:
-            continue
-        if isinstance(node, Mapping | ml_collections.ConfigDict):
-            node = node.get(part, None)
-        else:
-            node = getattr(node, part, None)
-    return default if node is None else node
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-
-
-def get_int(cfg: Any, key: str, minimum: int) -> int:
-    """Integer value of ``data.<key>``, checked to be >= ``minimum``."""
-    value = get_value(cfg, key)
-    if not _is_int(value) or value < minimum:
-        raise config_error(key, value, f"must be an integer >= {minimum}")
-    return int(value)
-
-
-def get_float(cfg: Any, key: str, lo: float, hi: float) -> float:
-    """Finite float value of ``data.<key>`` in the closed interval [lo, hi]."""
-    value = get_value(cfg, key)
-    ok = (_is_int(value) or isinstance(value, float | np.floating)) and math.isfinite(value)
-    if not ok or not lo <= value <= hi:
-        raise config_error(key, value, f"must be a number in [{lo:g}, {hi:g}]")
-    return float(value)
-
-
-def get_bool(cfg: Any, key: str) -> bool:
-    value = get_value(cfg, key)
-    if not isinstance(value, bool | np.bool_):
-        raise config_error(key, value, "must be True or False")
-    return bool(value)
-
-
-def get_str(cfg: Any, key: str, choices: tuple[str, ...] | None = None) -> str:
-    """String value of ``data.<key>``; non-empty, and one of ``choices`` when given."""
-    value = get_value(cfg, key)
-    if not isinstance(value, str) or (choices is None and not value):
-        raise config_error(key, value, "must be a non-empty string")
-    if choices is not None and value not in choices:
-        raise config_error(key, value, f"must be one of {', '.join(choices)}")
-    return value
+def entry(cfg: Any, key: str) -> tuple[str, Any]:
+    """``("data.<key>", value)``, to unpack into a check: ``validate.integer(*entry(cfg,
+    "seed"), 0)``."""
+    return validate.entry(cfg, key, "data")
 
 
 def get_image_size(cfg: Any) -> int:
-    return get_int(cfg, "image_size", 1)
+    return validate.integer(*entry(cfg, "image_size"), 1)
 
 
 def get_channels(cfg: Any) -> int:
-    value = get_value(cfg, "channels")
-    if not _is_int(value) or value not in (1, 3):
-        raise config_error("channels", value, "must be 1 (grayscale) or 3 (RGB)")
+    value = read(cfg, "channels")
+    if not validate.is_int(value) or value not in (1, 3):
+        raise validate.fail("data.channels", value, "must be 1 (grayscale) or 3 (RGB)")
     return int(value)
 
 
 def get_root(cfg: Any) -> str:
-    """``data.root`` as a string ("" when unset)."""
-    value = get_value(cfg, "root")
+    """``data.root`` ("" = the source's default location)."""
+    value = read(cfg, "root")
     if not isinstance(value, str):
-        raise config_error("root", value, "must be a folder path (string) or '' for the default")
+        raise validate.fail("data.root", value,
+                            "must be a folder path (string) or '' for the default")
     return value
 
 
@@ -142,6 +96,6 @@ def check_image_shape(cfg: Any, shape: tuple[int, int, int], what: str) -> None:
     size, channels = get_image_size(cfg), get_channels(cfg)
     h, w, c = shape
     if (h, w) != (size, size):
-        raise config_error("image_size", size, f"{what} has {h}x{w} images")
+        raise validate.fail("data.image_size", size, f"{what} has {h}x{w} images")
     if c != channels:
-        raise config_error("channels", channels, f"{what} has {c}-channel images")
+        raise validate.fail("data.channels", channels, f"{what} has {c}-channel images")

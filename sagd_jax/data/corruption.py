@@ -29,13 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from sagd_jax.data.config import (
-    CORRUPTION_KINDS,
-    config_error,
-    get_float,
-    get_int,
-    get_str,
-)
+from sagd_jax import validate
+from sagd_jax.data.config import CORRUPTION_KINDS, entry
 from sagd_jax.spectral import RHO_MAX, radial_frequency
 
 BAND_TOLERANCE = 1e-12
@@ -105,8 +100,8 @@ class Corruption:
     def check_image_size(self, height: int, width: int) -> None:
         """Raise if the band holds no DFT bin of an H x W image (kind != "none")."""
         if self.kind != "none" and not band_mask(height, width, self.lo, self.hi).any():
-            raise config_error(
-                "corruption.lo",
+            raise validate.fail(
+                "data.corruption.lo",
                 self.lo,
                 f"band [{self.lo:g}, {self.hi:g}] (data.corruption.hi) holds no DFT bin "
                 f"of a {height}x{width} image",
@@ -138,11 +133,11 @@ class Corruption:
 
 def corruption_from_config(data_config: Any) -> Corruption:
     """Read and check ``data.corruption.{kind, lo, hi, amplitude, seed}``."""
-    kind = get_str(data_config, "corruption.kind", CORRUPTION_KINDS)
-    lo = get_float(data_config, "corruption.lo", 0.0, RHO_MAX)
-    hi = get_float(data_config, "corruption.hi", 0.0, RHO_MAX)
+    kind = validate.one_of(*entry(data_config, "corruption.kind"), CORRUPTION_KINDS)
+    lo = validate.number(*entry(data_config, "corruption.lo"), 0.0, RHO_MAX)
+    hi = validate.number(*entry(data_config, "corruption.hi"), 0.0, RHO_MAX)
     if lo > hi:
-        raise config_error("corruption.lo", lo, f"must be <= data.corruption.hi={hi}")
-    amplitude = get_float(data_config, "corruption.amplitude", 0.0, math.inf)
-    seed = get_int(data_config, "corruption.seed", 0)
+        raise validate.fail("data.corruption.lo", lo, f"must be <= data.corruption.hi={hi}")
+    amplitude = validate.number(*entry(data_config, "corruption.amplitude"), 0.0)
+    seed = validate.integer(*entry(data_config, "corruption.seed"), 0)
     return Corruption(kind=kind, lo=lo, hi=hi, amplitude=amplitude, seed=seed)

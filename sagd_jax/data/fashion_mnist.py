@@ -13,13 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from sagd_jax.data.config import (
-    check_image_shape,
-    config_error,
-    get_bool,
-    get_root,
-    get_str,
-)
+from sagd_jax import validate
+from sagd_jax.data.config import check_image_shape, entry, get_root
 from sagd_jax.data.sources import ArraySource, ImageSource
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -118,13 +113,13 @@ def load_labeled_fashion_mnist(split: str, root: str | None = None
 
 def make_fashion_mnist(data_config: Any) -> ImageSource:
     """Factory for ``data.name = "fashion_mnist"`` (keys: split, root, image_size, channels)."""
-    split = get_str(data_config, "split", tuple(SPLIT_FILES))
+    split = validate.one_of(*entry(data_config, "split"), tuple(SPLIT_FILES))
     root = get_root(data_config)
     if root:
         if not os.path.isdir(root):
-            raise config_error("root", root, "not a folder")
+            raise validate.fail("data.root", root, "not a folder")
         if find_idx_file(root, SPLIT_FILES[split]) is None:
-            raise config_error("root", root, f"holds no {SPLIT_FILES[split]}[.gz]")
+            raise validate.fail("data.root", root, f"holds no {SPLIT_FILES[split]}[.gz]")
     elif find_idx_file(DEBIAN_ROOT, SPLIT_FILES[split]) is not None:
         root = DEBIAN_ROOT
     if root:
@@ -134,6 +129,7 @@ def make_fashion_mnist(data_config: Any) -> ImageSource:
     else:  # No local files: fall back to TensorFlow Datasets.
         from sagd_jax.data.tfds_source import TfdsSource
 
-        source = TfdsSource("fashion_mnist", split, download=get_bool(data_config, "download"))
+        download = validate.boolean(*entry(data_config, "download"))
+        source = TfdsSource("fashion_mnist", split, download=download)
     check_image_shape(data_config, source.image_shape, f"fashion_mnist/{split}")
     return source

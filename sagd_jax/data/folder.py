@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from sagd_jax.data.config import config_error, get_channels, get_image_size, get_root
+from sagd_jax import validate
+from sagd_jax.data.config import get_channels, get_image_size, get_root
 from sagd_jax.data.sources import ImageSource, check_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -49,7 +50,7 @@ class FolderSource:
         self.image_shape = (image_size, image_size, channels)
         self.paths = list_image_files(root)
         if not self.paths:
-            raise config_error("root", root, f"holds no {'/'.join(IMAGE_EXTENSIONS)} files")
+            raise validate.fail("data.root", root, f"holds no {'/'.join(IMAGE_EXTENSIONS)} files")
         mode = _MODES[channels]
         for path in self.paths:
             try:
@@ -93,5 +94,5 @@ def make_folder(data_config: Any) -> ImageSource:
     """Factory for ``data.name = "folder"`` (keys: root, image_size, channels)."""
     root = get_root(data_config)
     if not root or not os.path.isdir(root):
-        raise config_error("root", root, "the folder source needs an existing folder")
+        raise validate.fail("data.root", root, "the folder source needs an existing folder")
     return FolderSource(root, get_image_size(data_config), get_channels(data_config))

@@ -13,7 +13,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from sagd_jax.data.config import config_error, get_channels, get_float, get_image_size, get_int
+from sagd_jax import validate
+from sagd_jax.data.config import entry, get_channels, get_image_size
 from sagd_jax.data.sources import check_indices
 from sagd_jax.gaussian import GaussianData
 from sagd_jax.spectral import spectral_weights
@@ -24,11 +25,11 @@ _STREAM_TAG = 0x6F7F  # separates these seeds from the other random streams of t
 def grf_spectrum(cfg: Any) -> np.ndarray:
     """float64 ``c`` on the rfft half-plane ``(size, size // 2 + 1)`` for ``data.grf.*``."""
     size = get_image_size(cfg)
-    gamma = get_float(cfg, "grf.gamma", -10.0, 10.0)
-    rho0 = get_float(cfg, "grf.rho0", 0.0, 10.0)
-    std = get_float(cfg, "grf.std", 1e-6, 1e3)
+    gamma = validate.number(*entry(cfg, "grf.gamma"), -10.0, 10.0)
+    rho0 = validate.number(*entry(cfg, "grf.rho0"), 0.0, 10.0)
+    std = validate.number(*entry(cfg, "grf.std"), 1e-6, 1e3)
     if gamma > 0 and rho0 == 0:
-        raise config_error("grf.rho0", rho0, "must be > 0 when data.grf.gamma > 0")
+        raise validate.fail("data.grf.rho0", rho0, "must be > 0 when data.grf.gamma > 0")
     return std**2 * spectral_weights(size, size, gamma=gamma, rho0=rho0)
 
 
@@ -46,8 +47,8 @@ class GRFSource:
         size, channels = get_image_size(cfg), get_channels(cfg)
         self.name = "grf"
         self.image_shape = (size, size, channels)
-        self.num_examples = get_int(cfg, "num_examples", 1)
-        self.seed = get_int(cfg, "seed", 0)
+        self.num_examples = validate.integer(*entry(cfg, "num_examples"), 1)
+        self.seed = validate.integer(*entry(cfg, "seed"), 0)
         self.root_spectrum = np.sqrt(grf_spectrum(cfg))[:, :, None]
 
     def __len__(self) -> int:

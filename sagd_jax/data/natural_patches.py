@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from sagd_jax.data.config import config_error, get_channels, get_image_size, get_int
+from sagd_jax import validate
+from sagd_jax.data.config import entry, get_channels, get_image_size
 from sagd_jax.data.sources import ImageSource, check_indices
 
 # Real photographs shipped inside the scikit-image wheel (no pooch download needed).
@@ -61,9 +62,8 @@ class NaturalPatches:
         ]
         if not self.photos:
             largest = max(min(img.shape[:2]) for img in photos.values())
-            raise config_error(
-                "image_size", image_size, f"natural_patches photographs allow at most {largest}"
-            )
+            raise validate.fail("data.image_size", image_size,
+                                f"natural_patches photographs allow at most {largest}")
         positions = np.array(
             [
                 (img.shape[0] - image_size + 1) * (img.shape[1] - image_size + 1)
@@ -113,6 +113,6 @@ def make_natural_patches(data_config: Any) -> ImageSource:
     return NaturalPatches(
         image_size=get_image_size(data_config),
         channels=get_channels(data_config),
-        num_examples=get_int(data_config, "num_examples", 1),
-        seed=get_int(data_config, "seed", 0),
+        num_examples=validate.integer(*entry(data_config, "num_examples"), 1),
+        seed=validate.integer(*entry(data_config, "seed"), 0),
     )

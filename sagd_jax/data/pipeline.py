@@ -14,18 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from sagd_jax.data.config import get_bool
-from sagd_jax.data.corruption import corruption_from_config
+from sagd_jax import validate
+from sagd_jax.data.config import entry
+from sagd_jax.data.corruption import Corruption, corruption_from_config
 from sagd_jax.data.sources import ImageSource
 
 _PERMUTATION_TAG = 0x5E01  # separates the random streams of the package
 _FLIP_TAG = 0xF11F
-
-
-def _check_nonneg_int(name: str, value: Any, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
-    return int(value)
 
 
 @functools.lru_cache(maxsize=4)
@@ -40,10 +35,8 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
     """Examples per process; ``global_batch_size`` must be a multiple of ``process_count``."""
     if global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size={global_batch_size} is not divisible by "
-            f"process_count={process_count}"
-        )
+        raise validate.fail("global_batch_size", global_batch_size,
+                            f"not divisible by process_count={process_count}")
     return global_batch_size // process_count
 
 
@@ -59,14 +52,15 @@ def batch_indices(
 
     Example order: epoch e = position // num_examples is the permutation drawn from (seed, e).
     """
-    num_examples = _check_nonneg_int("num_examples", num_examples, 1)
-    seed = _check_nonneg_int("seed", seed)
-    step = _check_nonneg_int("step", step)
-    global_batch_size = _check_nonneg_int("global_batch_size", global_batch_size, 1)
-    process_count = _check_nonneg_int("process_count", process_count, 1)
-    process_index = _check_nonneg_int("process_index", process_index)
+    num_examples = validate.integer("num_examples", num_examples, 1)
+    seed = validate.integer("seed", seed, 0)
+    step = validate.integer("step", step, 0)
+    global_batch_size = validate.integer("global_batch_size", global_batch_size, 1)
+    process_count = validate.integer("process_count", process_count, 1)
+    process_index = validate.integer("process_index", process_index, 0)
     if process_index >= process_count:
-        raise ValueError(f"process_index={process_index} must be < process_count={process_count}")
+        raise validate.fail("process_index", process_index,
+                            f"must be < process_count={process_count}")
     local = local_batch_size(global_batch_size, process_count)
     start = step * global_batch_size + process_index * local  # Python int: no overflow
     epochs, offsets = divmod(np.arange(local, dtype=np.int64) + np.int64(start), num_examples)
@@ -97,6 +91,15 @@ def to_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
+def batch_options(data_config: Any, image_shape: tuple[int, int, int]) -> tuple[Corruption, bool]:
+    """The checked ``data.corruption`` (its band holding a DFT bin of (H, W, C) images) and
+    ``data.random_flip`` that ``load_batch`` applies: checks those keys before anything loads."""
+    corruption = corruption_from_config(data_config)
+    random_flip = validate.boolean(*entry(data_config, "random_flip"))
+    corruption.check_image_size(image_shape[0], image_shape[1])
+    return corruption, random_flip
+
+
 def load_batch(
     source: ImageSource,
     data_config: Any,
@@ -113,10 +116,7 @@ def load_batch(
     flips images horizontally. Values may leave [-1, 1] by the corruption's amplitude (no
     clipping).
     """
-    corruption = corruption_from_config(data_config)
-    random_flip = get_bool(data_config, "random_flip")
-    height, width, _ = source.image_shape
-    corruption.check_image_size(height, width)
+    corruption, random_flip = batch_options(data_config, source.image_shape)
     idx = batch_indices(len(source), seed, step, global_batch_size, process_index, process_count)
     raw = source.get(idx)
     if raw.dtype not in (np.uint8, np.float32) or raw.shape != (idx.size, *source.image_shape):

@@ -13,7 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from sagd_jax.data.config import config_error, get_value
+from sagd_jax import validate
+from sagd_jax.data.config import read
 
 TFDS_PREFIX = "tfds:"
 
@@ -86,12 +87,13 @@ _REGISTRY: dict[str, SourceFactory] = {}
 def register_source(name: str, factory: SourceFactory, *, overwrite: bool = False) -> None:
     """Make ``data.name == name`` build its source with ``factory(data_config)``.
 
-    The factory receives the ``data`` ConfigDict and must validate the keys it reads (use the
-    helpers of ``sagd_jax.data.config`` so that errors name the key). Registering the name
+    The factory receives the full ``data`` ConfigDict and must validate the keys it reads with
+    ``sagd_jax.validate`` under their full key (``validate.integer(*entry(cfg, "seed"), 0)``,
+    ``entry`` from ``sagd_jax.data.config``), so errors name the key. Registering the name
     "tfds" serves every ``data.name`` of the form "tfds:NAME".
     """
     if not isinstance(name, str) or not name or ":" in name:
-        raise ValueError(f"source name must be a non-empty string without ':', got {name!r}")
+        raise validate.fail("name", name, "a source name must be a non-empty string without ':'")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"source {name!r} is already registered (pass overwrite=True)")
     _REGISTRY[name] = factory
@@ -103,11 +105,12 @@ def known_sources() -> list[str]:
 
 
 def get_source(data_config: Any) -> ImageSource:
-    """Build the source named by ``data_config.name``."""
-    name = get_value(data_config, "name")
+    """Build the source named by ``data_config.name`` (a full ``data`` section)."""
+    name = read(data_config, "name")
     key = name
     if isinstance(name, str) and name.startswith(TFDS_PREFIX):
         key = "tfds" if name[len(TFDS_PREFIX) :] else None
     if not isinstance(key, str) or key not in _REGISTRY:
-        raise config_error("name", name, f"unknown source; known: {', '.join(known_sources())}")
+        raise validate.fail("data.name", name,
+                            f"unknown source; known: {', '.join(known_sources())}")
     return _REGISTRY[key](data_config)

@@ -12,13 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from sagd_jax.data.config import (
-    check_image_shape,
-    config_error,
-    get_bool,
-    get_root,
-    get_str,
-)
+from sagd_jax import validate
+from sagd_jax.data.config import check_image_shape, entry, get_root
 from sagd_jax.data.sources import TFDS_PREFIX, ImageSource, as_nhwc_uint8, check_indices
 
 
@@ -140,16 +135,16 @@ def make_tfds(data_config: Any) -> ImageSource:
     Keys: split, image_key, root (TFDS data_dir; "" = TFDS default), download,
     image_size, channels (must match the dataset's images).
     """
-    name = get_str(data_config, "name")
+    name = validate.text(*entry(data_config, "name"))
     dataset = name[len(TFDS_PREFIX) :]
     if not dataset:
-        raise config_error("name", name, "expected 'tfds:NAME'")
+        raise validate.fail("data.name", name, "expected 'tfds:NAME'")
     source = TfdsSource(
         dataset,
-        get_str(data_config, "split"),
-        image_key=get_str(data_config, "image_key"),
+        validate.text(*entry(data_config, "split")),
+        image_key=validate.text(*entry(data_config, "image_key")),
         data_dir=get_root(data_config) or None,
-        download=get_bool(data_config, "download"),
+        download=validate.boolean(*entry(data_config, "download")),
     )
     check_image_shape(data_config, source.image_shape, source.name)
     return source

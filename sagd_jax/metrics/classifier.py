@@ -7,19 +7,21 @@ Trained in-project by a deterministic recipe (no weights are downloaded or commi
 The weights go to ``<cache>/classifier/<recipe name>.msgpack`` with a JSON sidecar holding the
 recipe and its test accuracy; ``<cache>`` is ``$SAGD_JAX_CACHE``, else
 ``$XDG_CACHE_HOME/sagd-jax``, else ``~/.cache/sagd-jax``. The recipe's name hashes every field,
-so a changed recipe never reuses old weights.
+so a changed recipe never reuses old weights. Both files are written atomically and never
+overwritten (a concurrent trainer of the same recipe that finishes first keeps its files).
+Training progress goes to stderr (``--verbosity``: the tool's common flag).
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -27,8 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import flags
 from flax import serialization
 
+from sagd_jax import cli, console, files
 from sagd_jax.data.pipeline import to_float
 from sagd_jax.models.conv import Conv
 
@@ -109,13 +113,31 @@ def apply_in_batches(fn: Callable[[jax.Array], Any], images: np.ndarray,
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
+def _step_reporter(total: int, log: Callable[[str], None] | None
+                   ) -> Callable[[int, float], None]:
+    """``report(done, loss)`` every 100 steps: a ``console.Progress`` line, or ``log(text)``."""
+    if log is None:
+        progress = console.Progress("classifier training", total, unit="step")
+        return lambda done, loss: progress.update(done - progress.done, f"loss {loss:.3f}")
+    start = time.perf_counter()
+
+    def report(done: int, loss: float) -> None:
+        rate = done / (time.perf_counter() - start)
+        log(f"classifier: step {done}/{total} loss {loss:.3f} "
+            f"ETA {console.duration((total - done) / rate)}")
+
+    return report
+
+
 def train_classifier(recipe: Recipe, train: tuple[np.ndarray, np.ndarray],
                      test: tuple[np.ndarray, np.ndarray], max_steps: int | None = None,
-                     log: Callable[[str], None] = print) -> tuple[Any, float]:
-    """Train on ``train = (uint8 images, labels)``; returns (params, accuracy on ``test``).
+                     log: Callable[[str], None] | None = None) -> tuple[Any, float]:
+    """Train on ``train = (uint8 images (N, 28, 28, 1), labels (N,))``; returns (params,
+    accuracy on ``test``).
 
     Adam with a cosine-decayed learning rate, ``recipe.epochs`` passes in an order drawn from
-    ``recipe.seed``, no augmentation. ``max_steps`` cuts it short (tests).
+    ``recipe.seed``, no augmentation. ``max_steps`` cuts it short (tests). Progress every 100
+    steps: a ``console.Progress`` line on stderr, or ``log(text)`` when given.
     """
     model = FeatureNet(recipe.width)
     images, labels = to_unit_range(train[0]), train[1]
@@ -137,7 +159,7 @@ def train_classifier(recipe: Recipe, train: tuple[np.ndarray, np.ndarray],
         return optax.apply_updates(params, updates), opt_state, loss
 
     rng = np.random.default_rng(recipe.seed)
-    start, done = time.perf_counter(), 0
+    report, done = _step_reporter(total, log), 0
     while done < total:
         order = rng.permutation(len(images))
         for i in range(min(steps_per_epoch, total - done)):
@@ -145,9 +167,7 @@ def train_classifier(recipe: Recipe, train: tuple[np.ndarray, np.ndarray],
             params, opt_state, loss = step(params, opt_state, images[idx], labels[idx])
             done += 1
             if done % 100 == 0 or done == total:
-                rate = done / (time.perf_counter() - start)
-                log(f"classifier: step {done}/{total} loss {float(loss):.3f} "
-                    f"ETA {(total - done) / rate:.0f} s")
+                report(done, float(loss))
     logits = apply_in_batches(jax.jit(lambda x: model.apply({"params": params}, x)[1]), test[0])
     return params, float(np.mean(np.argmax(logits, -1) == test[1]))
 
@@ -168,9 +188,11 @@ class FeatureExtractor:
         return apply_in_batches(self._features, images).astype(np.float64)
 
 
-def load_or_train(recipe: Recipe | None = None, log: Callable[[str], None] = print
+def load_or_train(recipe: Recipe | None = None, log: Callable[[str], None] | None = None
                   ) -> FeatureExtractor:
-    """The cached classifier of ``recipe`` (default recipe), trained first if absent."""
+    """The cached classifier of ``recipe`` (default recipe), trained first if absent.
+    Messages go to ``log`` (default ``console.info``), training progress as in
+    ``train_classifier``."""
     from sagd_jax.data.fashion_mnist import load_labeled_fashion_mnist
 
     recipe = recipe or Recipe()
@@ -178,35 +200,46 @@ def load_or_train(recipe: Recipe | None = None, log: Callable[[str], None] = pri
     weights = os.path.join(folder, f"{recipe.name}.msgpack")
     sidecar = os.path.join(folder, f"{recipe.name}.json")
     template = FeatureNet(recipe.width).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    if os.path.exists(weights) and os.path.exists(sidecar):
+    say = console.info if log is None else log
+    if files.exists(weights) and files.exists(sidecar):
+        say(f"classifier: loading {weights}")
         with open(weights, "rb") as f:
             params = serialization.from_bytes(template["params"], f.read())
-        with open(sidecar) as f:
-            accuracy = json.load(f)["test_accuracy"]
+        accuracy = files.read_json(sidecar)["test_accuracy"]
         return FeatureExtractor(params, recipe, accuracy)
-    log(f"classifier: no cached weights at {weights}; training ({recipe})")
+    say(f"classifier: no cached weights at {weights}; training ({recipe})")
     params, accuracy = train_classifier(recipe, load_labeled_fashion_mnist("train"),
                                         load_labeled_fashion_mnist("test"), log=log)
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{weights}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(serialization.to_bytes(params))
-    os.replace(tmp, weights)
-    with open(sidecar, "w") as f:
-        json.dump({"recipe": dataclasses.asdict(recipe), "test_accuracy": accuracy}, f, indent=2)
-    log(f"classifier: test accuracy {accuracy:.4f}; cached in {weights}")
+    # Weights first, then the sidecar that marks them complete; a file another process of
+    # the same recipe wrote first is kept.
+    with contextlib.suppress(FileExistsError):
+        with files.atomic_open(weights, "wb", exclusive=True) as f:
+            f.write(serialization.to_bytes(params))
+    with contextlib.suppress(FileExistsError):
+        files.write_json(sidecar, {"recipe": dataclasses.asdict(recipe),
+                                   "test_accuracy": accuracy}, exclusive=True)
+    say(f"classifier: test accuracy {accuracy:.4f}; cached in {weights}")
     return FeatureExtractor(params, recipe, accuracy)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sagd_jax.metrics.classifier",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args(argv)
-    extractor = load_or_train(log=lambda m: print(m, file=sys.stderr, flush=True))
+def define_flags(fv: flags.FlagValues) -> None:
+    """No flags of its own (``--verbosity`` only): the recipe is fixed."""
+
+
+def train_cli(fv: flags.FlagValues) -> None:
+    extractor = load_or_train()
     print(f"{extractor.recipe.name}: test accuracy {extractor.test_accuracy:.4f}")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the classifier CLI on ``argv`` (default ``sys.argv``); returns the exit status."""
+    return cli.run(__doc__, define_flags, train_cli, argv)
+
+
+def run() -> None:
+    """Console-script entry point (``sagd-classifier``)."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

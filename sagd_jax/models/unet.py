@@ -92,7 +92,8 @@ class ResBlock(nn.Module):
 class UNet(nn.Module):
     """DDPM++ U-Net denoiser: (B, H, W, C) images and (B,) noise labels -> (B, H, W, C_out).
 
-    Fields:
+    Fields (the architecture has no defaults here: ``sagd_jax.models.build_model`` builds it
+    from the ``model`` config section, whose one default is ``default_config().model``):
         ch: base channel count; level i has ``ch * ch_mult[i]`` channels.
         ch_mult: per-resolution channel multipliers, one resolution per entry.
         num_res_blocks: residual blocks per resolution in the encoder (decoder: one more).
@@ -113,10 +114,10 @@ class UNet(nn.Module):
     "dropout" rng.
     """
 
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (2, 2, 2)
-    num_res_blocks: int = 4
-    attn_resolutions: tuple[int, ...] = (16,)
+    ch: int
+    ch_mult: tuple[int, ...]
+    num_res_blocks: int
+    attn_resolutions: tuple[int, ...]
     dropout: float = 0.1
     out_channels: int | None = None
     num_groups: int = 32

@@ -132,7 +132,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
                 checkpointer.save(state, run.config)
             if stop:
                 console.info("SIGTERM: checkpointed step %d in %s; stopping", done,
-                             checkpointer.directory)
+                             checkpointer.directory, all_processes=True)
                 break
             if itstime(done, cfg.sample_every, cfg.num_steps):
                 write_samples(run, state, data_spectrum, writer, is_writer)
