@@ -29,7 +29,7 @@ from typing import Any
 
 from absl import flags
 
-from sagd_jax import cli, files
+from sagd_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,8 +90,7 @@ def main(doc: str | None, script: str, define_flags: Callable[[flags.FlagValues]
         define_flags(fv)
 
     def body(fv: flags.FlagValues) -> int | None:
-        if fv.json and files.exists(fv.json):
-            raise ValueError(f"--json={fv.json}: exists; results are never overwritten")
+        cli.refuse_existing("--json", fv.json)
         try:
             result = measure(fv, command)
         except Failed as err:
@@ -111,10 +110,7 @@ def write_json(path: str, result: dict[str, Any], command: Command) -> None:
     record: dict[str, Any] = {"command": command.text(), "machine": machine()}
     if command.default_config is not None:
         record |= {"config": command.config_spec, "overrides": command.overrides}
-    try:
-        files.write_json(path, record | result, exclusive=True)
-    except FileExistsError:
-        raise ValueError(f"--json={path}: exists; results are never overwritten") from None
+    cli.write_new_json("--json", path, record | result)
     print(f"wrote {path}")
 
 

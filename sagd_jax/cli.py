@@ -18,6 +18,7 @@ Each call parses into a fresh ``FlagValues``, so a tool can run many times in on
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -79,6 +80,25 @@ def config_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
         elif name.startswith(("config.", "noconfig.")):
             overrides.append(f"{name.split('.', 1)[1]}={value}")
     return spec, overrides
+
+
+def refuse_existing(flag: str, path: str | None) -> None:
+    """A one-line ``ValueError`` if the output file of ``flag`` exists: results are written
+    once, never overwritten (check before the work, then write with ``write_new_json``)."""
+    if path is not None and os.path.exists(path):
+        raise ValueError(f"{flag}={path}: exists; results are never overwritten")
+
+
+def write_new_json(flag: str, path: str, value: Any) -> None:
+    """``value`` as JSON in the new file ``path`` (atomic; ``refuse_existing`` if another
+    writer made it meanwhile)."""
+    from sagd_jax import files
+
+    try:
+        files.write_json(path, value, exclusive=True)
+    except FileExistsError:
+        refuse_existing(flag, path)
+        raise
 
 
 def _with_default_config(fv: FlagValues, argv: list[str]) -> list[str]:

@@ -188,8 +188,7 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
     from sagd_jax.workdir import Workdir
 
     out = out or os.path.join(os.path.dirname(os.path.abspath(samples_path)), "evaluation.json")
-    if files.exists(out):
-        raise ValueError(f"--out={out}: exists; results are never overwritten")
+    cli.refuse_existing("--out", out)
     validate.integer("--max_reference", max_reference, 2)
     validate.integer("--num_subsets", num_subsets, 1)
     validate.integer("--subset_size", subset_size, 2)
@@ -231,10 +230,7 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
                     ylabel="variance ratio", logy=False,
                     title=f"grf: mean |log var/c| {err['mean_abs_log_ratio']:.3f} "
                           f"(Monte-Carlo floor {err['monte_carlo_floor']:.3f})")
-    try:
-        files.write_json(out, results, exclusive=True)
-    except FileExistsError:
-        raise ValueError(f"--out={out}: exists; results are never overwritten") from None
+    cli.write_new_json("--out", out, results)
     return results
 
 
