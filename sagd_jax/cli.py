@@ -132,14 +132,20 @@ def _argv(argv: list[str]) -> Any:
         sys.argv = saved
 
 
-def parse(define_flags: Callable[[FlagValues], None], argv: Sequence[str]) -> FlagValues:
-    """``argv`` (program name first) parsed into a fresh ``FlagValues`` with the tool's flags
-    and ``--verbosity``; bad input raises a one-line ``ValueError``."""
+def _flag_values(define_flags: Callable[[FlagValues], None]) -> FlagValues:
+    """A fresh ``FlagValues`` with the tool's flags and ``--verbosity``."""
     fv = flags.FlagValues()
     define_flags(fv)
     flags.DEFINE_integer("verbosity", console.QUIET, "-1: this tool's progress and warnings "
                          "only; 0: also the libraries' INFO logs (Orbax, absl, TensorFlow); "
                          "1: debug.", flag_values=fv)
+    return fv
+
+
+def parse(define_flags: Callable[[FlagValues], None], argv: Sequence[str]) -> FlagValues:
+    """``argv`` (program name first) parsed into a fresh ``FlagValues`` with the tool's flags
+    and ``--verbosity``; bad input raises a one-line ``ValueError``."""
+    fv = _flag_values(define_flags)
     argv = _with_default_config(fv, list(argv))
     _check_config(argv[1:])
     with _argv(argv):  # config_flags reads the overrides from sys.argv
@@ -165,9 +171,9 @@ def run(doc: str | None, define_flags: Callable[[FlagValues], None],
     argv = list(sys.argv if argv is None else argv)
     console.quiet_native_logs(_early_verbosity(argv))
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        fv = flags.FlagValues()
-        define_flags(fv)
-        print((doc or "").strip() + "\n\nflags:\n" + fv.get_help())
+        fv = _flag_values(define_flags)
+        with contextlib.suppress(BrokenPipeError):  # ``--help | head``
+            print((doc or "").strip() + "\n\nflags:\n" + fv.get_help(), flush=True)
         return 0
     try:
         fv = parse(define_flags, argv)
