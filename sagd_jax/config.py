@@ -25,6 +25,7 @@ from sagd_jax.data import default_data_config
 from sagd_jax.samplers import SAMPLERS
 
 NONFINITE_POLICIES = ("stop", "skip")
+FREE_FORM = "diffusion.schedule_kwargs"  # keyword arguments of the schedule: any keys
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -111,12 +112,9 @@ def normalize(config: Any) -> ml_collections.ConfigDict:
 
     def merge(node: ml_collections.ConfigDict, items: dict[str, Any], prefix: str) -> None:
         for key, value in items.items():
-            if key not in node:
-                if prefix.startswith("diffusion.schedule_kwargs") or (
-                        prefix == "diffusion." and key == "schedule_kwargs"):
-                    pass  # free-form keyword arguments of the schedule
-                else:
-                    raise unknown_key_error(f"{prefix}{key}", known, flag="")
+            path = f"{prefix}{key}"
+            if key not in node and path != FREE_FORM and not path.startswith(FREE_FORM + "."):
+                raise unknown_key_error(f"{prefix}{key}", known, flag="")
             current = node.get(key)
             if isinstance(value, dict) and (isinstance(current, ml_collections.ConfigDict)
                                             or key not in node):

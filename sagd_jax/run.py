@@ -121,19 +121,22 @@ class Run:
     def _make_state(self, key: jax.Array) -> TrainState:
         return create_train_state(self.model, self.tx, key, image_shape=self.image_shape)
 
+    @functools.cached_property
+    def _state_shapes(self) -> TrainState:
+        """The state's ``jax.ShapeDtypeStruct`` leaves, traced once per run."""
+        return jax.eval_shape(self._make_state, rng.init_key(self.config.seed))
+
     def abstract_state(self, mesh: jax.sharding.Mesh | None = None) -> TrainState:
         """The state's shapes and dtypes (``jax.ShapeDtypeStruct``), with their shardings on
         ``mesh`` when given; nothing is computed."""
-        shapes = jax.eval_shape(self._make_state, rng.init_key(self.config.seed))
         if mesh is None:
-            return shapes
+            return self._state_shapes
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            shapes, state_sharding(shapes, mesh))
+                            self._state_shapes, self.state_sharding(mesh))
 
     def state_sharding(self, mesh: jax.sharding.Mesh) -> Any:
         """The ``NamedSharding`` of every leaf of the state (``sharding.state_sharding``)."""
-        return state_sharding(jax.eval_shape(self._make_state, rng.init_key(self.config.seed)),
-                              mesh)
+        return state_sharding(self._state_shapes, mesh)
 
     def init_state(self, mesh: jax.sharding.Mesh) -> TrainState:
         """Step 0, initialised from (seed, ``rng.INIT``) directly onto its shardings."""
@@ -182,15 +185,12 @@ class Run:
         no recompile per checkpoint)."""
         return make_eps_fn(self.model, self.process, params)
 
-    @functools.cached_property
-    def _periodic_sampler(self) -> Any:
-        return get_sampler(self.config.train.sampler)
-
     def periodic_samples(self, params: Any, step: int) -> np.ndarray:
         """The trainer's ``train.num_samples`` samples at ``step`` (``train.sampler``,
         ``train.sample_steps``); the key is ``fold_in(stream(seed, rng.SAMPLE), step)``."""
         cfg = self.config.train
         key = jax.random.fold_in(rng.stream_key(self.config.seed, rng.SAMPLE), step)
-        images = self._periodic_sampler(self.process, self.eps_fn(params), key,
-                                        (cfg.num_samples, *self.image_shape), cfg.sample_steps)
+        sampler = get_sampler(cfg.sampler)
+        images = sampler(self.process, self.eps_fn(params), key,
+                         (cfg.num_samples, *self.image_shape), cfg.sample_steps)
         return np.asarray(jax.device_get(images))

@@ -63,3 +63,17 @@ def test_nonfinite_is_exit_3_and_help_lists_every_flag(tool):
     code, out, _ = tool("--help")
     assert code == 0 and out.startswith("A test tool.")
     assert all(f"--{name}" in out for name in ("config", "count", "verbosity"))
+
+
+def test_normalize_fills_defaults_and_refuses_unknown_keys():
+    from sagd_jax.config import default_config, normalize
+
+    config = normalize({"noise": {"gamma": 2.0},
+                        "diffusion": {"schedule_kwargs": {"beta_min": 0.2}}})
+    assert config.noise.gamma == 2.0 and config.noise.rho0 == default_config().noise.rho0
+    assert config.diffusion.schedule_kwargs.beta_min == 0.2  # free-form schedule arguments
+    assert config.model.ch_mult == default_config().model.ch_mult
+    for bad, closest in (({"train": {"batchsize": 3}}, "train.batch_size"),
+                         ({"diffusion": {"schedule_kwargsx": {}}}, "diffusion.schedule_kwargs")):
+        with pytest.raises(ValueError, match=rf"no such config key; closest: {closest}"):
+            normalize(bad)

@@ -9,6 +9,7 @@ resuming from a checkpoint continues the exact same run.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -158,11 +159,10 @@ def write_samples(run: Run, state: TrainState, data_spectrum: np.ndarray,
         return
     workdir = run.workdir
     save_grid(images, workdir.sample_grid_path(step))
-    spectrum_path = workdir.spectrum_path(step)
-    if not files.exists(spectrum_path):
-        files.write_json(spectrum_path, {"rho": centers.tolist(), "samples": power.tolist(),
-                                         "data": data_spectrum.tolist(),
-                                         "mean_abs_log_ratio": error}, exclusive=True)
+    with contextlib.suppress(FileExistsError):  # a resumed run never rewrites a step's file
+        files.write_json(workdir.spectrum_path(step), {
+            "rho": centers.tolist(), "samples": power.tolist(), "data": data_spectrum.tolist(),
+            "mean_abs_log_ratio": error}, exclusive=True)
     plot = radial_plot_image(centers, {"samples": power, "data": data_spectrum},
                              ylabel="power |F x|^2",
                              title=f"step {step}: mean |log ratio| {error:.3f}")
