@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib.machinery
 import importlib.util
+import inspect
 import math
 import os
+import traceback
 from typing import Any
 
 import jax
@@ -156,20 +159,86 @@ def validate_config(config: Any, device_count: int | None = None) -> None:
 
 def load_config_file(spec: str, overrides: Any = ()) -> ml_collections.ConfigDict:
     """``configs/NAME.py[:VARIANT]`` -> its ``get_config([VARIANT])``, as ``--config`` loads it,
-    then each ``(key, text)`` of ``overrides`` applied with ``override``."""
-    path, _, variant = spec.partition(":")
+    then each ``(key, text)`` of ``overrides`` applied with ``override``. A file that is
+    missing, does not load or whose ``get_config`` fails, and an unknown variant, raise a
+    one-line ``ValueError`` naming the file (and the line, or the known variants)."""
+    path, has_variant, variant = spec.partition(":")
+    flag = f"--config={spec}"
+    if os.path.isdir(path):
+        raise ValueError(f"{flag}: {path} is a directory, not a config file")
     if not os.path.isfile(path):
-        raise ValueError(f"--config={spec}: no such file {path}")
-    module_spec = importlib.util.spec_from_file_location("sagd_config_file", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+        raise ValueError(f"{flag}: no such file {path}")
+    module = _load_module(flag, path)
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ValueError(f"{flag}: no get_config() in the file")
+    args = (variant,) if has_variant else ()  # as ``config_flags`` calls it
+    _check_variant(flag, module, get_config, args)
     try:
-        config = module.get_config(variant) if variant else module.get_config()
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"--config={spec}: {err}") from None
+        config = get_config(*args)
+    except Exception as err:  # noqa: BLE001 - the user's code: any error is bad input
+        if isinstance(err, ValueError):  # the config's own refusal reads as it is
+            raise ValueError(f"{flag}: {_first_line(err)}") from None
+        raise ValueError(f"{flag}: get_config() raised {type(err).__name__}: "
+                         f"{_first_line(err)}{_where(err, path)}") from None
+    if not isinstance(config, (ml_collections.ConfigDict, dict)):
+        raise ValueError(f"{flag}: get_config() returned {type(config).__name__}, not a "
+                         "ConfigDict")
     for key, text in overrides:
         override(config, key, text)
     return config
+
+
+def _load_module(flag: str, path: str) -> Any:
+    """The config file ``path`` executed as a module (any extension, as ``config_flags``)."""
+    loader = importlib.machinery.SourceFileLoader("sagd_config_file", path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    try:
+        loader.exec_module(module)
+    except SyntaxError as err:  # IndentationError too
+        line = f":{err.lineno}" if err.lineno else ""
+        raise ValueError(f"{flag}: syntax error at {err.filename or path}{line}: {err.msg}"
+                         ) from None
+    except Exception as err:  # noqa: BLE001 - the user's code: any error is bad input
+        raise ValueError(f"{flag}: loading the file raised {type(err).__name__}: "
+                         f"{_first_line(err)}{_where(err, path)}") from None
+    return module
+
+
+def _check_variant(flag: str, module: Any, get_config: Any, args: tuple) -> None:
+    """Refuse a variant the config cannot take: ``get_config`` takes no argument, or the
+    module's ``VARIANTS`` (a dict or a sequence of names) lacks it."""
+    if not args:
+        return
+    try:
+        params = inspect.signature(get_config).parameters.values()
+    except (TypeError, ValueError):  # not introspectable: let get_config decide
+        return
+    if not any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+               for p in params):
+        raise ValueError(f"{flag}: no variant {args[0]!r}: this config has none (its "
+                         "get_config() takes no argument)")
+    known = getattr(module, "VARIANTS", None)
+    if isinstance(known, (dict, list, tuple)) and all(isinstance(k, str) for k in known):
+        if args[0] not in known:
+            closest = difflib.get_close_matches(args[0], list(known), n=1, cutoff=0.5)
+            hint = f" (closest: {closest[0]})" if closest else ""
+            raise ValueError(f"{flag}: no such variant {args[0]!r}{hint}; known: "
+                             f"{', '.join(known)}")
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception's message on one line (its first non-empty line, else its type)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _where(err: BaseException, path: str) -> str:
+    """`` (at FILE:LINE)``: the last line of the config file ``path`` in ``err``'s traceback."""
+    target = os.path.abspath(path)
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if os.path.abspath(f.filename) == target]
+    return f" (at {path}:{frames[-1].lineno})" if frames else ""
 
 
 def parse_value(key: str, text: str, current: Any) -> Any:

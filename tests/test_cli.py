@@ -77,3 +77,53 @@ def test_normalize_fills_defaults_and_refuses_unknown_keys():
                          ({"diffusion": {"schedule_kwargsx": {}}}, "diffusion.schedule_kwargs")):
         with pytest.raises(ValueError, match=rf"no such config key; closest: {closest}"):
             normalize(bad)
+
+
+# --- a config file that does not load: one line naming it, exit 2, nothing written -----------
+BAD_CONFIGS = {  # file name -> its text
+    "syntax.py": "from sagd_jax.config import default_config\ndef get_config(:\n    pass\n",
+    "raises.py": "def get_config():\n    data = {}\n    return data['missing']\n",
+    "imports.py": "import sagd_jax.nosuchmodule\n",
+    "none.py": "def get_config():\n    pass\n",
+}
+
+
+def _bad_config(tmp_path, name: str) -> str:
+    """``configs/...`` specs as given; a ``BAD_CONFIGS`` name written to ``tmp_path``."""
+    if name not in BAD_CONFIGS:
+        return name
+    path = tmp_path / "configs" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(BAD_CONFIGS[name])
+    return str(path)
+
+
+@pytest.mark.parametrize("module, flags", [
+    ("sagd_jax.main", ["--workdir={out}"]),
+    ("sagd_jax.sample", ["--workdir={out}", "--num_samples=4"]),
+    ("launch.sweep", ["--root={out}", "--sweep=seed=0,1"]),
+    ("benchmarks.spectral_cost", ["--json={out}"]),
+])
+@pytest.mark.parametrize("spec, message", [
+    ("configs/nope.py", "no such file configs/nope.py"),
+    ("configs", "configs is a directory, not a config file"),
+    ("syntax.py", "syntax error at {path}:2: invalid syntax"),
+    ("raises.py", "get_config() raised KeyError: 'missing' (at {path}:3)"),
+    ("imports.py", "loading the file raised ModuleNotFoundError: No module named "
+                   "'sagd_jax.nosuchmodule' (at {path}:1)"),
+    ("none.py", "get_config() returned NoneType, not a ConfigDict"),
+    ("configs/fashion_mnist.py:bandstopp", "no such variant 'bandstopp' (closest: bandstop); "
+                                           "known: sagd, iso, bandstop"),
+    ("configs/cifar10_ddpmpp.py:gpu", "config variant 'gpu': known: full, cpu"),
+    ("configs/quickstart.py:small", "no variant 'small': this config has none (its "
+                                    "get_config() takes no argument)"),
+])
+def test_a_config_that_does_not_load_is_one_line_naming_it(run_cli, tmp_path, module, flags,
+                                                           spec, message):
+    spec = _bad_config(tmp_path, spec)
+    out = tmp_path / "out"
+    result = run_cli(module, f"--config={spec}", *(f.format(out=out) for f in flags))
+    assert result.returncode == 2 and result.stdout == ""
+    path = spec.partition(":")[0]
+    assert result.stderr.splitlines() == [f"error: --config={spec}: {message.format(path=path)}"]
+    assert not out.exists()  # nothing written
