@@ -11,8 +11,11 @@ A tool defines its flags in a function and hands it, with its body, to ``run``:
         return cli.run(__doc__, define_flags, body, argv)
 
 Each call parses into a fresh ``FlagValues``, so a tool can run many times in one process
-(tests, drivers). Exit statuses: 0 done, 2 bad input (flags, config keys, files: one line
-``error: ...``, nothing written), 3 a run stopped by a non-finite loss.
+(tests, drivers). Exit statuses (``EXIT_STATUSES``): 0 done, 1 a run that failed for a reason
+outside its input (``errors.RunError``: a checkpoint that could not be written), 2 bad input
+(flags, config keys, files: one line ``error: ...``, nothing written), 3 a run stopped by a
+non-finite loss, 75 a run stopped by a signal after saving its state (resumable: run the same
+command again), 130 a second Ctrl-C (stopped at once).
 """
 
 from __future__ import annotations
@@ -26,9 +29,13 @@ from typing import Any
 from absl import flags
 
 from sagd_jax import console
+from sagd_jax.errors import RunError
 
 FlagValues = flags.FlagValues
-BAD_INPUT, NONFINITE = 2, 3
+FAILED, BAD_INPUT, NONFINITE, STOPPED, INTERRUPTED = 1, 2, 3, 75, 130  # 75: EX_TEMPFAIL
+EXIT_STATUSES = {0: "finished", FAILED: "failed", BAD_INPUT: "bad input",
+                 NONFINITE: "non-finite loss",
+                 STOPPED: "stopped by a signal, resumable", INTERRUPTED: "interrupted"}
 
 
 def define_config(fv: FlagValues, required: bool = True, help_text: str | None = None,
@@ -111,8 +118,10 @@ def _with_default_config(fv: FlagValues, argv: list[str]) -> list[str]:
 
 
 def _check_config(argv: Sequence[str]) -> None:
-    """Refuse a missing config file, and an override of a key the config does not have,
-    naming the closest ones (``config_flags`` would fail later, with a traceback)."""
+    """Refuse a config file that is missing or does not load (syntax error, failing
+    ``get_config``, unknown variant: ``load_config_file``), and an override of a key the config
+    does not have, naming the closest ones (``config_flags`` would fail later, with a
+    traceback)."""
     spec, overrides = config_args(argv)
     if spec is None:
         return
@@ -186,6 +195,10 @@ def run(doc: str | None, define_flags: Callable[[FlagValues], None],
         return _fail(err, BAD_INPUT)
     except FloatingPointError as err:
         return _fail(err, NONFINITE)
+    except RunError as err:
+        return _fail(err, FAILED)
+    except KeyboardInterrupt:
+        return _fail("interrupted (a second Ctrl-C): stopped without saving", INTERRUPTED)
     return 0 if status is None else int(status)
 
 
@@ -199,7 +212,7 @@ def _early_verbosity(argv: Sequence[str]) -> int:
     return console.QUIET
 
 
-def _fail(err: Exception, status: int) -> int:
+def _fail(err: Exception | str, status: int) -> int:
     sys.stdout.flush()
     print(f"error: {err}", file=sys.stderr, flush=True)
     return status

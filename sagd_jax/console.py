@@ -69,12 +69,38 @@ def setup(verbosity: int = QUIET) -> None:
             absl_logging.use_absl_handler()
     except ImportError:  # pragma: no cover - absl is a dependency
         pass
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _OrbaxFailures)]:
+            logger.removeFilter(old)
+        if verbosity < 0:
+            logger.addFilter(_OrbaxFailures())
+    sys.unraisablehook = _quiet_unraisable if verbosity < 0 else sys.__unraisablehook__
     if not LOGGER.handlers:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         LOGGER.addHandler(handler)
         LOGGER.propagate = False
     LOGGER.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
+
+
+class _OrbaxFailures(logging.Filter):
+    """Drops Orbax's own error records (a failed save's tracebacks, logged from each of its
+    threads): Orbax raises the failure too, and ``sagd_jax.checkpoint`` names it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if f"{os.sep}orbax{os.sep}" in record.pathname:
+            return False
+        return not (record.name == "asyncio" and "orbax" in record.getMessage())
+
+
+def _quiet_unraisable(unraisable: Any) -> None:
+    """Drop the "Event loop is closed" of TensorStore callbacks that outlive a failed Orbax
+    save or restore (dozens of tracebacks after the one line that names the failure)."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -74,8 +74,17 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (``[]`` if it does not exist); blank lines skipped."""
+    """The records of a JSON-lines file (``[]`` if it does not exist); blank lines skipped, and
+    a torn last line (a process killed mid-append) too."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1 or line.endswith("\n"):
+                raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+    return records

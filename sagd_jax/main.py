@@ -2,9 +2,12 @@
 
 Config values are overridden on the command line (``--config.noise.gamma=2``); a variant is
 chosen with ``--config=configs/NAME.py:VARIANT``. On a workdir that already has checkpoints the
-run resumes from the latest one. Bad input (an unknown key, a bad value, a workdir of another
-run) stops with a one-line error and exit status 2 before anything is written; a non-finite
-loss (``train.nonfinite=stop``) with a one-line error and exit status 3. ``--verbosity=0``
+run resumes from the latest one. Exit statuses: 0 finished; 2 bad input (an unknown key, a bad
+value, a workdir of another run or in use by another trainer, a batch that does not fit in
+device memory: one line, nothing written); 3 a non-finite loss (``train.nonfinite=stop``);
+1 a failed checkpoint save (one line; earlier checkpoints intact); 75 stopped by SIGTERM or
+Ctrl-C after checkpointing the current step (run the same command to resume); 130 a second
+Ctrl-C (stopped at once). ``--verbosity=0``
 shows the libraries' INFO logs too. Multi-process: ``--coordinator_address``,
 ``--num_processes``, ``--process_id`` (see ``sagd_jax.distributed``); launch scripts for SLURM
 and TPU pods are in ``launch/``.
@@ -27,11 +30,18 @@ def define_flags(fv: flags.FlagValues) -> None:
     cli.define_distributed(fv)
 
 
-def train(fv: flags.FlagValues) -> None:
+def train(fv: flags.FlagValues) -> int:
+    """Exit status 0 when the run reached ``train.num_steps``, ``cli.STOPPED`` when a signal
+    stopped it after a checkpoint (run the same command to resume)."""
+    import jax
+
+    from sagd_jax.config import normalize
     from sagd_jax.train.loop import train_and_evaluate  # after flag parsing: fast --help
 
     cli.initialize_distributed(fv)
-    train_and_evaluate(fv.config, fv.workdir)
+    state = train_and_evaluate(fv.config, fv.workdir)
+    num_steps = normalize(fv.config).train.num_steps
+    return 0 if int(jax.device_get(state.step)) >= num_steps else cli.STOPPED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

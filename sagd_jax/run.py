@@ -24,10 +24,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from sagd_jax import rng
+from sagd_jax import checkpoint, console, rng
 from sagd_jax.config import normalize, validate_config
 from sagd_jax.data import batch_options, get_source, load_batch
 from sagd_jax.data.sources import ImageSource
+from sagd_jax.errors import DamagedCheckpoint
 from sagd_jax.metrics.spectra import radial_power_spectrum
 from sagd_jax.models import build_model
 from sagd_jax.process import DiffusionProcess
@@ -143,21 +144,36 @@ class Run:
         make = jax.jit(self._make_state, out_shardings=self.state_sharding(mesh))
         return make(rng.init_key(self.config.seed))
 
-    def restore(self, mesh: jax.sharding.Mesh, step: int | None = None) -> TrainState:
+    def restore(self, mesh: jax.sharding.Mesh, step: int | None = None, *,
+                set_aside_damaged: bool = False) -> TrainState:
         """Checkpoint ``step`` (latest by default) of the workdir, restored onto its shardings
-        on ``mesh``; a one-line ``ValueError`` when there is no such checkpoint."""
+        on ``mesh`` and verified. With ``step=None`` a damaged checkpoint is reported in one
+        warning line and the previous complete one is tried (``set_aside_damaged``: the
+        damaged one is renamed ``<step>.damaged``, so the run can save that step again). A
+        one-line ``ValueError`` when there is no such checkpoint, or none that reads back."""
         workdir = self._require_workdir()
         steps = workdir.checkpoint_steps()
-        step = (steps[-1] if steps else None) if step is None else step
-        if step is None or step not in steps:
+        if not steps or (step is not None and step not in steps):
             raise ValueError(f"--workdir={workdir.path}: no checkpoint"
                              + ("" if step is None else f" of step {step}")
                              + f" under {workdir.checkpoint_dir}")
+        candidates = [step] if step is not None else steps[::-1]
         checkpointer = workdir.checkpointer()
         try:
-            return checkpointer.restore(self.abstract_state(mesh), step)
+            for i, candidate in enumerate(candidates):
+                try:
+                    return checkpointer.restore(self.abstract_state(mesh), candidate)
+                except DamagedCheckpoint as err:
+                    if i + 1 == len(candidates):
+                        earlier = "" if step is not None else "; no earlier complete checkpoint"
+                        raise DamagedCheckpoint(f"{err}{earlier}") from None
+                    console.warning("%s; restoring step %d instead", err, candidates[i + 1])
+                    if set_aside_damaged and jax.process_index() == 0:
+                        console.warning("set aside as %s",
+                                        checkpoint.set_aside(workdir.path, candidate))
         finally:
             checkpointer.close()
+        raise AssertionError("unreachable")
 
     def _require_workdir(self) -> Workdir:
         if self.workdir is None:

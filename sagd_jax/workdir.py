@@ -1,8 +1,11 @@
 """A run's workdir and everything in it: the one place that knows its layout.
 
-    WORKDIR/config.json            the config the run started with (written once)
+    WORKDIR/config.json            the run's identity: its config, written once, never
+                                   rewritten (recovered from the latest checkpoint if lost)
+    WORKDIR/lock                   held by the trainer while it runs (``sagd_jax.lock``)
     WORKDIR/checkpoints/<step>/    Orbax checkpoints (``sagd_jax.checkpoint``)
-    WORKDIR/metrics.jsonl          every logged record, append-only
+    WORKDIR/metrics.jsonl          every logged record, appended (cut back to the restored
+                                   step on a resume: no step is logged twice)
     WORKDIR/events.out.tfevents.*  TensorBoard scalars and images
     WORKDIR/samples/               EMA sample grids and spectra of the trainer
     WORKDIR/generated/<name>/      sample sets of ``sagd_jax.sample``
@@ -10,16 +13,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 
 import ml_collections
 
-from sagd_jax import checkpoint, files
+from sagd_jax import checkpoint, console, files
 from sagd_jax.config import normalize
+from sagd_jax.errors import DamagedCheckpoint
+from sagd_jax.lock import Lock
 
 # Config sections that fix what a checkpoint means; a workdir never resumes under others.
 STRUCTURAL_KEYS = ("data.name", "data.image_size", "data.channels", "noise", "diffusion", "model")
@@ -49,6 +56,7 @@ class Workdir:
         self.path = path
         self.config_path = os.path.join(path, "config.json")
         self.metrics_path = os.path.join(path, "metrics.jsonl")
+        self.lock_path = os.path.join(path, "lock")
         self.samples_dir = os.path.join(path, "samples")
         self.generated_dir = os.path.join(path, "generated")
         self.checkpoint_dir = checkpoint.checkpoint_dir(path)
@@ -75,16 +83,38 @@ class Workdir:
                              f"{err.strerror})") from None
 
     # --- the config -----------------------------------------------------------------------
+    def is_empty(self) -> bool:
+        """Whether the workdir does not exist yet or is an empty folder (a fresh run)."""
+        return not os.path.isdir(self.path) or not os.listdir(self.path)
+
     def saved_config(self) -> ml_collections.ConfigDict:
         """The config the run started with, on today's defaults (keys added since then read
-        their default); raises a one-line ``ValueError`` if there is none."""
+        their default): ``config.json``, or if it is missing the config saved beside the
+        latest checkpoint. A one-line ``ValueError`` naming the file if there is neither, or
+        it is not a config."""
         if not os.path.isfile(self.config_path):
-            raise ValueError(f"--workdir={self.path}: no config.json; not a training workdir")
+            return normalize(self._checkpoint_config())
         try:
             saved = files.read_json(self.config_path)
-            return normalize(saved)
-        except (json.JSONDecodeError, ValueError, AttributeError) as err:
+        except (OSError, ValueError) as err:
             raise ValueError(f"{self.config_path}: not a config ({err})") from None
+        if not isinstance(saved, dict):
+            raise ValueError(f"{self.config_path}: not a config (a JSON "
+                             f"{type(saved).__name__}, not an object)")
+        try:
+            return normalize(saved)
+        except (ValueError, AttributeError, TypeError) as err:
+            raise ValueError(f"{self.config_path}: not a config ({err})") from None
+
+    def _checkpoint_config(self) -> dict[str, Any]:
+        """The config beside the latest checkpoint (for a workdir that lost config.json)."""
+        step = self.latest_step()
+        if step is None:
+            raise ValueError(f"--workdir={self.path}: no config.json; not a training workdir")
+        try:
+            return checkpoint.saved_config(self.path, step)
+        except DamagedCheckpoint as err:
+            raise ValueError(f"--workdir={self.path}: no config.json, and {err}") from None
 
     def check_compatible(self, config: Any, saved: Any = None) -> None:
         """Raise a one-line ``ValueError`` naming the first structural key where ``config``
@@ -99,16 +129,45 @@ class Workdir:
 
     def prepare(self, config: Any, is_writer: bool = True) -> None:
         """Create the workdir and write ``config.json`` on a first start, or check that the run
-        already in it has a compatible config (nothing is written then)."""
+        already in it has a compatible config. ``config.json`` is never rewritten; a lost one
+        is written back from the latest checkpoint's config (not from ``config``)."""
         if os.path.exists(self.config_path):
             self.check_compatible(config)
             return
         try:
+            if self.latest_step() is not None:
+                saved = self._checkpoint_config()
+                self.check_compatible(config, saved)
+                if is_writer:
+                    files.write_json(self.config_path, saved, exclusive=True)
+                    console.warning("%s was missing: written back from the config of "
+                                    "checkpoint %d", self.config_path, self.latest_step())
+                return
             os.makedirs(self.path, exist_ok=True)
             if is_writer:  # atomically: other processes may be reading it already
-                files.write_json(self.config_path, _as_dict(config))
+                files.write_json(self.config_path, _as_dict(config), exclusive=True)
+        except FileExistsError:  # another start wrote it meanwhile
+            self.check_compatible(config)
         except OSError as err:
             raise ValueError(f"--workdir={self.path}: not writable ({err.strerror})") from None
+
+    def lock(self) -> Lock:
+        """The trainer's lock on this workdir (not yet taken)."""
+        return Lock(self.lock_path, f"--workdir={self.path}", "trainer")
+
+    def remove_new_run(self, created: bool) -> None:
+        """Remove everything a failed first start wrote (the workdir was empty before it);
+        ``created``: the folder itself did not exist, so it goes too."""
+        if created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in os.listdir(self.path):
+            path = os.path.join(self.path, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     # --- checkpoints ----------------------------------------------------------------------
     def checkpoint_steps(self) -> list[int]:
@@ -129,6 +188,16 @@ class Workdir:
     # --- logs and samples -----------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
         files.append_jsonl(self.metrics_path, record)
+
+    def truncate_metrics(self, step: int) -> int:
+        """Drop the logged records of steps after ``step`` (a resume redoes them), atomically;
+        returns how many were dropped."""
+        records = self.metrics()
+        keep = [r for r in records if not isinstance(r.get("step"), int) or r["step"] <= step]
+        if len(keep) < len(records):
+            with files.atomic_open(self.metrics_path) as f:
+                f.writelines(json.dumps(r) + "\n" for r in keep)
+        return len(records) - len(keep)
 
     def metrics(self) -> list[dict[str, Any]]:
         """Every logged record (``[]`` before the first)."""

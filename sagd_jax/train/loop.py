@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -59,31 +60,84 @@ def any_process(flag: bool) -> bool:
 
 
 def train_and_evaluate(config: Any, workdir: str) -> TrainState:
-    """Train (or resume) the run of ``config`` in ``workdir``; returns the final state.
+    """Train (or resume) the run of ``config`` in ``workdir``; returns the final state (its
+    step is below ``train.num_steps`` when a signal stopped the run).
 
-    Stops early, with a checkpoint of the current step, on SIGTERM (on any process). A step
-    with a non-finite loss or gradient is dropped; ``train.nonfinite="stop"`` then raises
-    ``FloatingPointError`` (the checkpoints already written are all from finite steps),
-    ``"skip"`` goes on and counts it in ``skipped_steps``.
+    Nothing is written before the input is validated and the workdir's lock is taken (one
+    trainer per workdir). SIGTERM or Ctrl-C (on any process) checkpoints the current step and
+    returns; a second Ctrl-C stops at once. A step with a non-finite loss or gradient is
+    dropped; ``train.nonfinite="stop"`` then raises ``FloatingPointError`` (the checkpoints
+    already written are all from finite steps), ``"skip"`` goes on and counts it in
+    ``skipped_steps``. A failed save raises ``RunError`` at that save; a step out of device
+    memory a one-line ``ValueError``. A first start that fails leaves no files behind.
     """
     run = Run.from_config(config, workdir)
+    cfg = run.config.train
+    latest = run.workdir.latest_step()
+    if latest is not None and latest > cfg.num_steps:
+        raise ValueError(f"train.num_steps={cfg.num_steps}: the run in --workdir="
+                         f"{run.workdir.path} is already at step {latest}; give at least "
+                         f"{latest} to continue it, or use a new workdir")
     is_writer = jax.process_index() == 0
+    created, fresh = not os.path.exists(run.workdir.path), run.workdir.is_empty()
+    lock = run.workdir.lock()
+    refusal = None
+    if is_writer:
+        try:
+            lock.acquire()
+        except ValueError as err:
+            refusal = err
+    if any_process(refusal is not None):
+        raise refusal or ValueError(f"--workdir={run.workdir.path}: refused by process 0")
+    try:
+        return _train(run, is_writer)
+    except BaseException as err:
+        if fresh and is_writer and not run.workdir.checkpoint_steps() and not isinstance(
+                err, FloatingPointError):
+            run.workdir.remove_new_run(created)
+        if isinstance(err, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(err):
+            raise ValueError(_out_of_memory(run, fresh)) from None
+        raise
+    finally:
+        lock.release()
+
+
+def _out_of_memory(run: Run, fresh: bool) -> str:
+    """The one line for a run that does not fit in device memory."""
+    cfg, devices = run.config.train, jax.device_count()
+    height, width, channels = run.image_shape
+    return (f"out of device memory with train.batch_size={cfg.batch_size} "
+            f"({cfg.batch_size // devices} per device on {devices} device(s), {height}x{width}"
+            f"x{channels} images); try a smaller --config.train.batch_size, or "
+            f"--config.model.remat=True" + ("; nothing was kept of this new run" if fresh
+                                            else ""))
+
+
+def _train(run: Run, is_writer: bool) -> TrainState:
+    """The loop of ``train_and_evaluate``, once the workdir is locked."""
+    cfg = run.config.train
     run.workdir.prepare(run.config, is_writer)
     # clu imports TensorFlow (seconds, and C++ log lines): only once the input is good
     metric_writers = console.import_quietly("clu.metric_writers")
-
-    cfg = run.config.train
     mesh = make_mesh()
     barrier("sagd-train-start")  # before the first collective (Orbax's directory sync)
-    checkpointer = run.workdir.checkpointer(keep=cfg.keep_checkpoints)
-    state = run.restore(mesh) if checkpointer.latest_step() is not None else run.init_state(mesh)
+    resuming = run.workdir.latest_step() is not None
+    state = (run.restore(mesh, set_aside_damaged=True) if resuming else run.init_state(mesh))
     start = int(jax.device_get(state.step))
+    if is_writer and resuming and run.workdir.truncate_metrics(start):
+        console.info("resuming at step %d: the log's records after it are dropped (redone)",
+                     start)
+    checkpointer = run.workdir.checkpointer(keep=cfg.keep_checkpoints)
     writer = metric_writers.create_default_writer(run.workdir.path, just_logging=not is_writer)
     if start == 0:
         writer.write_hparams(flat_hparams(json.loads(run.config.to_json_best_effort())))
-    console.info("model: %s parameters; starting at step %d of %d on %d device(s), "
-                 "%d process(es)", f"{count_params(state.params):,}", start, cfg.num_steps,
-                 jax.device_count(), jax.process_count())
+    if start == cfg.num_steps:
+        console.info("the run in %s is finished (step %d); nothing to do", run.workdir.path,
+                     start)
+    else:
+        console.info("model: %s parameters; starting at step %d of %d on %d device(s), "
+                     "%d process(es)", f"{count_params(state.params):,}", start, cfg.num_steps,
+                     jax.device_count(), jax.process_count())
     step_fn = run.train_step(mesh)
     stop_on_nonfinite = cfg.nonfinite == "stop"
 
@@ -112,6 +166,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
             previous = metrics
             history.append(metrics)
             done = step + 1
+            checkpointer.check()  # a failed save stops the run here, not a save later
             if itstime(done, cfg.log_every, cfg.num_steps):
                 scalars = reduce_metrics(history)
                 history = []
@@ -132,8 +187,10 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
                 check_finite(metrics, done)
                 checkpointer.save(state, run.config)
             if stop:
-                console.info("SIGTERM: checkpointed step %d in %s; stopping", done,
-                             checkpointer.directory, all_processes=True)
+                checkpointer.wait()
+                console.info("%s: checkpointed step %d in %s; stopping (run the same command "
+                             "to resume)", preemption.signal_name or "a signal on another "
+                             "process", done, checkpointer.directory, all_processes=True)
                 break
             if itstime(done, cfg.sample_every, cfg.num_steps):
                 write_samples(run, state, data_spectrum, writer, is_writer)

@@ -1,5 +1,6 @@
-"""SIGTERM (preemption) handling: the loop checks a flag after each step, checkpoints the
-current step and returns, instead of dying mid-run."""
+"""Stopping on a signal without losing work: SIGTERM (preemption, a scheduler's time limit)
+and SIGINT (Ctrl-C) set a flag that the loop checks after each step; it then checkpoints the
+current step and returns. A second SIGINT stops at once (``KeyboardInterrupt``)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,23 @@ from types import FrameType
 
 
 class PreemptionFlag:
-    """Context manager: while active, SIGTERM sets ``requested`` instead of killing the process.
+    """Context manager: while active, SIGTERM and SIGINT set ``requested`` (and ``signal_name``)
+    instead of killing the process; a second SIGINT raises ``KeyboardInterrupt``.
 
     Only the main thread can install signal handlers; elsewhere the flag stays inert.
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
         self.signals = signals
         self.requested = False
+        self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.requested = True
+        self.signal_name = self.signal_name or signal.Signals(signum).name
 
     def __enter__(self) -> PreemptionFlag:
         if threading.current_thread() is threading.main_thread():

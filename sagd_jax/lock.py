@@ -1,0 +1,127 @@
+"""Exclusive lock files: one writer per workdir (a trainer) or per sample set (a sampler).
+
+A lock is a JSON file ``{"host", "pid", "started", "holder"}`` created with ``O_EXCL``; while
+held, a daemon thread touches it every ``HEARTBEAT_S`` seconds. A lock is stale, and taken over
+with a warning line, when its process is gone (same host: the pid is not running) or, for a
+holder on another host, when its heartbeat is older than ``STALE_AFTER_S``. Any other lock
+refuses the second writer with one line saying who holds it and how to clear it.
+
+    with Lock(os.path.join(workdir, "lock"), "--workdir=" + workdir, "trainer"):
+        ...  # nobody else writes here
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from sagd_jax import console
+
+HEARTBEAT_S = 10.0
+STALE_AFTER_S = 120.0  # heartbeat age after which a lock of another host counts as stale
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class Lock:
+    """The lock file ``path``; ``what`` names the flag in messages (``--workdir=DIR``),
+    ``holder`` says what holds it (``trainer``, ``sampler``)."""
+
+    def __init__(self, path: str, what: str, holder: str):
+        self.path, self.what, self.holder = path, what, holder
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._record: dict[str, Any] | None = None
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @property
+    def held(self) -> bool:
+        return self._record is not None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise a one-line ``ValueError`` naming its holder."""
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "holder": self.holder,
+                  "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        for _ in range(2):  # a second try after clearing a stale lock
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._clear_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            self._record = record
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._heartbeat, daemon=True,
+                                            name=f"lock-heartbeat:{self.path}")
+            self._thread.start()
+            return
+        raise ValueError(f"{self.what}: could not take the lock {self.path}")
+
+    def _clear_if_stale(self) -> None:
+        """Remove the existing lock if its holder is gone, else refuse in one line."""
+        try:
+            inode, age = os.stat(self.path).st_ino, time.time() - os.path.getmtime(self.path)
+            with open(self.path) as f:
+                other = json.load(f)
+            host, pid = str(other["host"]), int(other["pid"])
+        except FileNotFoundError:  # released meanwhile
+            return
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"{self.what}: unreadable lock file {self.path}; if no other "
+                             f"process writes here, remove it") from None
+        same_host = host == socket.gethostname()
+        gone = (not _running(pid)) if same_host else age > STALE_AFTER_S
+        who = (f"{other.get('holder', 'a process')} pid {pid} on {host}, started "
+               f"{other.get('started', '?')}")
+        if not gone:
+            raise ValueError(
+                f"{self.what}: in use by {who} (lock {self.path}, heartbeat "
+                f"{age:.0f} s ago); wait for it to end, or if that process is gone, remove "
+                "the lock file")
+        reason = "not running" if same_host else f"no heartbeat for {age:.0f} s"
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self.path).st_ino == inode:  # still the lock we judged
+                os.unlink(self.path)
+        console.warning("%s: removed the stale lock of %s (%s)", self.what, who, reason)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        """Give the lock back (a no-op if not held); removes the file if it is still ours."""
+        if self._record is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with contextlib.suppress(OSError, ValueError):
+            with open(self.path) as f:
+                mine = json.load(f) == self._record
+            if mine:
+                os.unlink(self.path)
+        self._record = None
