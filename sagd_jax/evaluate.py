@@ -2,7 +2,7 @@
 
     python -m sagd_jax.evaluate --samples=DIR/generated/NAME/samples.npz \\
         [--band=bandpass:0.45:0.6] [--filter_band=bandstop:0.45:0.6] [--out=FILE.json] \\
-        [--max_reference=10000] [--num_subsets=100] [--subset_size=1000]
+        [--max_reference=10000] [--num_subsets=100] [--subset_size=1000] [--model_units]
 
 The run (its data config) is found from the samples' ``manifest.json``. Reference images: the
 ``test`` split for Fashion-MNIST and TFDS data, the run's own source otherwise, always without
@@ -21,8 +21,14 @@ Metrics (those that apply):
 * ``grf_variance``: for ``grf`` data, per-frequency variance of the samples against the exact
   spectrum (``mean_abs_log_ratio`` and the Monte-Carlo floor; ``grf_variance.png``).
 
-Prints the headline numbers as JSON; progress goes to stderr. Bad input (a missing file, a bad
-band, an existing ``--out``) stops with a one-line error and exit status 2, nothing written.
+Images: the ``float32`` member (model units) of ``sagd_jax.sample``'s ``samples.npz``, else
+``arr_0``, which must be uint8 pixels (the FID tools' layout), or float images in model units
+([-1, 1]) with ``--model_units``.
+
+Prints the headline numbers as JSON; progress goes to stderr. Bad input (a missing, damaged or
+empty file, float ``arr_0`` without ``--model_units``, a bad band, an existing ``--out``) stops
+with a one-line error naming the file or flag and exit status 2, before any work, nothing
+written.
 """
 
 from __future__ import annotations
@@ -39,26 +45,72 @@ import numpy as np
 from absl import flags
 
 from sagd_jax import cli, console, files, validate
+from sagd_jax.errors import one_line
 
 REFERENCE_SPLIT_SOURCES = ("fashion_mnist",)  # sources whose reference is the "test" split
 
 
-def load_samples(path: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """float32 samples in model units (``float32`` key, else ``arr_0`` uint8 rescaled) and the
-    manifest beside them."""
+def load_samples(path: str, model_units: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """float32 ``(N, H, W, C)`` samples in model units and the manifest beside them.
+
+    The images: the ``float32`` member of ``sagd_jax.sample``'s files, else ``arr_0``: uint8
+    pixels rescaled, or, with ``model_units``, float images already in model units ([-1, 1]).
+    Every array is read in full (checking its CRC-32). Raises a one-line ``ValueError`` starting
+    ``--samples=PATH:`` for anything else: unreadable, not 4-D, empty, non-finite, float
+    ``arr_0`` without ``model_units``.
+    """
     from sagd_jax.metrics.classifier import to_unit_range
 
+    where = f"--samples={path}"
     if not os.path.isfile(path):
-        raise ValueError(f"--samples={path}: no such file")
-    with np.load(path) as data:
-        if "arr_0" not in data:
-            raise ValueError(f"--samples={path}: no arr_0 array")
-        images = data["float32"] if "float32" in data else to_unit_range(data["arr_0"])
+        raise ValueError(f"{where}: no such file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if not magic.startswith(b"PK\x03\x04"):  # np.load would take it for a pickle
+            raise ValueError(f"{where}: " + ("an .npy file, not an .npz archive"
+                                             if magic == b"\x93NUMPY" else
+                                             "not an .npz archive (no zip header)"))
+        with np.load(path, allow_pickle=False) as data:
+            if "arr_0" not in data.files:
+                raise ValueError(f"{where}: no arr_0 array (has: {', '.join(data.files)})")
+            arr_0 = data["arr_0"]
+            images = data["float32"] if "float32" in data.files else None
+    except Exception as err:  # a damaged zip raises many kinds: BadZipFile, EOFError,
+        # OSError, KeyError, ValueError and tokenize errors from the .npy header, ...
+        if isinstance(err, ValueError) and str(err).startswith(where):
+            raise
+        raise ValueError(f"{where}: unreadable ({one_line(err)})") from None
+    floating = np.issubdtype(arr_0.dtype, np.floating)
+    if model_units and not floating:
+        raise ValueError(f"{where}: --model_units, but arr_0 is {arr_0.dtype}, not float "
+                         "images; leave --model_units out")
+    if images is None:
+        if arr_0.dtype != np.uint8 and not (model_units and floating):
+            raise ValueError(
+                f"{where}: arr_0 is {arr_0.dtype}, not uint8 pixels"
+                + ("; if it holds images in model units ([-1, 1]), pass --model_units"
+                   if floating else ""))
+        images = to_unit_range(arr_0) if arr_0.dtype == np.uint8 else arr_0.astype(np.float32)
     if images.ndim != 4:
-        raise ValueError(f"--samples={path}: expected (N, H, W, C) images, got {images.shape}")
+        raise ValueError(f"{where}: expected (N, H, W, C) images, got shape {images.shape}")
+    if images.size == 0:
+        raise ValueError(f"{where}: holds no images (shape {images.shape})")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"{where}: float32 is {images.dtype}, not float images")
+    bad = int(np.size(images) - np.count_nonzero(np.isfinite(images)))
+    if bad:
+        raise ValueError(f"{where}: {bad} non-finite values in the images")
     manifest_path = os.path.join(os.path.dirname(path), "manifest.json")
-    manifest = files.read_json(manifest_path) if files.exists(manifest_path) else {}
-    return images, manifest
+    manifest: Any = {}
+    if files.exists(manifest_path):
+        try:
+            manifest = files.read_json(manifest_path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{where}: unreadable {manifest_path} ({one_line(err)})") from None
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{where}: {manifest_path} is not a JSON object")
+    return images.astype(np.float32, copy=False), manifest
 
 
 def reference_images(data_config: Any, max_images: int) -> tuple[np.ndarray, str]:
@@ -178,11 +230,12 @@ def image_metrics(images: np.ndarray, reference: np.ndarray, reference_name: str
 
 def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
              filter_band: str | None = None, max_reference: int = 10_000,
-             num_subsets: int = 100, subset_size: int = 1000, classifier: Any = None
-             ) -> dict[str, Any]:
+             num_subsets: int = 100, subset_size: int = 1000, classifier: Any = None,
+             model_units: bool = False) -> dict[str, Any]:
     """Compute the metrics that apply and write them to ``out`` (default: ``evaluation.json``
     beside the samples; an existing file is never overwritten). Returns the results.
-    ``classifier``: a ``metrics.classifier.Recipe`` other than the documented one (tests)."""
+    ``classifier``: a ``metrics.classifier.Recipe`` other than the documented one (tests);
+    ``model_units``: a float ``arr_0`` holds images in model units (``load_samples``)."""
     from sagd_jax.metrics.spectra import plot_radial
     from sagd_jax.spectral import parse_bands
     from sagd_jax.workdir import Workdir
@@ -199,11 +252,15 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
                     raise ValueError("give exactly one band")
             except ValueError as err:
                 raise ValueError(f"{flag}={spec}: {err}") from None
-    samples, manifest = load_samples(samples_path)
+    samples, manifest = load_samples(samples_path, model_units)
     if "workdir" not in manifest:
         raise ValueError(f"--samples={samples_path}: no manifest.json with the run's workdir "
                          "beside it (made by python -m sagd_jax.sample)")
     config = Workdir(manifest["workdir"]).saved_config()
+    size, channels = config.data.image_size, config.data.channels
+    if samples.shape[1:] != (size, size, channels):  # before the reference is loaded
+        raise ValueError(f"--samples={samples_path}: images {samples.shape[1:]} but the data "
+                         f"has {(size, size, channels)}")
     console.info("reference: up to %d clean %s images", max_reference, config.data.name)
     reference, reference_name = reference_images(config.data, max_reference)
     if samples.shape[1:] != reference.shape[1:]:
@@ -247,6 +304,8 @@ def define_flags(fv: flags.FlagValues) -> None:
                          flag_values=fv)
     flags.DEFINE_integer("num_subsets", 100, "KID subsets.", flag_values=fv)
     flags.DEFINE_integer("subset_size", 1000, "KID subset size.", flag_values=fv)
+    flags.DEFINE_boolean("model_units", False, "arr_0 holds float images in model units, "
+                         "[-1, 1] (default: arr_0 must be uint8 pixels).", flag_values=fv)
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +321,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_cli(fv: flags.FlagValues) -> None:
     results = evaluate(fv.samples, fv.out, fv.band, fv.filter_band, fv.max_reference,
-                       fv.num_subsets, fv.subset_size)
+                       fv.num_subsets, fv.subset_size, model_units=fv.model_units)
     print(json.dumps(summary(results), indent=2))
 
 

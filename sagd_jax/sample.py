@@ -11,10 +11,15 @@ the exact Gaussian model of ``grf`` data, no checkpoint needed) and writes into 
 * ``chunks/chunk_<i>.npz``: float32 samples of chunk i, each written atomically once done;
 * ``samples.npz``: ``arr_0`` uint8 NHWC (the layout FID tools read) and ``float32`` (model
   units), plus ``grid.png``, when all chunks are there;
-* ``manifest.json``: what was asked for; a later call with other settings is refused.
+* ``manifest.json``: what was asked for; a later call with other settings is refused;
+* ``lock``: held while a sampler writes here (``sagd_jax.lock``); a second one is refused.
 
 Chunk i's randomness is ``fold_in(seed stream, i)``, so a killed run continues where it stopped
-and gives bit for bit the images of an uninterrupted one.
+and gives bit for bit the images of an uninterrupted one. Nothing is trusted for existing: a
+chunk counts as done, and ``samples.npz`` as complete, only if every array reads in full (each
+``.npz`` member carries a CRC-32, checked at the end of the read) with the expected shape and
+dtype. A damaged file is renamed to ``<name>.damaged`` (kept, never deleted) with one warning
+line, then recomputed (a chunk: the same images, bit for bit) or reassembled (``samples.npz``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from absl import flags
 
 from sagd_jax import cli, console, files, validate
 from sagd_jax.console import Progress
+from sagd_jax.errors import one_line
+from sagd_jax.lock import Lock
 from sagd_jax.train.images import to_uint8
 
 
@@ -81,16 +88,68 @@ class SampleRequest:
 
 
 def _check_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` in a new ``out_dir``, or refuse one made with other settings."""
     path = os.path.join(out_dir, "manifest.json")
-    if os.path.exists(path):
+    if not os.path.exists(path):
+        os.makedirs(os.path.join(out_dir, "chunks"), exist_ok=True)
+        try:
+            files.write_json(path, manifest, exclusive=True)
+            return
+        except FileExistsError:  # another sampler wrote it first: compare with that one
+            pass
+    try:
         previous = files.read_json(path)
-        if previous != manifest:
-            differing = sorted(k for k in manifest if previous.get(k) != manifest[k])
-            raise ValueError(f"--out={out_dir}: holds samples made with other settings "
-                             f"({', '.join(differing)}); use another --out")
-        return
-    os.makedirs(os.path.join(out_dir, "chunks"), exist_ok=True)
-    files.write_json(path, manifest, exclusive=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--out={out_dir}: unreadable {path} ({one_line(err)}); use "
+                         "another --out") from None
+    if previous != manifest:
+        differing = sorted(k for k in manifest if not isinstance(previous, dict)
+                           or previous.get(k) != manifest[k])
+        raise ValueError(f"--out={out_dir}: holds samples made with other settings "
+                         f"({', '.join(differing)}); use another --out")
+
+
+def read_verified(path: str, expected: dict[str, tuple[tuple[int, ...], Any]]
+                  ) -> dict[str, np.ndarray]:
+    """The arrays ``{name: (shape, dtype)}`` of the ``.npz`` at ``path``, each read in full
+    (which checks its CRC-32); raises ``ValueError`` naming ``path`` and what is wrong."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in expected}
+    except Exception as err:  # a damaged zip raises many kinds: BadZipFile, EOFError,
+        # OSError, KeyError, ValueError and tokenize errors from the .npy header, ...
+        raise ValueError(f"{path}: unreadable ({one_line(err)})") from None
+    for name, (shape, dtype) in expected.items():
+        got = arrays[name]
+        if got.shape != tuple(shape) or got.dtype != np.dtype(dtype):
+            raise ValueError(f"{path}: {name} is {got.dtype} {got.shape}, expected "
+                             f"{np.dtype(dtype)} {tuple(shape)}")
+    return arrays
+
+
+def _sound_or_set_aside(path: str, expected: dict[str, tuple[tuple[int, ...], Any]],
+                        redo: str) -> bool:
+    """Whether ``path`` is there and sound; a damaged one is renamed to ``<path>.damaged``
+    (``.damaged.1``, ... if taken: nothing is deleted) with one warning line."""
+    if not os.path.exists(path):
+        return False
+    try:
+        read_verified(path, expected)
+        return True
+    except ValueError as err:
+        reason = str(err).removeprefix(f"{path}: ")
+    aside, n = f"{path}.damaged", 0
+    while os.path.exists(aside):
+        n += 1
+        aside = f"{path}.damaged.{n}"
+    try:
+        os.rename(path, aside)
+    except OSError as err:
+        raise ValueError(f"{path}: damaged ({reason}) and cannot be moved aside "
+                         f"({one_line(err)})") from None
+    console.warning("%s: damaged (%s); moved to %s, %s", path, reason,
+                    os.path.basename(aside), redo)
+    return False
 
 
 def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
@@ -102,15 +161,10 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     Raises a one-line ``ValueError`` for bad input before anything is computed or written.
     """
     import jax
-    from jax.experimental import multihost_utils
 
-    from sagd_jax import rng
     from sagd_jax.data import grf_model
-    from sagd_jax.distributed import barrier
     from sagd_jax.run import Run
-    from sagd_jax.samplers import get_sampler
-    from sagd_jax.sharding import batch_sharding, make_mesh
-    from sagd_jax.train.images import save_grid
+    from sagd_jax.sharding import make_mesh
 
     request.validate(jax.device_count())
     run = Run.from_workdir(workdir)
@@ -127,19 +181,49 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
         step = int(jax.device_get(state.step))
         eps_fn = run.eps_fn(state.ema_params)
     out_dir = out_dir or run.workdir.generated(request.default_dirname(step))
-    final = os.path.join(out_dir, "samples.npz")
     manifest = {**dataclasses.asdict(request), "checkpoint_step": step,
                 "workdir": os.path.abspath(workdir)}
     if request.clip_x0 is None:  # manifests written before the option existed stay valid
         del manifest["clip_x0"]
+    lock = Lock(os.path.join(out_dir, "lock"), f"--out={out_dir}", "sampler")
     if jax.process_index() == 0:
         _check_manifest(out_dir, manifest)
+        lock.acquire()
+    try:
+        return _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks)
+    finally:
+        lock.release()
+
+
+def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, mesh: Any,
+                 max_chunks: int | None) -> str | None:
+    """``generate``'s work in ``out_dir`` (locked): verify what is there, compute the chunks
+    that are missing or damaged, assemble ``samples.npz``."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from sagd_jax import rng
+    from sagd_jax.distributed import barrier
+    from sagd_jax.samplers import get_sampler
+    from sagd_jax.sharding import batch_sharding
+    from sagd_jax.train.images import save_grid
+
+    final = os.path.join(out_dir, "samples.npz")
+    chunk_path = [os.path.join(out_dir, "chunks", f"chunk_{i:05d}.npz")
+                  for i in range(request.num_chunks)]
+    counts = [min(request.chunk_size, request.num_samples - i * request.chunk_size)
+              for i in range(request.num_chunks)]
+    chunk_arrays = [{"images": ((count, *run.image_shape), np.float32)} for count in counts]
+    every = (request.num_samples, *run.image_shape)
+    final_arrays = {"arr_0": (every, np.uint8), "float32": (every, np.float32)}
+    if jax.process_index() == 0 and not _sound_or_set_aside(
+            final, final_arrays, "reassembling it from the chunks"):
+        for path, expected in zip(chunk_path, chunk_arrays, strict=True):
+            _sound_or_set_aside(path, expected, "recomputing it")
+    barrier("sagd-sample-verified")  # process 0 has set damaged files aside
     if os.path.exists(final):
         console.info("%s: already complete", final)
         return final
-
-    chunk_path = [os.path.join(out_dir, "chunks", f"chunk_{i:05d}.npz")
-                  for i in range(request.num_chunks)]
     todo = [i for i in range(request.num_chunks) if not os.path.exists(chunk_path[i])]
     barrier("sagd-sample-start")  # all agree on what is done before anyone writes
     sampler = get_sampler(request.sampler)
@@ -153,15 +237,19 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
         images = sampler(run.process, eps_fn, jax.random.fold_in(base, i), shape, request.steps,
                          sharding=batch_sharding(mesh), **options)
         images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
-        count = min(request.chunk_size, request.num_samples - i * request.chunk_size)
         if jax.process_index() == 0:
-            files.write_npz(chunk_path[i], images=images[:count].astype(np.float32))
+            files.write_npz(chunk_path[i], images=images[:counts[i]].astype(np.float32))
         progress.update(1)
     barrier("sagd-sample-end")
     if not all(os.path.exists(p) for p in chunk_path):
         return None
     if jax.process_index() == 0:
-        samples = np.concatenate([np.load(p)["images"] for p in chunk_path])
+        try:
+            samples = np.concatenate([
+                read_verified(path, expected)["images"]
+                for path, expected in zip(chunk_path, chunk_arrays, strict=True)])
+        except ValueError as err:  # damaged since it was checked or written: a rerun redoes it
+            raise ValueError(f"{err}; run the same command again to recompute it") from None
         files.write_npz(final, arr_0=to_uint8(samples), float32=samples)
         grid = os.path.join(out_dir, "grid.png")
         if not os.path.exists(grid):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -173,3 +175,244 @@ def test_sharded_sampling_splits_the_batch_and_matches_one_device(repo):
     result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=repo,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+# --- damaged files, a second sampler, bad input to evaluate (issue 19, findings 2, 6, 7) ------
+def _arrays(path):
+    with np.load(path) as f:
+        return {name: f[name] for name in f.files}
+
+
+def _assert_same_bits(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape
+        assert a[name].tobytes() == b[name].tobytes(), name
+
+
+def _flip_inside(path, array):
+    """Flip one byte in the middle of ``array``'s data inside the uncompressed npz ``path``."""
+    raw = bytearray(path.read_bytes())
+    start = raw.find(array.tobytes())
+    assert start > 0
+    raw[start + array.nbytes // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+    return bytes(raw)
+
+
+def _warnings(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("warning:")]
+
+
+def test_damaged_chunks_and_samples_npz_are_set_aside_and_redone_bit_for_bit(trained, tmp_path,
+                                                                             run_cli):
+    out = tmp_path / "out"
+    chunks, final = out / "chunks", out / "samples.npz"
+
+    def sample():
+        result = run_cli("sagd_jax.sample", f"--workdir={trained}", "--num_samples=10",
+                         "--sampler=ddim", "--eta=0.5", "--steps=3", "--chunk_size=4",
+                         f"--out={out}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.strip().splitlines()[-1] == str(final)
+        assert not (out / "lock").exists()
+        return _warnings(result.stderr)
+
+    assert sample() == []
+    original = {p.name: _arrays(p) for p in chunks.iterdir()}
+    assert sorted(original) == ["chunk_00000.npz", "chunk_00001.npz", "chunk_00002.npz"]
+    whole = _arrays(final)
+    # A truncated samples.npz is not "already complete": set aside, reassembled.
+    truncated = final.read_bytes()[: final.stat().st_size // 2]
+    final.write_bytes(truncated)
+    (line,) = sample()
+    assert line.startswith(f"warning: {final}: damaged (") and "reassembling" in line, line
+    assert (out / "samples.npz.damaged").read_bytes() == truncated
+    _assert_same_bits(_arrays(final), whole)
+    # One flipped byte inside arr_0's data: the CRC-32 catches it.
+    flipped = _flip_inside(final, whole["arr_0"])
+    (line,) = sample()
+    assert line.startswith(f"warning: {final}: damaged (") and "CRC-32" in line, line
+    assert (out / "samples.npz.damaged.1").read_bytes() == flipped
+    _assert_same_bits(_arrays(final), whole)
+    # Stopped before assembly, one chunk bit-flipped and one truncated: each reported in one
+    # line, kept aside, recomputed to the same bits.
+    final.rename(out / "kept.npz")
+    one, two = chunks / "chunk_00001.npz", chunks / "chunk_00002.npz"
+    flipped = _flip_inside(one, original[one.name]["images"])
+    cut = two.read_bytes()[:-40]
+    two.write_bytes(cut)
+    lines = sample()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"warning: {one}: damaged (") and "CRC-32" in lines[0]
+    assert lines[1].startswith(f"warning: {two}: damaged (") and "recomputing" in lines[1]
+    assert (chunks / "chunk_00001.npz.damaged").read_bytes() == flipped
+    assert (chunks / "chunk_00002.npz.damaged").read_bytes() == cut
+    for name, arrays in original.items():
+        _assert_same_bits(_arrays(chunks / name), arrays)
+    _assert_same_bits(_arrays(final), whole)
+    # A chunk of the wrong shape (another set's file copied in) is damaged too.
+    final.unlink()
+    np.savez(chunks / "chunk_00000.npz", images=np.zeros((3, 16, 16, 1), np.float32))
+    (line,) = sample()
+    assert "images is float32 (3, 16, 16, 1), expected float32 (4, 16, 16, 1)" in line, line
+    _assert_same_bits(_arrays(final), whole)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert sample() == []  # sound now: already complete, nothing rewritten
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_second_sampler_on_the_same_out_is_refused_and_a_dead_ones_lock_taken_over(
+        trained, tmp_path, run_cli):
+    out = tmp_path / "out"
+    args = (f"--workdir={trained}", "--num_samples=8", "--sampler=ddim", "--eta=0.5",
+            "--steps=3", "--chunk_size=4", f"--out={out}")
+    first = run_cli("sagd_jax.sample", *args, "--max_chunks=1")
+    assert first.returncode == 0 and not (out / "lock").exists(), first.stderr[-3000:]
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        lock = {"host": socket.gethostname(), "pid": holder.pid, "holder": "sampler",
+                "started": "2026-01-01T00:00:00"}
+        (out / "lock").write_text(json.dumps(lock))
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        refused = run_cli("sagd_jax.sample", *args)
+        assert refused.returncode == 2 and refused.stdout == ""
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"error: --out={out}: in use by sampler pid {holder.pid} on "
+            f"{socket.gethostname()}, started 2026-01-01T00:00:00"), lines
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    taken = run_cli("sagd_jax.sample", *args)
+    assert taken.returncode == 0, taken.stderr[-3000:]
+    (line,) = _warnings(taken.stderr)
+    assert line.startswith(f"warning: --out={out}: removed the stale lock of sampler pid "
+                           f"{holder.pid}"), line
+    assert (out / "samples.npz").exists() and not (out / "lock").exists()
+
+
+def test_the_sampler_holds_its_lock_while_sampling_and_releases_it_on_errors(trained, tmp_path,
+                                                                              monkeypatch):
+    import sagd_jax.samplers
+
+    seen = []
+
+    def failing_sampler(*args, **kwargs):
+        seen.append(json.loads((tmp_path / "out" / "lock").read_text()))
+        raise RuntimeError("the sampler failed")
+
+    monkeypatch.setattr(sagd_jax.samplers, "get_sampler", lambda name: failing_sampler)
+    request = SampleRequest(num_samples=4, sampler="ddpm", steps=2, chunk_size=4)
+    with pytest.raises(RuntimeError, match="the sampler failed"):
+        generate(trained, request, str(tmp_path / "out"))
+    assert [(s["pid"], s["holder"]) for s in seen] == [(os.getpid(), "sampler")]
+    assert sorted(os.listdir(tmp_path / "out")) == ["chunks", "manifest.json"]
+
+
+@pytest.fixture
+def grf_samples_dir(tmp_path, tiny_config):
+    """``(folder, images)``: a folder with a manifest naming a tiny grf run, and 64 of its
+    images in model units scaled into (-1, 1)."""
+    from sagd_jax.data import get_source
+
+    workdir = Workdir(str(tmp_path / "run"))
+    workdir.prepare(tiny_config())
+    images = get_source(workdir.saved_config().data).get(np.arange(64)).astype(np.float32)
+    folder = tmp_path / "generated"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"workdir": workdir.path}))
+    return folder, images * (0.9 / np.abs(images).max())
+
+
+def _one_error(result):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), lines
+    return lines[0]
+
+
+def test_evaluate_takes_float_arr_0_only_as_model_units_when_told(grf_samples_dir, run_cli):
+    folder, images = grf_samples_dir
+    as_float, as_uint8 = folder / "float.npz", folder / "uint8.npz"
+    np.savez(as_float, arr_0=images)
+    np.savez(as_uint8, arr_0=to_uint8(images))
+    refused = run_cli("sagd_jax.evaluate", f"--samples={as_float}")
+    assert _one_error(refused) == (
+        f"error: --samples={as_float}: arr_0 is float32, not uint8 pixels; if it holds images "
+        "in model units ([-1, 1]), pass --model_units")
+    assert sorted(os.listdir(folder)) == ["float.npz", "manifest.json", "uint8.npz"]
+    wrong = run_cli("sagd_jax.evaluate", f"--samples={as_uint8}", "--model_units")
+    assert _one_error(wrong).startswith(f"error: --samples={as_uint8}: --model_units, but arr_0 "
+                                        "is uint8")
+    reports = {}
+    for path, extra in ((as_float, ["--model_units"]), (as_uint8, [])):
+        out = folder / f"{path.stem}.json"
+        result = run_cli("sagd_jax.evaluate", f"--samples={path}", f"--out={out}",
+                         "--max_reference=256", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports[path.stem] = json.loads(out.read_text())
+    f, u = reports["float"], reports["uint8"]
+    # Equal within uint8 quantisation (a step of 1/127.5); pixels taken as model units (the
+    # old behaviour) would be ~127x too large: |log ratio| ~ 2 log 127 ~ 9.7.
+    assert f["spectrum"]["mean_abs_log_ratio"] == pytest.approx(
+        u["spectrum"]["mean_abs_log_ratio"], abs=0.005)
+    np.testing.assert_allclose(f["spectrum"]["samples"], u["spectrum"]["samples"], rtol=0.02)
+    assert f["grf_variance"]["mean_abs_log_ratio"] == pytest.approx(
+        u["grf_variance"]["mean_abs_log_ratio"], abs=0.005)
+
+
+def _npz_bytes(**arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _flipped(raw, array):
+    raw = bytearray(raw)
+    raw[raw.find(array.tobytes()) + array.nbytes // 2] ^= 0x10
+    return bytes(raw)
+
+
+PIXELS = np.arange(4 * 16 * 16, dtype=np.uint8).reshape(4, 16, 16, 1)
+
+
+@pytest.mark.parametrize("content, extra, message", [
+    (_npz_bytes(arr_0=np.zeros((0, 16, 16, 1), np.uint8)), [],
+     "holds no images (shape (0, 16, 16, 1))"),
+    (_npz_bytes(arr_0=np.zeros((4, 16, 16), np.uint8)), [],
+     "expected (N, H, W, C) images, got shape (4, 16, 16)"),
+    (_npz_bytes(arr_0=np.zeros((0, 16, 16, 1), np.float32)), ["--model_units"],
+     "holds no images (shape (0, 16, 16, 1))"),
+    (_npz_bytes(arr_0=np.full((2, 16, 16, 1), np.nan, np.float32)), ["--model_units"],
+     "512 non-finite values in the images"),
+    (_npz_bytes(arr_0=PIXELS.astype(np.int16)), [], "arr_0 is int16, not uint8 pixels"),
+    (_npz_bytes(images=PIXELS), [], "no arr_0 array (has: images)"),
+    (b"not a zip file", [], "not an .npz archive (no zip header)"),
+    (b"", [], "not an .npz archive (no zip header)"),
+    (_npz_bytes(arr_0=PIXELS)[:200], [], "unreadable (BadZipFile: File is not a zip file)"),
+    (_npz_bytes(arr_0=PIXELS)[:-30], [], "unreadable (BadZipFile: "),
+    (_flipped(_npz_bytes(arr_0=PIXELS), PIXELS), [],
+     "unreadable (BadZipFile: Bad CRC-32 for file 'arr_0.npy')"),
+    (_npz_bytes(arr_0=np.array([{"a": 1}], dtype=object)), [],
+     "unreadable (ValueError: Object arrays cannot be loaded when allow_pickle=False"),
+], ids=["empty", "3d", "empty-model-units", "nan", "int16", "no-arr_0", "not-a-zip",
+        "zero-bytes", "cut-early", "truncated", "crc", "pickle"])
+def test_evaluate_refuses_bad_sample_files_in_one_line_before_any_work(
+        grf_samples_dir, run_cli, monkeypatch, content, extra, message):
+    import sagd_jax.evaluate
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started on bad input")
+
+    monkeypatch.setattr(sagd_jax.evaluate, "reference_images", no_work)
+    monkeypatch.setattr(sagd_jax.evaluate, "feature_metrics", no_work)
+    folder, _ = grf_samples_dir
+    path = folder / "samples.npz"
+    path.write_bytes(content)
+    result = run_cli("sagd_jax.evaluate", f"--samples={path}", *extra)
+    line = _one_error(result)
+    assert line.startswith(f"error: --samples={path}: {message}"), line
+    assert result.stdout == ""
+    assert sorted(os.listdir(folder)) == ["manifest.json", "samples.npz"]
+    assert path.read_bytes() == content
