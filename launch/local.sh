@@ -26,8 +26,16 @@ for ((i = 0; i < num; i++)); do
     >"$workdir/logs/process_$i.log" 2>&1 &
   pids+=($!)
 done
-trap 'kill -TERM "${pids[@]}" 2>/dev/null' INT TERM
+trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+for pid in "${pids[@]}"; do
+  # A trapped signal ends ``wait`` early (status 128+N): wait again for the real exit status.
+  while :; do
+    code=0; wait "$pid" || code=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  [[ $code -eq 0 ]] || status=$code
+done
+# 75: stopped by the signal after saving (run the same command again to resume).
 echo "processes finished (exit $status); logs in $workdir/logs" >&2
 exit $status

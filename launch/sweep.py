@@ -11,23 +11,32 @@ trains in ``ROOT/<key-value name>``, e.g. ``ROOT/noise.gamma-0.5_seed-1``, throu
 running the sweep again resumes unfinished runs and skips finished ones, then prints a table of
 each run's last logged metrics and sample-spectrum error (``--json``: also to a new file).
 ``--index=I`` runs point I only (one task of a job array); ``--emit=slurm`` prints an sbatch
-job-array script running one point per task; ``--emit=commands`` prints one trainer command per
-line (for any other scheduler). Every point's config is validated before any run starts: an
-unknown key or a bad value stops the sweep with a one-line error and exit status 2, nothing
-written. Exit status 1 when a run failed.
+job-array script running one point per task (a task whose point was stopped requeues itself);
+``--emit=commands`` prints one trainer command per line (for any other scheduler). Every point's
+config is validated before any run starts: an unknown key or a bad value stops the sweep with a
+one-line error and exit status 2, nothing written.
+
+A trainer that exits 75 (stopped by a signal after saving) leaves its point "stopped
+(resumable)" and no further point starts. SIGTERM or SIGINT (Ctrl-C) to the sweep goes on to
+the running trainer, which saves and stops; the sweep waits for it and starts no further point.
+Exit status: 0 every point finished, 75 stopped (run the same command again to resume), 1 a run
+failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from absl import flags
@@ -143,9 +152,12 @@ def sweep_argv(fv: flags.FlagValues, root: str) -> list[str]:
 
 
 def slurm_script(fv: flags.FlagValues, root: str, count: int) -> str:
-    """An sbatch job array with one sweep point per task (edit the resources to taste)."""
+    """An sbatch job array with one sweep point per task (edit the resources to taste). Before
+    the time limit SLURM sends SIGTERM to the task's shell, which passes it on to the sweep (and
+    the sweep to its trainer); a point stopped that way (exit 75) requeues its task, which then
+    resumes from the checkpoint."""
     command = (shlex.join(["python", "-m", "launch.sweep", *sweep_argv(fv, root)])
-               + " --index=$SLURM_ARRAY_TASK_ID")
+               + ' --index="$SLURM_ARRAY_TASK_ID" &')
     return "\n".join([
         "#!/bin/bash",
         "#SBATCH --job-name=sagd-sweep",
@@ -153,10 +165,22 @@ def slurm_script(fv: flags.FlagValues, root: str, count: int) -> str:
         "#SBATCH --nodes=1",
         "#SBATCH --gpus-per-node=1",
         "#SBATCH --cpus-per-task=8",
+        "#SBATCH --signal=B:TERM@120",
+        "#SBATCH --requeue",
         f"#SBATCH --output={os.path.join(root, 'logs', 'slurm-%A_%a.log')}",
         "set -euo pipefail",
         f"cd {shlex.quote(os.getcwd())}",
         command,
+        "pid=$!",
+        "trap 'kill -TERM \"$pid\" 2>/dev/null || true' TERM INT  # on to the sweep's trainer",
+        "status=0",
+        "wait \"$pid\" || status=$?",
+        'while kill -0 "$pid" 2>/dev/null; do status=0; wait "$pid" || status=$?; done',
+        f"if [[ $status -eq {cli.STOPPED} ]]; then  # stopped after saving: resume later",
+        '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" ||',
+        '    echo "could not requeue; submit the task again to resume" >&2',
+        "fi",
+        'exit "$status"',
         "",
     ])
 
@@ -185,11 +209,71 @@ def define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
 
 
-def train_point(point: Point, config_spec: str, log_path: str) -> int:
-    """Train (or resume) one point in its own process; its output goes to ``log_path``."""
+class StopSignals:
+    """SIGTERM and SIGINT received by the sweep: remembered (no further point starts) and
+    passed on, each once, to the running trainer (which saves and stops)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # the first signal
+        self._child: subprocess.Popen | None = None
+        self._pending: int | None = None  # arrived while no trainer ran
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signum
+        if self._child is not None and self._child.poll() is None:
+            self._child.send_signal(signum)
+        else:
+            self._pending = signum
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        """Handle the signals (main thread only; elsewhere the defaults stay)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def wait(self, child: subprocess.Popen) -> int:
+        """``child``'s exit status; a signal received meanwhile is passed on to it."""
+        self._child = child
+        try:
+            pending, self._pending = self._pending, None  # arrived while it started
+            if pending is not None and child.poll() is None:
+                child.send_signal(pending)
+            return child.wait()
+        finally:
+            self._child = None
+
+
+def train_point(point: Point, config_spec: str, log_path: str, stops: StopSignals) -> int:
+    """Train (or resume) one point in its own process; its output goes to ``log_path``. The
+    trainer runs in its own session: a terminal's Ctrl-C reaches it once, through ``stops``."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "a") as log:
-        return subprocess.call(point.trainer_command(config_spec), stdout=log, stderr=log)
+        child = subprocess.Popen(point.trainer_command(config_spec), stdout=log, stderr=log,
+                                 start_new_session=True)
+        return stops.wait(child)
+
+
+def point_status(code: int) -> str:
+    """A trainer's exit status in words: ``finished``, ``stopped (resumable)``,
+    ``failed (3: non-finite loss)``, ``failed (killed by SIGKILL)``."""
+    if code == 0:
+        return "finished"
+    if code == cli.STOPPED:
+        return "stopped (resumable)"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"failed (killed by {signal.Signals(-code).name})"
+    word = cli.EXIT_STATUSES.get(code)
+    return f"failed ({code}: {word})" if word else f"failed ({code})"
 
 
 def sweep(fv: flags.FlagValues) -> int:
@@ -212,25 +296,36 @@ def sweep(fv: flags.FlagValues) -> int:
         return 0
     chosen = points if fv.index is None else [points[fv.index]]
     statuses: dict[int, str] = {}
-    for point in chosen:
-        finished = Workdir(point.workdir).is_finished(configs[point.index].train.num_steps)
-        where = f"[{point.index + 1}/{len(points)}] {point.workdir}"
-        if fv.dry_run or finished:
-            statuses[point.index] = "finished" if finished else "todo"
-            if not fv.dry_run:
-                console.info("%s: finished, skipped", where)
-            continue
-        log_path = os.path.join(root, "logs", f"{os.path.basename(point.workdir)}.log")
-        console.info("%s: training (log %s)", where, log_path)
-        start = time.perf_counter()
-        code = train_point(point, fv.config, log_path)
-        statuses[point.index] = "finished" if code == 0 else f"failed ({code})"
-        console.info("%s: %s after %s", where, statuses[point.index],
-                     console.duration(time.perf_counter() - start))
+    stopped = False
+    with StopSignals().installed() as stops:
+        for point in chosen:
+            finished = Workdir(point.workdir).is_finished(configs[point.index].train.num_steps)
+            where = f"[{point.index + 1}/{len(points)}] {point.workdir}"
+            if fv.dry_run or finished or stopped or stops.received is not None:
+                statuses[point.index] = "finished" if finished else "todo"
+                if finished and not fv.dry_run:
+                    console.info("%s: finished, skipped", where)
+                continue
+            log_path = os.path.join(root, "logs", f"{os.path.basename(point.workdir)}.log")
+            console.info("%s: training (log %s)", where, log_path)
+            start = time.perf_counter()
+            code = train_point(point, fv.config, log_path, stops)
+            statuses[point.index] = point_status(code)
+            stopped = stopped or code == cli.STOPPED
+            console.info("%s: %s after %s", where, statuses[point.index],
+                         console.duration(time.perf_counter() - start))
+    stopped = stopped or stops.received is not None
+    if stopped:
+        how = (f"stopped by {signal.Signals(stops.received).name}" if stops.received
+               else "a run was stopped by a signal")
+        console.warning("sweep: %s; %d point(s) not started; run the same command again to "
+                        "resume", how, sum(s == "todo" for s in statuses.values()))
     rows = summary_rows(chosen, statuses)
     print(console.table(rows))
     if fv.json is not None:
         cli.write_new_json("--json", fv.json, rows)
+    if stopped:
+        return cli.STOPPED
     return 0 if all(s == "finished" or fv.dry_run for s in statuses.values()) else 1
 
 

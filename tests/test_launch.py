@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -89,7 +93,7 @@ def test_sweep_runs_resumes_summarises_and_emits(tmp_path, sweep):
     # Job arrays: one point per task.
     emitted = sweep(f"--root={root}", "--sweep=seed=0,1", "--emit=slurm")
     assert "#SBATCH --array=0-1" in emitted.stdout
-    assert "--index=$SLURM_ARRAY_TASK_ID" in emitted.stdout
+    assert '--index="$SLURM_ARRAY_TASK_ID"' in emitted.stdout
     assert f"--root={root}" in emitted.stdout and "--sweep=seed=0,1" in emitted.stdout
 
 
@@ -114,3 +118,188 @@ def test_sweep_refuses_an_unknown_key_in_one_line_naming_the_closest(tmp_path, s
         f"error: {name}=train.nosuchkey: no such config key; closest: train.num_steps, "
         "train.nonfinite, train.log_every"]
     assert os.listdir(tmp_path) == []
+
+
+# --- stopped runs: exit status 75, signals passed on, SLURM requeues ------------------------
+# A stand-in trainer (``python -c``), by its workdir's name: ``failing`` exits 3, ``stopping``
+# exits 75 at once, ``finishing`` exits 0, ``waiting`` writes ``started`` (and whether it runs in
+# its own session) and runs until SIGTERM or SIGINT, then records it and exits 75.
+FAKE_TRAINER = """
+import os, signal, sys, time
+workdir = sys.argv[1]
+os.makedirs(workdir)
+def stop(signum, frame):
+    with open(os.path.join(workdir, "signals"), "a") as f:
+        f.write(f"{signum}\\n")
+    sys.exit(75)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+mode = os.environ["FAKE_TRAINER_" + os.path.basename(workdir).replace("-", "_").upper()]
+if mode == "waiting":
+    with open(os.path.join(workdir, "starting"), "w") as f:
+        f.write("own session" if os.getsid(0) == os.getpid() else "sweep's session")
+    os.rename(os.path.join(workdir, "starting"), os.path.join(workdir, "started"))
+    time.sleep(20)
+sys.exit({"failing": 3, "stopping": 75, "finishing": 0}.get(mode, 99))
+"""
+
+
+def test_sweep_records_a_stopped_point_and_starts_no_further_one(tmp_path, sweep, monkeypatch):
+    import launch.sweep
+
+    monkeypatch.setattr(launch.sweep.Point, "trainer_command",
+                        lambda self, spec: [sys.executable, "-c", FAKE_TRAINER, self.workdir])
+    for seed, mode in enumerate(["failing", "stopping", "finishing"]):
+        monkeypatch.setenv(f"FAKE_TRAINER_SEED_{seed}", mode)
+    root = tmp_path / "sweep"
+    result = sweep(f"--root={root}", "--sweep=seed=0,1,2", f"--json={tmp_path}/s.json")
+    assert result.returncode == 75, result.stderr
+    rows = json.load(open(tmp_path / "s.json"))
+    assert [(r["seed"], r["status"]) for r in rows] == [
+        ("0", "failed (3: non-finite loss)"), ("1", "stopped (resumable)"), ("2", "todo")]
+    assert sorted(os.listdir(root)) == ["logs", "seed-0", "seed-1"]  # seed 2 never started
+    assert result.stderr.count("training (log ") == 2
+    assert ("warning: sweep: a run was stopped by a signal; 1 point(s) not started; run the "
+            "same command again to resume") in result.stderr
+
+
+@pytest.mark.parametrize("sig, group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_sweep_passes_a_stop_signal_on_to_its_trainer(tmp_path, repo, sig, group):
+    """The sweep gets the signal while point 0 trains (``group``: its whole process group, as a
+    terminal's Ctrl-C): the trainer gets it once, stops (75); point 1 never starts; the table is
+    printed; the sweep exits 75."""
+    root = tmp_path / "sweep"
+    driver = ("import sys, launch.sweep as s\n"
+              "s.Point.trainer_command = lambda self, spec: [sys.executable, '-c', "
+              f"{FAKE_TRAINER!r}, self.workdir]\n"
+              "sys.exit(s.main(sys.argv))\n")
+    env = {**os.environ, "FAKE_TRAINER_SEED_0": "waiting", "FAKE_TRAINER_SEED_1": "finishing"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", driver, "--config=configs/quickstart.py",
+         *(f"--set={s}" for s in TINY_DATA), f"--root={root}", "--sweep=seed=0,1"],
+        cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (root / "seed-0" / "started").exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        if group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+        out, err = process.communicate(timeout=40)
+    finally:
+        process.kill()
+    assert process.returncode == 75, err
+    assert (root / "seed-0" / "signals").read_text().split() == [str(int(sig))]
+    # Its own session: a terminal's Ctrl-C reaches it once, through the sweep, not twice.
+    assert (root / "seed-0" / "started").read_text() == "own session"
+    assert not (root / "seed-1").exists()
+    table = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[1:]}
+    assert table == {"0": ["stopped", "(resumable)"], "1": ["todo", "-"]}
+    assert f"warning: sweep: stopped by {sig.name}; 1 point(s) not started" in err
+
+
+def _fake_commands(tmp_path, **scripts: str) -> dict[str, str]:
+    """Executables ``NAME`` (bash ``scripts``) in ``tmp_path/bin`` that log each call
+    (``NAME ARGS...``) to ``tmp_path/calls``; the environment that puts them first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        path = bin_dir / name
+        path.write_text(f'#!/bin/bash\necho "{name} $*" >> "$CALLS"\n{body}\n')
+        path.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "CALLS": str(tmp_path / "calls")}
+
+
+# The stand-in for the trainer (srun) or the sweep (python): exits $STATUS, or with $WAIT set
+# runs until SIGTERM and then exits 75 (having saved).
+FAKE_RUN = ('trap \'echo "got TERM" >> "$CALLS"; kill $! 2>/dev/null; exit 75\' TERM\n'
+            'if [[ -n ${WAIT:-} ]]; then touch "$WAIT.$$"; sleep 60 & wait $!; fi\n'
+            'exit "$STATUS"')
+
+
+def _run_script(script, env, tmp_path, signal_group=False, args=(), running=1):
+    """Run ``bash script [args] --config=c.py '--workdir=w d'`` in ``tmp_path``;
+    ``signal_group``: once ``running`` stand-ins run, SIGTERM to the script's whole process
+    group (as SLURM's preemption signals every process), or to the script alone (``"shell"``).
+    Returns (exit status, the logged calls)."""
+    if signal_group:
+        env = {**env, "WAIT": str(tmp_path / "running")}
+    process = subprocess.Popen(["bash", str(script), *args, "--config=c.py", "--workdir=w d"],
+                               env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        if signal_group:
+            deadline = time.monotonic() + 30
+            while len(list(tmp_path.glob("running.*"))) < running:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+            if signal_group == "shell":
+                process.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(process.pid, signal.SIGTERM)
+        code = process.wait(timeout=30)
+    finally:
+        process.kill()
+    return code, (tmp_path / "calls").read_text().splitlines()
+
+
+@pytest.mark.parametrize("status", [0, 3, 75])
+def test_slurm_script_requeues_a_stopped_trainer_only(tmp_path, repo, status):
+    env = _fake_commands(tmp_path, srun=FAKE_RUN, scontrol="exit 0")
+    env.update(STATUS=str(status), SLURM_JOB_ID="1234")
+    script = os.path.join(repo, "launch", "slurm_gpu.sbatch")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    assert "#SBATCH --requeue" in open(script).read().splitlines()
+    code, calls = _run_script(script, env, tmp_path)
+    assert code == status
+    srun = "srun --kill-on-bad-exit=0 --wait=300 python -m sagd_jax.main --config=c.py"
+    assert calls == [f"{srun} --workdir=w d"] + (["scontrol requeue 1234"] if status == 75 else [])
+
+
+def test_slurm_script_survives_preemption_and_requeues(tmp_path, repo):
+    """SIGTERM to every process of the job: the trainer saves and exits 75, the script (not
+    ended by the signal) requeues the job."""
+    env = _fake_commands(tmp_path, srun=FAKE_RUN, scontrol="exit 0")
+    env.update(STATUS="0", SLURM_JOB_ID="1234")
+    code, calls = _run_script(os.path.join(repo, "launch", "slurm_gpu.sbatch"), env, tmp_path,
+                              signal_group=True)
+    assert code == 75
+    assert calls[1:] == ["got TERM", "scontrol requeue 1234"]
+
+
+@pytest.mark.parametrize("status, stop", [(0, False), (2, False), (75, False), (0, True)])
+def test_sweep_array_task_requeues_when_its_point_stopped(tmp_path, sweep, status, stop):
+    """The emitted job-array script: SIGTERM to the task's shell (``--signal=B:TERM``) goes on
+    to the sweep; a stopped point (75) requeues this task only; other statuses are the task's."""
+    emitted = sweep(f"--root={tmp_path / 'sweep'}", "--sweep=seed=0,1", "--emit=slurm")
+    assert emitted.returncode == 0, emitted.stderr
+    script = tmp_path / "array.sh"
+    script.write_text(emitted.stdout)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert "#SBATCH --requeue" in emitted.stdout and "#SBATCH --signal=B:TERM@120" in emitted.stdout
+    env = _fake_commands(tmp_path, python=FAKE_RUN, scontrol="exit 0")
+    env.update(STATUS=str(status), SLURM_ARRAY_JOB_ID="88", SLURM_ARRAY_TASK_ID="1")
+    code, calls = _run_script(script, env, tmp_path, signal_group="shell" if stop else False)
+    assert calls[0].startswith("python -m launch.sweep --config=configs/quickstart.py")
+    assert calls[0].endswith(f"--root={tmp_path / 'sweep'} --index=1")
+    stopped = stop or status == 75
+    assert code == (75 if stopped else status)
+    assert calls[1:] == (["got TERM"] if stop else []) + (
+        ["scontrol requeue 88_1"] if stopped else [])
+
+
+@pytest.mark.parametrize("num", [1, 2])
+def test_local_launcher_waits_for_every_process_and_reports_the_stop(tmp_path, repo, num):
+    """SIGTERM to ``launch/local.sh``: passed on to each process, which saves and exits 75; the
+    script waits for all of them and exits 75 (not the 143 of its interrupted ``wait``)."""
+    env = _fake_commands(tmp_path, python=FAKE_RUN)
+    env.update(STATUS="0", PYTHON="python", SAGD_PORT="1")
+    code, calls = _run_script(os.path.join(repo, "launch", "local.sh"), env, tmp_path,
+                              signal_group="shell", args=[str(num)], running=num)
+    assert code == 75
+    assert calls.count("got TERM") == num, calls
+    started = [c for c in calls if c.startswith("python -m sagd_jax.main --config=c.py ")]
+    assert len(started) == num, calls
