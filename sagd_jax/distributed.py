@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -73,3 +75,27 @@ def barrier(name: str, timeout_s: float = 600.0) -> None:
     from jax._src import distributed as jax_distributed  # the client that JAX and Orbax share
 
     jax_distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1e3))
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if ``flag`` is True on any (a no-op with one process)."""
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def on_process0(action: Callable[[], Any], barrier_name: str) -> None:
+    """Run ``action`` (a check, taking a lock) on process 0 only; a ``ValueError`` it raises
+    is raised on every process (process 0's own line; the others say where to look)."""
+    refusal = None
+    if jax.process_index() == 0:
+        try:
+            action()
+        except ValueError as err:
+            refusal = err
+    barrier(barrier_name)  # processes may be far apart: not the first collective's 30 s
+    if any_process(refusal is not None):
+        raise refusal or ValueError("refused on process 0 (see its error line)")

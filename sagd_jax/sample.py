@@ -163,6 +163,7 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     import jax
 
     from sagd_jax.data import grf_model
+    from sagd_jax.distributed import on_process0
     from sagd_jax.run import Run
     from sagd_jax.sharding import make_mesh
 
@@ -186,9 +187,12 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     if request.clip_x0 is None:  # manifests written before the option existed stay valid
         del manifest["clip_x0"]
     lock = Lock(os.path.join(out_dir, "lock"), f"--out={out_dir}", "sampler")
-    if jax.process_index() == 0:
+
+    def check_and_lock() -> None:
         _check_manifest(out_dir, manifest)
         lock.acquire()
+
+    on_process0(check_and_lock, "sagd-sample-lock")
     try:
         return _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks)
     finally:

@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from sagd_jax import console, files
-from sagd_jax.distributed import barrier
+from sagd_jax.distributed import any_process, barrier, on_process0
 from sagd_jax.metrics.spectra import radial_plot_image, radial_power_spectrum, spectrum_log_error
 from sagd_jax.models import count_params
 from sagd_jax.run import Run
@@ -52,13 +51,6 @@ def flat_hparams(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def any_process(flag: bool) -> bool:
-    """True on every process if ``flag`` is True on any (a no-op with one process)."""
-    if jax.process_count() == 1:
-        return flag
-    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-
-
 def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     """Train (or resume) the run of ``config`` in ``workdir``; returns the final state (its
     step is below ``train.num_steps`` when a signal stopped the run).
@@ -81,14 +73,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     is_writer = jax.process_index() == 0
     created, fresh = not os.path.exists(run.workdir.path), run.workdir.is_empty()
     lock = run.workdir.lock()
-    refusal = None
-    if is_writer:
-        try:
-            lock.acquire()
-        except ValueError as err:
-            refusal = err
-    if any_process(refusal is not None):
-        raise refusal or ValueError(f"--workdir={run.workdir.path}: refused by process 0")
+    on_process0(lock.acquire, "sagd-train-lock")
     try:
         return _train(run, is_writer)
     except BaseException as err:
