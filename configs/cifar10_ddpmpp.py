@@ -4,7 +4,15 @@
 
 Variants: ``full`` (default: 128 channels, multipliers (2, 2, 2), 4 residual blocks per
 resolution, attention at 16x16, dropout 0.13) and ``cpu`` (the same network at 64 channels).
-Needs the dataset prepared for TFDS (``data.name = "tfds:cifar10"``).
+
+Data: TFDS ``cifar10`` (``data.name = "tfds:cifar10"``), split ``train``: 50,000 32x32 RGB
+images used as they are (no resize or crop), random horizontal flips, the customary CIFAR-10
+preprocessing (DDPM, score-SDE, EDM). Prepare it once with
+``tfds build cifar10 --file_format=array_record [--data_dir=ROOT]`` (``data.root = ROOT``) or
+set ``data.download=True``.
+
+FID: Inception FID arrives in issue 21; its reference statistics will be those of the training
+split (the customary CIFAR-10 train statistics).
 """
 
 from sagd_jax.config import default_config

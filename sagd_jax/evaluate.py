@@ -114,8 +114,9 @@ def load_samples(path: str, model_units: bool = False) -> tuple[np.ndarray, dict
 
 
 def reference_images(data_config: Any, max_images: int) -> tuple[np.ndarray, str]:
-    """Clean reference images in model units and a name for caching (dataset, split, size)."""
-    from sagd_jax.data import get_source
+    """Clean reference images in model units (the run's resize and centre crop, no
+    corruption or flips) and a name for caching (dataset, split, size)."""
+    from sagd_jax.data import clean_images, get_source
     from sagd_jax.metrics.classifier import to_unit_range
 
     cfg = data_config.copy_and_resolve_references()
@@ -125,8 +126,8 @@ def reference_images(data_config: Any, max_images: int) -> tuple[np.ndarray, str
         cfg.corruption.kind = "none"
     source = get_source(cfg)
     count = min(len(source), max_images)
-    raw = source.get(np.arange(count))
-    height, width, channels = source.image_shape
+    raw = clean_images(source, cfg, count)
+    height, width, channels = raw.shape[1:]
     name = f"{cfg.name}-{cfg.split}-{height}x{width}x{channels}-{count}"
     return (to_unit_range(raw) if raw.dtype == np.uint8 else raw), name.replace(":", "_")
 

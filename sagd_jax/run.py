@@ -17,6 +17,7 @@ is loaded, compiled or written: a one-line ``ValueError`` naming the key.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -26,7 +27,7 @@ import optax
 
 from sagd_jax import checkpoint, console, rng
 from sagd_jax.config import normalize, validate_config
-from sagd_jax.data import batch_options, get_source, load_batch
+from sagd_jax.data import batch_options, batches, get_source, iterate, read_image
 from sagd_jax.data.sources import ImageSource
 from sagd_jax.errors import DamagedCheckpoint
 from sagd_jax.metrics.spectra import radial_power_spectrum
@@ -52,6 +53,7 @@ class Run:
         self.config, self.process, self.model, self.tx = config, process, model, tx
         self.workdir = workdir
         self._source = source
+        self._batches: dict[int, Any] = {}
 
     @classmethod
     def from_config(cls, config: Any, workdir: str | Workdir | None = None, *,
@@ -66,11 +68,16 @@ class Run:
         config = normalize(config)
         validate_config(config, device_count)
         source = get_source(config.data) if load_data else None
+        if source is None:  # the keys alone
+            batch_options(config.data)
+        else:  # can this source's images become image_size x image_size training images?
+            dtype = read_image(source, 0).dtype
+            shape, what = source.image_shape, source.name
+            if shape is None and hasattr(source, "smallest"):  # sizes vary: the smallest
+                path, shape = source.smallest
+                what = f"{source.name} (the smallest: {path})"
+            batch_options(config.data, shape, what, dtype)
         image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
-        if source is not None and tuple(source.image_shape) != image_shape:
-            raise ValueError(f"data.image_size={config.data.image_size}: {source.name} has "
-                             f"{source.image_shape} images")
-        batch_options(config.data, image_shape)  # corruption and flips, before any file
         process = DiffusionProcess.from_config(config, image_shape[0], image_shape[1])
         model = build_model(config.model, image_shape)
         try:
@@ -100,13 +107,25 @@ class Run:
         data = self.config.data
         return (data.image_size, data.image_size, data.channels)
 
-    def load_batch(self, step: int, batch_size: int | None = None) -> np.ndarray:
-        """This process's slice of the batch of ``step``: float32 ``(B / processes, H, W, C)``,
-        a pure function of (seed, step, process); ``batch_size`` defaults to the global
-        ``train.batch_size``."""
+    def batches(self, batch_size: int | None = None) -> Any:
+        """This process's batches as a ``grain.MapDataset``: ``[s]`` is float32
+        ``(B / processes, H, W, C)`` of step s, a pure function of (seed, s, process);
+        ``batch_size`` defaults to the global ``train.batch_size``."""
         size = self.config.train.batch_size if batch_size is None else batch_size
-        return load_batch(self.source, self.config.data, self.config.seed, step, size,
-                          jax.process_index(), jax.process_count())
+        if size not in self._batches:
+            self._batches[size] = batches(self.source, self.config.data, self.config.seed,
+                                          size, jax.process_index(), jax.process_count())
+        return self._batches[size]
+
+    def load_batch(self, step: int, batch_size: int | None = None) -> np.ndarray:
+        """This process's slice of the batch of ``step`` (``batches(batch_size)[step]``)."""
+        return self.batches(batch_size)[step]
+
+    def batch_iterator(self, start: int, stop: int) -> Iterator[np.ndarray]:
+        """The batches of steps ``start .. stop - 1``, read ahead by ``data.num_workers``
+        threads."""
+        data = self.config.data
+        return iterate(self.batches(), start, stop, data.num_workers, data.prefetch)
 
     def global_batch(self, step: int, mesh: jax.sharding.Mesh) -> jax.Array:
         """The batch of ``step`` as one array sharded over the mesh's ``data`` axis."""
@@ -115,8 +134,7 @@ class Run:
     def reference_spectrum(self) -> np.ndarray:
         """Radially averaged power spectrum of a fixed set of training images."""
         count = min(len(self.source), REFERENCE_IMAGES)
-        images = load_batch(self.source, self.config.data, self.config.seed, 0, count)
-        return radial_power_spectrum(images)[1]
+        return radial_power_spectrum(self.load_batch(0, count))[1]
 
     # --- state ----------------------------------------------------------------------------
     def _make_state(self, key: jax.Array) -> TrainState:

@@ -3,6 +3,9 @@ replicated (room for an ``fsdp`` axis later). Works unchanged on 1 or N devices 
 
 from __future__ import annotations
 
+import collections
+import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -32,6 +35,23 @@ def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
     sharding = batch_sharding(mesh)
     global_shape = (local_batch.shape[0] * jax.process_count(), *local_batch.shape[1:])
     return jax.make_array_from_process_local_data(sharding, local_batch, global_shape)
+
+
+def prefetch_to_device(host_batches: Iterable[np.ndarray], mesh: Mesh, size: int = 2
+                       ) -> Iterator[jax.Array]:
+    """``global_batch`` of each host batch, ``size`` ahead: the next batches are already on
+    their devices (transfers are asynchronous) while the current step runs."""
+    host_batches = iter(host_batches)
+    queue: collections.deque[jax.Array] = collections.deque()
+
+    def enqueue(count: int) -> None:
+        for batch in itertools.islice(host_batches, count):
+            queue.append(global_batch(batch, mesh))
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)  # when the next batch is asked for: after this step was dispatched
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -9,6 +9,7 @@ import pytest
 from sagd_jax.data import (
     ArraySource,
     Corruption,
+    Preprocess,
     batch_options,
     default_data_config,
     get_source,
@@ -30,6 +31,11 @@ def test_default_config_holds_every_key():
         "image_key",
         "download",
         "random_flip",
+        "crop",
+        "resize",
+        "center_crop_fraction",
+        "num_workers",
+        "prefetch",
         "grf",
         "corruption",
     }
@@ -55,11 +61,13 @@ def test_load_batch_names_a_missing_key_instead_of_defaulting(key):
     """``default_data_config()`` holds the one default of every key (``sagd_jax.config.normalize``
     fills them in); a section without one is refused, naming the key."""
     source = ArraySource("tiny", np.zeros((4, 3, 3, 1), dtype=np.uint8))
-    np.testing.assert_array_equal(load_batch(source, default_data_config(), 0, 0, 2),
+    cfg = default_data_config()
+    cfg.image_size = 3
+    np.testing.assert_array_equal(load_batch(source, cfg, 0, 0, 2),
                                   -np.ones((2, 3, 3, 1), dtype=np.float32))
     with pytest.raises(ValueError, match=rf"^data\.{key.replace('.', '[.]')}: missing from the "
                                          r"config$"):
-        load_batch(source, _without(default_data_config(), key), 0, 0, 2)
+        load_batch(source, _without(cfg, key), 0, 0, 2)
 
 
 @pytest.mark.parametrize("key", ["name", "image_size", "grf.gamma", "num_examples"])
@@ -74,7 +82,7 @@ def test_get_source_names_a_missing_key_instead_of_defaulting(key):
 
 SOURCE_ERRORS = [
     ({"image_size": 0}, "data.image_size=0"),
-    ({"image_size": 32}, "data.image_size=32"),  # fashion_mnist images are 28x28
+    ({"image_size": 32, "resize": False}, "data.image_size=32"),  # fashion_mnist is 28x28
     ({"image_size": 28.0}, "data.image_size=28.0"),
     ({"channels": 2}, "data.channels=2"),
     ({"channels": 3}, "data.channels=3"),  # fashion_mnist is grayscale
@@ -94,8 +102,10 @@ SOURCE_ERRORS = [
 def test_source_config_errors(overrides, prefix):
     cfg = default_data_config().to_dict()
     cfg.update(overrides)
-    with pytest.raises(ValueError) as err:
-        get_source(ml_collections.ConfigDict(cfg))
+    cfg = ml_collections.ConfigDict(cfg)
+    with pytest.raises(ValueError) as err:  # the source, then what the pipeline makes of it
+        source = get_source(cfg)
+        batch_options(cfg, source.image_shape, source.name)
     assert str(err.value).startswith(prefix), str(err.value)
     assert "\n" not in str(err.value)
 
@@ -116,6 +126,7 @@ CORRUPTION_ERRORS = [
 def test_corruption_config_errors(overrides, prefix):
     source = ArraySource("tiny", np.zeros((4, 4, 4, 1), dtype=np.uint8))
     cfg = default_data_config()
+    cfg.image_size = 4
     cfg.corruption.update(overrides)
     with pytest.raises(ValueError) as err:
         load_batch(source, cfg, 0, 0, 2)
@@ -127,9 +138,10 @@ def test_corruption_config_errors(overrides, prefix):
 
 
 def test_batch_options_of_the_default_section():
-    corruption, random_flip = batch_options(default_data_config(), (28, 28, 1))
-    assert corruption == Corruption(kind="none", lo=0.5, hi=0.6, amplitude=0.1, seed=0)
-    assert random_flip is False
+    options = batch_options(default_data_config(), (28, 28, 1))
+    assert options.corruption == Corruption(kind="none", lo=0.5, hi=0.6, amplitude=0.1, seed=0)
+    assert options.random_flip is False and (options.num_workers, options.prefetch) == (2, 2)
+    assert options.preprocess == Preprocess(28, 1, "center", True, 1.0)
 
 
 def test_random_flip_must_be_boolean():

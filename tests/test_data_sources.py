@@ -107,71 +107,6 @@ def test_fashion_mnist_debian_files(split, size):
     assert (images[:, :, 0] == 0).mean() > 0.5  # mostly black border columns
 
 
-# ---------------------------------------------------------------- TFDS (mocked)
-
-tfds = pytest.importorskip("tensorflow_datasets")
-
-
-def _mock(n=6):
-    return tfds.testing.mock_data(num_examples=n, policy=tfds.testing.MockPolicy.USE_CODE)
-
-
-def test_tfds_source_with_mock_data():
-    cfg = default_data_config()
-    cfg.name = "tfds:fashion_mnist"
-    with _mock(6):
-        source = get_source(cfg)
-        assert source.name == "tfds:fashion_mnist/train"
-        assert len(source) == 6 and source.image_shape == (28, 28, 1)
-        images = source.get(np.array([5, 1, 1]))
-        assert images.dtype == np.uint8 and images.shape == (3, 28, 28, 1)
-        np.testing.assert_array_equal(images[1], images[2])
-        np.testing.assert_array_equal(images, get_source(cfg).get(np.array([5, 1, 1])))
-        with pytest.raises(ValueError, match="indices must lie in"):
-            source.get(np.array([6]))
-
-
-def test_tfds_in_memory_fallback(monkeypatch):
-    def no_random_access(*args, **kwargs):
-        raise NotImplementedError("no random access\nsecond line")
-
-    monkeypatch.setattr(tfds, "data_source", no_random_access)
-    cfg = default_data_config()
-    cfg.name = "tfds:fashion_mnist"
-    with _mock(4):
-        source = get_source(cfg)
-        assert source._images is not None and source._images.shape == (4, 28, 28, 1)
-        assert source.get(np.array([3, 0])).shape == (2, 28, 28, 1)
-
-
-def test_tfds_errors(monkeypatch):
-    cfg = default_data_config()
-    cfg.name = "tfds:fashion_mnist"
-    cfg.image_size = 32
-    with _mock(2), pytest.raises(ValueError, match=r"^data\.image_size=32: .*28x28"):
-        get_source(cfg)
-    cfg.image_size, cfg.image_key = 28, "picture"
-    with _mock(2), pytest.raises(ValueError, match=r"^data\.image_key='picture'"):
-        get_source(cfg)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("not prepared\nmore text")
-
-    monkeypatch.setattr(tfds, "data_source", broken)
-    monkeypatch.setattr(tfds, "load", broken)
-    cfg.image_key = "image"
-    with pytest.raises(ValueError, match=r"^data\.name='tfds:fashion_mnist': cannot open") as e:
-        get_source(cfg)
-    assert "\n" not in str(e.value)
-
-
-def test_fashion_mnist_falls_back_to_tfds(monkeypatch, tmp_path):
-    monkeypatch.setattr(fm, "DEBIAN_ROOT", str(tmp_path / "absent"))
-    with _mock(3):
-        source = get_source(default_data_config())
-    assert source.name == "tfds:fashion_mnist/train" and len(source) == 3
-
-
 # ---------------------------------------------------------------- natural patches
 
 
@@ -231,7 +166,7 @@ def test_folder_source(tmp_path):
         _write_png(tmp_path / rel, arrays[rel])
     (tmp_path / "notes.txt").write_text("not an image")
     cfg = default_data_config()
-    cfg.name, cfg.root, cfg.image_size = "folder", str(tmp_path), 8
+    cfg.name, cfg.root = "folder", str(tmp_path)
     source = get_source(cfg)
     assert [os.path.relpath(p, tmp_path) for p in source.paths] == [
         "a/c.png",
@@ -249,22 +184,33 @@ def test_folder_source_rgb(tmp_path):
     image = np.random.default_rng(1).integers(0, 256, size=(5, 5, 3), dtype=np.uint8)
     _write_png(tmp_path / "x.png", image)
     cfg = default_data_config()
-    cfg.name, cfg.root, cfg.image_size, cfg.channels = "folder", str(tmp_path), 5, 3
+    cfg.name, cfg.root, cfg.channels = "folder", str(tmp_path), 3
     np.testing.assert_array_equal(get_source(cfg).get(np.array([0]))[0], image)
 
 
-def test_folder_source_rejects_mismatched_files(tmp_path):
-    _write_png(tmp_path / "good.png", np.zeros((8, 8), dtype=np.uint8))
-    _write_png(tmp_path / "sub" / "wrong.png", np.zeros((8, 9), dtype=np.uint8))
+def test_folder_source_of_any_size_converts_modes_and_names_an_unreadable_file(tmp_path):
+    gray = np.random.default_rng(2).integers(0, 256, size=(8, 8), dtype=np.uint8)
+    rgb = np.random.default_rng(3).integers(0, 256, size=(6, 9, 3), dtype=np.uint8)
+    _write_png(tmp_path / "a.png", gray)
+    _write_png(tmp_path / "sub" / "b.png", rgb)
     cfg = default_data_config()
-    cfg.name, cfg.root, cfg.image_size = "folder", str(tmp_path), 8
-    with pytest.raises(ValueError, match=r"wrong\.png: image is 9x8") as err:
+    cfg.name, cfg.root, cfg.channels = "folder", str(tmp_path), 3
+    source = get_source(cfg)
+    assert source.image_shape is None and len(source) == 2  # sizes vary
+    np.testing.assert_array_equal(source.read(0), np.repeat(gray[..., None], 3, axis=2))
+    np.testing.assert_array_equal(source.read(1), rgb)
+    cfg.channels = 1
+    from PIL import Image
+
+    expected = np.asarray(Image.fromarray(rgb).convert("L"))[..., None]
+    np.testing.assert_array_equal(get_source(cfg).read(1), expected)
+    with pytest.raises(ValueError, match="images of several sizes"):
+        get_source(cfg).get(np.arange(2))
+    (tmp_path / "sub" / "c.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError) as err:
         get_source(cfg)
+    assert str(err.value).startswith(f"{tmp_path}/sub/c.jpg: not a readable image")
     assert "\n" not in str(err.value)
-    (tmp_path / "sub" / "wrong.png").unlink()
-    _write_png(tmp_path / "rgb.png", np.zeros((8, 8, 3), dtype=np.uint8))
-    with pytest.raises(ValueError, match=r"rgb\.png: image mode 'RGB' but data\.channels=1"):
-        get_source(cfg)
 
 
 def test_folder_source_empty(tmp_path):

@@ -49,15 +49,16 @@ def _nan_metrics(metrics):
 
 
 def _nan_at(monkeypatch, bad_step):
-    real = Run.load_batch
+    real = Run.batch_iterator
 
-    def load_batch(self, step, *args):
-        batch = real(self, step, *args)
-        if step == bad_step:
-            batch[0, 0, 0, 0] = np.nan
-        return batch
+    def batch_iterator(self, start, stop):
+        for step, batch in enumerate(real(self, start, stop), start):
+            if step == bad_step:
+                batch = batch.copy()
+                batch[0, 0, 0, 0] = np.nan
+            yield batch
 
-    monkeypatch.setattr(Run, "load_batch", load_batch)
+    monkeypatch.setattr(Run, "batch_iterator", batch_iterator)
 
 
 def test_nonfinite_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path,

@@ -135,7 +135,12 @@ def test_quickstart_cli_end_to_end_with_a_quiet_console(tmp_path, run_subprocess
     ("--config.data.name=no_such_dataset", "data.name='no_such_dataset': unknown source"),
     ("--config.optim.learning_rate=-1", "optim.learning_rate=-1"),
     ("--config.noise.rho0=-1", "noise.rho0=-1.0: must be > 0"),
-    ("--config.data.image_size=32", "data.image_size=32: fashion_mnist/train has 28x28"),
+    ("--config.data.resize=False --config.data.image_size=32",
+     "data.image_size=32: larger than the 28x28 images of fashion_mnist/train; "
+     "data.crop=center, data.resize=False"),
+    ("--config.data.crop=middle", "data.crop='middle': must be one of center, random"),
+    ("--config.data.center_crop_fraction=0", "data.center_crop_fraction=0.0: must be"),
+    ("--config.data.num_workers=-1", "data.num_workers=-1: must be an integer >= 0"),
     ("--config.train.num_steps=-5", "train.num_steps=-5: must be an integer >= 1"),
     ("--config.train.nonfinite=maybe", "train.nonfinite='maybe': must be one of stop, skip"),
     ("--config.model.ch_mult=(1,2,2,2)", "model.ch_mult=(1, 2, 2, 2)"),
@@ -151,7 +156,7 @@ def test_bad_config_is_one_line_and_writes_nothing(tmp_path, run_cli, override, 
     workdir = tmp_path / "never"
     extra = ["--config.diffusion.schedule=ddpm_linear"] if "sample_steps" in override else []
     result = run_cli("sagd_jax.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
-                     override, *extra)
+                     *override.split(), *extra)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines

@@ -9,8 +9,9 @@ Where things live:
   folder           PNG / JPEG files under a folder
   grf              Gaussian random fields of known spectrum (float32; the exact answer)
   corruption       additive patterns confined to a radial frequency band
-  pipeline         batch_indices / load_batch: batches as pure functions of (seed, step, process);
-                   batch_options checks the keys load_batch reads, before anything loads
+  preprocess       resize (antialiased) and crop to data.image_size, from any source size
+  pipeline         grain MapDataset of batches, pure functions of (seed, step, process);
+                   batch_options checks the keys it reads, before anything loads
 
 Typical use:
     source = get_source(config.data)
@@ -28,18 +29,22 @@ from sagd_jax.data.folder import make_folder
 from sagd_jax.data.grf import grf_model, make_grf
 from sagd_jax.data.natural_patches import make_natural_patches
 from sagd_jax.data.pipeline import (
-    batch_indices,
+    BatchOptions,
     batch_options,
-    flip_mask,
+    batches,
+    clean_images,
+    iterate,
     load_batch,
     local_batch_size,
     to_float,
 )
+from sagd_jax.data.preprocess import Preprocess
 from sagd_jax.data.sources import (
     ArraySource,
     ImageSource,
     get_source,
     known_sources,
+    read_image,
     register_source,
 )
 from sagd_jax.data.tfds_source import make_tfds
@@ -52,20 +57,24 @@ register_source("grf", make_grf)
 
 __all__ = [
     "ArraySource",
+    "BatchOptions",
     "Corruption",
     "ImageSource",
-    "batch_indices",
+    "Preprocess",
     "batch_options",
+    "batches",
+    "clean_images",
     "corruption_from_config",
     "default_data_config",
-    "flip_mask",
     "get_source",
     "grf_model",
+    "iterate",
     "known_sources",
     "load_batch",
     "local_batch_size",
     "parse_idx",
     "read_idx",
+    "read_image",
     "register_source",
     "to_float",
 ]

@@ -30,7 +30,15 @@ def default_data_config() -> ml_collections.ConfigDict:
     seed:          seed of the natural_patches crops and grf fields (the dataset, not its order).
     image_key:     TFDS feature holding the image.
     download:      allow TFDS to download and prepare a missing dataset.
-    random_flip:   random horizontal flips in ``load_batch``.
+    random_flip:   random horizontal flips (probability 1/2 per image).
+    crop:          "center" or "random": the image_size square taken from each image after
+                   resizing (``sagd_jax.data.preprocess``).
+    resize:        scale every image so that its shorter side is image_size (antialiased);
+                   False: crop at the source's own resolution.
+    center_crop_fraction: keep this centred fraction of the shorter side first (1 = all;
+                   CelebA's customary 140x140 face crop: 140 / 178).
+    num_workers:   threads that read and preprocess batches ahead of the step (grain).
+    prefetch:      batches each reader prepares ahead.
     grf:           spectrum of the "grf" source: std * (rho + rho0)^-gamma (see data.grf).
     corruption:    additive band-limited pattern (see ``sagd_jax.data.corruption``);
                    lo/hi in radial-frequency units (axis Nyquist = 1), amplitude in [-1, 1]
@@ -47,6 +55,11 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.image_key = "image"
     cfg.download = False
     cfg.random_flip = False
+    cfg.crop = "center"
+    cfg.resize = True
+    cfg.center_crop_fraction = 1.0
+    cfg.num_workers = 2
+    cfg.prefetch = 2
     cfg.grf = ml_collections.ConfigDict()
     cfg.grf.gamma = 2.0
     cfg.grf.rho0 = 0.1
@@ -90,12 +103,3 @@ def get_root(cfg: Any) -> str:
                             "must be a folder path (string) or '' for the default")
     return value
 
-
-def check_image_shape(cfg: Any, shape: tuple[int, int, int], what: str) -> None:
-    """Check that a source's (H, W, C) matches ``data.image_size`` and ``data.channels``."""
-    size, channels = get_image_size(cfg), get_channels(cfg)
-    h, w, c = shape
-    if (h, w) != (size, size):
-        raise validate.fail("data.image_size", size, f"{what} has {h}x{w} images")
-    if c != channels:
-        raise validate.fail("data.channels", channels, f"{what} has {c}-channel images")

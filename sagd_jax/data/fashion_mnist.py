@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sagd_jax import validate
-from sagd_jax.data.config import check_image_shape, entry, get_root
+from sagd_jax.data.config import entry, get_root
 from sagd_jax.data.sources import ArraySource, ImageSource
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -131,5 +131,4 @@ def make_fashion_mnist(data_config: Any) -> ImageSource:
 
         download = validate.boolean(*entry(data_config, "download"))
         source = TfdsSource("fashion_mnist", split, download=download)
-    check_image_shape(data_config, source.image_shape, f"fashion_mnist/{split}")
     return source

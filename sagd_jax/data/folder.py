@@ -1,10 +1,11 @@
 """Every PNG / JPEG under ``data.root`` as an ``ImageSource`` (``data.name = "folder"``).
 
 Files are found recursively and sorted by their path relative to the root, so example i is the
-same file on every host. All images must be ``data.image_size`` x ``data.image_size`` and
-8-bit grayscale (mode "L", ``data.channels = 1``) or RGB (mode "RGB", ``data.channels = 3``);
-headers are checked when the source is built. Folders up to ``max_cache_bytes`` of pixels are
-decoded once and held in memory, larger ones are decoded on every ``get``.
+same file on every host. Images may have any size and aspect ratio (the pipeline resizes and
+crops them, ``sagd_jax.data.preprocess``); each is converted to grayscale (Pillow mode "L",
+``data.channels = 1``) or RGB ("RGB", ``data.channels = 3``) when decoded. Every file's header
+is read when the source is built (an unreadable file is named then, before training starts);
+pixels are decoded one image at a time by ``read(i)``, in the pipeline's worker threads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sagd_jax import validate
-from sagd_jax.data.config import get_channels, get_image_size, get_root
+from sagd_jax.data.config import get_channels, get_root
 from sagd_jax.data.sources import ImageSource, check_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -34,65 +35,67 @@ def list_image_files(root: str) -> list[str]:
 
 
 class FolderSource:
-    """uint8 (N, S, S, C) images read with Pillow from ``paths`` (already sorted)."""
+    """uint8 ``(h, w, C)`` images of any size, read with Pillow from the files under ``root``.
 
-    def __init__(
-        self,
-        root: str,
-        image_size: int,
-        channels: int,
-        max_cache_bytes: int = 1 << 30,
-    ):
+    ``image_shape``: ``(H, W, C)`` when every image has the same size, else ``None``;
+    ``smallest``: ``(path, (h, w, C))`` of the image with the shortest side.
+    """
+
+    def __init__(self, root: str, channels: int):
         from PIL import Image
 
         self._image_module = Image
         self.name = f"folder:{root}"
-        self.image_shape = (image_size, image_size, channels)
+        self.channels = channels
+        self.mode = _MODES[channels]
         self.paths = list_image_files(root)
         if not self.paths:
-            raise validate.fail("data.root", root, f"holds no {'/'.join(IMAGE_EXTENSIONS)} files")
-        mode = _MODES[channels]
+            raise validate.fail("data.root", root,
+                                f"holds no {'/'.join(IMAGE_EXTENSIONS)} files")
+        sizes = {}
         for path in self.paths:
             try:
                 with Image.open(path) as img:
-                    size, img_mode = img.size, img.mode
+                    sizes[path] = img.size
             except OSError as err:
-                raise ValueError(f"{path}: not a readable image ({err})") from err
-            if size != (image_size, image_size):
-                raise ValueError(
-                    f"{path}: image is {size[0]}x{size[1]} (W x H) but data.image_size={image_size}"
-                )
-            if img_mode != mode:
-                raise ValueError(
-                    f"{path}: image mode {img_mode!r} but data.channels={channels} "
-                    f"needs mode {mode!r}"
-                )
-        self._cache: np.ndarray | None = None
-        if len(self.paths) * int(np.prod(self.image_shape)) <= max_cache_bytes:
-            self._cache = self._decode(np.arange(len(self.paths)))
+                raise ValueError(f"{path}: not a readable image ({err})") from None
+        smallest = min(self.paths, key=lambda p: min(sizes[p]))
+        width, height = sizes[smallest]
+        # the image with the shortest side, for checking data.image_size before training
+        self.smallest = (smallest, (height, width, channels))
+        self.image_shape = (height, width, channels) if len(set(sizes.values())) == 1 else None
 
-    def _decode(self, idx: np.ndarray) -> np.ndarray:
+    def read(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 ``(h, w, C)``; a file that fails to decode is named."""
+        path = self.paths[int(check_indices([index], len(self))[0])]
+        try:
+            with self._image_module.open(path) as img:
+                pixels = np.asarray(img.convert(self.mode), dtype=np.uint8)
+        except OSError as err:
+            raise ValueError(f"{path}: not a readable image ({err})") from None
+        return pixels[..., None] if self.channels == 1 else pixels
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 ``(N, H, W, C)``: only for a folder whose images share one size."""
+        if self.image_shape is None:
+            raise ValueError(f"{self.name}: images of several sizes; read them one at a time "
+                             "(read) or through the pipeline, which resizes them")
+        idx = check_indices(indices, len(self))
         out = np.empty((idx.size, *self.image_shape), dtype=np.uint8)
         for j, i in enumerate(idx):
-            with self._image_module.open(self.paths[i]) as img:
-                pixels = np.asarray(img, dtype=np.uint8)
-            out[j] = pixels.reshape(self.image_shape)
+            out[j] = self.read(int(i))
         return out
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    def get(self, indices: np.ndarray) -> np.ndarray:
-        idx = check_indices(indices, len(self))
-        return self._cache[idx] if self._cache is not None else self._decode(idx)
 
     def __repr__(self) -> str:
         return f"FolderSource({self.name!r}, n={len(self)}, shape={self.image_shape})"
 
 
 def make_folder(data_config: Any) -> ImageSource:
-    """Factory for ``data.name = "folder"`` (keys: root, image_size, channels)."""
+    """Factory for ``data.name = "folder"`` (keys: root, channels)."""
     root = get_root(data_config)
     if not root or not os.path.isdir(root):
         raise validate.fail("data.root", root, "the folder source needs an existing folder")
-    return FolderSource(root, get_image_size(data_config), get_channels(data_config))
+    return FolderSource(root, get_channels(data_config))

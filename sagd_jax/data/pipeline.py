@@ -1,35 +1,35 @@
-"""Stateless batching: the batch of a step is a pure function of its arguments.
+"""The input pipeline on grain: the batch of a step is a pure function of (seed, step, process).
 
-The example order is an endless stream of epochs, each a permutation of 0 .. N - 1 drawn from
-(seed, epoch). Global step s covers stream positions [s * B, (s + 1) * B) for global batch size
-B (a batch may straddle two epochs), and process p of P takes the p-th contiguous slice of
-B / P positions. Resuming at any step therefore needs no iterator state, and concatenating the
-slices of all processes gives the single-process batch.
+    elements = source                       # index -> uint8 (h, w, C) image, any size
+        -> shuffle (grain, seed)            # an endless stream of epochs, each a permutation
+        -> read, resize + crop, scale to [-1, 1], corruption, flip   (one element, one rng)
+        -> batch(B / P)[p::P]               # process p of P: its slice of every global batch
+
+Stream position q holds example ``perm_e(q mod N)`` of epoch ``e = q // N`` (grain's index
+shuffle, seeded by (seed, e)); its crop offsets and flip come from grain's per-position
+generator. Global step s covers positions ``[s B, (s + 1) B)`` and process p reads only
+``[s B + p B / P, s B + (p + 1) B / P)``, so the global batch is the same for any process count
+and resuming at any step needs no iterator state. ``batches(...)`` is a ``grain.MapDataset``:
+``batches[s]`` is the batch of step s (random access); ``iterate`` reads ahead with
+``data.num_workers`` threads.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
+import grain
 import numpy as np
 
 from sagd_jax import validate
 from sagd_jax.data.config import entry
 from sagd_jax.data.corruption import Corruption, corruption_from_config
-from sagd_jax.data.sources import ImageSource
+from sagd_jax.data.preprocess import Preprocess
+from sagd_jax.data.sources import ImageSource, read_image
 
-_PERMUTATION_TAG = 0x5E01  # separates the random streams of the package
-_FLIP_TAG = 0xF11F
-
-
-@functools.lru_cache(maxsize=4)
-def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    """Read-only int64 (N,) permutation of 0 .. N - 1 for ``epoch``, from (seed, epoch)."""
-    rng = np.random.default_rng([seed, _PERMUTATION_TAG, epoch])
-    perm = rng.permutation(num_examples).astype(np.int64)
-    perm.setflags(write=False)
-    return perm
+_SEED_TAG = 0x5E01  # separates the pipeline's grain seed from the other streams
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -40,92 +40,115 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def batch_indices(
-    num_examples: int,
-    seed: int,
-    step: int,
-    global_batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> np.ndarray:
-    """int64 (global_batch_size // process_count,) example indices of this process at ``step``.
-
-    Example order: epoch e = position // num_examples is the permutation drawn from (seed, e).
-    """
-    num_examples = validate.integer("num_examples", num_examples, 1)
-    seed = validate.integer("seed", seed, 0)
-    step = validate.integer("step", step, 0)
-    global_batch_size = validate.integer("global_batch_size", global_batch_size, 1)
-    process_count = validate.integer("process_count", process_count, 1)
-    process_index = validate.integer("process_index", process_index, 0)
-    if process_index >= process_count:
-        raise validate.fail("process_index", process_index,
-                            f"must be < process_count={process_count}")
-    local = local_batch_size(global_batch_size, process_count)
-    start = step * global_batch_size + process_index * local  # Python int: no overflow
-    epochs, offsets = divmod(np.arange(local, dtype=np.int64) + np.int64(start), num_examples)
-    out = np.empty(local, dtype=np.int64)
-    for epoch in np.unique(epochs):
-        here = epochs == epoch
-        out[here] = epoch_permutation(num_examples, seed, int(epoch))[offsets[here]]
-    return out
-
-
-def flip_mask(
-    seed: int, step: int, global_batch_size: int, process_index: int = 0, process_count: int = 1
-) -> np.ndarray:
-    """bool (local batch,) horizontal-flip decisions, a pure function of (seed, step, position).
-
-    Drawn for the whole global batch, so the slices of all processes match one process.
-    """
-    local = local_batch_size(global_batch_size, process_count)
-    rng = np.random.default_rng([int(seed), _FLIP_TAG, int(step)])
-    flips = rng.random(global_batch_size) < 0.5
-    return flips[process_index * local : (process_index + 1) * local]
-
-
 def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, C) in [0, 255] -> float32 (N, H, W, C) in [-1, 1]."""
+    """uint8 in [0, 255] -> float32 in [-1, 1] (``x / 127.5 - 1``), any shape."""
     if images.dtype != np.uint8:
         raise ValueError(f"images must be uint8, got {images.dtype}")
     return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
-def batch_options(data_config: Any, image_shape: tuple[int, int, int]) -> tuple[Corruption, bool]:
-    """The checked ``data.corruption`` (its band holding a DFT bin of (H, W, C) images) and
-    ``data.random_flip`` that ``load_batch`` applies: checks those keys before anything loads."""
+@dataclasses.dataclass(frozen=True)
+class BatchOptions:
+    """What turns a source image into a training image: ``data.*`` resize/crop, corruption
+    and flips, checked."""
+
+    preprocess: Preprocess
+    corruption: Corruption
+    random_flip: bool
+    num_workers: int
+    prefetch: int
+
+
+def batch_options(data_config: Any, source_shape: tuple[int, int, int] | None = None,
+                  what: str = "the source", dtype: Any = np.uint8) -> BatchOptions:
+    """The checked ``data.*`` keys of the pipeline, for a source of ``source_shape`` images
+    (``None``: sizes vary); one-line ``ValueError`` naming the key, before anything loads."""
+    preprocess = Preprocess.from_config(data_config)
+    out_shape = preprocess.output_shape(source_shape, what, dtype)
     corruption = corruption_from_config(data_config)
-    random_flip = validate.boolean(*entry(data_config, "random_flip"))
-    corruption.check_image_size(image_shape[0], image_shape[1])
-    return corruption, random_flip
+    corruption.check_image_size(out_shape[0], out_shape[1])
+    return BatchOptions(
+        preprocess, corruption, validate.boolean(*entry(data_config, "random_flip")),
+        validate.integer(*entry(data_config, "num_workers"), 0),
+        validate.integer(*entry(data_config, "prefetch"), 1))
 
 
-def load_batch(
-    source: ImageSource,
-    data_config: Any,
-    seed: int,
-    step: int,
-    global_batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> np.ndarray:
-    """float32 (global_batch_size // process_count, H, W, C) batch of this process at ``step``.
+class _Records:
+    """The source as grain's random-access data source: index -> (index, image)."""
 
-    uint8 pixels are scaled to [-1, 1] (float32 sources are taken as they are); the configured
-    corruption (``data.corruption``) is added per example index, then ``data.random_flip``
-    flips images horizontally. Values may leave [-1, 1] by the corruption's amplitude (no
-    clipping).
-    """
-    corruption, random_flip = batch_options(data_config, source.image_shape)
-    idx = batch_indices(len(source), seed, step, global_batch_size, process_index, process_count)
-    raw = source.get(idx)
-    if raw.dtype not in (np.uint8, np.float32) or raw.shape != (idx.size, *source.image_shape):
-        raise ValueError(
-            f"{source.name}: get() returned {raw.dtype} {raw.shape}, expected uint8 or float32 "
-            f"{(idx.size, *source.image_shape)}"
-        )
-    images = corruption.apply(to_float(raw) if raw.dtype == np.uint8 else raw.copy(), idx)
-    if random_flip:
-        flips = flip_mask(seed, step, global_batch_size, process_index, process_count)
-        images[flips] = images[flips, :, ::-1, :]
-    return images
+    def __init__(self, source: ImageSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray]:
+        index = int(index)
+        return index, read_image(self.source, index)
+
+
+class _Transform(grain.transforms.RandomMap):
+    """(index, image) -> float32 (S, S, C) training image (crop, scale, corruption, flip)."""
+
+    def __init__(self, options: BatchOptions, source_name: str):
+        self.options, self.source_name = options, source_name
+
+    def random_map(self, element: tuple[int, np.ndarray], rng: np.random.Generator
+                   ) -> np.ndarray:
+        index, image = element
+        image = self.options.preprocess(image, rng, what=f"{self.source_name}[{index}]")
+        x = to_float(image) if image.dtype == np.uint8 else np.array(image, np.float32)
+        if self.options.corruption.kind != "none":
+            x = self.options.corruption.apply(x[None], np.array([index]))[0]
+        if self.options.random_flip and rng.random() < 0.5:
+            x = x[:, ::-1]
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def batches(source: ImageSource, data_config: Any, seed: int, global_batch_size: int,
+            process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+    """This process's batches: ``batches(...)[s]`` is float32 ``(B / P, S, S, C)`` of step
+    ``s`` (``S = data.image_size``); an endless ``grain.MapDataset``."""
+    options = batch_options(data_config, getattr(source, "image_shape", None), source.name)
+    seed = validate.integer("seed", seed, 0)
+    process_count = validate.integer("process_count", process_count, 1)
+    if not 0 <= process_index < process_count:
+        raise validate.fail("process_index", process_index,
+                            f"must be in [0, {process_count})")
+    local = local_batch_size(validate.integer("global_batch_size", global_batch_size, 1),
+                             process_count)
+    grain_seed = (seed * 0x9E3779B1 + _SEED_TAG) % 2**32
+    elements = (grain.MapDataset.source(_Records(source)).seed(grain_seed).shuffle().repeat()
+                .random_map(_Transform(options, source.name)))
+    return elements.batch(local, batch_fn=np.stack)[process_index::process_count]
+
+
+def load_batch(source: ImageSource, data_config: Any, seed: int, step: int,
+               global_batch_size: int, process_index: int = 0, process_count: int = 1
+               ) -> np.ndarray:
+    """float32 ``(global_batch_size // process_count, S, S, C)``: this process's batch of
+    ``step`` (``batches(...)[step]``)."""
+    step = validate.integer("step", step, 0)
+    return batches(source, data_config, seed, global_batch_size, process_index,
+                   process_count)[step]
+
+
+def iterate(dataset: grain.MapDataset, start: int, stop: int, num_workers: int,
+            prefetch: int) -> Iterator[np.ndarray]:
+    """The batches of steps ``start .. stop - 1`` in order, read ahead by ``num_workers``
+    threads (0: in the caller's thread), ``prefetch`` batches per thread."""
+    if start >= stop:
+        return iter(())
+    options = grain.ReadOptions(num_threads=num_workers,
+                                prefetch_buffer_size=max(1, num_workers * prefetch))
+    return iter(dataset[start:stop].to_iter_dataset(options))
+
+
+def clean_images(source: ImageSource, data_config: Any, count: int) -> np.ndarray:
+    """The first ``count`` examples (in source order) as uint8 ``(count, S, S, C)`` training
+    images, centre-cropped, without corruption or flips (reference images); float sources
+    give float32."""
+    options = batch_options(data_config, getattr(source, "image_shape", None), source.name)
+    center = dataclasses.replace(options.preprocess, crop="center")
+    return np.stack([center(read_image(source, i), None, f"{source.name}[{i}]")
+                     for i in range(count)])

@@ -1,9 +1,10 @@
 """The ``ImageSource`` interface and the registry that maps ``data.name`` to a source.
 
-A source is a fixed, random-access list of images: ``get(indices)`` returns uint8 NHWC arrays
-(or float32 ones already in model units, for synthetic data such as ``grf``), always the same
-pixels for the same index. Shuffling, scaling to [-1, 1] and corruption live in
-``sagd_jax.data.pipeline``.
+A source is a fixed, random-access list of images, always the same pixels for the same index:
+uint8 ``(h, w, C)`` images (or float32 ones already in model units, for synthetic data such as
+``grf``), of one shape (``image_shape``) or of varying sizes (``image_shape = None``, read one
+at a time with ``read(i)``). Shuffling, resizing and cropping, scaling to [-1, 1] and
+corruption live in ``sagd_jax.data.pipeline``.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ class ImageSource(Protocol):
     """Random-access image dataset.
 
     name:        identifier, e.g. "fashion_mnist/train".
-    image_shape: (H, W, C) of every image, in pixels / channels.
+    image_shape: (H, W, C) of every image, in pixels / channels; None when sizes vary.
     len(source): number of examples N; valid indices are 0 .. N - 1.
     get(idx):    uint8 array (len(idx), H, W, C) for a 1-D integer array ``idx`` (float32 in
-                 model units for synthetic sources, which the pipeline does not rescale).
+                 model units for synthetic sources, which the pipeline does not rescale);
+                 sources of varying sizes need not have it.
+    read(i):     optional: one image (h, w, C); ``read_image`` falls back to ``get``.
     """
 
     name: str
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, int, int] | None
 
     def __len__(self) -> int: ...
 
@@ -47,6 +50,14 @@ def check_indices(indices: Any, num_examples: int) -> np.ndarray:
     if idx.size and (idx.min() < 0 or idx.max() >= num_examples):
         raise ValueError(f"indices must lie in [0, {num_examples}), got [{idx.min()}, {idx.max()}]")
     return idx
+
+
+def read_image(source: ImageSource, index: int) -> np.ndarray:
+    """Example ``index`` of ``source`` as one ``(h, w, C)`` array (``read``, else ``get``)."""
+    read = getattr(source, "read", None)
+    if read is not None:
+        return read(index)
+    return source.get(np.array([index], dtype=np.int64))[0]
 
 
 def as_nhwc_uint8(images: np.ndarray, what: str) -> np.ndarray:

@@ -8,7 +8,6 @@ resuming from a checkpoint continues the exact same run.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -23,7 +22,7 @@ from sagd_jax.distributed import any_process, barrier, on_process0
 from sagd_jax.metrics.spectra import radial_plot_image, radial_power_spectrum, spectrum_log_error
 from sagd_jax.models import count_params
 from sagd_jax.run import Run
-from sagd_jax.sharding import global_batch, make_mesh
+from sagd_jax.sharding import make_mesh, prefetch_to_device
 from sagd_jax.train.images import image_grid, save_grid, to_uint8
 from sagd_jax.train.preemption import PreemptionFlag
 from sagd_jax.train.state import TrainState
@@ -139,13 +138,15 @@ def _train(run: Run, is_writer: bool) -> TrainState:
     history: list[dict[str, Any]] = []
     previous: dict[str, jax.Array] | None = None
     last_log_time, last_log_step = time.perf_counter(), start
-    with PreemptionFlag() as preemption, concurrent.futures.ThreadPoolExecutor(1) as prefetcher:
-        pending = prefetcher.submit(run.load_batch, start) if start < cfg.num_steps else None
+    data_wait = 0.0  # seconds the loop waited for its next batch since the last log
+    host_batches = run.batch_iterator(start, cfg.num_steps)
+    device_batches = prefetch_to_device(host_batches, mesh)
+    with PreemptionFlag() as preemption:
         for step in range(start, cfg.num_steps):
-            batch = pending.result()
-            if step + 1 < cfg.num_steps:
-                pending = prefetcher.submit(run.load_batch, step + 1)
-            state, metrics = step_fn(state, global_batch(batch, mesh))
+            waited = time.perf_counter()
+            batch = next(device_batches)
+            data_wait += time.perf_counter() - waited
+            state, metrics = step_fn(state, batch)
             if previous is not None:  # one step behind: the check does not stall the device
                 check_finite(previous, step)
             previous = metrics
@@ -158,8 +159,9 @@ def _train(run: Run, is_writer: bool) -> TrainState:
                 now = time.perf_counter()
                 steps_per_s = (done - last_log_step) / (now - last_log_time)
                 scalars |= {"steps_per_sec": steps_per_s,
-                            "img_per_sec": steps_per_s * cfg.batch_size}
-                last_log_time, last_log_step = now, done
+                            "img_per_sec": steps_per_s * cfg.batch_size,
+                            "data_wait": data_wait / (now - last_log_time)}
+                last_log_time, last_log_step, data_wait = now, done, 0.0
                 writer.write_scalars(done, scalars)
                 if is_writer:
                     run.workdir.append_metrics({"step": done, **scalars})
@@ -180,6 +182,7 @@ def _train(run: Run, is_writer: bool) -> TrainState:
             if itstime(done, cfg.sample_every, cfg.num_steps):
                 write_samples(run, state, data_spectrum, writer, is_writer)
                 last_log_time = time.perf_counter()  # sampling time is not training speed
+                data_wait = 0.0
         if previous is not None:
             check_finite(previous, int(jax.device_get(state.step)))
     checkpointer.wait()

@@ -1,0 +1,46 @@
+"""ImageNet 64x64, unconditional, at the network sizes of ADM's ImageNet-64 model (Dhariwal &
+Nichol 2021, "Diffusion Models Beat GANs on Image Synthesis"; also EDM's ImageNet-64 ADM
+config), built from this project's DDPM++ blocks.
+
+    python -m sagd_jax.main --config=configs/imagenet64.py[:downsampled|:resized] --workdir=DIR
+
+Variants (the data; the network is the same):
+  ``downsampled`` (default): TFDS ``downsampled_imagenet/64x64`` (van den Oord et al. 2016;
+    1,281,149 training images already 64x64, so they pass through unchanged), split ``train``.
+  ``resized``: TFDS ``imagenet2012`` (the ILSVRC 2012 training set, images of any size; TFDS
+    needs the ILSVRC tar files in its manual_dir): the shorter side resized to 64 with
+    antialiasing (box halvings + bicubic, guided-diffusion's ``center_crop_arr``), then the
+    centred 64x64 crop.
+Both with random horizontal flips. Prepare with ``tfds build NAME --file_format=array_record
+[--data_dir=ROOT]`` (``data.root = ROOT``) or set ``data.download=True``.
+
+Network (ADM, ImageNet 64): 192 channels, multipliers (1, 2, 3, 4), 3 residual blocks per
+resolution, attention at 32, 16 and 8, dropout 0.1 (270M parameters here); Adam at 3e-4,
+batch 2048, EMA 0.9999, 540k steps (5000 warm-up steps here). ADM's model is
+class-conditional (and learns its variances, with BigGAN up/down blocks and 64-channel
+attention heads); this one has no class conditioning (unconditional generation) and uses the
+DDPM++ residual and attention blocks of ``sagd_jax.models``.
+
+FID: Inception FID arrives in issue 21; its reference statistics will be those of the training
+split at this same preprocessing.
+"""
+
+from sagd_jax.config import default_config
+
+VARIANTS = ("downsampled", "resized")
+DATASETS = {"downsampled": "tfds:downsampled_imagenet/64x64", "resized": "tfds:imagenet2012"}
+
+
+def get_config(variant: str = "downsampled"):
+    if variant not in VARIANTS:
+        raise ValueError(f"config variant {variant!r}: known: {', '.join(VARIANTS)}")
+    c = default_config()
+    c.data.name, c.data.split = DATASETS[variant], "train"
+    c.data.image_size, c.data.channels, c.data.random_flip = 64, 3, True
+    c.data.crop, c.data.resize = "center", True
+    c.model.update(dict(ch=192, ch_mult=(1, 2, 3, 4), num_res_blocks=3,
+                        attn_resolutions=(32, 16, 8), dropout=0.1, num_groups=32))
+    c.optim.update(dict(learning_rate=3e-4, warmup_steps=5000, ema_decay=0.9999))
+    c.train.update(dict(num_steps=540_000, batch_size=2048, checkpoint_every=10_000,
+                        sample_every=20_000))
+    return c
