@@ -108,7 +108,8 @@ def test_each_process_reads_only_its_slice():
 
 
 def test_resuming_needs_no_state_and_threads_read_the_same_batches():
-    source, cfg = _ramp_source(), _config(size=5, channels=3, random_flip=True, crop="random", resize=False)
+    source = _ramp_source()
+    cfg = _config(size=5, channels=3, random_flip=True, crop="random", resize=False)
     dataset = batches(source, cfg, 1, 8)
     late = dataset[10**6]  # any step, computed directly
     np.testing.assert_array_equal(late, load_batch(source, cfg, 1, 10**6, 8))
