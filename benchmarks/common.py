@@ -36,6 +36,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Measure = Callable[[flags.FlagValues, "Command"], "dict[str, Any] | None"]
 
 
+def int_list(values: list[str], flag: str, distinct: bool = False) -> list[int]:
+    """``--flag=1,2,3`` (absl's list) as integers >= 1 (``distinct``: no repeats); a one-line
+    ``ValueError`` else."""
+    text = ",".join(values)
+    try:
+        ints = [int(v) for v in values]
+    except ValueError:
+        raise ValueError(f"{flag}={text}: expected comma-separated integers") from None
+    if not ints or min(ints) < 1 or (distinct and len(set(ints)) != len(ints)):
+        raise ValueError(f"{flag}={text}: values must be {'distinct and ' if distinct else ''}"
+                         ">= 1")
+    return ints
+
+
 class Failed(Exception):
     """A measurement that could not be made (not bad input): ``error: ...``, exit status 1."""
 

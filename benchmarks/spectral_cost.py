@@ -29,18 +29,6 @@ from benchmarks import common
 from sagd_jax import console
 
 
-def int_list(values: list[str], flag: str) -> list[int]:
-    """``--flag=1,2,3`` (absl's list) as positive integers; a one-line ``ValueError`` else."""
-    text = ",".join(values)
-    try:
-        ints = [int(v) for v in values]
-    except ValueError:
-        raise ValueError(f"{flag}={text}: expected comma-separated integers") from None
-    if not ints or min(ints) < 1:
-        raise ValueError(f"{flag}={text}: values must be >= 1")
-    return ints
-
-
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_list("sizes", ["32", "64", "128", "256"], "Image sides.", flag_values=fv)
     flags.DEFINE_list("batches", ["16", "64"], "Batch sizes.", flag_values=fv)
@@ -51,8 +39,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
     config = fv.config
-    sizes = int_list(fv.sizes, "--sizes")
-    batches = int_list(fv.batches, "--batches")
+    sizes = common.int_list(fv.sizes, "--sizes")
+    batches = common.int_list(fv.batches, "--batches")
 
     import jax
     import jax.numpy as jnp
