@@ -45,7 +45,13 @@ def default_config() -> ml_collections.ConfigDict:
       ``weight_decay``), ``grad_clip`` (global norm, 0 = off), ``ema_decay``.
     train: ``num_steps``, ``batch_size`` (global), ``log_every``, ``checkpoint_every``,
       ``keep_checkpoints``, ``sample_every``, ``num_samples``, ``sampler``, ``sample_steps``,
-      ``nonfinite`` (stop | skip: what a step with a non-finite loss or gradient does).
+      ``nonfinite`` (stop | skip: what a step with a non-finite loss or gradient does),
+      ``grad_accum_steps`` (the global batch in this many microbatches, summed in the step),
+      ``compilation_cache_dir`` (JAX's persistent compilation cache: "auto" = the user cache
+      folder, "" = off, else a folder), ``profile_steps`` (``(first, last)``: a profiler
+      trace of those steps in the workdir; ``()`` = none).
+    mesh: the device mesh ``(data, fsdp)``: batches split over both axes, parameters,
+      optimizer state and EMA sharded over ``fsdp``; -1 = all the devices the other leaves.
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -66,8 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         num_steps=10_000, batch_size=128, log_every=100, checkpoint_every=1000,
         keep_checkpoints=3, sample_every=2000, num_samples=64, sampler="ddpm", sample_steps=250,
-        nonfinite="stop",
+        nonfinite="stop", grad_accum_steps=1, compilation_cache_dir="auto", profile_steps=(),
     ))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     return c
 
 
@@ -138,9 +145,19 @@ def validate_config(config: Any, device_count: int | None = None) -> None:
     validate.integer(*validate.entry(config, "seed"), 0)
     validate.integer(*validate.entry(config, "train.num_steps"), 1)
     batch = validate.integer(*validate.entry(config, "train.batch_size"), 1)
-    if batch % device_count:
+    mesh_axes(config)
+    accum = validate.integer(*validate.entry(config, "train.grad_accum_steps"), 1)
+    if batch % (accum * device_count):
         raise validate.fail("train.batch_size", batch,
-                            f"must be divisible by the device count ({device_count})")
+                            f"must be divisible by train.grad_accum_steps x the device count "
+                            f"({accum} x {device_count})")
+    validate.text(*validate.entry(config, "train.compilation_cache_dir"), empty=True)
+    profile = validate.lookup(config, "train.profile_steps")
+    if profile != () and not (isinstance(profile, (tuple, list)) and len(profile) == 2
+                              and all(validate.is_int(v) for v in profile)
+                              and 0 <= profile[0] <= profile[1]):
+        raise validate.fail("train.profile_steps", profile,
+                            "must be () or (first, last) with 0 <= first <= last")
     for key in ("checkpoint_every", "log_every", "sample_every", "num_samples", "sample_steps",
                 "keep_checkpoints"):
         validate.integer(*validate.entry(config, f"train.{key}"), 1)
@@ -155,6 +172,37 @@ def validate_config(config: Any, device_count: int | None = None) -> None:
     validate.number("optim.weight_decay", optim["weight_decay"], 0.0, 1.0)
     validate.number("optim.grad_clip", optim["grad_clip"], 0.0, math.inf, open_hi=True)
     validate.number("optim.ema_decay", optim["ema_decay"], 0.0, 1.0, open_hi=True)
+
+
+def mesh_axes(config: Any) -> dict[str, int]:
+    """``{"data": d, "fsdp": f}`` of ``mesh.*``, each -1 (the rest) or >= 1, checked."""
+    sizes = {}
+    for axis in ("data", "fsdp"):
+        key, value = validate.entry(config, f"mesh.{axis}")
+        if not validate.is_int(value) or (value != -1 and value < 1):
+            raise validate.fail(key, value, "must be -1 (the rest) or an integer >= 1")
+        sizes[axis] = int(value)
+    if sizes["data"] == sizes["fsdp"] == -1:
+        raise validate.fail("mesh.data", -1, "only one of mesh.data and mesh.fsdp may be -1")
+    return sizes
+
+
+def mesh_shape(config: Any, device_count: int | None = None) -> tuple[int, int]:
+    """``(data, fsdp)`` of ``mesh.*`` for ``device_count`` devices (a -1 takes the rest);
+    a one-line ``ValueError`` when they do not multiply to the device count."""
+    device_count = jax.device_count() if device_count is None else device_count
+    sizes = mesh_axes(config)
+    for axis, other in (("data", "fsdp"), ("fsdp", "data")):
+        if sizes[axis] == -1:
+            if device_count % sizes[other]:
+                raise validate.fail(f"mesh.{other}", sizes[other], f"does not divide the device "
+                                    f"count ({device_count})")
+            sizes[axis] = device_count // sizes[other]
+    if sizes["data"] * sizes["fsdp"] != device_count:
+        raise validate.fail("mesh.fsdp", sizes["fsdp"], f"mesh.data x mesh.fsdp = "
+                            f"{sizes['data'] * sizes['fsdp']}, not the device count "
+                            f"({device_count})")
+    return sizes["data"], sizes["fsdp"]
 
 
 def load_config_file(spec: str, overrides: Any = ()) -> ml_collections.ConfigDict:

@@ -3,7 +3,7 @@ compiled step. Every CLI, driver and benchmark builds on it.
 
     run = Run.from_config(config, workdir)      # normalised and validated once, in one line
     run = Run.from_workdir(workdir)             # the run a workdir holds (its config.json)
-    mesh = make_mesh()
+    mesh = run.mesh()                           # (data, fsdp) of mesh.*
     state = run.init_state(mesh)                # created directly onto its shardings
     state = run.restore(mesh, step=None)        # a checkpoint (latest by default)
     step = run.train_step(mesh)                 # the jitted, sharded, donated update
@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from sagd_jax import checkpoint, console, rng
-from sagd_jax.config import normalize, validate_config
+from sagd_jax.config import mesh_shape, normalize, validate_config
 from sagd_jax.data import batch_options, batches, get_source, iterate, read_image
 from sagd_jax.data.sources import ImageSource
 from sagd_jax.errors import DamagedCheckpoint
@@ -35,7 +35,13 @@ from sagd_jax.models import build_model
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.samplers import get_sampler
 from sagd_jax.schedules import time_grid
-from sagd_jax.sharding import batch_sharding, global_batch, replicated, state_sharding
+from sagd_jax.sharding import (
+    batch_sharding,
+    global_batch,
+    make_mesh,
+    replicated,
+    state_sharding,
+)
 from sagd_jax.train.state import TrainState, create_train_state, make_optimizer
 from sagd_jax.train.step import make_eps_fn, train_step
 from sagd_jax.workdir import Workdir
@@ -90,8 +96,11 @@ class Run:
 
     @classmethod
     def from_workdir(cls, workdir: str | Workdir, **kwargs: Any) -> Run:
-        """The run a workdir holds, from its ``config.json`` (on today's defaults)."""
+        """The run a workdir holds, from its ``config.json`` (on today's defaults), to read on
+        any number of devices: the batch's divisibility by the devices is the trainer's
+        check (``device_count=1`` unless given)."""
         workdir = Workdir(workdir) if isinstance(workdir, str) else workdir
+        kwargs.setdefault("device_count", 1)
         return cls.from_config(workdir.saved_config(), workdir, **kwargs)
 
     # --- data -----------------------------------------------------------------------------
@@ -137,6 +146,20 @@ class Run:
         return radial_power_spectrum(self.load_batch(0, count))[1]
 
     # --- state ----------------------------------------------------------------------------
+    def mesh(self, devices: list[jax.Device] | None = None, *, fit: bool = False
+             ) -> jax.sharding.Mesh:
+        """The ``(data, fsdp)`` mesh of ``mesh.*`` over ``devices`` (default: all); a one-line
+        ``ValueError`` if the shape does not fit them, unless ``fit``: then a plain data mesh
+        (reading a run on other devices than it trained on: sampling, evaluation)."""
+        devices = jax.devices() if devices is None else devices
+        try:
+            _, fsdp = mesh_shape(self.config, len(devices))
+        except ValueError:
+            if not fit:
+                raise
+            fsdp = 1
+        return make_mesh(devices, fsdp)
+
     def _make_state(self, key: jax.Array) -> TrainState:
         return create_train_state(self.model, self.tx, key, image_shape=self.image_shape)
 
@@ -209,7 +232,8 @@ class Run:
         def step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict[str, Any]]:
             return train_step(state, batch, rng.stream_key(config.seed, rng.TRAIN),
                               model=self.model, tx=self.tx, process=self.process,
-                              ema_decay=config.optim.ema_decay)
+                              ema_decay=config.optim.ema_decay,
+                              grad_accum_steps=config.train.grad_accum_steps)
 
         return jax.jit(step, in_shardings=(state_sh, batch_sharding(mesh)),
                        out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)

@@ -165,13 +165,12 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     from sagd_jax.data import grf_model
     from sagd_jax.distributed import on_process0
     from sagd_jax.run import Run
-    from sagd_jax.sharding import make_mesh
 
     request.validate(jax.device_count())
     run = Run.from_workdir(workdir)
     if config is not None:
         run.workdir.check_compatible(config, run.config)
-    mesh = make_mesh()
+    mesh = run.mesh(fit=True)  # any device count: the run's mesh, else a data mesh
     if request.model == "exact":
         if run.config.data.name != "grf":
             raise ValueError(f"--model=exact: needs data.name=grf, the run has "

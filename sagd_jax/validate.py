@@ -101,10 +101,10 @@ def positive_ints(key: str, value: Any, *, allow_empty: bool = False) -> tuple[i
     return tuple(int(v) for v in value)
 
 
-def text(key: str, value: Any) -> str:
-    """A non-empty string."""
-    if not isinstance(value, str) or not value:
-        raise fail(key, value, "must be a non-empty string")
+def text(key: str, value: Any, empty: bool = False) -> str:
+    """A string, non-empty unless ``empty``."""
+    if not isinstance(value, str) or not (value or empty):
+        raise fail(key, value, "must be a string" if empty else "must be a non-empty string")
     return value
 
 

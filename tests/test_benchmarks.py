@@ -12,9 +12,10 @@ import pytest
 
 TINY = ["--config=configs/quickstart.py", "--config.model.ch=8", "--config.model.num_groups=2",
         "--config.model.attn_resolutions=()", "--config.data.num_examples=64"]
-SCRIPTS = ["conv_grad", "model_cost", "peer_edm", "profile_step", "remat_memory",
+SCRIPTS = ["conv_grad", "input_pipeline", "model_cost", "peer_edm", "profile_step", "remat_memory",
            "sample_throughput", "sampler_bias", "scaling", "spectral_cost", "train_throughput",
-           "experiments/run", "experiments/ode_check"]
+           "compile_cache", "grad_accum_memory", "fsdp_memory", "experiments/run",
+           "experiments/ode_check"]
 
 
 @pytest.fixture
@@ -112,6 +113,61 @@ def test_remat_memory(bench):
     assert result["step_remat_flops_per_image"] > result["step_plain_flops_per_image"]
 
 
+def test_input_pipeline(bench, run_cli, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    result = bench("input_pipeline", "--batch_size", "4", "--batches", "2", "--warmup", "1",
+                   "--rounds", "2", "--files", "5", "--examples", "16", "--min_seconds=0.05",
+                   f"--image_dir={images}")
+    rows = {(r["case"], r["workers"]): r for r in result["rows"]}
+    assert sorted(rows) == sorted((c, w) for c in ("memory32", "jpeg64", "jpeg256")
+                                  for w in (1, 2))
+    for row in rows.values():
+        assert positive(row["img_per_s"]) and positive(row["cpu_ms_per_img"])
+        assert row["img_per_s_per_worker"] == pytest.approx(row["img_per_s"] / row["workers"])
+        runs = row["rounds"]
+        assert len(runs) == 2 and row["img_per_s"] == pytest.approx(
+            sum(run["img_per_s"] for run in runs) / 2)  # the median of two
+        for run in runs:
+            assert run["img_per_s"] == pytest.approx(4 * run["batches_timed"]
+                                                     / run["seconds_timed"])
+            assert run["seconds_timed"] >= 0.05  # more batches timed where 2 took less
+            assert run["warmup_batches"] == max(1, row["workers"] * 2)  # the read-ahead
+    assert rows[("memory32", 1)]["rounds"][0]["batches_timed"] > 2
+    cases = {c["case"]: c for c in result["cases"]}
+    for name, size, (lo, hi) in (("jpeg64", 64, (128, 400)), ("jpeg256", 256, (256, 768))):
+        case = cases[name]
+        assert case["image_size"] == size and case["files"] == 5
+        assert lo <= case["shorter_side_min"] <= case["shorter_side_max"] <= hi
+        for key in ("shuffle_ms", "read_ms", "decode_ms", "draft_decode_ms", "resize_crop_ms",
+                    "stack_ms"):
+            assert positive(case[key]), (name, key)
+    for case in cases.values():
+        per_core = rows[(case["case"], 1)]["img_per_s"]
+        assert case["per_core_img_per_s"] == per_core
+        assert case["cores_for_target"] == pytest.approx(3200 / per_core)
+        assert case["pipeline_ms"] == pytest.approx(1e3 / per_core)
+    assert result["target_img_per_s"] == 3200 and result["batch_size"] == 4
+    # The JPEGs stay under --image_dir, and a second run reads them as they are.
+    written = sorted(p.name for p in (images / "jpeg64").iterdir())
+    assert len(written) == 5 and sorted(p.name for p in images.iterdir()) == [
+        "jpeg256", "jpeg64"]
+    again = run_cli("benchmarks.input_pipeline", *TINY, "--batch_size=2", "--batches=1",
+                    "--warmup=1", "--workers=1", "--cases=jpeg64", "--nobreakdown",
+                    "--min_seconds=0", f"--image_dir={images}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "wrote" not in again.stdout and "jpeg64" in again.stdout
+    assert sorted(p.name for p in (images / "jpeg64").iterdir()) == written
+    for args, expected in (
+            (["--cases=jpeg64,nope"], "--cases=jpeg64,nope: known cases: memory32, jpeg64, "
+                                      "jpeg256"),
+            (["--config.data.crop=center"], "--config.data.crop: set by each case here")):
+        bad = run_cli("benchmarks.input_pipeline", *TINY, *args)
+        assert bad.returncode == 2 and bad.stdout == ""
+        assert bad.stderr.strip().startswith(f"error: {expected}"), bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config.model.nope=1"], "model.nope"),
     (["--config.model.ch"], "--config.model.ch"),
@@ -157,3 +213,49 @@ def test_scripts_run_from_any_directory(script, repo, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     if script != "common":
         assert "flags:" in done.stdout
+
+
+def test_compile_cache(bench):
+    """Two trainer processes (cold, then warm on the same cache): the second loads its step."""
+    result = bench("compile_cache", "--batch_size=2", "--nocontrol", "--min_compile_seconds=0")
+    starts = {row["start"]: row for row in result["starts"]}
+    assert sorted(starts) == ["cold", "warm"] and result["min_compile_seconds"] == 0
+    assert starts["cold"]["train_step"] == "compiled" and starts["cold"]["loaded"] == 0
+    assert starts["warm"]["train_step"] == "loaded from the compilation cache"
+    for row in starts.values():
+        assert positive(row["first_step_s"]) and row["process_s"] > row["first_step_s"]
+    assert result["warm_over_cold"] == pytest.approx(
+        starts["warm"]["first_step_s"] / starts["cold"]["first_step_s"])
+    assert result["cache_entries"] >= starts["warm"]["loaded"] >= 1
+    assert positive(result["cache_bytes"])
+
+
+def test_grad_accum_memory(bench, run_cli):
+    result = bench("grad_accum_memory", "--batch_size=4", "--accum=1,2",
+                   "--config.model.num_res_blocks=1")
+    rows = result["rows"]
+    assert result["batch_size"] == 4
+    assert [(r["accum"], r["microbatch"]) for r in rows] == [(1, 4), (2, 2)]
+    for row in rows:
+        for key in ("temp_bytes", "argument_bytes", "output_bytes", "compile_s"):
+            assert positive(row[key]), key
+        assert row["temp_vs_first"] == pytest.approx(row["temp_bytes"] / rows[0]["temp_bytes"])
+    assert rows[1]["temp_bytes"] < rows[0]["temp_bytes"]  # half the activations live at once
+    assert rows[1]["argument_bytes"] == rows[0]["argument_bytes"]  # the same state and batch
+    bad = run_cli("benchmarks.grad_accum_memory", *TINY, "--batch_size=4", "--accum=1,3")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip() == "error: --accum=1,3: 3 does not divide --batch_size=4"
+
+
+def test_fsdp_memory(repo, tmp_path):
+    """Per-device bytes of the cifar10 DDPM++ state fall with mesh.fsdp (a subprocess: the
+    script asks for its 4 fake devices before JAX starts; shapes only, nothing compiled)."""
+    out = tmp_path / "fsdp.json"
+    done = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "fsdp_memory.py"),
+                           "--devices=4", f"--json={out}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["data"], r["fsdp"]) for r in rows] == [(4, 1), (2, 2), (1, 4)]
+    ratios = [r["vs_replicated"] for r in rows]
+    assert ratios[0] == 1 and 1.9 < ratios[1] < 2 and 3.8 < ratios[2] < 4  # small arrays whole

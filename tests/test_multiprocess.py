@@ -1,5 +1,6 @@
-"""Two processes on localhost (CPU, gloo collectives) train, are preempted, resume, and match
-one process with the same global batch."""
+"""Two processes on localhost (CPU, gloo collectives), their parameters sharded across them
+(``mesh.fsdp=2``), train, are preempted, resume, and match one process with the same global
+batch."""
 
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ from sagd_jax.sharding import make_mesh
 
 @pytest.fixture
 def args(tiny_cli_overrides):
+    """The tiny run, wide enough that its big kernels are sharded by the fsdp rule; with
+    ``mesh.fsdp=2`` over the two processes' devices (one each), parameters are split across
+    the processes and so is every batch."""
     return ["--config=configs/quickstart.py", "--config.data.name=grf",
-            "--config.data.image_size=16", *tiny_cli_overrides, "--config.train.log_every=1"]
+            "--config.data.image_size=16", *tiny_cli_overrides, "--config.train.log_every=1",
+            "--config.model.ch=32", "--config.model.num_groups=4", "--config.mesh.fsdp=2"]
 
 
 def free_port() -> int:
@@ -77,8 +82,8 @@ def test_two_processes_preempted_and_resumed_match_one_process(tmp_path, args, r
     assert all(f"checkpointed step {stopped} " in err for err in errs)
 
     one = tmp_path / "one"
-    result = run_cli("sagd_jax.main", *args, f"--workdir={one}",
-                     f"--config.train.num_steps={stopped}")
+    result = run_cli("sagd_jax.main", *args[:-1], f"--workdir={one}",
+                     f"--config.train.num_steps={stopped}")  # one device: no fsdp
     assert result.returncode == 0, result.stderr[-3000:]
     two_leaves, one_leaves = restore(workdir, stopped), restore(one, stopped)
     assert len(two_leaves) == len(one_leaves) > 10

@@ -131,7 +131,9 @@ def test_unwritable_workdir_is_refused_before_anything_is_built(tmp_path):
 
 
 def test_batch_must_divide_over_the_devices(tiny_config):
-    with pytest.raises(ValueError, match=r"train.batch_size=8: must be divisible by the device "
-                                         r"count \(3\)"):
+    with pytest.raises(ValueError, match=r"train.batch_size=8: must be divisible by "
+                                         r"train.grad_accum_steps x the device count \(1 x 3\)"):
         validate_config(tiny_config(), device_count=3)
     validate_config(tiny_config(), device_count=4)
+    with pytest.raises(ValueError, match=r"\(4 x 4\)"):
+        validate_config(tiny_config(**{"train.grad_accum_steps": 4}), device_count=4)

@@ -141,6 +141,7 @@ def test_quickstart_cli_end_to_end_with_a_quiet_console(tmp_path, run_subprocess
     ("--config.data.crop=middle", "data.crop='middle': must be one of center, random"),
     ("--config.data.center_crop_fraction=0", "data.center_crop_fraction=0.0: must be"),
     ("--config.data.num_workers=-1", "data.num_workers=-1: must be an integer >= 0"),
+    ("--config.mesh.fsdp=2", "mesh.fsdp=2: does not divide the device count (1)"),
     ("--config.train.num_steps=-5", "train.num_steps=-5: must be an integer >= 1"),
     ("--config.train.nonfinite=maybe", "train.nonfinite='maybe': must be one of stop, skip"),
     ("--config.model.ch_mult=(1,2,2,2)", "model.ch_mult=(1, 2, 2, 2)"),

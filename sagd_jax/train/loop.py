@@ -18,13 +18,15 @@ import jax
 import numpy as np
 
 from sagd_jax import console, files
+from sagd_jax.compile_cache import CompileCache, FirstStep
 from sagd_jax.distributed import any_process, barrier, on_process0
 from sagd_jax.metrics.spectra import radial_plot_image, radial_power_spectrum, spectrum_log_error
 from sagd_jax.models import count_params
 from sagd_jax.run import Run
-from sagd_jax.sharding import make_mesh, prefetch_to_device
+from sagd_jax.sharding import prefetch_to_device
 from sagd_jax.train.images import image_grid, save_grid, to_uint8
 from sagd_jax.train.preemption import PreemptionFlag
+from sagd_jax.train.profiling import StepProfiler
 from sagd_jax.train.state import TrainState
 from sagd_jax.train.step import reduce_metrics
 
@@ -62,6 +64,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     ``skipped_steps``. A failed save raises ``RunError`` at that save; a step out of device
     memory a one-line ``ValueError``. A first start that fails leaves no files behind.
     """
+    started = time.perf_counter()
     run = Run.from_config(config, workdir)
     cfg = run.config.train
     latest = run.workdir.latest_step()
@@ -69,12 +72,15 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         raise ValueError(f"train.num_steps={cfg.num_steps}: the run in --workdir="
                          f"{run.workdir.path} is already at step {latest}; give at least "
                          f"{latest} to continue it, or use a new workdir")
+    cache = CompileCache(cfg.compilation_cache_dir)  # a bad folder: one line, nothing written
+    run.mesh()  # its shape fits the devices (one line if not), before anything is written
     is_writer = jax.process_index() == 0
     created, fresh = not os.path.exists(run.workdir.path), run.workdir.is_empty()
     lock = run.workdir.lock()
     on_process0(lock.acquire, "sagd-train-lock")
     try:
-        return _train(run, is_writer)
+        with cache:
+            return _train(run, is_writer, FirstStep(cache, started))
     except BaseException as err:
         if fresh and is_writer and not run.workdir.checkpoint_steps() and not isinstance(
                 err, FloatingPointError):
@@ -97,13 +103,13 @@ def _out_of_memory(run: Run, fresh: bool) -> str:
                                             else ""))
 
 
-def _train(run: Run, is_writer: bool) -> TrainState:
+def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
     """The loop of ``train_and_evaluate``, once the workdir is locked."""
     cfg = run.config.train
     run.workdir.prepare(run.config, is_writer)
     # clu imports TensorFlow (seconds, and C++ log lines): only once the input is good
     metric_writers = console.import_quietly("clu.metric_writers")
-    mesh = make_mesh()
+    mesh = run.mesh()
     barrier("sagd-train-start")  # before the first collective (Orbax's directory sync)
     resuming = run.workdir.latest_step() is not None
     state = (run.restore(mesh, set_aside_damaged=True) if resuming else run.init_state(mesh))
@@ -141,12 +147,18 @@ def _train(run: Run, is_writer: bool) -> TrainState:
     data_wait = 0.0  # seconds the loop waited for its next batch since the last log
     host_batches = run.batch_iterator(start, cfg.num_steps)
     device_batches = prefetch_to_device(host_batches, mesh)
-    with PreemptionFlag() as preemption:
+    profiler = StepProfiler(cfg.profile_steps, os.path.join(run.workdir.path, "profile"),
+                            start, cfg.num_steps, enabled=is_writer)
+    first_step.before()
+    with PreemptionFlag() as preemption, profiler:
         for step in range(start, cfg.num_steps):
+            profiler.before(step)
             waited = time.perf_counter()
             batch = next(device_batches)
             data_wait += time.perf_counter() - waited
             state, metrics = step_fn(state, batch)
+            profiler.after(step, state)  # at the last profiled step: waits for it, stops
+            first_step.after(state)  # once: waits for it, says how long the start took
             if previous is not None:  # one step behind: the check does not stall the device
                 check_finite(previous, step)
             previous = metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Any
 
@@ -10,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.train.state import TrainState, ema_decay_at
@@ -32,6 +34,58 @@ def make_eps_fn(model: nn.Module, process: DiffusionProcess, params: Any
     return jax.tree_util.Partial(functools.partial(network_eps, model), process, params)
 
 
+def _microbatch(x: jax.Array, index: jax.Array, count: int) -> jax.Array:
+    """Examples ``index::count`` of ``x`` along its leading (batch) axis.
+
+    Strided, not contiguous: the batch is split over the devices in contiguous blocks, so
+    every microbatch ``k::count`` takes the same number of examples from each device's block
+    (the reshape ``(B, ...) -> (B / count, count, ...)`` keeps axis 0 split like the batch)
+    and each microbatch stays spread over all devices, with no data moved between them.
+    """
+    return lax.dynamic_index_in_dim(x.reshape(x.shape[0] // count, count, *x.shape[1:]),
+                                    index, axis=1, keepdims=False)
+
+
+def _sliced_dropout(full_batch: int, index: jax.Array, count: int) -> Any:
+    """A ``nn.intercept_methods`` interceptor making ``nn.Dropout`` on microbatch ``index``
+    apply the slice ``index::count`` of the mask the full batch would draw (same key, same
+    full-batch shape), so accumulated steps use the full step's masks example by example.
+
+    The full draw does not depend on ``index``: XLA hoists it out of the microbatch loop and
+    draws it once, keeping the full batch's boolean masks (1 byte an element of each dropout
+    input) through the loop."""
+
+    def interceptor(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
+        module = context.module
+        if not isinstance(module, nn.Dropout) or context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        bound = inspect.signature(nn.Dropout.__call__).bind(module, *args, **kwargs)
+        inputs, deterministic, rng = (bound.arguments.get(name) for name in
+                                      ("inputs", "deterministic", "rng"))
+        deterministic = nn.merge_param("deterministic", module.deterministic, deterministic)
+        if module.rate == 0.0 or deterministic or module.rate == 1.0:
+            return next_fun(*args, **kwargs)
+        # flax's Dropout.__call__, with this microbatch's rows of the full batch's mask.
+        keep_prob = 1.0 - module.rate
+        if rng is None:
+            rng = module.make_rng(module.rng_collection)
+        shape = list(inputs.shape)
+        for dim in module.broadcast_dims:
+            shape[dim] = 1
+        if shape[0] == 1:  # one mask for every example
+            mask = jax.random.bernoulli(rng, p=keep_prob, shape=shape)
+        elif shape[0] * count == full_batch:
+            mask = jax.random.bernoulli(rng, p=keep_prob, shape=(full_batch, *shape[1:]))
+            mask = _microbatch(mask, index, count)
+        else:
+            raise ValueError(f"nn.Dropout on an input of leading size {shape[0]}, not the "
+                             f"microbatch ({full_batch // count}): cannot accumulate")
+        mask = jnp.broadcast_to(mask, inputs.shape)
+        return lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
+
+    return interceptor
+
+
 def train_step(
     state: TrainState,
     batch: jax.Array,
@@ -41,6 +95,7 @@ def train_step(
     tx: optax.GradientTransformation,
     process: DiffusionProcess,
     ema_decay: float,
+    grad_accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on ``batch: (B, H, W, C)`` float32.
 
@@ -50,6 +105,11 @@ def train_step(
     not finite changes nothing but ``step`` (its update is dropped; the loop decides whether to
     stop or go on). Returns the new state and metrics: ``loss``, ``grad_norm``, ``nonfinite``
     (1 for a dropped step) and per-bucket loss sums and counts (``loss_sum_b``, ``count_b``).
+
+    ``grad_accum_steps > 1`` (static; must divide ``B``) runs forward and backward on the
+    microbatches ``k::grad_accum_steps`` one after another (``lax.scan``) and averages their
+    gradients: the same update and metrics as the full batch up to float rounding, each example
+    seeing the full batch's noise level, noise and dropout mask; ``1`` is the plain step.
     """
     key = jax.random.fold_in(train_key, state.step)
     k_time, k_noise, k_dropout = jax.random.split(key, 3)
@@ -58,13 +118,33 @@ def train_step(
     batch = process.training_data(batch)
     x_t, eps = process.marginal_sample(k_noise, batch, t)
 
-    def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
+    def loss_fn(params: Any, x_t: jax.Array, t: jax.Array, x0: jax.Array, eps: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
         out = model.apply({"params": params}, x_t, NOISE_LABEL_SCALE * t, train=True,
                           rngs={"dropout": k_dropout})
-        per_example = process.loss(out, batch, eps, t)
+        per_example = process.loss(out, x0, eps, t)
         return per_example.mean(), per_example
 
-    (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum_steps == 1:
+        (loss, per_example), grads = grad_fn(state.params, x_t, t, batch, eps)
+    else:
+        count = grad_accum_steps
+        if batch_size % count:
+            raise ValueError(f"train.grad_accum_steps={count}: does not divide the batch "
+                             f"({batch_size})")
+
+        def accumulate(total: Any, index: jax.Array) -> tuple[Any, jax.Array]:
+            parts = [_microbatch(x, index, count) for x in (x_t, t, batch, eps)]
+            with nn.intercept_methods(_sliced_dropout(batch_size, index, count)):
+                (_, part), grads = grad_fn(state.params, *parts)
+            return jax.tree.map(jnp.add, total, grads), part
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, parts = lax.scan(accumulate, zeros, jnp.arange(count))
+        grads = jax.tree.map(lambda g: g / count, grads)
+        per_example = parts.T.reshape(batch_size)  # back to the batch's order
+        loss = per_example.mean()
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay)
