@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from sagd_jax import files
 from sagd_jax.errors import DamagedCheckpoint, RunError
 
 CHECKPOINTS = "checkpoints"  # WORKDIR/checkpoints/<step>/{state,config,fingerprint}
@@ -58,13 +59,7 @@ def saved_config(workdir: str, step: int) -> dict[str, Any]:
 def set_aside(workdir: str, step: int) -> str:
     """Rename checkpoint ``step`` to ``<step>.damaged`` (kept for inspection, ignored by
     restores); returns the new path."""
-    directory = checkpoint_dir(workdir)
-    target, n = os.path.join(directory, f"{step}{DAMAGED}"), 1
-    while os.path.exists(target):
-        n += 1
-        target = os.path.join(directory, f"{step}{DAMAGED}{n}")
-    os.rename(os.path.join(directory, str(step)), target)
-    return target
+    return files.set_aside(os.path.join(checkpoint_dir(workdir), str(step)), DAMAGED)
 
 
 def remove_partial(workdir: str) -> list[str]:

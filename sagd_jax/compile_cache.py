@@ -25,7 +25,6 @@ step came from the cache deadlocked in its first steps.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import time
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import jax
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
-from sagd_jax import console
+from sagd_jax import console, files
 
 KEY = "train.compilation_cache_dir"
 MIN_COMPILE_SECONDS = 0.5
@@ -49,21 +48,11 @@ def default_dir() -> str:
 
 
 def _unwritable(path: str) -> str | None:
-    """Why ``path`` cannot be created or written as a folder (None: it can). Probes the
-    nearest existing ancestor with a temporary file removed at once; remote URLs pass."""
+    """Why the cache folder ``path`` cannot be created or written (None: it can); remote URLs
+    pass unchecked."""
     if "://" in path and not path.startswith("file://"):
         return None
-    existing = os.path.abspath(path.removeprefix("file://"))
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        return f"{existing} exists and is not a directory"
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        return f"not writable ({existing}: {err.strerror})"
-    return None
+    return files.unwritable(path.removeprefix("file://"))
 
 
 class CompileCache:

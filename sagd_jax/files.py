@@ -58,6 +58,34 @@ def write_npz(path: str, *, exclusive: bool = False, **arrays: np.ndarray) -> No
         f.write(buffer.getvalue())
 
 
+def unwritable(path: str) -> str | None:
+    """Why a folder at ``path`` cannot be created or written (None: it can). Probes the
+    nearest existing ancestor with a temporary file removed at once (works for root too, for
+    whom permission bits say nothing)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} exists and is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        return f"not writable ({existing}: {err.strerror})"
+    return None
+
+
+def set_aside(path: str, suffix: str = ".damaged") -> str:
+    """Rename the file or folder ``path`` to ``<path><suffix>`` (``.1``, ``.2``, ... added
+    when taken): kept for inspection, never deleted; returns the new path."""
+    target, n = f"{path}{suffix}", 0
+    while os.path.exists(target):
+        n += 1
+        target = f"{path}{suffix}.{n}"
+    os.rename(path, target)
+    return target
+
+
 def exists(path: str) -> bool:
     return os.path.exists(path)
 

@@ -138,12 +138,8 @@ def _sound_or_set_aside(path: str, expected: dict[str, tuple[tuple[int, ...], An
         return True
     except ValueError as err:
         reason = str(err).removeprefix(f"{path}: ")
-    aside, n = f"{path}.damaged", 0
-    while os.path.exists(aside):
-        n += 1
-        aside = f"{path}.damaged.{n}"
     try:
-        os.rename(path, aside)
+        aside = files.set_aside(path)
     except OSError as err:
         raise ValueError(f"{path}: damaged ({reason}) and cannot be moved aside "
                          f"({one_line(err)})") from None

@@ -18,7 +18,6 @@ import glob
 import json
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import ml_collections
@@ -66,21 +65,11 @@ class Workdir:
 
     # --- before anything is built ---------------------------------------------------------
     def check_writable(self) -> None:
-        """Refuse a workdir that cannot be created or written (one-line ``ValueError``).
-
-        Probes the nearest existing ancestor with a temporary file that is removed at once
-        (works for root too, for whom permission bits say nothing)."""
-        existing = os.path.abspath(self.path)
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing):
-            raise ValueError(f"--workdir={self.path}: {existing} exists and is not a directory")
-        try:
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-        except OSError as err:
-            raise ValueError(f"--workdir={self.path}: not writable ({existing}: "
-                             f"{err.strerror})") from None
+        """Refuse a workdir that cannot be created or written (one-line ``ValueError``;
+        ``files.unwritable``)."""
+        why = files.unwritable(self.path)
+        if why is not None:
+            raise ValueError(f"--workdir={self.path}: {why}")
 
     # --- the config -----------------------------------------------------------------------
     def is_empty(self) -> bool:
