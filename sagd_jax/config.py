@@ -49,7 +49,13 @@ def default_config() -> ml_collections.ConfigDict:
       ``grad_accum_steps`` (the global batch in this many microbatches, summed in the step),
       ``compilation_cache_dir`` (JAX's persistent compilation cache: "auto" = the user cache
       folder, "" = off, else a folder), ``profile_steps`` (``(first, last)``: a profiler
-      trace of those steps in the workdir; ``()`` = none).
+      trace of those steps in the workdir; ``()`` = none), ``eval_every`` (steps between
+      in-training FID/KID evaluations, 0 = off).
+    eval: the in-training evaluation (``sagd_jax.train.evaluation``): ``num_samples`` from the
+      EMA weights in batches of ``batch_size`` through ``sampler`` with ``steps`` ("" / 0:
+      ``train.sampler`` / ``train.sample_steps``), FID and KID against the Inception reference
+      of ``reference_split`` ("" = ``data.split``; at most ``reference_images`` images);
+      ``inception_weights`` ("" = ``$SAGD_JAX_INCEPTION``, the cache, or a download).
     mesh: the device mesh ``(data, fsdp)``: batches split over both axes, parameters,
       optimizer state and EMA sharded over ``fsdp``; -1 = all the devices the other leaves.
     """
@@ -73,6 +79,11 @@ def default_config() -> ml_collections.ConfigDict:
         num_steps=10_000, batch_size=128, log_every=100, checkpoint_every=1000,
         keep_checkpoints=3, sample_every=2000, num_samples=64, sampler="ddpm", sample_steps=250,
         nonfinite="stop", grad_accum_steps=1, compilation_cache_dir="auto", profile_steps=(),
+        eval_every=0,
+    ))
+    c.eval = ml_collections.ConfigDict(dict(
+        num_samples=10_000, batch_size=500, sampler="", steps=0, reference_split="",
+        reference_images=50_000, inception_weights="",
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     return c
@@ -162,6 +173,16 @@ def validate_config(config: Any, device_count: int | None = None) -> None:
                 "keep_checkpoints"):
         validate.integer(*validate.entry(config, f"train.{key}"), 1)
     validate.one_of(*validate.entry(config, "train.sampler"), SAMPLERS)
+    validate.integer(*validate.entry(config, "train.eval_every"), 0)
+    for key in ("num_samples", "batch_size", "reference_images"):
+        validate.integer(*validate.entry(config, f"eval.{key}"), 2)
+    validate.integer(*validate.entry(config, "eval.steps"), 0)
+    validate.one_of(*validate.entry(config, "eval.sampler"), ("", *SAMPLERS))
+    for key in ("reference_split", "inception_weights"):
+        validate.text(*validate.entry(config, f"eval.{key}"), empty=True)
+    if config.train.eval_every and config.eval.batch_size % device_count:
+        raise validate.fail("eval.batch_size", config.eval.batch_size,
+                            f"must be divisible by the device count ({device_count})")
     validate.one_of(*validate.entry(config, "train.nonfinite"), NONFINITE_POLICIES)
     optim = validate.lookup(config, "optim")
     validate.number("optim.learning_rate", optim["learning_rate"], 0.0, 1.0, open_lo=True)

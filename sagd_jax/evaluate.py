@@ -2,7 +2,9 @@
 
     python -m sagd_jax.evaluate --samples=DIR/generated/NAME/samples.npz \\
         [--band=bandpass:0.45:0.6] [--filter_band=bandstop:0.45:0.6] [--out=FILE.json] \\
-        [--max_reference=10000] [--num_subsets=100] [--subset_size=1000] [--model_units]
+        [--max_reference=10000] [--num_subsets=100] [--subset_size=1000] [--model_units] \\
+        [--inception=auto|on|off] [--inception_weights=PATH] [--reference_stats=FILE.npz] \\
+        [--reference_split=SPLIT] [--inception_reference_images=50000]
 
 The run (its data config) is found from the samples' ``manifest.json``. Reference images: the
 ``test`` split for Fashion-MNIST and TFDS data, the run's own source otherwise, always without
@@ -17,6 +19,15 @@ Metrics (those that apply):
   ``sem`` includes the sampling noise of the generated set;
   ``--filter_band`` removes a band from both sets before the features, and adds
   ``spectrum_off_band``: the spectrum error over the frequencies outside that band;
+* ``fid``/``kid``/``inception_score`` under ``inception``: FID, KID and IS in the FID
+  Inception-v3's features (``sagd_jax.metrics.inception``), any RGB or grayscale images,
+  against the Inception reference of the run's data (``--reference_split``, default the
+  training split as in the literature; computed once and cached, ``sagd_jax.metrics.fid``) or
+  published statistics (``--reference_stats``: pytorch-fid's or EDM's ``.npz``; FID only).
+  ``--inception=on`` needs the weights (``--inception_weights``, ``$SAGD_JAX_INCEPTION``, the
+  cache or a download); ``auto`` (default) is ``on`` for RGB and 32x32+ images and skips them
+  with a note where they are missing for 28x28x1 data (whose classifier features remain);
+  ``off`` skips them; never for grf data;
 * ``band_energy_ratio``: energy of samples inside ``--band`` relative to the reference's;
 * ``grf_variance``: for ``grf`` data, per-frequency variance of the samples against the exact
   spectrum (``mean_abs_log_ratio`` and the Monte-Carlo floor; ``grf_variance.png``).
@@ -229,14 +240,51 @@ def image_metrics(images: np.ndarray, reference: np.ndarray, reference_name: str
     return results
 
 
+@dataclasses.dataclass(frozen=True)
+class InceptionRequest:
+    """What ``evaluate`` computes in the Inception features (see the module docstring)."""
+
+    mode: str = "auto"  # auto | on | off
+    weights: str | None = None
+    reference_stats: str | None = None
+    reference_split: str | None = None  # None: the run's training split
+    reference_images: int = 50_000
+    batch_size: int = 100
+
+    def weights_for(self, data_config: Any) -> str | None:
+        """The weights file to use for the run's data, or None (skipped); a one-line
+        ``ValueError`` when they are required and missing (before any work)."""
+        from sagd_jax.metrics.inception import weights_path
+
+        if self.mode not in ("auto", "on", "off"):
+            raise ValueError(f"--inception={self.mode}: must be auto, on or off")
+        if self.reference_stats is not None and not os.path.isfile(self.reference_stats):
+            raise ValueError(f"--reference_stats={self.reference_stats}: no such file")
+        validate.integer("--inception_reference_images", self.reference_images, 2)
+        if self.mode == "off" or (self.mode == "auto" and data_config.name == "grf"):
+            return None
+        # auto on 28x28x1 data (which has the classifier's features) fetches nothing
+        optional = (self.mode == "auto" and not self.weights
+                    and (data_config.image_size, data_config.channels) == (28, 1))
+        try:
+            return weights_path(self.weights, download=not optional)
+        except ValueError as err:
+            if optional:
+                console.info("inception: skipped (%s)", err)
+                return None
+            raise
+
+
 def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
              filter_band: str | None = None, max_reference: int = 10_000,
              num_subsets: int = 100, subset_size: int = 1000, classifier: Any = None,
-             model_units: bool = False) -> dict[str, Any]:
+             model_units: bool = False, inception: InceptionRequest | None = None
+             ) -> dict[str, Any]:
     """Compute the metrics that apply and write them to ``out`` (default: ``evaluation.json``
     beside the samples; an existing file is never overwritten). Returns the results.
     ``classifier``: a ``metrics.classifier.Recipe`` other than the documented one (tests);
-    ``model_units``: a float ``arr_0`` holds images in model units (``load_samples``)."""
+    ``model_units``: a float ``arr_0`` holds images in model units (``load_samples``);
+    ``inception``: the Inception metrics' options (default: ``InceptionRequest()``)."""
     from sagd_jax.metrics.spectra import plot_radial
     from sagd_jax.spectral import parse_bands
     from sagd_jax.workdir import Workdir
@@ -262,6 +310,13 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
     if samples.shape[1:] != (size, size, channels):  # before the reference is loaded
         raise ValueError(f"--samples={samples_path}: images {samples.shape[1:]} but the data "
                          f"has {(size, size, channels)}")
+    inception = inception or InceptionRequest()
+    weights = inception.weights_for(config.data)
+    reference_stats = None
+    if weights is not None and inception.reference_stats is not None:
+        from sagd_jax.metrics.fid import load_reference
+
+        reference_stats = load_reference(inception.reference_stats)
     console.info("reference: up to %d clean %s images", max_reference, config.data.name)
     reference, reference_name = reference_images(config.data, max_reference)
     if samples.shape[1:] != reference.shape[1:]:
@@ -275,6 +330,9 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
                                "sampling": manifest}
     results |= image_metrics(samples, reference, reference_name, config.data, band,
                              filter_band, num_subsets, subset_size, classifier)
+    if weights is not None:
+        results["inception"] = inception_results(samples, config.data, weights, inception,
+                                                 reference_stats, num_subsets, subset_size)
     spectrum = results["spectrum"]
     plot_radial(os.path.join(plot_dir, f"{stem}_spectrum.png"), np.asarray(spectrum["rho"]),
                 {"samples": np.asarray(spectrum["samples"]),
@@ -292,6 +350,23 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
     return results
 
 
+def inception_results(samples: np.ndarray, data_config: Any, weights: str,
+                      request: InceptionRequest, reference_stats: Any, num_subsets: int,
+                      subset_size: int) -> dict[str, Any]:
+    """FID, KID and IS of ``samples`` (model units) in the Inception features."""
+    from sagd_jax.metrics.fid import compute_reference, inception_metrics
+    from sagd_jax.metrics.inception import InceptionFeatures, to_uint8_pixels
+
+    extractor = InceptionFeatures.from_file(weights, batch_size=request.batch_size)
+    if reference_stats is None:
+        split = request.reference_split or data_config.split
+        reference_stats, _ = compute_reference(data_config, extractor, split,
+                                               request.reference_images)
+    console.info("inception: %d samples", len(samples))
+    return inception_metrics(to_uint8_pixels(samples), extractor, reference_stats,
+                             num_subsets, subset_size)
+
+
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("samples", None, "samples.npz of python -m sagd_jax.sample.",
                         flag_values=fv, required=True)
@@ -305,6 +380,19 @@ def define_flags(fv: flags.FlagValues) -> None:
                          flag_values=fv)
     flags.DEFINE_integer("num_subsets", 100, "KID subsets.", flag_values=fv)
     flags.DEFINE_integer("subset_size", 1000, "KID subset size.", flag_values=fv)
+    flags.DEFINE_enum("inception", "auto", ["auto", "on", "off"], "FID/KID/IS in the FID "
+                      "Inception-v3's features: on, off, or auto (on; skipped for grf data and, "
+                      "when the weights are missing, for 28x28x1 data).", flag_values=fv)
+    flags.DEFINE_string("inception_weights", None, "pt_inception-2015-12-05-6726825d.pth "
+                        "(default: $SAGD_JAX_INCEPTION, else the cache, else a download).",
+                        flag_values=fv)
+    flags.DEFINE_string("reference_stats", None, "Published Inception statistics (.npz with "
+                        "mu, sigma: pytorch-fid's or EDM's) instead of the run's data.",
+                        flag_values=fv)
+    flags.DEFINE_string("reference_split", None, "Data split of the Inception reference "
+                        "(default: the run's training split).", flag_values=fv)
+    flags.DEFINE_integer("inception_reference_images", 50_000, "At most this many reference "
+                         "images for the Inception statistics.", flag_values=fv)
     flags.DEFINE_boolean("model_units", False, "arr_0 holds float images in model units, "
                          "[-1, 1] (default: arr_0 must be uint8 pixels).", flag_values=fv)
 
@@ -315,14 +403,24 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     out["spectrum_mean_abs_log_ratio"] = results["spectrum"]["mean_abs_log_ratio"]
     if "kid" in results:
         out["kid"] = f"{results['kid']['mean']:.5f} +- {results['kid']['std']:.5f}"
+    if "inception" in results:
+        inc = results["inception"]
+        out["inception_fid"] = inc["fid"]
+        if "kid" in inc:
+            out["inception_kid"] = f"{inc['kid']['mean']:.5f} +- {inc['kid']['std']:.5f}"
+        out["inception_score"] = (f"{inc['inception_score']['mean']:.3f} +- "
+                                  f"{inc['inception_score']['std']:.3f}")
     if "grf_variance" in results:
         out["grf_variance_mean_abs_log_ratio"] = results["grf_variance"]["mean_abs_log_ratio"]
     return out
 
 
 def evaluate_cli(fv: flags.FlagValues) -> None:
+    inception = InceptionRequest(fv.inception, fv.inception_weights, fv.reference_stats,
+                                 fv.reference_split, fv.inception_reference_images)
     results = evaluate(fv.samples, fv.out, fv.band, fv.filter_band, fv.max_reference,
-                       fv.num_subsets, fv.subset_size, model_units=fv.model_units)
+                       fv.num_subsets, fv.subset_size, model_units=fv.model_units,
+                       inception=inception)
     print(json.dumps(summary(results), indent=2))
 
 

@@ -193,9 +193,14 @@ class Workdir:
         return files.read_jsonl(self.metrics_path)
 
     def last_metrics(self) -> dict[str, Any]:
-        """The last logged record (``{}`` before the first)."""
+        """The last logged step's records merged (training scalars and, when that step was
+        evaluated too, its FID/KID record); ``{}`` before the first."""
         records = self.metrics()
-        return records[-1] if records else {}
+        merged: dict[str, Any] = {}
+        for record in records:
+            if record.get("step") == (records[-1].get("step") if records else None):
+                merged |= record
+        return merged
 
     def sample_grid_path(self, step: int) -> str:
         return os.path.join(self.samples_dir, f"step_{step:07d}.png")

@@ -20,10 +20,12 @@ import numpy as np
 from sagd_jax import console, files
 from sagd_jax.compile_cache import CompileCache, FirstStep
 from sagd_jax.distributed import any_process, barrier, on_process0
+from sagd_jax.metrics.inception import weights_path
 from sagd_jax.metrics.spectra import radial_plot_image, radial_power_spectrum, spectrum_log_error
 from sagd_jax.models import count_params
 from sagd_jax.run import Run
 from sagd_jax.sharding import prefetch_to_device
+from sagd_jax.train.evaluation import InTrainingEval
 from sagd_jax.train.images import image_grid, save_grid, to_uint8
 from sagd_jax.train.preemption import PreemptionFlag
 from sagd_jax.train.profiling import StepProfiler
@@ -74,6 +76,8 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
                          f"{latest} to continue it, or use a new workdir")
     cache = CompileCache(cfg.compilation_cache_dir)  # a bad folder: one line, nothing written
     run.mesh()  # its shape fits the devices (one line if not), before anything is written
+    if cfg.eval_every:  # the Inception weights are there (one line if not), likewise
+        weights_path(run.config.eval.inception_weights or None)
     is_writer = jax.process_index() == 0
     created, fresh = not os.path.exists(run.workdir.path), run.workdir.is_empty()
     lock = run.workdir.lock()
@@ -129,6 +133,7 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
                      "%d process(es)", f"{count_params(state.params):,}", start, cfg.num_steps,
                      jax.device_count(), jax.process_count())
     step_fn = run.train_step(mesh)
+    evaluator = InTrainingEval(run, mesh) if cfg.eval_every and start < cfg.num_steps else None
     stop_on_nonfinite = cfg.nonfinite == "stop"
 
     def check_finite(metrics: dict[str, jax.Array], done: int) -> None:
@@ -194,6 +199,17 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
             if itstime(done, cfg.sample_every, cfg.num_steps):
                 write_samples(run, state, data_spectrum, writer, is_writer)
                 last_log_time = time.perf_counter()  # sampling time is not training speed
+                data_wait = 0.0
+            if evaluator is not None and itstime(done, cfg.eval_every, cfg.num_steps):
+                scalars = evaluator(state.ema_params, done)
+                writer.write_scalars(done, scalars)
+                if is_writer:
+                    run.workdir.append_metrics({"step": done, **scalars})
+                console.info("step %d: FID %.2f%s (%d samples, %s)", done, scalars["fid"],
+                             f", KID {scalars['kid']:.4f}" if "kid" in scalars else "",
+                             run.config.eval.num_samples,
+                             console.duration(scalars["eval_seconds"]))
+                last_log_time = time.perf_counter()  # evaluation time is not training speed
                 data_wait = 0.0
         if previous is not None:
             check_finite(previous, int(jax.device_get(state.step)))

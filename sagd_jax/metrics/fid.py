@@ -1,0 +1,195 @@
+"""FID, KID and Inception Score of image sets in the FID Inception-v3's features, and the
+reference statistics of a dataset's split, computed once and cached.
+
+    python -m sagd_jax.metrics.fid --config=configs/cifar10_ddpmpp.py [--split=train] \\
+        [--max_images=50000] [--inception_weights=PATH] [--config.KEY=VALUE ...]
+
+prints the path of the cached reference: ``<cache>/inception_reference/NAME.npz`` with ``mu``,
+``sigma`` (float64; pytorch-fid's and EDM's layout, so any FID tool reads it), ``features``
+(float32 ``(N, 2048)``, for KID) and ``num_images``. ``NAME`` spells the dataset, split,
+resolution and count and hashes every preprocessing key (crop, resize, centre crop fraction),
+so a changed preprocessing never reuses a stale reference. Published statistics (pytorch-fid's
+or EDM's reference ``.npz``: ``mu``, ``sigma``) are read with ``load_reference``; they give
+FID but not KID (no features).
+
+Images are uint8 pixels; the data's clean images (no corruption, no flips, centre crop) are
+rounded to uint8 the way generated samples are (``train.images.to_uint8``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from absl import flags
+
+from sagd_jax import cli, console, files
+from sagd_jax.metrics.features import (
+    GaussianStats,
+    frechet_distance,
+    inception_score,
+    kernel_distance,
+    load_reference_stats,
+)
+
+DEFAULT_SPLITS = 10  # Inception Score splits (the literature's and torch-fidelity's)
+PREPROCESSING_KEYS = ("image_size", "channels", "crop", "resize", "center_crop_fraction",
+                      "image_key", "grf", "seed", "num_examples")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Inception statistics of a reference set; ``features`` ``(N, 2048)`` when known (KID)."""
+
+    stats: GaussianStats
+    features: np.ndarray | None
+    name: str
+
+
+def load_reference(path: str) -> Reference:
+    """A reference ``.npz``: ours (with features), pytorch-fid's or EDM's (``mu``, ``sigma``).
+    One-line ``ValueError`` naming ``path`` when it is not one."""
+    stats = load_reference_stats(path)
+    features = None
+    with np.load(path, allow_pickle=False) as data:
+        if "features" in data.files:
+            features = np.asarray(data["features"], np.float32)
+            if features.ndim != 2 or features.shape[1] != len(stats.mean):
+                raise ValueError(f"{path}: features {features.shape} do not fit mu "
+                                 f"{stats.mean.shape}")
+    return Reference(stats, features, os.path.splitext(os.path.basename(path))[0])
+
+
+def reference_name(data_config: Any, split: str, count: int, weights: str) -> str:
+    """The cache name of a data split's reference: dataset, split, size, count and a hash of
+    the preprocessing keys and the Inception weights' file name."""
+    cfg = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
+    keyed = {k: cfg.get(k) for k in PREPROCESSING_KEYS} | {"weights": weights}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
+    size = f"{cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}"
+    name = f"{cfg['name']}-{split}-{size}-{count}-{digest[:10]}"
+    return name.replace(":", "_").replace("/", "_")
+
+
+def clean_pixels(data_config: Any, split: str, max_images: int, chunk: int = 500
+                 ) -> tuple[int, Iterator[np.ndarray]]:
+    """``(count, chunks)``: the first ``min(len, max_images)`` clean images of ``split`` of the
+    data (no corruption or flips, centre crop) as uint8 ``(n, S, S, C)`` chunks."""
+    from sagd_jax.data import get_source
+    from sagd_jax.data.pipeline import batch_options
+    from sagd_jax.data.sources import read_image
+    from sagd_jax.metrics.inception import to_uint8_pixels
+
+    cfg = data_config.copy_and_resolve_references()
+    with cfg.ignore_type():
+        cfg.split = split
+        cfg.corruption.kind = "none"
+        cfg.random_flip = False
+    source = get_source(cfg)
+    count = min(len(source), max_images)
+    options = batch_options(cfg, getattr(source, "image_shape", None), source.name)
+    center = dataclasses.replace(options.preprocess, crop="center")
+
+    def chunks() -> Iterator[np.ndarray]:
+        for start in range(0, count, chunk):
+            images = np.stack([center(read_image(source, i), None, f"{source.name}[{i}]")
+                               for i in range(start, min(start + chunk, count))])
+            yield images if images.dtype == np.uint8 else to_uint8_pixels(images)
+
+    return count, chunks()
+
+
+def reference_cache_dir() -> str:
+    from sagd_jax.metrics.classifier import cache_dir
+
+    return os.path.join(cache_dir(), "inception_reference")
+
+
+def compute_reference(data_config: Any, extractor: Any, split: str = "train",
+                      max_images: int = 50_000, out: str | None = None) -> tuple[Reference, str]:
+    """The reference of ``split`` of the data, from the cache (``out``, default
+    ``<cache>/inception_reference/NAME.npz``) or computed and written there (never
+    overwritten; a concurrent writer's file is kept). Returns it and its path."""
+    count, chunks = clean_pixels(data_config, split, max_images)
+    name = reference_name(data_config, split, count, extractor.name)
+    path = out or os.path.join(reference_cache_dir(), f"{name}.npz")
+    if files.exists(path):
+        console.info("reference: %s", path)
+        return load_reference(path), path
+    progress = console.Progress(f"reference features ({name})", total=count, unit="image")
+    features = np.concatenate([extractor.features_and_logits(c, progress.update)[0]
+                               for c in chunks])
+    stats = GaussianStats.of(features)
+    try:
+        files.write_npz(path, exclusive=True, mu=stats.mean, sigma=stats.cov,
+                        features=features.astype(np.float32), num_images=np.int64(count))
+    except FileExistsError:  # another process computed the same reference first
+        return load_reference(path), path
+    console.info("reference: %d images -> %s", count, path)
+    return Reference(stats, features, name), path
+
+
+def inception_metrics(images: np.ndarray, extractor: Any, reference: Reference,
+                      num_subsets: int = 100, subset_size: int = 1000,
+                      num_splits: int = DEFAULT_SPLITS) -> dict[str, Any]:
+    """``fid``, ``kid`` (when the reference has features) and ``inception_score`` of uint8
+    ``images (N, H, W, C)`` against ``reference``."""
+    features, logits = extractor.features_and_logits(images)
+    results: dict[str, Any] = {
+        "fid": frechet_distance(reference.stats, GaussianStats.of(features)),
+        "inception_reference": reference.name, "inception_weights": extractor.name}
+    if reference.features is not None:
+        kid = kernel_distance(features, reference.features, num_subsets, subset_size)
+        results["kid"] = {"mean": kid.mean, "std": kid.std, "sem": kid.sem,
+                          "num_subsets": kid.num_subsets, "subset_size": kid.subset_size}
+    splits = min(num_splits, len(images))
+    score = inception_score(logits, splits)
+    results["inception_score"] = {"mean": score.mean, "std": score.std, "num_splits": splits}
+    return results
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    cli.define_config(fv)
+    flags.DEFINE_string("split", "train", "The data split (FID's convention: the training "
+                        "set, as the published CIFAR-10 / FFHQ references).", flag_values=fv)
+    flags.DEFINE_integer("max_images", 50_000, "At most this many images.", flag_values=fv)
+    flags.DEFINE_string("inception_weights", None, "pt_inception-2015-12-05-6726825d.pth "
+                        "(default: $SAGD_JAX_INCEPTION, else the cache, else a download).",
+                        flag_values=fv)
+    flags.DEFINE_string("out", None, "Write the reference here instead of the cache (never "
+                        "overwritten).", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 100, "Images per Inception batch.", flag_values=fv)
+
+
+def reference_cli(fv: flags.FlagValues) -> None:
+    from sagd_jax import validate
+    from sagd_jax.config import normalize
+    from sagd_jax.metrics.inception import InceptionFeatures, weights_path
+
+    validate.integer("--max_images", fv.max_images, 2)
+    validate.integer("--batch_size", fv.batch_size, 1)
+    config = normalize(fv.config)
+    weights = weights_path(fv.inception_weights)  # before any work: a missing file is 1 line
+    extractor = InceptionFeatures.from_file(weights, batch_size=fv.batch_size)
+    _, path = compute_reference(config.data, extractor, fv.split, fv.max_images, fv.out)
+    print(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the reference-statistics CLI on ``argv``; returns the exit status."""
+    return cli.run(__doc__, define_flags, reference_cli, argv)
+
+
+def run() -> None:
+    """Console-script entry point (``sagd-fid-reference``)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
