@@ -11,8 +11,9 @@ preprocessing (DDPM, score-SDE, EDM). Prepare it once with
 ``tfds build cifar10 --file_format=array_record [--data_dir=ROOT]`` (``data.root = ROOT``) or
 set ``data.download=True``.
 
-FID: Inception FID arrives in issue 21; its reference statistics will be those of the training
-split (the customary CIFAR-10 train statistics).
+FID: ``python -m sagd_jax.metrics.fid --config=configs/cifar10_ddpmpp.py`` computes (once,
+cached) the Inception reference statistics of the training split (the customary CIFAR-10 train
+statistics); ``--config.train.eval_every=N`` evaluates FID/KID during training.
 """
 
 from sagd_jax.config import default_config

@@ -21,8 +21,9 @@ class-conditional (and learns its variances, with BigGAN up/down blocks and 64-c
 attention heads); this one has no class conditioning (unconditional generation) and uses the
 DDPM++ residual and attention blocks of ``sagd_jax.models``.
 
-FID: Inception FID arrives in issue 21; its reference statistics will be those of the training
-split at this same preprocessing.
+FID: ``python -m sagd_jax.metrics.fid --config=configs/imagenet64.py`` computes (once, cached) the
+Inception reference statistics of the training split at this same preprocessing;
+``--config.train.eval_every=N`` evaluates FID/KID during training.
 """
 
 from sagd_jax.config import default_config

@@ -237,3 +237,27 @@ def test_training_without_the_inception_weights_stops_before_writing(tmp_path, r
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: Inception weights: no pt_inception")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_reference_command_writes_the_cache_once_and_refuses_missing_weights(
+        tmp_path, run_cli, weights):
+    flags = ["--config=configs/quickstart.py", "--config.data.name=natural_patches",
+             "--config.data.image_size=32", "--config.data.num_examples=12",
+             "--max_images=12", "--batch_size=12"]
+    missing = run_cli("sagd_jax.metrics.fid", *flags)
+    assert missing.returncode == 2 and missing.stdout == ""
+    (line,) = missing.stderr.strip().splitlines()
+    assert line.startswith("error: Inception weights: no pt_inception-2015-12-05-6726825d.pth")
+    assert not (tmp_path / "cache").exists()
+    first = run_cli("sagd_jax.metrics.fid", *flags, f"--inception_weights={weights}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    path = first.stdout.strip()
+    assert os.path.dirname(path) == str(tmp_path / "cache" / "inception_reference")
+    assert os.path.basename(path).startswith("natural_patches-train-32x32x1-12-")
+    with np.load(path) as data:
+        assert data["mu"].shape == (2048,) and data["sigma"].shape == (2048, 2048)
+        assert data["features"].shape == (12, 2048) and int(data["num_images"]) == 12
+    stamp = os.stat(path).st_mtime_ns
+    again = run_cli("sagd_jax.metrics.fid", *flags, f"--inception_weights={weights}")
+    assert again.returncode == 0 and again.stdout.strip() == path
+    assert os.stat(path).st_mtime_ns == stamp
