@@ -53,7 +53,15 @@ FOUR_DEVICES = textwrap.dedent("""
             for a, b in zip(leaves(state), leaves(restored), strict=True):
                 np.testing.assert_array_equal(a, b)  # restored exactly, onto another mesh
             assert restored.params and other.mesh().shape["fsdp"] == 4
+            # What training on (1, 4) from those values does without a checkpoint between:
+            mesh = other.mesh()
+            uninterrupted = jax.device_put(jax.device_get(state), other.state_sharding(mesh))
+            step_fn = other.train_step(mesh)
+            for step in (3, 4):
+                uninterrupted, _ = step_fn(uninterrupted, other.global_batch(step, mesh))
             state = train_and_evaluate(config, workdir)
+            for a, b in zip(leaves(uninterrupted), leaves(state), strict=True):
+                np.testing.assert_array_equal(a, b)  # the restored run continues bitwise
             np.savez(os.path.join({root!r}, "continued1x4.npz"), *leaves(state))
     json.dump(out, open(os.path.join({root!r}, "bytes.json"), "w"))
 """)
@@ -115,14 +123,20 @@ def test_data_and_fsdp_meshes_match_one_device_shrink_the_state_and_restore_acro
         assert sizes[key] == expected < whole
     assert whole / sizes["bytes_1x4"] > 2.0  # most bytes are in the big kernels
 
-    # The (2, 2) checkpoint of step 3 onto 1 device: the same values, and two more steps there
-    # agree with the two steps the (1, 4) mesh took from the same checkpoint.
+    # The (2, 2) checkpoint of step 3 onto 1 device: the same values; two more steps there
+    # equal, bit for bit, two steps from those values without a checkpoint between, and agree
+    # with the two steps the (1, 4) mesh took from the same checkpoint.
     config5 = tiny_config(**{**WIDE, "train.num_steps": 5})
     run = Run.from_config(config5, str(tmp_path / "mesh2x2"))
-    restored = run.restore(make_mesh(jax.devices()[:1]), step=3)
+    one_device = make_mesh(jax.devices()[:1])
+    restored = run.restore(one_device, step=3)
     for a, b in zip(params_of(restored), np.load(tmp_path / "leaves2x2.npz").values(),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+    step_fn = run.train_step(one_device)
+    uninterrupted = restored
+    for step in (3, 4):
+        uninterrupted, _ = step_fn(uninterrupted, run.global_batch(step, one_device))
     continued = np.load(tmp_path / "continued1x4.npz")
     copy = tmp_path / "onto_one"
     import shutil
@@ -130,5 +144,7 @@ def test_data_and_fsdp_meshes_match_one_device_shrink_the_state_and_restore_acro
     shutil.copytree(tmp_path / "mesh2x2", copy, ignore=shutil.ignore_patterns("5", "lock"))
     state = train_and_evaluate(config5, str(copy))
     assert int(state.step) == 5
+    for a, b in zip(params_of(uninterrupted), params_of(state), strict=True):
+        np.testing.assert_array_equal(a, b)
     for i, leaf in enumerate(params_of(state)):
         np.testing.assert_allclose(continued[f"arr_{i}"], leaf, rtol=2e-5, atol=2e-6)
