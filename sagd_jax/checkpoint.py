@@ -8,13 +8,12 @@ folder is removed and the run stops with one line (``RunError``). Restores go st
 the requested shardings and are verified: the fingerprint (a position-weighted sum of the bits
 of every array, computed on device at save time) must match what was read back, so a
 truncated, missing or altered file is reported (``DamagedCheckpoint``) instead of trusted.
+The workdir may be any path of ``sagd_jax.files`` (local, ``gs://``): Orbax gets the same string.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Any
 
 import jax
@@ -31,24 +30,23 @@ PARTIAL = "orbax-checkpoint-tmp"  # in the name of a save's folder until it is c
 
 def checkpoint_dir(workdir: str) -> str:
     """Where a workdir's checkpoints live."""
-    return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+    return files.join(files.absolute(workdir), CHECKPOINTS)
 
 
 def saved_steps(workdir: str) -> list[int]:
     """The steps of a workdir's complete checkpoints, ascending (reads the folder only: an
     unfinished save is a temporary folder whose name is not a number)."""
     directory = checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
+    if not files.isdir(directory):
         return []
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+    return sorted(int(name) for name in files.listdir(directory) if name.isdigit())
 
 
 def saved_config(workdir: str, step: int) -> dict[str, Any]:
     """The config saved beside checkpoint ``step`` (a ``DamagedCheckpoint`` if unreadable)."""
-    path = os.path.join(checkpoint_dir(workdir), str(step), "config", "metadata")
+    path = files.join(checkpoint_dir(workdir), str(step), "config", "metadata")
     try:
-        with open(path) as f:
-            config = json.load(f)
+        config = files.read_json(path)
     except (OSError, ValueError) as err:
         raise DamagedCheckpoint(f"{path}: unreadable ({err})") from None
     if not isinstance(config, dict):
@@ -59,16 +57,16 @@ def saved_config(workdir: str, step: int) -> dict[str, Any]:
 def set_aside(workdir: str, step: int) -> str:
     """Rename checkpoint ``step`` to ``<step>.damaged`` (kept for inspection, ignored by
     restores); returns the new path."""
-    return files.set_aside(os.path.join(checkpoint_dir(workdir), str(step)), DAMAGED)
+    return files.set_aside(files.join(checkpoint_dir(workdir), str(step)), DAMAGED)
 
 
 def remove_partial(workdir: str) -> list[str]:
     """Remove the folders of unfinished saves (only while no save is running); returns them."""
     directory = checkpoint_dir(workdir)
-    partial = [os.path.join(directory, name) for name in
-               (os.listdir(directory) if os.path.isdir(directory) else []) if PARTIAL in name]
+    partial = [files.join(directory, name) for name in
+               (files.listdir(directory) if files.isdir(directory) else []) if PARTIAL in name]
     for path in partial:
-        shutil.rmtree(path, ignore_errors=True)
+        files.rmtree(path, ignore_errors=True)
     return partial
 
 
@@ -187,8 +185,8 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
-        where = os.path.join(self.directory, str(step))
-        verified = os.path.isdir(os.path.join(where, "fingerprint"))
+        where = files.join(self.directory, str(step))
+        verified = files.isdir(files.join(where, "fingerprint"))
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if verified:
             items["fingerprint"] = ocp.args.JsonRestore()

@@ -21,7 +21,6 @@ command again), 130 a second Ctrl-C (stopped at once).
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -92,7 +91,9 @@ def config_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 def refuse_existing(flag: str, path: str | None) -> None:
     """A one-line ``ValueError`` if the output file of ``flag`` exists: results are written
     once, never overwritten (check before the work, then write with ``write_new_json``)."""
-    if path is not None and os.path.exists(path):
+    from sagd_jax import files
+
+    if path is not None and files.exists(path):
         raise ValueError(f"{flag}={path}: exists; results are never overwritten")
 
 

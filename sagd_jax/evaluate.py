@@ -73,16 +73,16 @@ def load_samples(path: str, model_units: bool = False) -> tuple[np.ndarray, dict
     from sagd_jax.metrics.classifier import to_unit_range
 
     where = f"--samples={path}"
-    if not os.path.isfile(path):
+    if not files.isfile(path):
         raise ValueError(f"{where}: no such file")
     try:
-        with open(path, "rb") as f:
+        with files.open_file(path, "rb") as f:
             magic = f.read(6)
         if not magic.startswith(b"PK\x03\x04"):  # np.load would take it for a pickle
             raise ValueError(f"{where}: " + ("an .npy file, not an .npz archive"
                                              if magic == b"\x93NUMPY" else
                                              "not an .npz archive (no zip header)"))
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(files.loadable(path), allow_pickle=False) as data:
             if "arr_0" not in data.files:
                 raise ValueError(f"{where}: no arr_0 array (has: {', '.join(data.files)})")
             arr_0 = data["arr_0"]
@@ -112,7 +112,7 @@ def load_samples(path: str, model_units: bool = False) -> tuple[np.ndarray, dict
     bad = int(np.size(images) - np.count_nonzero(np.isfinite(images)))
     if bad:
         raise ValueError(f"{where}: {bad} non-finite values in the images")
-    manifest_path = os.path.join(os.path.dirname(path), "manifest.json")
+    manifest_path = files.join(files.dirname(path), "manifest.json")
     manifest: Any = {}
     if files.exists(manifest_path):
         try:
@@ -289,7 +289,7 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
     from sagd_jax.spectral import parse_bands
     from sagd_jax.workdir import Workdir
 
-    out = out or os.path.join(os.path.dirname(os.path.abspath(samples_path)), "evaluation.json")
+    out = out or files.join(files.dirname(files.absolute(samples_path)), "evaluation.json")
     cli.refuse_existing("--out", out)
     validate.integer("--max_reference", max_reference, 2)
     validate.integer("--num_subsets", num_subsets, 1)
@@ -322,10 +322,10 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
     if samples.shape[1:] != reference.shape[1:]:
         raise ValueError(f"--samples={samples_path}: images {samples.shape[1:]} but the data "
                          f"has {reference.shape[1:]}")
-    plot_dir = os.path.dirname(os.path.abspath(out))
-    os.makedirs(plot_dir, exist_ok=True)
+    plot_dir = files.dirname(files.absolute(out))
+    files.makedirs(plot_dir)
     stem = os.path.splitext(os.path.basename(out))[0]
-    results: dict[str, Any] = {"samples": os.path.abspath(samples_path),
+    results: dict[str, Any] = {"samples": files.absolute(samples_path),
                                "num_samples": len(samples), "reference": reference_name,
                                "sampling": manifest}
     results |= image_metrics(samples, reference, reference_name, config.data, band,
@@ -334,14 +334,14 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
         results["inception"] = inception_results(samples, config.data, weights, inception,
                                                  reference_stats, num_subsets, subset_size)
     spectrum = results["spectrum"]
-    plot_radial(os.path.join(plot_dir, f"{stem}_spectrum.png"), np.asarray(spectrum["rho"]),
+    plot_radial(files.join(plot_dir, f"{stem}_spectrum.png"), np.asarray(spectrum["rho"]),
                 {"samples": np.asarray(spectrum["samples"]),
                  "data": np.asarray(spectrum["reference"])}, ylabel="power |F x|^2",
                 title=f"radial power spectrum, mean |log ratio| "
                       f"{spectrum['mean_abs_log_ratio']:.3f}")
     if "grf_variance" in results:
         err = results["grf_variance"]
-        plot_radial(os.path.join(plot_dir, f"{stem}_grf_variance.png"), np.asarray(err["rho"]),
+        plot_radial(files.join(plot_dir, f"{stem}_grf_variance.png"), np.asarray(err["rho"]),
                     {"samples / exact": np.asarray(err["radial_ratio"])},
                     ylabel="variance ratio", logy=False,
                     title=f"grf: mean |log var/c| {err['mean_abs_log_ratio']:.3f} "

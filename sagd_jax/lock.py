@@ -6,7 +6,13 @@ with a warning line, when its process is gone (same host: the pid is not running
 holder on another host, when its heartbeat is older than ``STALE_AFTER_S``. Any other lock
 refuses the second writer with one line saying who holds it and how to clear it.
 
-    with Lock(os.path.join(workdir, "lock"), "--workdir=" + workdir, "trainer"):
+On an object store (a ``gs://`` workdir) there is no ``O_EXCL`` and no inode: the lock is best
+effort. It is created if absent (``files.atomic_open(exclusive=True)``: a check before and
+after the write) and read back, so of two starts racing the one whose record did not stay
+backs off; the heartbeat rewrites the file while it still holds this lock's record, and a stale
+lock is removed if its content is still what was judged.
+
+    with Lock(files.join(workdir, "lock"), "--workdir=" + workdir, "trainer"):
         ...  # nobody else writes here
 """
 
@@ -21,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from sagd_jax import console
+from sagd_jax import console, files
 
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 120.0  # heartbeat age after which a lock of another host counts as stale
@@ -63,15 +69,11 @@ class Lock:
         """Take the lock, or raise a one-line ``ValueError`` naming its holder."""
         record = {"host": socket.gethostname(), "pid": os.getpid(), "holder": self.holder,
                   "started": datetime.datetime.now().isoformat(timespec="seconds")}
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        files.makedirs(files.dirname(files.absolute(self.path)))
         for _ in range(2):  # a second try after clearing a stale lock
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            if not self._create(record):
                 self._clear_if_stale()
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
             self._record = record
             self._stop.clear()
             self._thread = threading.Thread(target=self._heartbeat, daemon=True,
@@ -80,12 +82,35 @@ class Lock:
             return
         raise ValueError(f"{self.what}: could not take the lock {self.path}")
 
+    def _create(self, record: dict[str, Any]) -> bool:
+        """Write ``record`` as the lock file if there is none; whether it is ours now."""
+        if files.is_local(self.path):
+            try:
+                fd = os.open(files.normalize(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                             0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            return True
+        try:  # an object store: create if absent, then read back (best effort)
+            with files.atomic_open(self.path, "w", exclusive=True) as f:
+                json.dump(record, f)
+            return files.read_json(self.path) == record
+        except (OSError, ValueError):
+            return False
+
+    def _identity(self) -> Any:
+        """What tells this lock file from a later one: its inode (local), its content."""
+        if files.is_local(self.path):
+            return os.stat(files.normalize(self.path)).st_ino
+        return files.read_bytes(self.path)
+
     def _clear_if_stale(self) -> None:
         """Remove the existing lock if its holder is gone, else refuse in one line."""
         try:
-            inode, age = os.stat(self.path).st_ino, time.time() - os.path.getmtime(self.path)
-            with open(self.path) as f:
-                other = json.load(f)
+            mark, age = self._identity(), time.time() - files.mtime(self.path)
+            other = files.read_json(self.path)
             host, pid = str(other["host"]), int(other["pid"])
         except FileNotFoundError:  # released meanwhile
             return
@@ -103,14 +128,21 @@ class Lock:
                 "the lock file")
         reason = "not running" if same_host else f"no heartbeat for {age:.0f} s"
         with contextlib.suppress(FileNotFoundError):
-            if os.stat(self.path).st_ino == inode:  # still the lock we judged
-                os.unlink(self.path)
+            if self._identity() == mark:  # still the lock we judged
+                files.remove(self.path)
         console.warning("%s: removed the stale lock of %s (%s)", self.what, who, reason)
 
     def _heartbeat(self) -> None:
+        local = files.is_local(self.path)
         while not self._stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(OSError):
-                os.utime(self.path)
+            if local:
+                with contextlib.suppress(OSError):
+                    os.utime(files.normalize(self.path))
+                continue
+            with contextlib.suppress(Exception):  # a new mtime: rewritten while still ours
+                if files.read_json(self.path) == self._record:
+                    with files.atomic_open(self.path) as f:
+                        json.dump(self._record, f)
 
     def release(self) -> None:
         """Give the lock back (a no-op if not held); removes the file if it is still ours."""
@@ -120,8 +152,6 @@ class Lock:
         if self._thread is not None:
             self._thread.join()
         with contextlib.suppress(OSError, ValueError):
-            with open(self.path) as f:
-                mine = json.load(f) == self._record
-            if mine:
-                os.unlink(self.path)
+            if files.read_json(self.path) == self._record:
+                files.remove(self.path)
         self._record = None

@@ -14,6 +14,9 @@ the exact Gaussian model of ``grf`` data, no checkpoint needed) and writes into 
 * ``manifest.json``: what was asked for; a later call with other settings is refused;
 * ``lock``: held while a sampler writes here (``sagd_jax.lock``); a second one is refused.
 
+``DIR`` and ``OUTDIR`` are local paths, ``file://`` URLs or object-store URLs (``gs://``): every
+file goes through ``sagd_jax.files``.
+
 Chunk i's randomness is ``fold_in(seed stream, i)``, so a killed run continues where it stopped
 and gives bit for bit the images of an uninterrupted one. Nothing is trusted for existing: a
 chunk counts as done, and ``samples.npz`` as complete, only if every array reads in full (each
@@ -89,9 +92,9 @@ class SampleRequest:
 
 def _check_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` in a new ``out_dir``, or refuse one made with other settings."""
-    path = os.path.join(out_dir, "manifest.json")
-    if not os.path.exists(path):
-        os.makedirs(os.path.join(out_dir, "chunks"), exist_ok=True)
+    path = files.join(out_dir, "manifest.json")
+    if not files.exists(path):
+        files.makedirs(files.join(out_dir, "chunks"))
         try:
             files.write_json(path, manifest, exclusive=True)
             return
@@ -114,7 +117,7 @@ def read_verified(path: str, expected: dict[str, tuple[tuple[int, ...], Any]]
     """The arrays ``{name: (shape, dtype)}`` of the ``.npz`` at ``path``, each read in full
     (which checks its CRC-32); raises ``ValueError`` naming ``path`` and what is wrong."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(files.loadable(path), allow_pickle=False) as data:
             arrays = {name: data[name] for name in expected}
     except Exception as err:  # a damaged zip raises many kinds: BadZipFile, EOFError,
         # OSError, KeyError, ValueError and tokenize errors from the .npy header, ...
@@ -131,7 +134,7 @@ def _sound_or_set_aside(path: str, expected: dict[str, tuple[tuple[int, ...], An
                         redo: str) -> bool:
     """Whether ``path`` is there and sound; a damaged one is renamed to ``<path>.damaged``
     (``.damaged.1``, ... if taken: nothing is deleted) with one warning line."""
-    if not os.path.exists(path):
+    if not files.exists(path):
         return False
     try:
         read_verified(path, expected)
@@ -176,12 +179,13 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
         state = run.restore(mesh, request.checkpoint_step)
         step = int(jax.device_get(state.step))
         eps_fn = run.eps_fn(state.ema_params)
-    out_dir = out_dir or run.workdir.generated(request.default_dirname(step))
+    out_dir = (files.normalize(out_dir) if out_dir
+               else run.workdir.generated(request.default_dirname(step)))
     manifest = {**dataclasses.asdict(request), "checkpoint_step": step,
-                "workdir": os.path.abspath(workdir)}
+                "workdir": files.absolute(workdir)}
     if request.clip_x0 is None:  # manifests written before the option existed stay valid
         del manifest["clip_x0"]
-    lock = Lock(os.path.join(out_dir, "lock"), f"--out={out_dir}", "sampler")
+    lock = Lock(files.join(out_dir, "lock"), f"--out={out_dir}", "sampler")
 
     def check_and_lock() -> None:
         _check_manifest(out_dir, manifest)
@@ -207,8 +211,8 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, me
     from sagd_jax.sharding import batch_sharding
     from sagd_jax.train.images import save_grid
 
-    final = os.path.join(out_dir, "samples.npz")
-    chunk_path = [os.path.join(out_dir, "chunks", f"chunk_{i:05d}.npz")
+    final = files.join(out_dir, "samples.npz")
+    chunk_path = [files.join(out_dir, "chunks", f"chunk_{i:05d}.npz")
                   for i in range(request.num_chunks)]
     counts = [min(request.chunk_size, request.num_samples - i * request.chunk_size)
               for i in range(request.num_chunks)]
@@ -220,10 +224,10 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, me
         for path, expected in zip(chunk_path, chunk_arrays, strict=True):
             _sound_or_set_aside(path, expected, "recomputing it")
     barrier("sagd-sample-verified")  # process 0 has set damaged files aside
-    if os.path.exists(final):
+    if files.exists(final):
         console.info("%s: already complete", final)
         return final
-    todo = [i for i in range(request.num_chunks) if not os.path.exists(chunk_path[i])]
+    todo = [i for i in range(request.num_chunks) if not files.exists(chunk_path[i])]
     barrier("sagd-sample-start")  # all agree on what is done before anyone writes
     sampler = get_sampler(request.sampler)
     options = {k: v for k, v in (("eta", request.eta), ("clip_x0", request.clip_x0))
@@ -240,7 +244,7 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, me
             files.write_npz(chunk_path[i], images=images[:counts[i]].astype(np.float32))
         progress.update(1)
     barrier("sagd-sample-end")
-    if not all(os.path.exists(p) for p in chunk_path):
+    if not all(files.exists(p) for p in chunk_path):
         return None
     if jax.process_index() == 0:
         try:
@@ -250,8 +254,8 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, me
         except ValueError as err:  # damaged since it was checked or written: a rerun redoes it
             raise ValueError(f"{err}; run the same command again to recompute it") from None
         files.write_npz(final, arr_0=to_uint8(samples), float32=samples)
-        grid = os.path.join(out_dir, "grid.png")
-        if not os.path.exists(grid):
+        grid = files.join(out_dir, "grid.png")
+        if not files.exists(grid):
             save_grid(samples[:64], grid)
     return final
 

@@ -9,15 +9,16 @@
     WORKDIR/events.out.tfevents.*  TensorBoard scalars and images
     WORKDIR/samples/               EMA sample grids and spectra of the trainer
     WORKDIR/generated/<name>/      sample sets of ``sagd_jax.sample``
+
+WORKDIR is a local path, a ``file://`` URL (kept as its local path) or an object-store URL
+(``gs://bucket/run``): every file goes through ``sagd_jax.files``, the checkpoints through Orbax
+and the events through TensorBoard's writer, which take the same paths.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
-import os
-import shutil
 from typing import Any
 
 import ml_collections
@@ -52,13 +53,13 @@ class Workdir:
     """The files of one run under ``path`` (a folder that may not exist yet)."""
 
     def __init__(self, path: str):
-        self.path = path
-        self.config_path = os.path.join(path, "config.json")
-        self.metrics_path = os.path.join(path, "metrics.jsonl")
-        self.lock_path = os.path.join(path, "lock")
-        self.samples_dir = os.path.join(path, "samples")
-        self.generated_dir = os.path.join(path, "generated")
-        self.checkpoint_dir = checkpoint.checkpoint_dir(path)
+        self.path = files.normalize(path)  # a file:// URL as its local path
+        self.config_path = files.join(self.path, "config.json")
+        self.metrics_path = files.join(self.path, "metrics.jsonl")
+        self.lock_path = files.join(self.path, "lock")
+        self.samples_dir = files.join(self.path, "samples")
+        self.generated_dir = files.join(self.path, "generated")
+        self.checkpoint_dir = checkpoint.checkpoint_dir(self.path)
 
     def __repr__(self) -> str:
         return f"Workdir({self.path!r})"
@@ -74,14 +75,14 @@ class Workdir:
     # --- the config -----------------------------------------------------------------------
     def is_empty(self) -> bool:
         """Whether the workdir does not exist yet or is an empty folder (a fresh run)."""
-        return not os.path.isdir(self.path) or not os.listdir(self.path)
+        return not files.isdir(self.path) or not files.listdir(self.path)
 
     def saved_config(self) -> ml_collections.ConfigDict:
         """The config the run started with, on today's defaults (keys added since then read
         their default): ``config.json``, or if it is missing the config saved beside the
         latest checkpoint. A one-line ``ValueError`` naming the file if there is neither, or
         it is not a config."""
-        if not os.path.isfile(self.config_path):
+        if not files.isfile(self.config_path):
             return normalize(self._checkpoint_config())
         try:
             saved = files.read_json(self.config_path)
@@ -120,7 +121,7 @@ class Workdir:
         """Create the workdir and write ``config.json`` on a first start, or check that the run
         already in it has a compatible config. ``config.json`` is never rewritten; a lost one
         is written back from the latest checkpoint's config (not from ``config``)."""
-        if os.path.exists(self.config_path):
+        if files.exists(self.config_path):
             self.check_compatible(config)
             return
         try:
@@ -132,13 +133,14 @@ class Workdir:
                     console.warning("%s was missing: written back from the config of "
                                     "checkpoint %d", self.config_path, self.latest_step())
                 return
-            os.makedirs(self.path, exist_ok=True)
+            files.makedirs(self.path)
             if is_writer:  # atomically: other processes may be reading it already
                 files.write_json(self.config_path, _as_dict(config), exclusive=True)
         except FileExistsError:  # another start wrote it meanwhile
             self.check_compatible(config)
         except OSError as err:
-            raise ValueError(f"--workdir={self.path}: not writable ({err.strerror})") from None
+            raise ValueError(f"--workdir={self.path}: not writable "
+                             f"({err.strerror or err})") from None
 
     def lock(self) -> Lock:
         """The trainer's lock on this workdir (not yet taken)."""
@@ -148,15 +150,15 @@ class Workdir:
         """Remove everything a failed first start wrote (the workdir was empty before it);
         ``created``: the folder itself did not exist, so it goes too."""
         if created:
-            shutil.rmtree(self.path, ignore_errors=True)
+            files.rmtree(self.path, ignore_errors=True)
             return
-        for name in os.listdir(self.path):
-            path = os.path.join(self.path, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
+        for name in files.listdir(self.path):
+            path = files.join(self.path, name)
+            if files.isdir(path) and not files.islink(path):
+                files.rmtree(path, ignore_errors=True)
             else:
                 with contextlib.suppress(OSError):
-                    os.unlink(path)
+                    files.remove(path)
 
     # --- checkpoints ----------------------------------------------------------------------
     def checkpoint_steps(self) -> list[int]:
@@ -203,16 +205,16 @@ class Workdir:
         return merged
 
     def sample_grid_path(self, step: int) -> str:
-        return os.path.join(self.samples_dir, f"step_{step:07d}.png")
+        return files.join(self.samples_dir, f"step_{step:07d}.png")
 
     def spectrum_path(self, step: int) -> str:
-        return os.path.join(self.samples_dir, f"spectrum_{step:07d}.json")
+        return files.join(self.samples_dir, f"spectrum_{step:07d}.json")
 
     def last_spectrum_error(self) -> float | None:
         """The latest periodic samples' mean |log ratio| of radial spectra, if any."""
-        paths = sorted(glob.glob(os.path.join(self.samples_dir, "spectrum_*.json")))
+        paths = sorted(files.glob(files.join(self.samples_dir, "spectrum_*.json")))
         return files.read_json(paths[-1])["mean_abs_log_ratio"] if paths else None
 
     def generated(self, name: str) -> str:
         """The folder of a sample set of ``sagd_jax.sample``."""
-        return os.path.join(self.generated_dir, name)
+        return files.join(self.generated_dir, name)

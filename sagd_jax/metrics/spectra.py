@@ -3,6 +3,7 @@ log-ratio error, energy inside a band, per-frequency variance against a known sp
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -129,12 +130,17 @@ def _radial_figure(centers: np.ndarray, curves: dict[str, np.ndarray], ylabel: s
 
 def plot_radial(path: str, centers: np.ndarray, curves: dict[str, np.ndarray], *,
                 ylabel: str, title: str = "", logy: bool = True) -> None:
-    """A line plot of radially binned values (one curve per label) against ``rho``, as PNG."""
+    """A line plot of radially binned values (one curve per label) against ``rho``, as a PNG
+    file at ``path`` (any path of ``sagd_jax.files``, written atomically)."""
     import matplotlib.pyplot as plt
 
+    from sagd_jax import files
+
     fig = _radial_figure(centers, curves, ylabel, title, logy)
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    files.write_bytes(path, buffer.getvalue())
 
 
 def radial_plot_image(centers: np.ndarray, curves: dict[str, np.ndarray], *, ylabel: str,

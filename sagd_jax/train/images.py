@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 from PIL import Image
 
-from sagd_jax.files import atomic_open
+from sagd_jax import files
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -35,10 +34,10 @@ def save_grid(images: np.ndarray, path: str) -> bool:
 
     Never overwrites: returns False (writing nothing) when ``path`` exists.
     """
-    if os.path.exists(path):
+    if files.exists(path):
         return False
     grid = image_grid(to_uint8(images))
     mode = "L" if grid.shape[-1] == 1 else "RGB"
-    with atomic_open(path, "wb", exclusive=True) as f:
+    with files.atomic_open(path, "wb", exclusive=True) as f:
         Image.fromarray(grid[..., 0] if mode == "L" else grid, mode).save(f, format="PNG")
     return True

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +78,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     if cfg.eval_every:  # the Inception weights are there (one line if not), likewise
         weights_path(run.config.eval.inception_weights or None)
     is_writer = jax.process_index() == 0
-    created, fresh = not os.path.exists(run.workdir.path), run.workdir.is_empty()
+    created, fresh = not files.exists(run.workdir.path), run.workdir.is_empty()
     lock = run.workdir.lock()
     on_process0(lock.acquire, "sagd-train-lock")
     try:
@@ -152,7 +151,7 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
     data_wait = 0.0  # seconds the loop waited for its next batch since the last log
     host_batches = run.batch_iterator(start, cfg.num_steps)
     device_batches = prefetch_to_device(host_batches, mesh)
-    profiler = StepProfiler(cfg.profile_steps, os.path.join(run.workdir.path, "profile"),
+    profiler = StepProfiler(cfg.profile_steps, files.join(run.workdir.path, "profile"),
                             start, cfg.num_steps, enabled=is_writer)
     first_step.before()
     with PreemptionFlag() as preemption, profiler:

@@ -12,14 +12,12 @@ timestamped folder there; none is overwritten.
 
 from __future__ import annotations
 
-import glob
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 
-from sagd_jax import console
+from sagd_jax import console, files
 
 
 class StepProfiler:
@@ -65,8 +63,8 @@ class StepProfiler:
     def _stop(self) -> None:
         self.active = False
         jax.profiler.stop_trace()
-        runs = glob.glob(os.path.join(self.directory, "plugins", "profile", "*"))
-        where = max(runs, key=os.path.getmtime) if runs else self.directory
+        runs = files.glob(files.join(self.directory, "plugins", "profile", "*"))
+        where = max(runs, key=files.mtime) if runs else self.directory
         done = self.first - 1 if self.done is None else self.done
         steps = f"step {self.first}" if done <= self.first else f"steps {self.first}-{done}"
         console.info("profile of %s in %s (TensorBoard: tensorboard --logdir %s; Perfetto: "
