@@ -3,13 +3,18 @@
     python benchmarks/experiments/run.py --experiment=sagd_vs_iso_fashion
     python benchmarks/experiments/run.py --experiment=omission
     python benchmarks/experiments/run.py --experiment=t0_grf
+    python benchmarks/experiments/run.py --experiment=fid_cifar10      # one GPU: see
+    python benchmarks/experiments/run.py --experiment=fid_celeba64     # configs/experiments/fid.py
     python benchmarks/experiments/run.py --list
     python benchmarks/experiments/run.py --experiment=sagd_vs_iso_patches --skip_training \\
         --clip_x0=1    # the finished arms sampled again with x0_hat clipped to [-1, 1]
 
 Each arm trains with ``python -m sagd_jax.main`` in ``--root/<experiment>/<arm>`` (resumed if
 unfinished, skipped if finished), is sampled with ``sagd_jax.sample`` (resumable chunks) and
-judged with ``sagd_jax.evaluate``; then ``--out/<experiment>/`` gets ``table.md``,
+judged with ``sagd_jax.evaluate`` (the FID experiments: also in the Inception features, FID,
+KID and IS against the reference of the arm's ``eval.*`` settings, with the weights of
+``$SAGD_JAX_INCEPTION``, the cache or a download; the table also shows the last in-training
+FID/KID of ``metrics.jsonl``); then ``--out/<experiment>/`` gets ``table.md``,
 ``results.json`` and PNG figures, all regenerated from the runs' outputs. Training wall time
 per call is appended to ``<arm>/wall_time.jsonl``, also when the command is stopped with
 SIGTERM (the trainer then checkpoints its current step). ``--tiny`` shrinks everything to seconds
@@ -19,7 +24,7 @@ DDIM experiments only) into their own folders and reports into ``--out/<experime
 Bad input (an unknown experiment, an arm's invalid config, a clip the sampler cannot do) stops
 with a one-line error and exit status 2 before any arm trains; a failed training with exit
 status 1 (its ``<arm>/train.log`` says why). ``--check`` validates every arm of every
-experiment and runs nothing.
+experiment (or of ``--experiment`` only), its data opened too, and runs nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/experiments/paper.py"
+FID_CONFIG = "configs/experiments/fid.py"  # its ARMS: name -> noise overrides
 BAND = "bandpass:0.45:0.55"  # the omission band B (configs/experiments/paper.py)
 STOP = (0.4, 0.6)  # the band-stop arm of experiment 1: w = 0 on 0.4 <= rho <= 0.6
 WALL_TIME = "wall_time.jsonl"  # the driver's own record of each training call, in the workdir
@@ -61,6 +67,7 @@ class Arm:
     name: str
     variant: str
     overrides: tuple[tuple[str, str], ...] = ()
+    config: str = CONFIG  # the config file (relative to the repository) of ``variant``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +89,11 @@ class Experiment:
     exact_floor: bool = False
     # The training data judged like the samples: the floor of every metric.
     data_rows: bool = True
+    # The samples also judged in the Inception features (FID, KID, IS) against the reference of
+    # the arm's ``eval.reference_split`` / ``eval.reference_images``.
+    inception: bool = False
+    # Overrides added to ``TINY`` under ``--tiny``.
+    tiny: tuple[str, ...] = ()
 
 
 def _gamma_arms(variant: str, seeds: tuple[int, ...] = (0,)) -> tuple[Arm, ...]:
@@ -95,6 +107,30 @@ def _gamma_arms(variant: str, seeds: tuple[int, ...] = (0,)) -> tuple[Arm, ...]:
                      ("noise.project_data", "True"))))
     return tuple(arms)
 
+
+def _config_module(path: str) -> Any:
+    """A config file (relative to the repository) executed as a module, for its data."""
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("sagd_experiment_config",
+                                                  os.path.join(REPO, path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def _fid_arms(variant: str) -> tuple[Arm, ...]:
+    """The arms of ``configs/experiments/fid.py`` (its ``ARMS``) on ``variant``."""
+    arms = _config_module(FID_CONFIG).ARMS
+    return tuple(Arm(name, variant, tuple(overrides.items()), FID_CONFIG)
+                 for name, overrides in arms.items())
+
+
+# --tiny for the FID experiments: in-training FID/KID at the last step of 8 samples of 2 DDPM
+# steps against 16 training images (the driver's own 16 samples then use the same reference).
+FID_TINY = ("train.eval_every=2", "eval.num_samples=8", "eval.batch_size=8", "eval.steps=2",
+            "eval.reference_images=16")
 
 EXPERIMENTS = {
     "sagd_vs_iso_fashion": Experiment(
@@ -121,12 +157,24 @@ EXPERIMENTS = {
     ), "The t -> 0 claim on grf data (exact score known)", sampler="ode_heun", steps=100,
         score_error_curve=True, exact_floor=True,
         data_rows=False),  # the floor is the exact model's
+    # configs/experiments/fid.py: FID-50k of the final EMA weights, DDPM with 1000 steps.
+    "fid_cifar10": Experiment(
+        _fid_arms("cifar10"), "SAGD vs isotropic on CIFAR-10 (DDPM++, 400k steps): FID",
+        num_samples=50_000, steps=1000, inception=True, tiny=FID_TINY),
+    "fid_celeba64": Experiment(
+        _fid_arms("celeba64"), "SAGD vs isotropic on CelebA 64 (DDIM's network, 500k steps): FID",
+        num_samples=50_000, steps=1000, inception=True, tiny=FID_TINY),
 }
 
 TINY = ["data.num_examples=64", "model.ch=8", "model.ch_mult=(1,2)", "model.num_groups=2",
         "model.attn_resolutions=()", "train.num_steps=2", "train.batch_size=8",
         "train.log_every=1", "train.checkpoint_every=2", "train.sample_every=2",
         "train.num_samples=4", "train.sample_steps=2"]
+
+
+def overrides_for(exp: Experiment, tiny: bool) -> list[str]:
+    """The ``KEY=VALUE`` overrides every arm of ``exp`` gets: ``--tiny``'s, else none."""
+    return [*TINY, *exp.tiny] if tiny else []
 
 
 def finished(arm: Arm, workdir: str, extra: list[str]) -> bool:
@@ -142,7 +190,7 @@ def train(arm: Arm, workdir: str, extra: list[str]) -> None:
         return
     arm_run(arm, extra)  # bad input: one line here, before anything is started or written
     os.makedirs(workdir, exist_ok=True)
-    command = [sys.executable, "-m", "sagd_jax.main", f"--config={CONFIG}:{arm.variant}",
+    command = [sys.executable, "-m", "sagd_jax.main", f"--config={arm.config}:{arm.variant}",
                f"--workdir={workdir}",
                *(f"--config.{key}={text}" for key, text in arm_settings(arm, extra))]
     log_path = os.path.join(workdir, "train.log")
@@ -171,7 +219,7 @@ def load_arm_config(arm: Arm, extra: list[str]) -> Any:
     """The config of an arm (its variant, its overrides, then ``extra``), not validated."""
     from sagd_jax.config import load_config_file
 
-    return load_config_file(os.path.join(REPO, f"{CONFIG}:{arm.variant}"),
+    return load_config_file(os.path.join(REPO, f"{arm.config}:{arm.variant}"),
                             arm_settings(arm, extra))
 
 
@@ -202,8 +250,9 @@ def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | N
                         name: str = "evaluation.json",
                         clip_x0: float | None = None) -> dict[str, Any]:
     """Sample the arm (resumable) and judge the samples; ``name``: the cached result's file."""
-    from sagd_jax.evaluate import evaluate
+    from sagd_jax.evaluate import InceptionRequest, evaluate
     from sagd_jax.sample import SampleRequest, generate
+    from sagd_jax.workdir import Workdir
 
     n = 16 if tiny else exp.num_samples
     request = SampleRequest(num_samples=n, sampler=exp.sampler, steps=2 if tiny else exp.steps,
@@ -212,7 +261,14 @@ def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | N
     out = os.path.join(os.path.dirname(samples), name)
     if files.exists(out):
         return files.read_json(out)
-    return evaluate(samples, out, band=band, filter_band=filter_band, **judging(tiny))
+    inception = InceptionRequest("off")  # the CPU experiments: their own features only
+    if exp.inception:  # the trainer's reference (cached once for both) and batch size
+        cfg = Workdir(workdir).saved_config().eval
+        inception = InceptionRequest("on", reference_split=cfg.reference_split or None,
+                                     reference_images=cfg.reference_images,
+                                     batch_size=cfg.batch_size)
+    return evaluate(samples, out, band=band, filter_band=filter_band, inception=inception,
+                    **judging(tiny))
 
 
 def judging(tiny: bool) -> dict[str, Any]:
@@ -233,7 +289,7 @@ def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[st
     from sagd_jax.data import load_batch
     from sagd_jax.evaluate import image_metrics, reference_images
 
-    run = arm_run(arm, TINY if tiny else [])
+    run = arm_run(arm, overrides_for(exp, tiny))
     config = run.config
     n = 16 if tiny else exp.num_samples
     images = load_batch(run.source, config.data, seed=0, step=0, global_batch_size=n)
@@ -276,6 +332,14 @@ def summary_row(name: str, evaluation: dict[str, Any]) -> dict[str, Any]:
         row["spectrum_err_off_band"] = evaluation["spectrum_off_band"]["mean_abs_log_ratio"]
     if "band_energy_ratio" in evaluation:
         row["band_energy_ratio"] = evaluation["band_energy_ratio"]
+    if "inception" in evaluation:
+        inception = evaluation["inception"]
+        row["inception_fid"] = inception["fid"]
+        if "kid" in inception:
+            kid = inception["kid"]
+            row |= {"inception_kid": f"{kid['mean']:.3g} +- {kid['std']:.2g}",
+                    "inception_kid_mean": kid["mean"]}
+        row["inception_is"] = inception["inception_score"]["mean"]
     if "grf_variance" in evaluation:
         row |= {"grf_var_err": evaluation["grf_variance"]["mean_abs_log_ratio"],
                 "grf_var_floor": evaluation["grf_variance"]["monte_carlo_floor"]}
@@ -319,18 +383,22 @@ def score_error_curve(workdir: str, tiny: bool) -> dict[str, Any]:
 
 
 def side_by_side(paths: list[str], labels: list[str], out: str) -> None:
-    """Sample grids next to each other with a caption row (PIL)."""
+    """Sample grids next to each other with a caption row (PIL); grayscale unless a grid is
+    in colour."""
     from PIL import Image, ImageDraw
 
-    grids = [Image.open(p).convert("L") for p in paths]
+    opened = [Image.open(p) for p in paths]
+    mode = "L" if all(g.mode == "L" for g in opened) else "RGB"
+    grids = [g.convert(mode) for g in opened]
+    white, black = (255, 0) if mode == "L" else ((255, 255, 255), (0, 0, 0))
     caption = 14
     width = sum(g.width for g in grids) + 8 * (len(grids) - 1)
-    canvas = Image.new("L", (width, max(g.height for g in grids) + caption), 255)
+    canvas = Image.new(mode, (width, max(g.height for g in grids) + caption), white)
     x = 0
     draw = ImageDraw.Draw(canvas)
     for grid, label in zip(grids, labels, strict=True):
         canvas.paste(grid, (x, caption))
-        draw.text((x + 2, 1), label, fill=0)
+        draw.text((x + 2, 1), label, fill=black)
         x += grid.width + 8
     canvas.save(out)
 
@@ -352,7 +420,7 @@ def kid_mean(evaluation: dict[str, Any]) -> float:
 
 
 SEED_COLUMNS = ("loss", "spectrum_err", "spectrum_err_off_band", "fd", "kid_mean",
-                "fd_off_band", "kid_off_band_mean")
+                "fd_off_band", "kid_off_band_mean", "inception_fid", "inception_kid_mean")
 
 
 def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -382,7 +450,8 @@ TABLE_COLUMNS = (
     "arm", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50", "loss_t0.50-0.75",
     "loss_t0.75-1.00", "spectrum_err", "spectrum_err_off_band", "low_freq_power_ratio",
     "outside_range", "fd", "kid", "fd_off_band", "kid_off_band", "band_energy_ratio",
-    "grf_var_err", "grf_var_floor")
+    "grf_var_err", "grf_var_floor", "fid_in_training", "kid_in_training", "inception_fid",
+    "inception_kid", "inception_is")
 
 
 def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
@@ -440,7 +509,7 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
             raise ValueError(f"experiment {name}: {err}") from None
         exp = dataclasses.replace(
             exp, description=f"{exp.description} (x0_hat clipped to [-{clip_x0:g}, {clip_x0:g}])")
-    extra_overrides = TINY if tiny else []
+    extra_overrides = overrides_for(exp, tiny)
     folder = os.path.join(out, name if clip_x0 is None else f"{name}-clip{clip_x0:g}")
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {} if clip_x0 is None else {"clip_x0": clip_x0}
@@ -455,6 +524,7 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
         last = Workdir(workdir).last_metrics()
         row = {"arm": arm.name, "steps": last["step"], "wall_s": wall_time(workdir),
                "loss": last["loss"], **{k: v for k, v in last.items() if k.startswith("loss_t")},
+               **{f"{k}_in_training": last[k] for k in ("fid", "kid") if k in last},
                **summary_row(arm.name, evaluation),
                "grid": os.path.join(os.path.dirname(evaluation["samples"]), "grid.png")}
         with np.load(evaluation["samples"]) as f:
@@ -519,13 +589,13 @@ def define_flags(fv: flags.FlagValues) -> None:
                          flag_values=fv)
     flags.DEFINE_float("clip_x0", None, "Sample with x0_hat clipped to [-C, C]; report to "
                        "OUT/<experiment>-clipC.", flag_values=fv)
-    flags.DEFINE_boolean("check", False, "Validate every arm's config of every experiment; "
-                         "run nothing.", flag_values=fv)
+    flags.DEFINE_boolean("check", False, "Validate every arm's config (and data) of every "
+                         "experiment, or of --experiment only; run nothing.", flag_values=fv)
 
 
 def body(fv: flags.FlagValues) -> int | None:
     if fv.check:
-        for name in EXPERIMENTS:
+        for name in [fv.experiment] if fv.experiment else EXPERIMENTS:
             check(name)
             print(f"{name}: ok")
         return None

@@ -354,8 +354,9 @@ class InceptionFeatures:
     ``(N, 2048)``. ``features_and_logits(images)`` adds the bias-free logits ``(N, 1008)``
     (the Inception Score's input, as torch-fidelity). Images go through in batches of
     ``batch_size`` (rounded up to the device count; the last one padded: one compiled shape
-    per input size). ``input_size``: the network's input, 299 as FID defines it; a smaller
-    one (>= 75) makes other, cheaper features, for tests only (it is part of ``name``)."""
+    per input size; a set smaller than a batch goes as one batch of its own size).
+    ``input_size``: the network's input, 299 as FID defines it; a smaller one (>= 75) makes
+    other, cheaper features, for tests only (it is part of ``name``)."""
 
     def __init__(self, variables: dict[str, Any], fc_bias: np.ndarray, *,
                  mesh: jax.sharding.Mesh | None = None, batch_size: int = 100,
@@ -392,13 +393,16 @@ class InceptionFeatures:
         """float32 features ``(N, 2048)`` and bias-free logits ``(N, 1008)`` of uint8
         ``images (N, H, W, C)``; ``progress(n)`` after each batch of ``n`` images."""
         images = check_images(images)
+        devices = self.mesh.devices.size
+        # A set smaller than a batch goes as one smaller batch (not padded to batch_size).
+        size = min(self.batch_size, -(-len(images) // devices) * devices)
         outs: list[tuple[np.ndarray, np.ndarray]] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
+        for start in range(0, len(images), size):
+            chunk = images[start:start + size]
             count = len(chunk)
-            if count < self.batch_size:
+            if count < size:
                 chunk = np.concatenate(
-                    [chunk, np.zeros((self.batch_size - count, *chunk.shape[1:]), np.uint8)])
+                    [chunk, np.zeros((size - count, *chunk.shape[1:]), np.uint8)])
             x = self._preprocess(jax.device_put(chunk, self._sharding))
             feats, logits = self._network(self._variables, x)
             outs.append((np.asarray(feats)[:count], np.asarray(logits)[:count]))
