@@ -113,9 +113,11 @@ def test_check_opens_the_data_or_names_the_build_command(fid_env, run_cli, monke
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,max_arms", [
-    ("fid_cifar10", 2),  # isotropic and gamma 0.5: each arm costs ~30 s; all five configs
-    # are checked by test_arms_are_the_configs_data
-    ("fid_celeba64", 1),  # the same arms (above); its own data path: 218x178, crop, resize
+    # The first arm of each (an arm costs 40-60 s here); all five arms' configs are checked by
+    # test_arms_are_the_configs_data, and the driver's handling of several arms by
+    # tests/test_experiments.py.
+    ("fid_cifar10", 1),
+    ("fid_celeba64", 1),  # its own data path: 218x178, crop, resize
 ])
 def test_fid_experiment_end_to_end(name, max_arms, fid_env, run_cli):
     tmp_path = fid_env
@@ -146,8 +148,6 @@ def test_fid_experiment_end_to_end(name, max_arms, fid_env, run_cli):
         assert evaluation["inception"]["fid"] == row["inception_fid"] > 0
         assert row["inception_kid_mean"] == evaluation["inception"]["kid"]["mean"]
         assert row["inception_is"] >= 1.0
-    # Same seed, same data: the arms still differ (their noise does).
-    assert len({rows[a]["fid_in_training"] for a in arms}) == len(arms)
     assert Image.open(tmp_path / "docs" / name / "samples.png").mode == "RGB"
     table = (tmp_path / "docs" / name / "table.md").read_text()
     header = table.splitlines()[0]
