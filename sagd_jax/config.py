@@ -1,6 +1,7 @@
 """The config: every key and its one default (``default_config``), normalisation of a
 user's config onto it (unknown keys refused, naming the closest known ones), config files
-and ``KEY=VALUE`` overrides, and the checks of ``seed``, ``train.*`` and ``optim.*``.
+and ``KEY=VALUE`` overrides, and the checks of ``seed``, ``train.*``, ``optim.*`` and
+``noise.fit*``.
 
 Each check raises a one-line ``ValueError`` naming the key, e.g.
 ``train.batch_size=0: must be an integer >= 1``. Sections with their own builders validate
@@ -23,7 +24,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from sagd_jax import validate
+from sagd_jax import noise_fit, validate
 from sagd_jax.data import default_data_config
 from sagd_jax.samplers import SAMPLERS
 
@@ -37,7 +38,13 @@ def default_config() -> ml_collections.ConfigDict:
     seed: the run's seed (data order, init, noise, dropout, samples).
     data: see ``sagd_jax.data.default_data_config``.
     noise: the SAGD covariance (``gamma``, ``rho0``, ``bands``, ``normalize``) and
-      ``project_data`` (train on the data projected onto its support).
+      ``project_data`` (train on the data projected onto its support). ``fit``: "" (off),
+      "powerlaw" or "spectrum": before a new run trains, ``w`` is fitted to the power spectrum
+      of ``fit_images`` training images (``sagd_jax.noise_fit``): "powerlaw" sets ``gamma``
+      and ``rho0``, "spectrum" sets ``profile`` on the radial knots ``profile_rho`` (it
+      replaces the power law; the bands still multiply) from the smoothed spectrum to the
+      power ``fit_exponent`` (1: noise shaped like the data, 0: white); ``fit_result`` says
+      what was fitted. The fitted values are saved in ``config.json``; a resume reuses them.
     diffusion: ``schedule`` (vp_sde | ddpm_linear | cosine | ve), ``schedule_kwargs``,
       ``prediction`` (eps | x0 | v).
     model: the DDPM++ U-Net (``sagd_jax.models.build_model``).
@@ -63,7 +70,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.data = default_data_config()
     c.noise = ml_collections.ConfigDict(dict(gamma=1.0, rho0=0.1, bands="", normalize=True,
-                                             project_data=False))
+                                             project_data=False, fit="", fit_images=1000,
+                                             fit_exponent=1.0, profile=(), profile_rho=(),
+                                             fit_result=""))
     c.diffusion = ml_collections.ConfigDict(
         dict(schedule="vp_sde", prediction="eps", schedule_kwargs=ml_collections.ConfigDict())
     )
@@ -151,9 +160,11 @@ def normalize(config: Any) -> ml_collections.ConfigDict:
 
 
 def validate_config(config: Any, device_count: int | None = None) -> None:
-    """Check ``seed``, ``train.*`` and ``optim.*``; raise a one-line ``ValueError``."""
+    """Check ``seed``, ``train.*``, ``optim.*`` and the ``noise.fit*`` keys; raise a one-line
+    ``ValueError``."""
     device_count = jax.device_count() if device_count is None else device_count
     validate.integer(*validate.entry(config, "seed"), 0)
+    noise_fit.check_options(validate.lookup(config, "noise"))
     validate.integer(*validate.entry(config, "train.num_steps"), 1)
     batch = validate.integer(*validate.entry(config, "train.batch_size"), 1)
     mesh_axes(config)

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sagd_jax import checkpoint, console, rng
+from sagd_jax import checkpoint, console, files, noise_fit, rng
 from sagd_jax.config import mesh_shape, normalize, validate_config
 from sagd_jax.data import batch_options, batches, get_source, iterate, read_image
 from sagd_jax.data.sources import ImageSource
@@ -47,6 +47,31 @@ from sagd_jax.train.step import make_eps_fn, train_step
 from sagd_jax.workdir import Workdir
 
 REFERENCE_IMAGES = 512  # data images behind the reference power spectrum
+FIT_CHUNK = 250  # images read at a time to measure the spectrum of noise.fit
+
+
+def _fit_noise(config: ml_collections.ConfigDict, source: ImageSource | None,
+               workdir: Workdir | None) -> None:
+    """Set the fitted keys of ``config.noise`` (``noise.fit``; ``sagd_jax.noise_fit``). A
+    workdir that already holds a run with the same fit gives its saved values (a resume,
+    sampling: no refit; a run with another fit is left for ``Workdir.prepare`` to refuse);
+    a new run fits them on the first ``noise.fit_images`` training images (the pipeline's
+    stream from (data, seed): the same images on every process and every start)."""
+    noise = config.noise
+    if workdir is not None and (files.exists(workdir.config_path)
+                                or workdir.latest_step() is not None):
+        noise.update(noise_fit.saved_fit(noise, workdir.saved_config().noise))
+        return
+    if source is None:
+        raise ValueError(f"noise.fit={noise.fit!r}: needs the training data (load_data=False)")
+    count = min(noise.fit_images, len(source))
+    chunk = min(count, FIT_CHUNK)
+    stream = batches(source, config.data, config.seed, chunk)
+    parts = (stream[s][:count - s * chunk] for s in range(-(-count // chunk)))
+    power, images = noise_fit.mean_power(parts)
+    values, summary = noise_fit.fit_noise(noise, power, config.data.image_size, images)
+    noise.update(values)
+    console.info("noise: fitted %s", summary)
 
 
 class Run:
@@ -91,6 +116,9 @@ class Run:
         except ValueError as err:
             raise ValueError(f"train.sample_steps={config.train.sample_steps}: "
                              f"{str(err).split(': ', 1)[-1]} (diffusion.schedule)") from None
+        if config.noise.fit:  # the input is good: now the fit's data may be read
+            _fit_noise(config, source, workdir)
+            process = DiffusionProcess.from_config(config, image_shape[0], image_shape[1])
         config.lock()
         return cls(config, process, model, make_optimizer(config.optim), workdir, source)
 

@@ -173,6 +173,43 @@ def power_law(rho: np.ndarray, gamma: float, rho0: float) -> np.ndarray:
     return (rho + rho0) ** (-gamma)
 
 
+def profile_weights(rho: np.ndarray, knots: Sequence[float] | np.ndarray,
+                    values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A radial profile ``values`` given at ``knots`` (increasing, > 0; axis Nyquist = 1)
+    evaluated at ``rho`` (any shape), float64: linear interpolation of ``log value`` against
+    ``log rho`` (exact for a power law), constant beyond the first and last knot (DC takes
+    the first knot's value). A profile of ones gives exactly 1."""
+    knots = np.asarray(knots, np.float64)
+    r = np.clip(np.asarray(rho, np.float64), knots[0], knots[-1])
+    return np.exp(np.interp(np.log(r), np.log(knots), np.log(np.asarray(values, np.float64))))
+
+
+def check_profile(profile: Any, profile_rho: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(profile, profile_rho)`` checked: both empty, or equally long (>= 2) sequences of
+    finite numbers, ``profile > 0`` and ``profile_rho`` strictly increasing in
+    ``(0, sqrt(2)]``. A one-line ``ValueError`` naming the key and the first bad value."""
+    values = []
+    for name, seq in (("profile", profile), ("profile_rho", profile_rho)):
+        if isinstance(seq, str) or not isinstance(seq, Sequence):
+            raise validate.fail(name, seq, "must be a sequence of numbers (or ())")
+        for i, v in enumerate(seq):
+            validate.number(f"{name}[{i}]", v, 0.0, RHO_MAX + 1e-12 if name == "profile_rho"
+                            else math.inf, open_lo=True)
+        values.append(tuple(float(v) for v in seq))
+    profile, profile_rho = values
+    if len(profile) != len(profile_rho):
+        raise ValueError(f"profile_rho: has {len(profile_rho)} values, profile has "
+                         f"{len(profile)}; they must match")
+    if len(profile) == 1:
+        raise ValueError("profile: needs at least 2 values (or none)")
+    for i in range(1, len(profile_rho)):
+        if profile_rho[i] <= profile_rho[i - 1]:
+            raise validate.fail(f"profile_rho[{i}]", profile_rho[i],
+                                f"must be > profile_rho[{i - 1}]={profile_rho[i - 1]!r} "
+                                "(strictly increasing)")
+    return profile, profile_rho
+
+
 def spectral_weights(
     height: int,
     width: int,
@@ -181,11 +218,16 @@ def spectral_weights(
     rho0: float = 0.1,
     bands: Sequence[Band] | str | None = (),
     normalize: bool = True,
+    profile: Sequence[float] = (),
+    profile_rho: Sequence[float] = (),
 ) -> np.ndarray:
     """The SAGD weights ``w = prod(masks) * power_law`` on the rfft half-plane, float64.
 
     Shape ``(H, W // 2 + 1)``. With ``normalize`` the mean over all ``H * W`` bins is 1, so
     ``trace(Sigma) = H * W`` per channel (the noise energy of isotropic diffusion).
+    A non-empty ``profile`` (values at the radial knots ``profile_rho``, see
+    ``profile_weights``; fitted by ``sagd_jax.noise_fit``) replaces the power law: ``gamma`` and
+    ``rho0`` are then checked but unused; the bands still multiply.
     Raises ``ValueError`` naming the offending parameter (``gamma=nan: must be a finite number``).
     """
     height = validate.integer("height", height, 1)
@@ -196,8 +238,12 @@ def spectral_weights(
         raise validate.fail("rho0", rho0, "must be > 0 when gamma > 0 (and never negative)")
     normalize = validate.boolean("normalize", normalize)
     band_list = parse_bands(bands)
+    profile, profile_rho = check_profile(profile, profile_rho)
     rho = radial_frequency(height, width)
-    w = power_law(rho, gamma, rho0)
+    if profile:
+        w = profile_weights(rho, profile_rho, profile)
+    else:
+        w = power_law(rho, gamma, rho0)
     for band in band_list:
         w = w * band.mask(rho)
     if not np.any(w > 0):
@@ -258,14 +304,18 @@ class SpectralCovariance:
         rho0: float = 0.1,
         bands: Sequence[Band] | str | None = (),
         normalize: bool = True,
+        profile: Sequence[float] = (),
+        profile_rho: Sequence[float] = (),
     ) -> SpectralCovariance:
         """Power law ``(rho + rho0)^-gamma`` times band masks, normalised to mean 1 by default.
 
         ``gamma > 0`` puts more noise in low frequencies, ``gamma < 0`` in high ones,
-        ``gamma = 0`` with no bands is isotropic diffusion (``Sigma = I``).
+        ``gamma = 0`` with no bands is isotropic diffusion (``Sigma = I``). A non-empty
+        ``profile`` on the knots ``profile_rho`` replaces the power law (``spectral_weights``).
         """
         w = spectral_weights(
-            height, width, gamma=gamma, rho0=rho0, bands=bands, normalize=normalize
+            height, width, gamma=gamma, rho0=rho0, bands=bands, normalize=normalize,
+            profile=profile, profile_rho=profile_rho,
         )
         w32 = np.asarray(w, np.float32)
         return cls(weights=jnp.asarray(w32), height=height, width=width,
@@ -273,14 +323,16 @@ class SpectralCovariance:
 
     @classmethod
     def from_config(cls, noise: Any, height: int, width: int) -> SpectralCovariance:
-        """Build from a full ``noise`` config section: ``gamma``, ``rho0``, ``bands`` and
-        ``normalize``, each read as it is (their one default: ``default_config().noise``).
+        """Build from a full ``noise`` config section: ``gamma``, ``rho0``, ``bands``,
+        ``normalize`` and ``profile`` / ``profile_rho`` (a fitted profile that replaces the
+        power law when non-empty), each read as it is (their one default:
+        ``default_config().noise``).
 
         Errors name the key, e.g. ``noise.gamma=nan: must be a finite number`` or
         ``noise.rho0: missing from the config``.
         """
         values = {key: validate.lookup(noise, key, "noise")
-                  for key in ("gamma", "rho0", "bands", "normalize")}
+                  for key in ("gamma", "rho0", "bands", "normalize", "profile", "profile_rho")}
         try:
             return cls.create(height, width, **values)
         except ValueError as err:

@@ -23,7 +23,7 @@ from typing import Any
 
 import ml_collections
 
-from sagd_jax import checkpoint, console, files
+from sagd_jax import checkpoint, console, files, noise_fit
 from sagd_jax.config import normalize
 from sagd_jax.errors import DamagedCheckpoint
 from sagd_jax.lock import Lock
@@ -108,9 +108,14 @@ class Workdir:
 
     def check_compatible(self, config: Any, saved: Any = None) -> None:
         """Raise a one-line ``ValueError`` naming the first structural key where ``config``
-        differs from the run's own (``saved``, default: its ``config.json``)."""
+        differs from the run's own (``saved``, default: its ``config.json``). With the same
+        ``noise.fit`` as the run, the fitted keys are the run's (``noise_fit.saved_fit``)."""
         saved = self.saved_config() if saved is None else normalize(saved)
-        previous, current = _structural(_as_dict(saved)), _structural(_as_dict(config))
+        previous_dict, current_dict = _as_dict(saved), _as_dict(config)
+        noise, saved_noise = current_dict.get("noise"), previous_dict.get("noise")
+        if isinstance(noise, dict) and isinstance(saved_noise, dict):  # fitted keys: the run's
+            noise.update(noise_fit.saved_fit(noise, saved_noise))
+        previous, current = _structural(previous_dict), _structural(current_dict)
         for key in STRUCTURAL_KEYS:
             if previous[key] != current[key]:
                 raise ValueError(
