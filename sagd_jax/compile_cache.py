@@ -50,9 +50,10 @@ def default_dir() -> str:
 def _unwritable(path: str) -> str | None:
     """Why the cache folder ``path`` cannot be created or written (None: it can); remote URLs
     pass unchecked."""
-    if "://" in path and not path.startswith("file://"):
-        return None
-    return files.unwritable(path.removeprefix("file://"))
+    try:
+        return files.unwritable(path) if files.is_local(path) else None
+    except ValueError as err:  # a file:// URL of another host
+        return str(err)
 
 
 class CompileCache:

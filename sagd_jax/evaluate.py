@@ -182,8 +182,7 @@ def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: 
     kid = kernel_distance(features, ref_features, num_subsets, subset_size)
     blocks = kernel_distance_blocks(features, ref_features, num_blocks=min(10, len(features) // 2))
     return {"fd": frechet_distance(GaussianStats.of(features), GaussianStats.of(ref_features)),
-            "kid": {"mean": kid.mean, "std": kid.std, "sem": kid.sem,
-                    "num_subsets": kid.num_subsets, "subset_size": kid.subset_size},
+            "kid": dataclasses.asdict(kid),
             "kid_blocks": dataclasses.asdict(blocks),
             "classifier": extractor.recipe.name,
             "classifier_test_accuracy": extractor.test_accuracy,
@@ -355,7 +354,8 @@ def inception_results(samples: np.ndarray, data_config: Any, weights: str,
                       subset_size: int) -> dict[str, Any]:
     """FID, KID and IS of ``samples`` (model units) in the Inception features."""
     from sagd_jax.metrics.fid import compute_reference, inception_metrics
-    from sagd_jax.metrics.inception import InceptionFeatures, to_uint8_pixels
+    from sagd_jax.metrics.inception import InceptionFeatures
+    from sagd_jax.train.images import to_uint8
 
     extractor = InceptionFeatures.from_file(weights, batch_size=request.batch_size)
     if reference_stats is None:
@@ -363,7 +363,7 @@ def inception_results(samples: np.ndarray, data_config: Any, weights: str,
         reference_stats, _ = compute_reference(data_config, extractor, split,
                                                request.reference_images)
     console.info("inception: %d samples", len(samples))
-    return inception_metrics(to_uint8_pixels(samples), extractor, reference_stats,
+    return inception_metrics(to_uint8(samples), extractor, reference_stats,
                              num_subsets, subset_size)
 
 

@@ -160,11 +160,12 @@ def iterate(dataset: grain.MapDataset, start: int, stop: int, num_workers: int,
     return iter(dataset[start:stop].to_iter_dataset(options))
 
 
-def clean_images(source: ImageSource, data_config: Any, count: int) -> np.ndarray:
-    """The first ``count`` examples (in source order) as uint8 ``(count, S, S, C)`` training
-    images, centre-cropped, without corruption or flips (reference images); float sources
-    give float32."""
+def clean_images(source: ImageSource, data_config: Any, count: int, start: int = 0
+                 ) -> np.ndarray:
+    """Examples ``start .. start + count - 1`` (in source order) as uint8 ``(count, S, S, C)``
+    training images, centre-cropped, without corruption or flips (reference images); float
+    sources give float32."""
     options = batch_options(data_config, getattr(source, "image_shape", None), source.name)
     center = dataclasses.replace(options.preprocess, crop="center")
     return np.stack([center(read_image(source, i), None, f"{source.name}[{i}]")
-                     for i in range(count)])
+                     for i in range(start, start + count)])

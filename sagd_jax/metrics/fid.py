@@ -81,10 +81,8 @@ def clean_pixels(data_config: Any, split: str, max_images: int, chunk: int = 500
                  ) -> tuple[int, Iterator[np.ndarray]]:
     """``(count, chunks)``: the first ``min(len, max_images)`` clean images of ``split`` of the
     data (no corruption or flips, centre crop) as uint8 ``(n, S, S, C)`` chunks."""
-    from sagd_jax.data import get_source
-    from sagd_jax.data.pipeline import batch_options
-    from sagd_jax.data.sources import read_image
-    from sagd_jax.metrics.inception import to_uint8_pixels
+    from sagd_jax.data import clean_images, get_source
+    from sagd_jax.train.images import to_uint8
 
     cfg = data_config.copy_and_resolve_references()
     with cfg.ignore_type():
@@ -93,14 +91,11 @@ def clean_pixels(data_config: Any, split: str, max_images: int, chunk: int = 500
         cfg.random_flip = False
     source = get_source(cfg)
     count = min(len(source), max_images)
-    options = batch_options(cfg, getattr(source, "image_shape", None), source.name)
-    center = dataclasses.replace(options.preprocess, crop="center")
 
     def chunks() -> Iterator[np.ndarray]:
         for start in range(0, count, chunk):
-            images = np.stack([center(read_image(source, i), None, f"{source.name}[{i}]")
-                               for i in range(start, min(start + chunk, count))])
-            yield images if images.dtype == np.uint8 else to_uint8_pixels(images)
+            images = clean_images(source, cfg, min(chunk, count - start), start)
+            yield images if images.dtype == np.uint8 else to_uint8(images)
 
     return count, chunks()
 
@@ -146,11 +141,9 @@ def inception_metrics(images: np.ndarray, extractor: Any, reference: Reference,
         "inception_reference": reference.name, "inception_weights": extractor.name}
     if reference.features is not None:
         kid = kernel_distance(features, reference.features, num_subsets, subset_size)
-        results["kid"] = {"mean": kid.mean, "std": kid.std, "sem": kid.sem,
-                          "num_subsets": kid.num_subsets, "subset_size": kid.subset_size}
-    splits = min(num_splits, len(images))
-    score = inception_score(logits, splits)
-    results["inception_score"] = {"mean": score.mean, "std": score.std, "num_splits": splits}
+        results["kid"] = dataclasses.asdict(kid)
+    score = inception_score(logits, min(num_splits, len(images)))
+    results["inception_score"] = dataclasses.asdict(score)
     return results
 
 

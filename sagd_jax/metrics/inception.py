@@ -445,13 +445,6 @@ def check_images(images: Any, where: str = "images") -> np.ndarray:
     return images
 
 
-def to_uint8_pixels(images: np.ndarray) -> np.ndarray:
-    """Model-unit images in [-1, 1] -> uint8 pixels, rounded as the samplers' ``arr_0``."""
-    from sagd_jax.train.images import to_uint8
-
-    return to_uint8(np.asarray(images, np.float32))
-
-
 __all__: Sequence[str] = ("InceptionFeatures", "InceptionV3", "preprocess", "random_state_dict",
                           "read_weights", "resize_tf1", "variables_from_state_dict",
                           "weights_path")

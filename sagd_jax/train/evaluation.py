@@ -21,8 +21,6 @@ import numpy as np
 from sagd_jax import console, rng
 from sagd_jax.distributed import barrier
 
-SCALARS = ("fid", "kid", "kid_std")
-
 
 class InTrainingEval:
     """FID/KID of the EMA weights' samples; ``__call__(ema_params, step) -> scalars``."""
@@ -55,9 +53,9 @@ class InTrainingEval:
     def local_samples(self, params: Any, step: int) -> np.ndarray:
         """This process's share of the ``eval.num_samples`` samples at ``step``, uint8
         ``(n, H, W, C)``."""
-        from sagd_jax.metrics.inception import to_uint8_pixels
         from sagd_jax.samplers import get_sampler
         from sagd_jax.sharding import batch_sharding
+        from sagd_jax.train.images import to_uint8
 
         train = self.run.config.train
         sampler = get_sampler(self.cfg.sampler or train.sampler)
@@ -72,7 +70,7 @@ class InTrainingEval:
                              steps, sharding=batch_sharding(self.mesh))
             shards = sorted(images.addressable_shards, key=lambda s: s.index[0].start or 0)
             parts += [np.asarray(s.data) for s in shards]
-        return to_uint8_pixels(np.concatenate(parts))
+        return to_uint8(np.concatenate(parts))
 
     def __call__(self, params: Any, step: int) -> dict[str, float]:
         """``{"fid", "kid", "kid_std", "eval_seconds"}`` of the samples of ``params`` (every
@@ -89,8 +87,7 @@ class InTrainingEval:
         features = features[:self.cfg.num_samples]
         scalars = {"fid": frechet_distance(self.reference.stats, GaussianStats.of(features))}
         if self.reference.features is not None:
-            kid = kernel_distance(features, self.reference.features,
-                                  subset_size=min(1000, len(features)))
+            kid = kernel_distance(features, self.reference.features)  # subsets <= the sets
             scalars |= {"kid": kid.mean, "kid_std": kid.std}
         scalars["eval_seconds"] = time.perf_counter() - started
         return scalars
