@@ -108,6 +108,21 @@ def _gamma_arms(variant: str, seeds: tuple[int, ...] = (0,)) -> tuple[Arm, ...]:
     return tuple(arms)
 
 
+def _fitted_arms(variant: str) -> tuple[Arm, ...]:
+    """Issue 23's comparison: w fitted to the data (``noise.fit``) against hand-set gamma 0, 1
+    and 2. Two seeds for the fitted power law and for gamma 2, the best hand-set arm of
+    experiment 1 on the spectrum on both datasets (chosen before these runs)."""
+    arms = []
+    for name, overrides in (
+            ("gamma0", (("noise.gamma", "0"),)), ("gamma1", (("noise.gamma", "1"),)),
+            ("gamma2", (("noise.gamma", "2"),)), ("fit-powerlaw", (("noise.fit", "powerlaw"),)),
+            ("fit-spectrum1", (("noise.fit", "spectrum"), ("noise.fit_exponent", "1")))):
+        seeds = (0, 1) if name in ("gamma2", "fit-powerlaw") else (0,)
+        arms += [Arm(f"{name}-seed{seed}", variant, (*overrides, ("seed", str(seed))))
+                 for seed in seeds]
+    return tuple(arms)
+
+
 def _config_module(path: str) -> Any:
     """A config file (relative to the repository) executed as a module, for its data."""
     import importlib.machinery
@@ -142,6 +157,13 @@ EXPERIMENTS = {
         "SAGD vs isotropic on 32x32 grayscale crops of scikit-image's photographs",
         num_samples=500,  # spectra only (no classifier for patches): half the sampling time
         judge_off=f"bandpass:{STOP[0]}:{STOP[1]}"),
+    "fitted_patches": Experiment(
+        _fitted_arms("natural_patches"),
+        "Noise weights fitted to the data vs hand-set gamma on natural patches",
+        num_samples=500),
+    "fitted_fashion": Experiment(
+        _fitted_arms("fashion_mnist"),
+        "Noise weights fitted to the data vs hand-set gamma on Fashion-MNIST"),
     "omission": Experiment((
         Arm("iso-corrupted", "omission_corrupted", (("noise.gamma", "0"),)),
         Arm("masked-corrupted", "omission_corrupted",
@@ -305,6 +327,18 @@ def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[st
     return row
 
 
+def fitted_column(workdir: str) -> dict[str, str]:
+    """``{"fitted": what noise.fit chose}`` for a run that fitted its weights, else ``{}``."""
+    from sagd_jax.workdir import Workdir
+
+    noise = Workdir(workdir).saved_config().noise
+    if not noise.get("fit_result"):
+        return {}
+    if noise.fit == "powerlaw":
+        return {"fitted": f"gamma {noise.gamma:.3g}, rho0 {noise.rho0:.3g}"}
+    return {"fitted": noise.fit_result.split(" on ")[0]}
+
+
 def outside_range(images: np.ndarray) -> float:
     """Fraction of pixels outside the data range [-1, 1]."""
     return float(np.mean(np.abs(np.asarray(images)) > 1.0))
@@ -447,11 +481,11 @@ def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 TABLE_COLUMNS = (
-    "arm", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50", "loss_t0.50-0.75",
-    "loss_t0.75-1.00", "spectrum_err", "spectrum_err_off_band", "low_freq_power_ratio",
-    "outside_range", "fd", "kid", "fd_off_band", "kid_off_band", "band_energy_ratio",
-    "grf_var_err", "grf_var_floor", "fid_in_training", "kid_in_training", "inception_fid",
-    "inception_kid", "inception_is")
+    "arm", "fitted", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50",
+    "loss_t0.50-0.75", "loss_t0.75-1.00", "spectrum_err", "spectrum_err_off_band",
+    "low_freq_power_ratio", "outside_range", "fd", "kid", "fd_off_band", "kid_off_band",
+    "band_energy_ratio", "grf_var_err", "grf_var_floor", "fid_in_training", "kid_in_training",
+    "inception_fid", "inception_kid", "inception_is")
 
 
 def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
@@ -525,7 +559,7 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
         row = {"arm": arm.name, "steps": last["step"], "wall_s": wall_time(workdir),
                "loss": last["loss"], **{k: v for k, v in last.items() if k.startswith("loss_t")},
                **{f"{k}_in_training": last[k] for k in ("fid", "kid") if k in last},
-               **summary_row(arm.name, evaluation),
+               **summary_row(arm.name, evaluation), **fitted_column(workdir),
                "grid": os.path.join(os.path.dirname(evaluation["samples"]), "grid.png")}
         with np.load(evaluation["samples"]) as f:
             row["outside_range"] = outside_range(f["float32"])
