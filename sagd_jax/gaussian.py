@@ -60,16 +60,24 @@ class GaussianData:
         return apply_multiplier(eps, jnp.sqrt(self.spectrum))
 
     def marginal_spectrum(self, process: DiffusionProcess, t: jax.Array) -> jax.Array:
-        """Per-frequency variance of ``x_t``: ``alpha_t^2 c + sigma_t^2 w``.
+        """Per-frequency variance of ``x_t``: ``alpha_t^2 c + sigma_t^2 w`` (``A_t^2 c + S_t^2``
+        for a per-frequency schedule).
 
         Shape ``t.shape + (H, W // 2 + 1)``.
         """
+        if process.shaping is not None:
+            a, s2 = process.spectral_coefficients(jnp.asarray(t, jnp.float32))
+            return a**2 * self.spectrum + s2
         alpha, sigma = process.coefficients(t)
         alpha, sigma = alpha[..., None, None], sigma[..., None, None]
         return alpha**2 * self.spectrum + sigma**2 * process.cov.weights
 
     def eps(self, process: DiffusionProcess, x_t: jax.Array, t: jax.Array) -> jax.Array:
         """The exact ``E[eps | x_t]``; ``x_t: (B, H, W, C)``, ``t``: scalar or ``(B,)``."""
+        if process.shaping is not None:
+            _, s2 = process.spectral_coefficients(jnp.asarray(t, jnp.float32))
+            return apply_multiplier(
+                x_t, _safe_divide(jnp.sqrt(s2), self.marginal_spectrum(process, t)))
         _, sigma = process.coefficients(t)
         gain = _safe_divide(
             sigma[..., None, None] * jnp.sqrt(process.cov.weights),
@@ -99,54 +107,63 @@ def sampler_output_spectrum(
 
     With the exact ``eps_fn`` every sampler of ``sagd_jax.samplers`` is, frequency by frequency,
     a linear recursion ``x' = m x + noise`` on the same time grid, so the variance of its output
-    follows from a scalar recursion in float64 (no Monte Carlo). Its ratio to ``c`` is the
-    sampler's bias for this step count: the t_min stop plus the discretisation error.
+    follows from a scalar recursion per bin in float64 (no Monte Carlo), for the constant
+    process and for a per-frequency schedule alike (its coefficients ``A_t``, ``S_t^2``,
+    ``f_k``, ``g2_k`` per bin). Its ratio to ``c`` is the sampler's bias for this step count:
+    the t_min stop plus the discretisation error.
     """
-    w = np.asarray(process.cov.weights, np.float64)
     c = np.asarray(data.spectrum, np.float64)
+    shape = c.shape
 
-    def coef(t):
-        a, s = process.coefficients(np.float32(t))
-        return float(a), float(s)
+    def coef(t):  # (A_t, S_t^2) per bin, float64
+        a, s2 = process.spectral_coefficients(jnp.float32(t))
+        return (np.broadcast_to(np.asarray(a, np.float64), shape),
+                np.broadcast_to(np.asarray(s2, np.float64), shape))
 
-    def gain(t):  # Sigma^{1/2} eps_hat(x) = gain * x, per frequency
-        a, s = coef(t)
-        den = a**2 * c + s**2 * w
-        return np.where(den > 0, s * w / np.where(den > 0, den, 1.0), 0.0)
+    def ratio(num, den):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
-    def denoise(t):  # x0_hat = denoise * x
-        a, s = coef(t)
-        return (1.0 - s * gain(t)) / a
+    def marginal(t):
+        a, s2 = coef(t)
+        return a**2 * c + s2
 
-    def velocity(t):  # probability-flow ODE: dx/dt = velocity * x
-        f, g2 = (float(v) for v in process.sde(np.float32(t)))
-        return f + g2 / (2.0 * coef(t)[1]) * gain(t)
+    def denoise(t):  # x0_hat = denoise * x: (1 - S^2 / V) / A
+        a, s2 = coef(t)
+        return (1.0 - ratio(s2, marginal(t))) / a
+
+    def sde(t):
+        return (np.asarray(v, np.float64) for v in process.spectral_sde(jnp.float32(t)))
+
+    def velocity(t):  # probability-flow ODE: dx/dt = (f + g2 / (2 V)) x
+        f, g2 = sde(t)
+        return f + ratio(g2, 2.0 * marginal(t))
 
     times = time_grid(process.schedule, steps)
-    var = coef(1.0)[1] ** 2 * w
+    var = coef(1.0)[1].copy()
     for t, s in zip(times[:-1], times[1:], strict=True):
-        a_t, s_t = coef(t)
-        a_s, s_s = coef(s)
+        a_t, s2_t = coef(t)
+        a_s, s2_s = coef(s)
         a_ts = a_t / a_s
-        s2_ts = s_t**2 - a_ts**2 * s_s**2
-        post_var = s2_ts * s_s**2 / s_t**2
+        s2_ts = np.maximum(s2_t - a_ts**2 * s2_s, 0.0)
+        post_var = ratio(s2_ts * s2_s, s2_t)
         h = s - t
         if sampler == "ddpm":
-            m = (a_ts * s_s**2 + a_s * s2_ts * denoise(t)) / s_t**2
-            var = m**2 * var + post_var * w
+            m = ratio(a_ts * s2_s + a_s * s2_ts * denoise(t), s2_t)
+            var = m**2 * var + post_var
         elif sampler == "ddim":
             noise_var = eta**2 * post_var
-            m = a_s * denoise(t) + np.sqrt(max(s_s**2 - noise_var, 0.0)) * gain(t)
-            var = m**2 * var + noise_var * w
+            gain = ratio(np.sqrt(s2_t), marginal(t))  # eps_hat = gain * x
+            m = a_s * denoise(t) + np.sqrt(np.maximum(s2_s - noise_var, 0.0)) * gain
+            var = m**2 * var + noise_var
         elif sampler == "ode_euler":
             var = (1 + h * velocity(t)) ** 2 * var
         elif sampler == "ode_heun":
             m = 1 + 0.5 * h * (velocity(t) + velocity(s) * (1 + h * velocity(t)))
             var = m**2 * var
         elif sampler == "sde":
-            f, g2 = (float(v) for v in process.sde(np.float32(t)))
-            m = 1 + h * (f + g2 / s_t * gain(t))
-            var = m**2 * var + g2 * (-h) * w
+            f, g2 = sde(t)
+            m = 1 + h * (f + ratio(g2, marginal(t)))
+            var = m**2 * var + g2 * (-h)
         else:
             raise ValueError(f"sampler={sampler!r}: unknown")
     return denoise(times[-1]) ** 2 * var

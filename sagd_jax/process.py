@@ -15,10 +15,27 @@ import jax.numpy as jnp
 from flax import struct
 
 from sagd_jax import validate
+from sagd_jax.frequency_schedule import FrequencySchedule
 from sagd_jax.schedules import Schedule, get_schedule
-from sagd_jax.spectral import SpectralCovariance
+from sagd_jax.spectral import SpectralCovariance, apply_multiplier
 
 PREDICTIONS = ("eps", "x0", "v")
+
+
+def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
+    """``num / den`` where ``den > 0``, 0 elsewhere (bins outside the support)."""
+    positive = den > 0
+    return jnp.where(positive, num / jnp.where(positive, den, 1.0), 0.0)
+
+
+def combine(*terms: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """``sum_i M_i x_i`` for frequency-diagonal ``M_i``: ``terms`` are ``(x_i, m_i)`` with
+    ``x_i: (B, H, W, C)`` and real multipliers ``m_i: (B, H, W // 2 + 1)``; one inverse FFT."""
+    x = terms[0][0]
+    height, width = x.shape[-3], x.shape[-2]
+    total = sum(jnp.fft.rfft2(v.astype(jnp.float32), axes=(-3, -2)) * m[..., None]
+                for v, m in terms)
+    return jnp.fft.irfft2(total, s=(height, width), axes=(-3, -2)).astype(x.dtype)
 
 
 def expand_to(coef: jax.Array, x: jax.Array) -> jax.Array:
@@ -39,12 +56,17 @@ class DiffusionProcess:
       forward process adds no noise, so ``x_t`` carries ``alpha_t x0`` there during training
       while every sampler keeps those frequencies at 0; projecting the data removes that
       mismatch (no effect with full support).
+    shaping: ``None`` (the constant-``Sigma`` process) or a per-frequency schedule: then
+      ``x_t = A_t x0 + S_t eps`` with ``A_t``, ``S_t`` diagonal in frequency
+      (``sagd_jax.frequency_schedule``); ``v`` keeps its definition with the scalar
+      ``alpha_t``, ``sigma_t`` and the base ``Sigma``, and the loss is unchanged.
     """
 
     cov: SpectralCovariance
     schedule: Schedule = struct.field(pytree_node=False)
     prediction: str = struct.field(pytree_node=False, default="eps")
     project_data: bool = struct.field(pytree_node=False, default=False)
+    shaping: FrequencySchedule | None = None
 
     def __post_init__(self) -> None:
         validate.one_of("prediction", self.prediction, PREDICTIONS)
@@ -63,12 +85,35 @@ class DiffusionProcess:
         except ValueError as err:
             raise ValueError(f"diffusion.{err}") from None
         prediction = validate.one_of(*validate.entry(config, "diffusion.prediction"), PREDICTIONS)
-        return cls(cov=cov, schedule=schedule, prediction=prediction, project_data=project_data)
+        shaping = FrequencySchedule.from_config(config, cov)
+        if shaping is not None:
+            try:
+                shaping.check_monotone(schedule)
+            except ValueError as err:
+                raise ValueError(f"diffusion.{err}") from None
+        return cls(cov=cov, schedule=schedule, prediction=prediction, project_data=project_data,
+                   shaping=shaping)
 
     # --- marginals -----------------------------------------------------------------------
     def coefficients(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(alpha_t, sigma_t)``, float32, same shape as ``t``."""
         return self.schedule.alpha_sigma(t)
+
+    def spectral_coefficients(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(A_t, S_t^2)`` per frequency bin, broadcastable to ``t.shape + (H, W//2+1)``:
+        ``(alpha_t, sigma_t^2 w)`` for the constant process."""
+        if self.shaping is not None:
+            return self.shaping.coefficients(self.schedule, t)
+        alpha, sigma = self.coefficients(t)
+        return alpha[..., None, None], sigma[..., None, None] ** 2 * self.cov.weights
+
+    def spectral_sde(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(f_k, g2_k)`` per bin: ``dx = f_k x dt + sqrt(g2_k) dw`` with white ``dw``
+        (``(f, g2 w)`` for the constant process)."""
+        if self.shaping is not None:
+            return self.shaping.sde(self.schedule, t)
+        f, g2 = self.sde(t)
+        return f[..., None, None], g2[..., None, None] * self.cov.weights
 
     def training_data(self, x0: jax.Array) -> jax.Array:
         """The clean images the network learns from: ``P x0`` with ``project_data``, else
@@ -77,6 +122,9 @@ class DiffusionProcess:
 
     def perturb(self, x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
         """``x_t = alpha_t x0 + sigma_t Sigma^{1/2} eps`` for white ``eps`` shaped like ``x0``."""
+        if self.shaping is not None:
+            a, s2 = self.spectral_coefficients(t)
+            return combine((x0, a), (eps, jnp.sqrt(s2))).astype(x0.dtype)
         alpha, sigma = self.coefficients(t)
         noise = self.cov.sqrt(eps)
         return (expand_to(alpha, x0) * x0 + expand_to(sigma, x0) * noise).astype(x0.dtype)
@@ -97,7 +145,10 @@ class DiffusionProcess:
         return jax.random.randint(key, (batch,), 1, total + 1).astype(jnp.float32) / total
 
     def prior_sample(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-        """``x_T ~ N(0, sigma_T^2 Sigma)`` at ``t = 1``."""
+        """``x_T ~ N(0, sigma_T^2 Sigma)`` at ``t = 1`` (``N(0, S_1^2)`` per bin)."""
+        if self.shaping is not None:
+            _, s2 = self.spectral_coefficients(jnp.float32(1.0))
+            return apply_multiplier(jax.random.normal(key, shape, jnp.float32), jnp.sqrt(s2))
         _, sigma_T = self.coefficients(jnp.float32(1.0))
         return sigma_T * self.cov.sample(key, shape)
 
@@ -140,18 +191,42 @@ class DiffusionProcess:
         """White ``eps_hat`` from a network output of this process's prediction type."""
         if self.prediction == "eps":
             return output
-        alpha, sigma = self.coefficients(t)
-        alpha, sigma = expand_to(alpha, x_t), expand_to(sigma, x_t)
         if self.prediction == "x0":
-            return self.cov.inv_sqrt(x_t - alpha * output) / sigma
+            return self.eps_from_x0(x_t, t, output)
+        alpha, sigma = self.coefficients(t)
+        if self.shaping is not None:  # v = alpha eps - sigma Sigma^{-1/2} x0, solved per bin
+            a, s2 = self.spectral_coefficients(t)
+            alpha, sigma = alpha[..., None, None], sigma[..., None, None]
+            root_w = jnp.sqrt(self.cov.weights)
+            den = a * root_w * alpha + sigma * jnp.sqrt(s2)
+            return combine((x_t, safe_divide(sigma, den)), (output, safe_divide(a * root_w, den)))
+        alpha, sigma = expand_to(alpha, x_t), expand_to(sigma, x_t)
         return (sigma * self.cov.inv_sqrt(x_t) + alpha * output) / (alpha**2 + sigma**2)
 
+    def eps_from_x0(self, x_t: jax.Array, t: jax.Array, x0: jax.Array) -> jax.Array:
+        """The white ``eps`` with ``x_t = perturb(x0, eps, t)``: ``S_t^+ (x_t - A_t x0)``."""
+        if self.shaping is not None:
+            a, s2 = self.spectral_coefficients(t)
+            inv_s = safe_divide(1.0, jnp.sqrt(s2))
+            return combine((x_t, inv_s), (x0, -a * inv_s))
+        alpha, sigma = self.coefficients(t)
+        alpha, sigma = expand_to(alpha, x_t), expand_to(sigma, x_t)
+        return self.cov.inv_sqrt(x_t - alpha * x0) / sigma
+
     def score(self, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
-        """``grad log p_t(x_t) = -Sigma^{-1/2} eps / sigma_t`` (pseudo-inverse off the support)."""
+        """``grad log p_t(x_t) = -Sigma^{-1/2} eps / sigma_t`` (pseudo-inverse off the support;
+        ``-S_t^+ eps`` per bin)."""
+        if self.shaping is not None:
+            _, s2 = self.spectral_coefficients(t)
+            return combine((eps, -safe_divide(1.0, jnp.sqrt(s2))))
         _, sigma = self.coefficients(t)
         return -self.cov.inv_sqrt(eps) / expand_to(sigma, x_t)
 
     def denoise(self, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
-        """Tweedie: ``x0_hat = (x_t - sigma_t Sigma^{1/2} eps) / alpha_t``."""
+        """Tweedie: ``x0_hat = (x_t - sigma_t Sigma^{1/2} eps) / alpha_t``
+        (``A_t^{-1} (x_t - S_t eps)`` per bin)."""
+        if self.shaping is not None:
+            a, s2 = self.spectral_coefficients(t)
+            return combine((x_t, 1.0 / a), (eps, -jnp.sqrt(s2) / a))
         alpha, sigma = self.coefficients(t)
         return (x_t - expand_to(sigma, x_t) * self.cov.sqrt(eps)) / expand_to(alpha, x_t)
