@@ -2,7 +2,8 @@
 
     python -m sagd_jax.sample --workdir=DIR --num_samples=N --sampler=ddpm --steps=S \\
         [--config=configs/NAME.py] [--seed=K] [--eta=E] [--clip_x0=C] [--checkpoint_step=STEP] \\
-        [--chunk_size=C] [--out=OUTDIR] [--model=ema|exact]
+        [--chunk_size=C] [--out=OUTDIR] [--model=ema|exact] \\
+        [--condition=FILE.npz --known_band=SPEC]
 
 Loads the EMA weights of the latest (or the chosen) checkpoint of ``DIR`` (``--model=exact``:
 the exact Gaussian model of ``grf`` data, no checkpoint needed) and writes into ``OUTDIR``
@@ -13,6 +14,14 @@ the exact Gaussian model of ``grf`` data, no checkpoint needed) and writes into 
   units), plus ``grid.png``, when all chunks are there;
 * ``manifest.json``: what was asked for; a later call with other settings is refused;
 * ``lock``: held while a sampler writes here (``sagd_jax.lock``); a second one is refused.
+
+Band-conditional generation (``--condition``, ``--known_band``): ``FILE.npz`` holds images
+``(N, H, W, C)`` of the run's size (its ``images`` array, or its only one; float in model units
+[-1, 1], or uint8); ``SPEC`` names the known frequency bins as a band of ``noise.bands``'
+syntax (``lowpass::0.25``: everything up to a quarter of Nyquist; several joined by ``+``
+multiply; bins where the mask is >= 0.5 are known). Sample ``j`` keeps the known bands of image
+``j mod N`` and fills in the rest (``sagd_jax.samplers.Condition``): spectral super-resolution
+(a low-pass band known) and band inpainting (a damaged band unknown: ``bandstop:LO:HI``).
 
 ``DIR`` and ``OUTDIR`` are local paths, ``file://`` URLs or object-store URLs (``gs://``): every
 file goes through ``sagd_jax.files``.
@@ -56,6 +65,8 @@ class SampleRequest:
     chunk_size: int = 256
     model: str = "ema"
     clip_x0: float | None = None  # ddpm, ddim: x0_hat clipped to [-c, c] (samplers module)
+    condition: str | None = None  # band-conditional: the known images (.npz)
+    known_band: str | None = None  # ... and their known bins (a band spec)
 
     def validate(self, device_count: int) -> None:
         from sagd_jax.samplers import SAMPLERS
@@ -78,6 +89,18 @@ class SampleRequest:
                                     "only the ddpm and ddim samplers clip")
             validate.number("--clip_x0", self.clip_x0, 0.0, open_lo=True)
         validate.one_of("--model", self.model, ("ema", "exact"))
+        if (self.condition is None) != (self.known_band is None):
+            given = "--condition" if self.known_band is None else "--known_band"
+            raise ValueError(f"{given}: band-conditional sampling needs both --condition and "
+                             "--known_band")
+        if self.known_band is not None:
+            from sagd_jax.spectral import parse_bands
+
+            try:
+                if not parse_bands(self.known_band):
+                    raise ValueError("names no band")
+            except ValueError as err:
+                raise ValueError(f"--known_band={self.known_band!r}: {err}") from None
 
     @property
     def num_chunks(self) -> int:
@@ -87,7 +110,47 @@ class SampleRequest:
         sampler = self.sampler + (f"-eta{self.eta:g}" if self.eta is not None else "")
         sampler += f"-clip{self.clip_x0:g}" if self.clip_x0 is not None else ""
         source = "exact" if self.model == "exact" else f"step{checkpoint_step}"
-        return f"{sampler}-{self.steps}steps-seed{self.seed}-{source}"
+        conditioned = ("" if self.condition is None else
+                       f"-given-{os.path.splitext(os.path.basename(self.condition))[0]}-"
+                       f"{self.known_band.replace(':', '_').replace('+', '_')}")
+        return f"{sampler}-{self.steps}steps-seed{self.seed}-{source}{conditioned}"
+
+
+def known_bins(spec: str, height: int, width: int) -> np.ndarray:
+    """The 0/1 mask ``(H, W // 2 + 1)`` of the bins a band spec names (mask >= 0.5)."""
+    from sagd_jax.spectral import parse_bands, radial_frequency
+
+    rho = radial_frequency(height, width)
+    mask = np.ones_like(rho)
+    for band in parse_bands(spec):
+        mask = mask * band.mask(rho)
+    known = (mask >= 0.5).astype(np.float32)
+    if not known.any() or known.all():
+        raise ValueError(f"--known_band={spec!r}: the band must leave some bins known and "
+                         f"some unknown on a {height}x{width} grid")
+    return known
+
+
+def load_condition(path: str, image_shape: tuple[int, ...]) -> np.ndarray:
+    """The known images of ``--condition``: float32 ``(N, H, W, C)`` in model units."""
+    try:
+        with files.open_file(path, "rb") as f, np.load(f) as archive:
+            names = archive.files
+            name = "images" if "images" in names else (names[0] if len(names) == 1 else None)
+            if name is None:
+                raise ValueError(f"holds {names}: name the array 'images'")
+            images = archive[name]
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"--condition={path}: {one_line(err)}") from None
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape) or not len(images):
+        raise ValueError(f"--condition={path}: images of shape {images.shape}, the run's are "
+                         f"(N, {', '.join(map(str, image_shape))})")
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 127.5 - 1.0
+    if not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all():
+        raise ValueError(f"--condition={path}: expected finite float or uint8 images, got "
+                         f"{images.dtype}")
+    return images.astype(np.float32)
 
 
 def _check_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
@@ -169,6 +232,10 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     run = Run.from_workdir(workdir)
     if config is not None:
         run.workdir.check_compatible(config, run.config)
+    condition = None
+    if request.condition is not None:
+        condition = (load_condition(request.condition, run.image_shape),
+                     known_bins(request.known_band, *run.image_shape[:2]))
     mesh = run.mesh(fit=True)  # any device count: the run's mesh, else a data mesh
     if request.model == "exact":
         if run.config.data.name != "grf":
@@ -183,8 +250,9 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
                else run.workdir.generated(request.default_dirname(step)))
     manifest = {**dataclasses.asdict(request), "checkpoint_step": step,
                 "workdir": files.absolute(workdir)}
-    if request.clip_x0 is None:  # manifests written before the option existed stay valid
-        del manifest["clip_x0"]
+    for key in ("clip_x0", "condition", "known_band"):
+        if manifest[key] is None:  # manifests written before the option existed stay valid
+            del manifest[key]
     lock = Lock(files.join(out_dir, "lock"), f"--out={out_dir}", "sampler")
 
     def check_and_lock() -> None:
@@ -193,21 +261,23 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
 
     on_process0(check_and_lock, "sagd-sample-lock")
     try:
-        return _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks)
+        return _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks, condition)
     finally:
         lock.release()
 
 
 def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, mesh: Any,
-                 max_chunks: int | None) -> str | None:
+                 max_chunks: int | None,
+                 condition: tuple[np.ndarray, np.ndarray] | None = None) -> str | None:
     """``generate``'s work in ``out_dir`` (locked): verify what is there, compute the chunks
-    that are missing or damaged, assemble ``samples.npz``."""
+    that are missing or damaged, assemble ``samples.npz``. ``condition``: (known images,
+    known-bin mask) of band-conditional sampling."""
     import jax
     from jax.experimental import multihost_utils
 
     from sagd_jax import rng
     from sagd_jax.distributed import barrier
-    from sagd_jax.samplers import get_sampler
+    from sagd_jax.samplers import Condition, get_sampler
     from sagd_jax.sharding import batch_sharding
     from sagd_jax.train.images import save_grid
 
@@ -237,8 +307,13 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, me
     progress = Progress("sampling", total=request.num_chunks, unit="chunk",
                         done=request.num_chunks - len(todo))
     for i in todo[:max_chunks] if max_chunks is not None else todo:
+        given = None
+        if condition is not None:  # sample j keeps the known bands of image j mod N
+            known_images, known = condition
+            index = (i * request.chunk_size + np.arange(request.chunk_size)) % len(known_images)
+            given = Condition.create(known_images[index], known)
         images = sampler(run.process, eps_fn, jax.random.fold_in(base, i), shape, request.steps,
-                         sharding=batch_sharding(mesh), **options)
+                         sharding=batch_sharding(mesh), condition=given, **options)
         images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
         if jax.process_index() == 0:
             files.write_npz(chunk_path[i], images=images[:counts[i]].astype(np.float32))
@@ -286,6 +361,11 @@ def define_flags(fv: flags.FlagValues) -> None:
                       "model of grf data (no checkpoint).", flag_values=fv)
     flags.DEFINE_integer("max_chunks", None, "Compute at most this many chunks in this call.",
                          flag_values=fv)
+    flags.DEFINE_string("condition", None, "Band-conditional: an .npz of known images "
+                        "(N, H, W, C); sample j keeps the known bands of image j mod N.",
+                        flag_values=fv)
+    flags.DEFINE_string("known_band", None, "With --condition: the known bins as a band spec "
+                        "(noise.bands syntax), e.g. lowpass::0.25.", flag_values=fv)
     cli.define_distributed(fv)
 
 
@@ -293,7 +373,8 @@ def sample(fv: flags.FlagValues) -> None:
     request = SampleRequest(
         num_samples=fv.num_samples, sampler=fv.sampler, steps=fv.steps, seed=fv.seed,
         eta=fv.eta, clip_x0=fv.clip_x0, checkpoint_step=fv.checkpoint_step,
-        chunk_size=fv.chunk_size, model=fv.model)
+        chunk_size=fv.chunk_size, model=fv.model, condition=fv.condition,
+        known_band=fv.known_band)
     cli.initialize_distributed(fv)
     path = generate(fv.workdir, request, fv.out, fv.config, fv.max_chunks)
     print(path if path else "stopped early (--max_chunks); run again to continue")

@@ -22,7 +22,12 @@ Every sampler has the signature ``sampler(process, eps_fn, key, shape, steps, **
   ``Sigma`` masks out starts at 0 and stays 0 (selective omission); the returned samples are
   projected onto the support of ``Sigma`` to remove round-off there.
 
-Randomness: the prior uses ``fold_in(key, 0)``, iteration ``i`` uses ``fold_in(key, i + 1)``.
+* ``condition`` (optional, a ``Condition``): band-conditional generation: the known frequency
+  bins of given images are kept on their forward path and returned exactly; the sampler fills
+  in the rest (spectral super-resolution, band inpainting).
+
+Randomness: the prior uses ``fold_in(key, 0)``, iteration ``i`` uses ``fold_in(key, i + 1)``;
+a condition's known bins draw from ``fold_in(key, _CONDITION_STREAM)`` folded the same way.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import struct
 
 from sagd_jax import validate
-from sagd_jax.process import DiffusionProcess, expand_to
+from sagd_jax.process import DiffusionProcess, combine, expand_to, safe_divide
 from sagd_jax.schedules import time_grid
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -46,12 +53,80 @@ def _as_pytree_fn(eps_fn: EpsFn) -> jax.tree_util.Partial:
     return eps_fn if isinstance(eps_fn, jax.tree_util.Partial) else jax.tree_util.Partial(eps_fn)
 
 
+@struct.dataclass
+class Condition:
+    """Known frequency bands of each image, for band-conditional generation.
+
+    images: the known images ``(B, H, W, C)`` float32 (only their ``known`` bins are read);
+    known: 1.0 on the known rfft bins, 0.0 elsewhere, ``(H, W // 2 + 1)`` (an even mask).
+    Sampling keeps the known bins of ``x_t`` on a forward path of the known images: the prior's
+    known bins are drawn from ``q(x_1 | x0)``, each step's from the posterior
+    ``q(x_s | x_t, x0)`` given the previous ones (the forward process's path, exactly), while
+    the sampler moves the rest; the final known bins are the images' own.
+
+    Exactness: where ``Sigma`` has no noise in the known bins (``w = 0`` there, a model trained
+    with ``noise.bands`` removing them and ``noise.project_data=False``), ``x_t`` carries
+    ``A_t x0`` there and the model's score is the conditional score of the other bins given
+    them: the samples are exact draws of the conditional for any data. With noise in the
+    known bins this is the replacement method: exact when the bins are independent a priori
+    (a stationary Gaussian), otherwise biased (the model sees the known bins only through
+    their noisy ``x_t``; docs: a two-component mixture's weights drift toward the prior's).
+    """
+
+    images: jax.Array
+    known: jax.Array
+
+    @classmethod
+    def create(cls, images: jax.Array, known: jax.Array | np.ndarray) -> Condition:
+        """Check shapes and that ``known`` is a 0/1 mask on the half-plane of ``images``."""
+        images = jnp.asarray(images, jnp.float32)
+        known = np.asarray(known, np.float32)
+        if images.ndim != 4:
+            raise ValueError(f"condition images: expected (B, H, W, C), got {images.shape}")
+        height, width = images.shape[1:3]
+        if known.shape != (height, width // 2 + 1):
+            raise ValueError(f"known bands: expected a ({height}, {width // 2 + 1}) mask, got "
+                             f"{known.shape}")
+        if not np.isin(known, (0.0, 1.0)).all():
+            raise ValueError("known bands: the mask must be 0 or 1 in every bin")
+        return cls(images=images, known=jnp.asarray(known))
+
+    def start(self, process: DiffusionProcess, x: jax.Array, key: jax.Array) -> jax.Array:
+        """``x`` (the prior draw at t = 1) with its known bins drawn from ``q(x_1 | x0)``."""
+        a, s2 = process.spectral_coefficients(jnp.ones((x.shape[0],), jnp.float32))
+        z = jax.random.normal(key, x.shape, jnp.float32)
+        return combine((x, (1.0 - self.known) * jnp.ones_like(s2)), (self.images, self.known * a),
+                       (z, self.known * jnp.sqrt(s2)))
+
+    def step(self, process: DiffusionProcess, x_t: jax.Array, x_s: jax.Array, t: jax.Array,
+             s: jax.Array, key: jax.Array) -> jax.Array:
+        """``x_s`` (the sampler's move from ``x_t``) with its known bins drawn from
+        ``q(x_s | x_t, x0)``."""
+        m_x, m_0, var = _spectral_posterior(process, t, s)
+        # Bins without forward noise (w = 0 there) are deterministic: x_s = A_s x0.
+        a_s, _ = process.spectral_coefficients(s)
+        _, s2_t = process.spectral_coefficients(t)
+        m_0 = jnp.where(s2_t > 0, m_0, a_s)
+        z = jax.random.normal(key, x_s.shape, jnp.float32)
+        return combine((x_s, (1.0 - self.known) * jnp.ones_like(var)), (x_t, self.known * m_x),
+                       (self.images, self.known * m_0), (z, self.known * jnp.sqrt(var)))
+
+    def finish(self, x0_hat: jax.Array) -> jax.Array:
+        """The final images: the known bins of ``images``, the rest of ``x0_hat``."""
+        return combine((x0_hat, 1.0 - self.known), (self.images, self.known))
+
+
+# The known bins' noise: a stream of its own beside the sampler's (fold_in(key, i + 1)).
+_CONDITION_STREAM = 0x636F6E64
+
+
 @functools.partial(jax.jit, static_argnames=("update", "shape", "steps", "sharding"))
 def _run(
     process: DiffusionProcess,
     eps_fn: jax.tree_util.Partial,
     key: jax.Array,
     options: dict[str, jax.Array],
+    condition: Condition | None = None,
     *,
     update: Update,
     shape: tuple[int, ...],
@@ -65,19 +140,28 @@ def _run(
     def constrain(x: jax.Array) -> jax.Array:
         return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
+    condition_key = jax.random.fold_in(key, _CONDITION_STREAM)
     x = constrain(process.prior_sample(jax.random.fold_in(key, 0), shape))
+    if condition is not None:
+        x = constrain(condition.start(process, x, jax.random.fold_in(condition_key, 0)))
 
     def body(i: jax.Array, x: jax.Array) -> jax.Array:
         t, s = times[i] * batch, times[i + 1] * batch
-        return constrain(update(process, eps_fn, x, t, s, jax.random.fold_in(key, i + 1),
-                                options))
+        x_s = update(process, eps_fn, x, t, s, jax.random.fold_in(key, i + 1), options)
+        if condition is not None:
+            x_s = condition.step(process, x, x_s, t, s, jax.random.fold_in(condition_key, i + 1))
+        return constrain(x_s)
 
     x = jax.lax.fori_loop(0, steps - 1, body, x)
     t_last = times[-1] * batch
     x0_hat, _ = _denoise(process, x, t_last, eps_fn(x, t_last), options)
     # Off the support of Sigma the exact dynamics keep the prior's zeros; projecting removes
-    # the round-off that 1/alpha_T amplifies there, so masked bands of samples are exactly 0.
-    return constrain(process.cov.project(x0_hat))
+    # the round-off that 1/alpha_T amplifies there, so masked bands of samples are exactly 0
+    # (unless they are known: a condition's known bins are its images').
+    x0_hat = process.cov.project(x0_hat)
+    if condition is not None:
+        x0_hat = condition.finish(x0_hat)
+    return constrain(x0_hat)
 
 
 def _denoise(
@@ -91,8 +175,7 @@ def _denoise(
         return x0_hat, eps
     c = options["clip_x0"]
     x0_hat = process.cov.project(jnp.clip(x0_hat, -c, c))
-    alpha, sigma = (expand_to(v, x) for v in process.coefficients(t))
-    return x0_hat, process.cov.inv_sqrt(x - alpha * x0_hat) / sigma
+    return x0_hat, process.eps_from_x0(x, t, x0_hat)
 
 
 def _make_sampler(
@@ -105,6 +188,7 @@ def _make_sampler(
         shape: tuple[int, ...],
         steps: int,
         sharding: jax.sharding.Sharding | None = None,
+        condition: Condition | None = None,
         **options: float,
     ) -> jax.Array:
         shape = tuple(int(d) for d in shape)
@@ -119,8 +203,11 @@ def _make_sampler(
         if "clip_x0" in options:
             validate.number("clip_x0", options["clip_x0"], 0.0, open_lo=True)
         opts = {k: jnp.float32(v) for k, v in options.items()}
-        return _run(process, _as_pytree_fn(eps_fn), key, opts, update=update, shape=shape,
-                    steps=steps, sharding=sharding)
+        if condition is not None and (condition.images.shape[:3] != shape[:3]
+                                      or condition.images.shape[3] not in (1, shape[3])):
+            raise ValueError(f"condition images {condition.images.shape}: expected {shape}")
+        return _run(process, _as_pytree_fn(eps_fn), key, opts, condition, update=update,
+                    shape=shape, steps=steps, sharding=sharding)
 
     sampler.__name__ = sampler.__qualname__ = name
     sampler.__doc__ = doc
@@ -139,15 +226,38 @@ def _posterior(
     return mean, sigma2_ts * sigma_s**2 / sigma_t**2
 
 
+def _spectral_posterior(
+    process: DiffusionProcess, t: jax.Array, s: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-bin ``q(x_s | x_t, x0) = N(m_x x_t + m_0 x0, var)`` for a per-frequency schedule:
+    returns ``(m_x, m_0, var)``, each ``(B, H, W // 2 + 1)`` (0 off the support)."""
+    a_t, s2_t = process.spectral_coefficients(t)
+    a_s, s2_s = process.spectral_coefficients(s)
+    a_ts = a_t / a_s
+    s2_ts = jnp.maximum(s2_t - a_ts**2 * s2_s, 0.0)
+    return (safe_divide(a_ts * s2_s, s2_t), safe_divide(a_s * s2_ts, s2_t),
+            safe_divide(s2_ts * s2_s, s2_t))
+
+
 def _ddpm_update(process, eps_fn, x, t, s, key, options):
     x0_hat, _ = _denoise(process, x, t, eps_fn(x, t), options)
-    mean, var = _posterior(process, x, x0_hat, t, s)
     z = jax.random.normal(key, x.shape, jnp.float32)
+    if process.shaping is not None:
+        m_x, m_0, var = _spectral_posterior(process, t, s)
+        return combine((x, m_x), (x0_hat, m_0), (z, jnp.sqrt(var)))
+    mean, var = _posterior(process, x, x0_hat, t, s)
     return mean + jnp.sqrt(var) * process.cov.sqrt(z)
 
 
 def _ddim_update(process, eps_fn, x, t, s, key, options):
     x0_hat, eps = _denoise(process, x, t, eps_fn(x, t), options)
+    if process.shaping is not None:
+        a_s, s2_s = process.spectral_coefficients(s)
+        noise_var = options.get("eta", 0.0) ** 2 * _spectral_posterior(process, t, s)[2]
+        z = jax.random.normal(key, x.shape, jnp.float32)
+        return combine((x0_hat, a_s * jnp.ones_like(s2_s)),
+                       (eps, jnp.sqrt(jnp.maximum(s2_s - noise_var, 0.0))),
+                       (z, jnp.sqrt(noise_var)))
     _, var = _posterior(process, x, x0_hat, t, s)
     alpha_s, sigma_s = (expand_to(c, x) for c in process.coefficients(s))
     noise_var = options.get("eta", 0.0) ** 2 * var
@@ -157,7 +267,13 @@ def _ddim_update(process, eps_fn, x, t, s, key, options):
 
 
 def _ode_velocity(process, eps_fn, x, t):
-    """Probability-flow ODE: ``dx/dt = f x + g2 / (2 sigma) Sigma^{1/2} eps_hat``."""
+    """Probability-flow ODE: ``dx/dt = f x + g2 / (2 sigma) Sigma^{1/2} eps_hat``
+    (``f_k x + g2_k / (2 S_k) eps_hat`` per bin)."""
+    if process.shaping is not None:
+        f, g2 = process.spectral_sde(t)
+        _, s2 = process.spectral_coefficients(t)
+        return combine((x, f * jnp.ones_like(g2)),
+                       (eps_fn(x, t), safe_divide(g2, 2.0 * jnp.sqrt(s2))))
     f, g2 = (expand_to(c, x) for c in process.sde(t))
     _, sigma = process.coefficients(t)
     return f * x + g2 / (2.0 * expand_to(sigma, x)) * process.cov.sqrt(eps_fn(x, t))
@@ -175,12 +291,19 @@ def _heun_update(process, eps_fn, x, t, s, key, options):
 
 
 def _sde_update(process, eps_fn, x, t, s, key, options):
-    """Reverse SDE ``dx = [f x + g2 Sigma^{1/2} eps_hat / sigma] dt + sqrt(g2) Sigma^{1/2} dw``."""
+    """Reverse SDE ``dx = [f x + g2 Sigma^{1/2} eps_hat / sigma] dt + sqrt(g2) Sigma^{1/2} dw``
+    (per bin: ``f_k``, ``g2_k / S_k``, ``sqrt(g2_k)``)."""
+    z = jax.random.normal(key, x.shape, jnp.float32)
+    if process.shaping is not None:
+        f, g2 = process.spectral_sde(t)
+        _, s2 = process.spectral_coefficients(t)
+        h = (s - t)[:, None, None]
+        return combine((x, 1.0 + h * f), (eps_fn(x, t), h * safe_divide(g2, jnp.sqrt(s2))),
+                       (z, jnp.sqrt(jnp.maximum(g2, 0.0) * -h)))
     f, g2 = (expand_to(c, x) for c in process.sde(t))
     _, sigma = process.coefficients(t)
     h = expand_to(s - t, x)  # negative: time runs backwards
     drift = f * x + g2 / expand_to(sigma, x) * process.cov.sqrt(eps_fn(x, t))
-    z = jax.random.normal(key, x.shape, jnp.float32)
     return x + h * drift + process.cov.sqrt(jnp.sqrt(g2 * -h) * z)
 
 

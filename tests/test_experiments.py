@@ -68,7 +68,7 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
 
 @pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission",
-                                  "t0_grf"])
+                                  "t0_grf", "fitted_patches", "fitted_fashion"])
 def test_every_arm_of_every_cpu_experiment_has_a_valid_config(run_cli, name):
     # (the FID experiments need their TFDS data: tests/test_experiments_fid.py checks them)
     result = run_cli(DRIVER, "--check", f"--experiment={name}")
@@ -110,6 +110,30 @@ def test_other_experiments_run_their_first_arm_end_to_end(run_experiment, tmp_pa
                                                  "ddpm-clip0.5-2steps-seed0-step2"]
         with np.load(generated / "ddpm-clip0.5-2steps-seed0-step2" / "samples.npz") as f:
             assert np.abs(f["float32"]).max() <= 0.5 + 1e-6  # gamma 0: no projection
+
+
+def test_fitted_arms_report_what_their_fit_chose(tmp_path, tiny_config):
+    """The fitted experiments' arms (noise.fit against hand-set gamma) and their table column:
+    the fitted gamma and rho0 of a power-law fit, the fit's summary otherwise, nothing for a
+    hand-set arm."""
+    from benchmarks.experiments.run import EXPERIMENTS, fitted_column
+    from sagd_jax.workdir import Workdir
+
+    arms = {a.name: dict(a.overrides) for a in EXPERIMENTS["fitted_patches"].arms}
+    assert sorted(arms) == ["fit-powerlaw-seed0", "fit-powerlaw-seed1", "fit-spectrum1-seed0",
+                            "gamma0-seed0", "gamma1-seed0", "gamma2-seed0", "gamma2-seed1"]
+    assert arms["fit-spectrum1-seed0"]["noise.fit_exponent"] == "1"
+    assert [a.variant for a in EXPERIMENTS["fitted_fashion"].arms] == ["fashion_mnist"] * 7
+    for name, noise, expected in (
+            ("hand", {}, {}),
+            ("power", {"noise.fit": "powerlaw", "noise.gamma": 3.2187, "noise.rho0": 0.07166,
+                       "noise.fit_result": "powerlaw gamma=3.219 rho0=0.07166 on 1000 images"},
+             {"fitted": "gamma 3.22, rho0 0.0717"}),
+            ("profile", {"noise.fit": "spectrum", "noise.fit_result":
+                         "spectrum^1 on 1000 images (23 knots, w from 0.02 to 75)"},
+             {"fitted": "spectrum^1"})):
+        Workdir(str(tmp_path / name)).prepare(tiny_config(**noise))
+        assert fitted_column(str(tmp_path / name)) == expected
 
 
 def test_experiments_are_data():
