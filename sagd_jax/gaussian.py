@@ -17,6 +17,7 @@ from flax import struct
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.schedules import time_grid
 from sagd_jax.spectral import Band, apply_multiplier, spectral_weights
+from sagd_jax.time_grids import check_times
 
 
 def _safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -101,7 +102,8 @@ def _exact_eps(
 
 
 def sampler_output_spectrum(
-    process: DiffusionProcess, data: GaussianData, sampler: str, steps: int, eta: float = 0.0
+    process: DiffusionProcess, data: GaussianData, sampler: str, steps: int, eta: float = 0.0,
+    times: np.ndarray | None = None,
 ) -> np.ndarray:
     """Exact per-frequency variance of a sampler's output on this data, float64 ``(H, W//2+1)``.
 
@@ -109,8 +111,9 @@ def sampler_output_spectrum(
     a linear recursion ``x' = m x + noise`` on the same time grid, so the variance of its output
     follows from a scalar recursion per bin in float64 (no Monte Carlo), for the constant
     process and for a per-frequency schedule alike (its coefficients ``A_t``, ``S_t^2``,
-    ``f_k``, ``g2_k`` per bin). Its ratio to ``c`` is the sampler's bias for this step count:
-    the t_min stop plus the discretisation error.
+    ``f_k``, ``g2_k`` per bin), on the uniform grid or on ``times`` (the samplers' ``times``).
+    Its ratio to ``c`` is the sampler's bias for this step count: the t_min stop plus the
+    discretisation error.
     """
     c = np.asarray(data.spectrum, np.float64)
     shape = c.shape
@@ -138,7 +141,8 @@ def sampler_output_spectrum(
         f, g2 = sde(t)
         return f + ratio(g2, 2.0 * marginal(t))
 
-    times = time_grid(process.schedule, steps)
+    times = (time_grid(process.schedule, steps) if times is None
+             else check_times(times, process.schedule, steps))
     var = coef(1.0)[1].copy()
     for t, s in zip(times[:-1], times[1:], strict=True):
         a_t, s2_t = coef(t)

@@ -42,6 +42,7 @@ from sagd_jax.sharding import (
     replicated,
     state_sharding,
 )
+from sagd_jax.time_grids import make_grid
 from sagd_jax.train.state import TrainState, create_train_state, make_optimizer
 from sagd_jax.train.step import make_eps_fn, train_step
 from sagd_jax.workdir import Workdir
@@ -85,6 +86,7 @@ class Run:
         self.workdir = workdir
         self._source = source
         self._batches: dict[int, Any] = {}
+        self._power_spectrum: np.ndarray | None = None
 
     @classmethod
     def from_config(cls, config: Any, workdir: str | Workdir | None = None, *,
@@ -271,12 +273,31 @@ class Run:
         no recompile per checkpoint)."""
         return make_eps_fn(self.model, self.process, params)
 
+    def power_spectrum(self) -> np.ndarray:
+        """Mean power per rfft bin ``(H, W // 2 + 1)`` of the images of ``reference_spectrum``
+        (computed once): the ``snr`` time grid's data spectrum ``c``."""
+        if self._power_spectrum is None:
+            count = min(len(self.source), REFERENCE_IMAGES)
+            self._power_spectrum, _ = noise_fit.mean_power([self.load_batch(0, count)])
+        return self._power_spectrum
+
+    def time_grid(self, steps: int, grid: str = "uniform",
+                  spectrum: np.ndarray | None = None) -> np.ndarray:
+        """The sampler times of ``grid`` (``time_grids.make_grid``); ``snr`` uses ``spectrum``
+        (default: the run's ``power_spectrum``)."""
+        if grid == "snr" and spectrum is None:
+            spectrum = self.power_spectrum()
+        return make_grid(self.process, steps, grid, spectrum)
+
     def periodic_samples(self, params: Any, step: int) -> np.ndarray:
         """The trainer's ``train.num_samples`` samples at ``step`` (``train.sampler``,
-        ``train.sample_steps``); the key is ``fold_in(stream(seed, rng.SAMPLE), step)``."""
+        ``train.sample_steps`` on ``train.time_grid``); the key is
+        ``fold_in(stream(seed, rng.SAMPLE), step)``."""
         cfg = self.config.train
         key = jax.random.fold_in(rng.stream_key(self.config.seed, rng.SAMPLE), step)
         sampler = get_sampler(cfg.sampler)
+        times = (None if cfg.time_grid == "uniform"
+                 else self.time_grid(cfg.sample_steps, cfg.time_grid))
         images = sampler(self.process, self.eps_fn(params), key,
-                         (cfg.num_samples, *self.image_shape), cfg.sample_steps)
+                         (cfg.num_samples, *self.image_shape), cfg.sample_steps, times=times)
         return np.asarray(jax.device_get(images))

@@ -3,7 +3,7 @@
     python -m sagd_jax.sample --workdir=DIR --num_samples=N --sampler=ddpm --steps=S \\
         [--config=configs/NAME.py] [--seed=K] [--eta=E] [--clip_x0=C] [--checkpoint_step=STEP] \\
         [--chunk_size=C] [--out=OUTDIR] [--model=ema|exact] \\
-        [--condition=FILE.npz --known_band=SPEC]
+        [--time_grid=uniform|edm|snr] [--condition=FILE.npz --known_band=SPEC]
 
 Loads the EMA weights of the latest (or the chosen) checkpoint of ``DIR`` (``--model=exact``:
 the exact Gaussian model of ``grf`` data, no checkpoint needed) and writes into ``OUTDIR``
@@ -65,6 +65,7 @@ class SampleRequest:
     chunk_size: int = 256
     model: str = "ema"
     clip_x0: float | None = None  # ddpm, ddim: x0_hat clipped to [-c, c] (samplers module)
+    time_grid: str = "uniform"  # uniform | edm | snr (sagd_jax.time_grids)
     condition: str | None = None  # band-conditional: the known images (.npz)
     known_band: str | None = None  # ... and their known bins (a band spec)
 
@@ -89,6 +90,9 @@ class SampleRequest:
                                     "only the ddpm and ddim samplers clip")
             validate.number("--clip_x0", self.clip_x0, 0.0, open_lo=True)
         validate.one_of("--model", self.model, ("ema", "exact"))
+        from sagd_jax.time_grids import GRIDS
+
+        validate.one_of("--time_grid", self.time_grid, GRIDS)
         if (self.condition is None) != (self.known_band is None):
             given = "--condition" if self.known_band is None else "--known_band"
             raise ValueError(f"{given}: band-conditional sampling needs both --condition and "
@@ -109,6 +113,7 @@ class SampleRequest:
     def default_dirname(self, checkpoint_step: int | None) -> str:
         sampler = self.sampler + (f"-eta{self.eta:g}" if self.eta is not None else "")
         sampler += f"-clip{self.clip_x0:g}" if self.clip_x0 is not None else ""
+        sampler += f"-{self.time_grid}" if self.time_grid != "uniform" else ""
         source = "exact" if self.model == "exact" else f"step{checkpoint_step}"
         conditioned = ("" if self.condition is None else
                        f"-given-{os.path.splitext(os.path.basename(self.condition))[0]}-"
@@ -241,17 +246,23 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
         if run.config.data.name != "grf":
             raise ValueError(f"--model=exact: needs data.name=grf, the run has "
                              f"{run.config.data.name!r}")
-        eps_fn, step = grf_model(run.config.data).eps_fn(run.process), None
+        exact = grf_model(run.config.data)
+        eps_fn, step = exact.eps_fn(run.process), None
+        spectrum = np.asarray(exact.spectrum)  # the snr grid on the exact model's spectrum
     else:
+        spectrum = None
         state = run.restore(mesh, request.checkpoint_step)
         step = int(jax.device_get(state.step))
         eps_fn = run.eps_fn(state.ema_params)
+    times = (None if request.time_grid == "uniform"
+             else run.time_grid(request.steps, request.time_grid, spectrum))
     out_dir = (files.normalize(out_dir) if out_dir
                else run.workdir.generated(request.default_dirname(step)))
     manifest = {**dataclasses.asdict(request), "checkpoint_step": step,
                 "workdir": files.absolute(workdir)}
-    for key in ("clip_x0", "condition", "known_band"):
-        if manifest[key] is None:  # manifests written before the option existed stay valid
+    for key, default in (("clip_x0", None), ("condition", None), ("known_band", None),
+                         ("time_grid", "uniform")):
+        if manifest[key] == default:  # manifests written before the option existed stay valid
             del manifest[key]
     lock = Lock(files.join(out_dir, "lock"), f"--out={out_dir}", "sampler")
 
@@ -261,17 +272,18 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
 
     on_process0(check_and_lock, "sagd-sample-lock")
     try:
-        return _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks, condition)
+        return _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks, condition, times)
     finally:
         lock.release()
 
 
 def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, mesh: Any,
                  max_chunks: int | None,
-                 condition: tuple[np.ndarray, np.ndarray] | None = None) -> str | None:
+                 condition: tuple[np.ndarray, np.ndarray] | None = None,
+                 times: np.ndarray | None = None) -> str | None:
     """``generate``'s work in ``out_dir`` (locked): verify what is there, compute the chunks
     that are missing or damaged, assemble ``samples.npz``. ``condition``: (known images,
-    known-bin mask) of band-conditional sampling."""
+    known-bin mask) of band-conditional sampling; ``times``: the sampler's time grid."""
     import jax
     from jax.experimental import multihost_utils
 
@@ -313,7 +325,8 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, me
             index = (i * request.chunk_size + np.arange(request.chunk_size)) % len(known_images)
             given = Condition.create(known_images[index], known)
         images = sampler(run.process, eps_fn, jax.random.fold_in(base, i), shape, request.steps,
-                         sharding=batch_sharding(mesh), condition=given, **options)
+                         sharding=batch_sharding(mesh), condition=given, times=times,
+                         **options)
         images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
         if jax.process_index() == 0:
             files.write_npz(chunk_path[i], images=images[:counts[i]].astype(np.float32))
@@ -361,6 +374,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                       "model of grf data (no checkpoint).", flag_values=fv)
     flags.DEFINE_integer("max_chunks", None, "Compute at most this many chunks in this call.",
                          flag_values=fv)
+    flags.DEFINE_enum("time_grid", "uniform", ["uniform", "edm", "snr"], "Sampler times: "
+                      "uniform in t, EDM's rho = 7 noise levels, or placed by the per-frequency "
+                      "SNR of the run's data spectrum (sagd_jax.time_grids).", flag_values=fv)
     flags.DEFINE_string("condition", None, "Band-conditional: an .npz of known images "
                         "(N, H, W, C); sample j keeps the known bands of image j mod N.",
                         flag_values=fv)
@@ -373,7 +389,8 @@ def sample(fv: flags.FlagValues) -> None:
     request = SampleRequest(
         num_samples=fv.num_samples, sampler=fv.sampler, steps=fv.steps, seed=fv.seed,
         eta=fv.eta, clip_x0=fv.clip_x0, checkpoint_step=fv.checkpoint_step,
-        chunk_size=fv.chunk_size, model=fv.model, condition=fv.condition,
+        chunk_size=fv.chunk_size, model=fv.model, time_grid=fv.time_grid,
+        condition=fv.condition,
         known_band=fv.known_band)
     cli.initialize_distributed(fv)
     path = generate(fv.workdir, request, fv.out, fv.config, fv.max_chunks)

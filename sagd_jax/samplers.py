@@ -6,9 +6,12 @@ Every sampler has the signature ``sampler(process, eps_fn, key, shape, steps, **
   float32 in [0, 1]. A plain function works (jit caches on its identity); pass a
   ``jax.tree_util.Partial`` to have its arguments (e.g. network parameters) traced instead.
 * ``shape = (B, H, W, C)``; ``steps``: the number of sampler iterations on
-  ``schedules.time_grid`` (1 -> ``t_min``). Each iteration moves ``x`` from one grid time to the
-  next; the last one maps ``x_{t_min}`` to the clean image with the Tweedie denoiser (for DDPM and
-  DDIM this *is* their final step: the posterior at s = 0 is a point mass at ``x0_hat``).
+  ``schedules.time_grid`` (1 -> ``t_min``), or on ``times`` (an explicit grid of ``steps``
+  decreasing times, e.g. ``time_grids.make_grid``'s ``edm`` or ``snr``; traced: another grid
+  of the same length reuses the compiled sampler). Each iteration moves ``x`` from one grid
+  time to the next; the last one maps ``x_{t_min}`` to the clean image with the Tweedie
+  denoiser (for DDPM and DDIM this *is* their final step: the posterior at s = 0 is a point
+  mass at ``x0_hat``).
   Network evaluations: ``steps`` for DDPM, DDIM, Euler and Euler-Maruyama; ``2 steps - 1`` for
   Heun.
 * ``clip_x0`` (option of DDPM and DDIM): clip each ``x0_hat`` to ``[-clip_x0, clip_x0]`` (the
@@ -43,6 +46,7 @@ from flax import struct
 from sagd_jax import validate
 from sagd_jax.process import DiffusionProcess, combine, expand_to, safe_divide
 from sagd_jax.schedules import time_grid
+from sagd_jax.time_grids import check_times
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 # An update maps (process, eps_fn, x, t, s, key, options) -> x at the next (smaller) time s.
@@ -126,15 +130,16 @@ def _run(
     eps_fn: jax.tree_util.Partial,
     key: jax.Array,
     options: dict[str, jax.Array],
-    condition: Condition | None = None,
+    condition: Condition | None,
+    times: jax.Array,
     *,
     update: Update,
     shape: tuple[int, ...],
     steps: int,
     sharding: jax.sharding.Sharding | None,
 ) -> jax.Array:
-    """Prior draw, ``steps - 1`` updates along the time grid, then the Tweedie denoiser."""
-    times = jnp.asarray(time_grid(process.schedule, steps), jnp.float32)
+    """Prior draw, ``steps - 1`` updates along the time grid ``times`` (float32
+    ``(steps,)``), then the Tweedie denoiser."""
     batch = jnp.ones((shape[0],), jnp.float32)
 
     def constrain(x: jax.Array) -> jax.Array:
@@ -189,6 +194,7 @@ def _make_sampler(
         steps: int,
         sharding: jax.sharding.Sharding | None = None,
         condition: Condition | None = None,
+        times: np.ndarray | None = None,
         **options: float,
     ) -> jax.Array:
         shape = tuple(int(d) for d in shape)
@@ -196,7 +202,9 @@ def _make_sampler(
             raise ValueError(
                 f"shape={shape}: expected (B, {process.cov.height}, {process.cov.width}, C)"
             )
-        time_grid(process.schedule, steps)  # validates steps before tracing
+        grid = time_grid(process.schedule, steps)  # validates steps before tracing
+        if times is not None:
+            grid = check_times(times, process.schedule, steps)
         unknown = sorted(set(options) - set(option_names))
         if unknown:
             raise ValueError(f"sampler {name!r} takes no option(s) {unknown}")
@@ -206,8 +214,9 @@ def _make_sampler(
         if condition is not None and (condition.images.shape[:3] != shape[:3]
                                       or condition.images.shape[3] not in (1, shape[3])):
             raise ValueError(f"condition images {condition.images.shape}: expected {shape}")
-        return _run(process, _as_pytree_fn(eps_fn), key, opts, condition, update=update,
-                    shape=shape, steps=steps, sharding=sharding)
+        return _run(process, _as_pytree_fn(eps_fn), key, opts, condition,
+                    jnp.asarray(grid, jnp.float32), update=update, shape=shape, steps=steps,
+                    sharding=sharding)
 
     sampler.__name__ = sampler.__qualname__ = name
     sampler.__doc__ = doc

@@ -77,6 +77,7 @@ class Experiment:
     num_samples: int = 1000  # 1000 x 100 network evaluations: about 15 min at 28x28 on 2 cores
     sampler: str = "ddpm"
     steps: int = 100
+    time_grid: str = "uniform"  # the sampler's times (sagd_jax.time_grids)
     # Samples and data judged in this band (``band_energy_ratio``) and, filtered, without it
     # (``spectrum_off_band``): the omission band B.
     band: str | None = None
@@ -278,7 +279,8 @@ def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | N
 
     n = 16 if tiny else exp.num_samples
     request = SampleRequest(num_samples=n, sampler=exp.sampler, steps=2 if tiny else exp.steps,
-                            chunk_size=8 if tiny else 250, model=model, clip_x0=clip_x0)
+                            chunk_size=8 if tiny else 250, model=model, clip_x0=clip_x0,
+                            time_grid=exp.time_grid)
     samples = generate(workdir, request)
     out = os.path.join(os.path.dirname(samples), name)
     if files.exists(out):
