@@ -33,7 +33,7 @@ from sagd_jax.spectral import SpectralCovariance
 from sagd_jax.time_grids import GRIDS, make_grid
 
 NFES = (10, 20, 50, 100)
-SAMPLERS = ("ddpm", "ddim", "ode_heun", "sde")
+SAMPLERS = ("ddpm", "ddim", "ode_heun", "dpmpp_2m", "sde")
 NOISES = (("gamma 0", 0.0, 1.0), ("gamma 1", 1.0, 1.0), ("gamma 2", 2.0, 1.0),
           ("gamma 2, white near data", 2.0, 0.0))
 

@@ -57,7 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
       ``weight_decay``), ``grad_clip`` (global norm, 0 = off), ``ema_decay``.
     train: ``num_steps``, ``batch_size`` (global), ``log_every``, ``checkpoint_every``,
       ``keep_checkpoints``, ``sample_every``, ``num_samples``, ``sampler``, ``sample_steps``,
-      ``time_grid`` (``uniform | edm | snr``: ``sagd_jax.time_grids``),
+      ``time_grid`` (``auto | uniform | edm | snr | logsnr``: ``sagd_jax.time_grids``; auto:
+      logsnr for ddim and dpmpp_2m, else uniform),
       ``nonfinite`` (stop | skip: what a step with a non-finite loss or gradient does),
       ``grad_accum_steps`` (the global batch in this many microbatches, summed in the step),
       ``compilation_cache_dir`` (JAX's persistent compilation cache: "auto" = the user cache
@@ -95,7 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         num_steps=10_000, batch_size=128, log_every=100, checkpoint_every=1000,
         keep_checkpoints=3, sample_every=2000, num_samples=64, sampler="ddpm", sample_steps=250,
-        time_grid="uniform",
+        time_grid="auto",
         nonfinite="stop", grad_accum_steps=1, compilation_cache_dir="auto", profile_steps=(),
         eval_every=0,
     ))
@@ -193,7 +194,7 @@ def validate_config(config: Any, device_count: int | None = None) -> None:
                 "keep_checkpoints"):
         validate.integer(*validate.entry(config, f"train.{key}"), 1)
     validate.one_of(*validate.entry(config, "train.sampler"), SAMPLERS)
-    validate.one_of(*validate.entry(config, "train.time_grid"), GRIDS)
+    validate.one_of(*validate.entry(config, "train.time_grid"), ("auto", *GRIDS))
     validate.integer(*validate.entry(config, "train.eval_every"), 0)
     for key in ("num_samples", "batch_size", "reference_images"):
         validate.integer(*validate.entry(config, f"eval.{key}"), 2)

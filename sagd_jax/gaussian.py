@@ -144,6 +144,20 @@ def sampler_output_spectrum(
     times = (time_grid(process.schedule, steps) if times is None
              else check_times(times, process.schedule, steps))
     var = coef(1.0)[1].copy()
+    if sampler == "dpmpp_2m":  # deterministic, two-step: x_i = gain_i x_T per bin
+        gain, x0_prev, h_prev = np.ones_like(c), None, None
+        for t, s in zip(times[:-1], times[1:], strict=True):
+            (a_t, s2_t), (a_s, s2_s) = coef(t), coef(s)
+            support = (s2_t > 0) & (s2_s > 0)
+            h = np.where(support, 0.5 * (np.log(a_s**2 / np.where(support, s2_s, 1.0))
+                                         - np.log(a_t**2 / np.where(support, s2_t, 1.0))), 1.0)
+            x0 = denoise(t) * gain
+            half_inv_r = 0.0 if h_prev is None else 0.5 * h / h_prev
+            scale = -a_s * np.expm1(-h)
+            d = x0 if x0_prev is None else (1 + half_inv_r) * x0 - half_inv_r * x0_prev
+            gain = np.where(support, np.sqrt(ratio(s2_s, s2_t)) * gain + scale * d, 0.0)
+            x0_prev, h_prev = x0, h
+        return (denoise(times[-1]) * gain) ** 2 * var
     for t, s in zip(times[:-1], times[1:], strict=True):
         a_t, s2_t = coef(t)
         a_s, s2_s = coef(s)

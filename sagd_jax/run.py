@@ -42,7 +42,7 @@ from sagd_jax.sharding import (
     replicated,
     state_sharding,
 )
-from sagd_jax.time_grids import make_grid
+from sagd_jax.time_grids import make_grid, resolve
 from sagd_jax.train.state import TrainState, create_train_state, make_optimizer
 from sagd_jax.train.step import make_eps_fn, train_step
 from sagd_jax.workdir import Workdir
@@ -296,8 +296,8 @@ class Run:
         cfg = self.config.train
         key = jax.random.fold_in(rng.stream_key(self.config.seed, rng.SAMPLE), step)
         sampler = get_sampler(cfg.sampler)
-        times = (None if cfg.time_grid == "uniform"
-                 else self.time_grid(cfg.sample_steps, cfg.time_grid))
+        grid = resolve(cfg.time_grid, cfg.sampler)
+        times = None if grid == "uniform" else self.time_grid(cfg.sample_steps, grid)
         images = sampler(self.process, self.eps_fn(params), key,
                          (cfg.num_samples, *self.image_shape), cfg.sample_steps, times=times)
         return np.asarray(jax.device_get(images))

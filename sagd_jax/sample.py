@@ -3,7 +3,7 @@
     python -m sagd_jax.sample --workdir=DIR --num_samples=N --sampler=ddpm --steps=S \\
         [--config=configs/NAME.py] [--seed=K] [--eta=E] [--clip_x0=C] [--checkpoint_step=STEP] \\
         [--chunk_size=C] [--out=OUTDIR] [--model=ema|exact] \\
-        [--time_grid=uniform|edm|snr] [--condition=FILE.npz --known_band=SPEC]
+        [--time_grid=auto|uniform|edm|snr|logsnr] [--condition=FILE.npz --known_band=SPEC]
 
 Loads the EMA weights of the latest (or the chosen) checkpoint of ``DIR`` (``--model=exact``:
 the exact Gaussian model of ``grf`` data, no checkpoint needed) and writes into ``OUTDIR``
@@ -65,7 +65,7 @@ class SampleRequest:
     chunk_size: int = 256
     model: str = "ema"
     clip_x0: float | None = None  # ddpm, ddim: x0_hat clipped to [-c, c] (samplers module)
-    time_grid: str = "uniform"  # uniform | edm | snr (sagd_jax.time_grids)
+    time_grid: str = "auto"  # auto | uniform | edm | snr | logsnr (sagd_jax.time_grids)
     condition: str | None = None  # band-conditional: the known images (.npz)
     known_band: str | None = None  # ... and their known bins (a band spec)
 
@@ -92,7 +92,7 @@ class SampleRequest:
         validate.one_of("--model", self.model, ("ema", "exact"))
         from sagd_jax.time_grids import GRIDS
 
-        validate.one_of("--time_grid", self.time_grid, GRIDS)
+        validate.one_of("--time_grid", self.time_grid, ("auto", *GRIDS))
         if (self.condition is None) != (self.known_band is None):
             given = "--condition" if self.known_band is None else "--known_band"
             raise ValueError(f"{given}: band-conditional sampling needs both --condition and "
@@ -107,13 +107,20 @@ class SampleRequest:
                 raise ValueError(f"--known_band={self.known_band!r}: {err}") from None
 
     @property
+    def grid(self) -> str:
+        """The time grid, ``auto`` resolved for the sampler (``time_grids.resolve``)."""
+        from sagd_jax.time_grids import resolve
+
+        return resolve(self.time_grid, self.sampler)
+
+    @property
     def num_chunks(self) -> int:
         return -(-self.num_samples // self.chunk_size)
 
     def default_dirname(self, checkpoint_step: int | None) -> str:
         sampler = self.sampler + (f"-eta{self.eta:g}" if self.eta is not None else "")
         sampler += f"-clip{self.clip_x0:g}" if self.clip_x0 is not None else ""
-        sampler += f"-{self.time_grid}" if self.time_grid != "uniform" else ""
+        sampler += f"-{self.grid}" if self.grid != "uniform" else ""
         source = "exact" if self.model == "exact" else f"step{checkpoint_step}"
         conditioned = ("" if self.condition is None else
                        f"-given-{os.path.splitext(os.path.basename(self.condition))[0]}-"
@@ -254,12 +261,12 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
         state = run.restore(mesh, request.checkpoint_step)
         step = int(jax.device_get(state.step))
         eps_fn = run.eps_fn(state.ema_params)
-    times = (None if request.time_grid == "uniform"
-             else run.time_grid(request.steps, request.time_grid, spectrum))
+    times = (None if request.grid == "uniform"
+             else run.time_grid(request.steps, request.grid, spectrum))
     out_dir = (files.normalize(out_dir) if out_dir
                else run.workdir.generated(request.default_dirname(step)))
     manifest = {**dataclasses.asdict(request), "checkpoint_step": step,
-                "workdir": files.absolute(workdir)}
+                "workdir": files.absolute(workdir), "time_grid": request.grid}
     for key, default in (("clip_x0", None), ("condition", None), ("known_band", None),
                          ("time_grid", "uniform")):
         if manifest[key] == default:  # manifests written before the option existed stay valid
@@ -355,7 +362,7 @@ def define_flags(fv: flags.FlagValues) -> None:
                         "python -m sagd_jax.main).", flag_values=fv, required=True)
     flags.DEFINE_integer("num_samples", None, "Number of images.", flag_values=fv,
                          required=True)
-    flags.DEFINE_string("sampler", "ddpm", "ddpm | ddim | ode_euler | ode_heun | sde",
+    flags.DEFINE_string("sampler", "ddpm", "ddpm | ddim | ode_euler | ode_heun | sde | dpmpp_2m",
                         flag_values=fv)
     flags.DEFINE_integer("steps", 250, "Sampler iterations.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Sampling seed (independent of the training seed).",
@@ -374,9 +381,11 @@ def define_flags(fv: flags.FlagValues) -> None:
                       "model of grf data (no checkpoint).", flag_values=fv)
     flags.DEFINE_integer("max_chunks", None, "Compute at most this many chunks in this call.",
                          flag_values=fv)
-    flags.DEFINE_enum("time_grid", "uniform", ["uniform", "edm", "snr"], "Sampler times: "
-                      "uniform in t, EDM's rho = 7 noise levels, or placed by the per-frequency "
-                      "SNR of the run's data spectrum (sagd_jax.time_grids).", flag_values=fv)
+    flags.DEFINE_enum("time_grid", "auto", ["auto", "uniform", "edm", "snr", "logsnr"],
+                      "Sampler times: uniform in t, EDM's rho = 7 noise levels, EDM's rule per "
+                      "frequency on the run's data spectrum, or uniform in log SNR; auto: "
+                      "logsnr for ddim and dpmpp_2m, else uniform (sagd_jax.time_grids).",
+                      flag_values=fv)
     flags.DEFINE_string("condition", None, "Band-conditional: an .npz of known images "
                         "(N, H, W, C); sample j keeps the known bands of image j mod N.",
                         flag_values=fv)

@@ -35,7 +35,7 @@ SHAPINGS = {
     "blur+exponent": dict(noise_exponent_start=0.5, blur_sigma_max=1.0),
 }
 CASES = [("ddpm", 200, {}), ("ddim", 100, {}), ("ddim", 100, {"eta": 0.5}),
-         ("ode_euler", 100, {}), ("ode_heun", 50, {}), ("sde", 200, {})]
+         ("ode_euler", 100, {}), ("ode_heun", 50, {}), ("sde", 200, {}), ("dpmpp_2m", 50, {})]
 
 
 def shaped_process(shaping: dict, gamma: float = 2.0, bands: str = "",

@@ -38,6 +38,7 @@ CASES = [
     ("ode_euler", 100, {}),
     ("ode_heun", 50, {}),
     ("sde", 200, {}),
+    ("dpmpp_2m", 50, {}),
 ]
 
 
@@ -202,4 +203,4 @@ def test_sampler_input_errors():
         get_sampler("ode_heun")(process, eps_fn, jax.random.key(0), (4, H, W, 1), 5, clip_x0=1)
     with pytest.raises(ValueError, match="sampler='euler'"):
         get_sampler("euler")
-    assert set(SAMPLERS) == {"ddpm", "ddim", "ode_euler", "ode_heun", "sde"}
+    assert set(SAMPLERS) == {"ddpm", "ddim", "ode_euler", "ode_heun", "sde", "dpmpp_2m"}

@@ -77,7 +77,7 @@ class Experiment:
     num_samples: int = 1000  # 1000 x 100 network evaluations: about 15 min at 28x28 on 2 cores
     sampler: str = "ddpm"
     steps: int = 100
-    time_grid: str = "uniform"  # the sampler's times (sagd_jax.time_grids)
+    time_grid: str = "uniform"  # the sampler's times (sagd_jax.time_grids): results as published
     # Samples and data judged in this band (``band_energy_ratio``) and, filtered, without it
     # (``spectrum_off_band``): the omission band B.
     band: str | None = None
