@@ -5,6 +5,8 @@
         [--max_reference=10000] [--num_subsets=100] [--subset_size=1000] [--model_units] \\
         [--inception=auto|on|off] [--inception_weights=PATH] [--reference_stats=FILE.npz] \\
         [--reference_split=SPLIT] [--inception_reference_images=50000]
+    python -m sagd_jax.evaluate --likelihood --workdir=DIR [--model=ema|exact] \
+        [--num_images=256] [--ode_steps=100] [--trace=hutchinson|exact] [--probes=1] [--seed=0]
 
 The run (its data config) is found from the samples' ``manifest.json``. Reference images: the
 ``test`` split for Fashion-MNIST and TFDS data, the run's own source otherwise, always without
@@ -31,6 +33,17 @@ Metrics (those that apply):
 * ``band_energy_ratio``: energy of samples inside ``--band`` relative to the reference's;
 * ``grf_variance``: for ``grf`` data, per-frequency variance of the samples against the exact
   spectrum (``mean_abs_log_ratio`` and the Monte-Carlo floor; ``grf_variance.png``).
+
+``--likelihood``: the negative log-likelihood of the run's reference images (the clean test
+split, as above; at most ``--num_images``) through the probability-flow ODE
+(``sagd_jax.likelihood``: RK4 on the logsnr grid, exact trace or Hutchinson probes), under the
+EMA weights of the latest checkpoint or, for grf data, the exact model (``--model=exact``).
+8-bit data is uniformly dequantised (key from ``--seed``) and reported in bits per dimension of
+its levels; grf data (continuous) in bits per dimension of its density (``nats / ln 2``); every
+result has its standard error over images. With masked bands the images are projected
+onto the support of ``Sigma`` and the density (and the dimension count) is the support's.
+Written to ``--out`` (default ``DIR/likelihood/<model>-<steps>steps-<trace>-seed<K>.json``,
+never overwritten).
 
 Images: the ``float32`` member (model units) of ``sagd_jax.sample``'s ``samples.npz``, else
 ``arr_0``, which must be uint8 pixels (the FID tools' layout), or float images in model units
@@ -369,7 +382,23 @@ def inception_results(samples: np.ndarray, data_config: Any, weights: str,
 
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("samples", None, "samples.npz of python -m sagd_jax.sample.",
-                        flag_values=fv, required=True)
+                        flag_values=fv)
+    flags.DEFINE_boolean("likelihood", False, "Negative log-likelihood (bits/dim) of the "
+                         "run's test images through the probability-flow ODE.", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "--likelihood: the run.", flag_values=fv)
+    flags.DEFINE_enum("model", "ema", ["ema", "exact"], "--likelihood: EMA network, or the "
+                      "exact Gaussian model of grf data.", flag_values=fv)
+    flags.DEFINE_integer("num_images", 256, "--likelihood: at most this many images.",
+                         flag_values=fv)
+    flags.DEFINE_integer("ode_steps", 100, "--likelihood: RK4 steps (4 evaluations each).",
+                         flag_values=fv)
+    flags.DEFINE_enum("trace", "hutchinson", ["hutchinson", "exact"], "--likelihood: "
+                      "divergence estimator (exact: one JVP per pixel dimension).",
+                      flag_values=fv)
+    flags.DEFINE_integer("probes", 1, "--likelihood: Hutchinson probes per image.",
+                         flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "--likelihood: dequantisation and probe seed.",
+                         flag_values=fv)
     flags.DEFINE_string("out", None, "JSON file (default evaluation.json beside the samples; "
                         "never overwritten).", flag_values=fv)
     flags.DEFINE_string("band", None, "A band (kind:lo:hi[:edge]) whose energy to compare.",
@@ -415,7 +444,85 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def likelihood(workdir: str, model: str = "ema", num_images: int = 256, steps: int = 100,
+               trace: str = "hutchinson", probes: int = 1, seed: int = 0,
+               out: str | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """``--likelihood`` (module docstring): the results, also written to ``out``."""
+    import jax
+
+    from sagd_jax import likelihood as lk
+    from sagd_jax import rng
+    from sagd_jax.data import grf_model
+    from sagd_jax.run import Run
+
+    validate.integer("--num_images", num_images, 1)
+    validate.one_of("--trace", trace, lk.TRACES)
+    validate.integer("--ode_steps", steps, 1)
+    validate.integer("--probes", probes, 1)
+    run = Run.from_workdir(workdir)
+    if model == "exact":
+        if run.config.data.name != "grf":
+            raise ValueError(f"--model=exact: needs data.name=grf, the run has "
+                             f"{run.config.data.name!r}")
+        eps_fn, step = grf_model(run.config.data).eps_fn(run.process), None
+    else:
+        state = run.restore(run.mesh(fit=True))
+        eps_fn, step = run.eps_fn(state.ema_params), int(jax.device_get(state.step))
+    out = out or files.join(run.workdir.path, "likelihood",
+                            f"{model}-{steps}steps-{trace}-seed{seed}.json")
+    if files.exists(out):
+        raise ValueError(f"--out={out}: exists; results are never overwritten")
+    images, name = reference_images(run.config.data, num_images)
+    key = rng.stream_key(seed, rng.EVAL)
+    quantised = run.config.data.name != "grf"
+    if quantised:  # uniform dequantisation of the 8-bit levels
+        images = images + np.asarray(jax.random.uniform(
+            jax.random.fold_in(key, 0), images.shape), np.float32) * lk.BIN_WIDTH
+    images = np.asarray(run.process.cov.project(images), np.float32)
+    log_px = []
+    progress = console.Progress("likelihood", total=len(images), unit="image")
+    for start in range(0, len(images), batch_size):
+        part = images[start:start + batch_size]
+        log_px.append(np.asarray(lk.log_likelihood(
+            run.process, eps_fn, part, jax.random.fold_in(key, 1 + start), steps=steps,
+            trace=trace, probes=probes)))
+        progress.update(len(part))
+    log_px = np.concatenate(log_px).astype(np.float64)
+    dims = lk.supported_dimensions(run.process, images.shape[-1])
+    nats = -log_px / dims
+
+    def mean_sem(values: np.ndarray) -> dict[str, float]:
+        return {"mean": float(values.mean()),
+                "sem": float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1
+                else float("nan")}
+
+    results = {"workdir": run.workdir.path, "model": model, "checkpoint_step": step,
+               "images": name, "num_images": len(images), "dimensions": dims,
+               "support_fraction": float(run.process.cov.support_fraction),
+               "ode": {"solver": "rk4", "grid": "logsnr", "steps": steps,
+                       "network_evaluations_per_image": 4 * steps},
+               "trace": trace, "probes": probes if trace == "hutchinson" else None,
+               "nats_per_dim": mean_sem(nats)}
+    # 8-bit data: bits per dimension of the dequantised levels; continuous (grf) data: the
+    # density itself in bits per dimension.
+    results["bits_per_dim"] = mean_sem(lk.bits_per_dim(log_px, dims,
+                                                       lk.BIN_WIDTH if quantised else 1.0))
+    files.makedirs(files.dirname(out))
+    files.write_json(out, results, exclusive=True)
+    return results
+
+
 def evaluate_cli(fv: flags.FlagValues) -> None:
+    if fv.likelihood:
+        if fv.workdir is None:
+            raise ValueError("--likelihood: needs --workdir")
+        results = likelihood(fv.workdir, fv.model, fv.num_images, fv.ode_steps, fv.trace,
+                             fv.probes, fv.seed, fv.out)
+        print(json.dumps({k: results[k] for k in ("nats_per_dim", "bits_per_dim")
+                          if k in results}, indent=2))
+        return
+    if fv.samples is None:
+        raise ValueError("--samples: required (or --likelihood --workdir=DIR)")
     inception = InceptionRequest(fv.inception, fv.inception_weights, fv.reference_stats,
                                  fv.reference_split, fv.inception_reference_images)
     results = evaluate(fv.samples, fv.out, fv.band, fv.filter_band, fv.max_reference,
