@@ -117,11 +117,17 @@ def sampler_output_spectrum(
     """
     c = np.asarray(data.spectrum, np.float64)
     shape = c.shape
+    times = (time_grid(process.schedule, steps) if times is None
+             else check_times(times, process.schedule, steps))
+    # Every coefficient at every grid time, computed once (float32 like the samplers).
+    grid = jnp.asarray(times, jnp.float32)
+    tables = [np.broadcast_to(np.asarray(v, np.float64), (len(times), *shape))
+              for v in (*process.spectral_coefficients(grid), *process.spectral_sde(grid))]
+    index = {float(t): i for i, t in enumerate(times)}
 
-    def coef(t):  # (A_t, S_t^2) per bin, float64
-        a, s2 = process.spectral_coefficients(jnp.float32(t))
-        return (np.broadcast_to(np.asarray(a, np.float64), shape),
-                np.broadcast_to(np.asarray(s2, np.float64), shape))
+    def coef(t):  # (A_t, S_t^2) per bin, float64, at a grid time
+        i = index[float(t)]
+        return tables[0][i], tables[1][i]
 
     def ratio(num, den):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
@@ -134,16 +140,15 @@ def sampler_output_spectrum(
         a, s2 = coef(t)
         return (1.0 - ratio(s2, marginal(t))) / a
 
-    def sde(t):
-        return (np.asarray(v, np.float64) for v in process.spectral_sde(jnp.float32(t)))
+    def sde(t):  # (f_k, g2_k) at a grid time
+        i = index[float(t)]
+        return tables[2][i], tables[3][i]
 
     def velocity(t):  # probability-flow ODE: dx/dt = (f + g2 / (2 V)) x
         f, g2 = sde(t)
         return f + ratio(g2, 2.0 * marginal(t))
 
-    times = (time_grid(process.schedule, steps) if times is None
-             else check_times(times, process.schedule, steps))
-    var = coef(1.0)[1].copy()
+    var = coef(times[0])[1].copy()
     if sampler == "dpmpp_2m":  # deterministic, two-step: x_i = gain_i x_T per bin
         gain, x0_prev, h_prev = np.ones_like(c), None, None
         for t, s in zip(times[:-1], times[1:], strict=True):

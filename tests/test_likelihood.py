@@ -136,8 +136,9 @@ def test_likelihood_cli_on_the_exact_model_and_a_trained_run(tmp_path, tiny_conf
                       "--config.data.image_size=16", *tiny_cli_overrides,
                       f"--workdir={workdir}", "--config.train.num_steps=2")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    args = ["--likelihood", f"--workdir={workdir}", "--num_images=8", "--ode_steps=20"]
-    exact = run_cli("sagd_jax.evaluate", *args, "--model=exact", "--trace=exact")
+    args = ["--likelihood", f"--workdir={workdir}", "--num_images=8"]
+    exact = run_cli("sagd_jax.evaluate", *args, "--ode_steps=20", "--model=exact",
+                    "--trace=exact")
     assert exact.returncode == 0, exact.stderr[-3000:]
     path = workdir / "likelihood" / "exact-20steps-exact-seed0.json"
     results = json.loads(path.read_text())
@@ -148,11 +149,12 @@ def test_likelihood_cli_on_the_exact_model_and_a_trained_run(tmp_path, tiny_conf
     assert results["nats_per_dim"]["mean"] == pytest.approx(expected.mean(), rel=1e-4)
     assert results["bits_per_dim"]["mean"] == pytest.approx(expected.mean() / math.log(2),
                                                             rel=1e-4)
-    again = run_cli("sagd_jax.evaluate", *args, "--model=exact", "--trace=exact")
+    again = run_cli("sagd_jax.evaluate", *args, "--ode_steps=20", "--model=exact",
+                    "--trace=exact")
     assert again.returncode == 2 and "never overwritten" in again.stderr
-    ema = run_cli("sagd_jax.evaluate", *args)
+    ema = run_cli("sagd_jax.evaluate", *args, "--ode_steps=8")
     assert ema.returncode == 0, ema.stderr[-3000:]
-    report = json.loads((workdir / "likelihood" / "ema-20steps-hutchinson-seed0.json")
+    report = json.loads((workdir / "likelihood" / "ema-8steps-hutchinson-seed0.json")
                         .read_text())
     assert report["checkpoint_step"] == 2 and np.isfinite(report["bits_per_dim"]["mean"])
     assert report["bits_per_dim"]["sem"] > 0

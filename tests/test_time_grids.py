@@ -72,7 +72,7 @@ def test_discrete_schedules_get_distinct_integer_times(schedule, grid):
 
 
 @pytest.mark.parametrize("grid", ["edm", "snr", "logsnr"])
-@pytest.mark.parametrize("name, steps", [("ddpm", 100), ("ode_heun", 25), ("sde", 200),
+@pytest.mark.parametrize("name, steps", [("ddpm", 100), ("ode_heun", 25), ("sde", 100),
                                          ("dpmpp_2m", 20)])
 def test_samplers_on_a_grid_match_its_prediction(name, steps, grid):
     """Monte Carlo against ``sampler_output_spectrum`` on the same times (5 standard errors),
