@@ -47,11 +47,12 @@ def default_config() -> ml_collections.ConfigDict:
       power ``fit_exponent`` (1: noise shaped like the data, 0: white); ``fit_result`` says
       what was fitted. The fitted values are saved in ``config.json``; a resume reuses them.
     diffusion: ``schedule`` (vp_sde | ddpm_linear | cosine | ve), ``schedule_kwargs``,
-      ``prediction`` (eps | x0 | v); a per-frequency schedule (``sagd_jax.frequency_schedule``,
-      off by default): ``noise_exponent_start`` (the noise shape ``w^s(t)`` with
-      ``s(t) = start + (1 - start) t^noise_exponent_power``; 1 = constant ``Sigma``, 0 = white
-      near the data) and ``blur_sigma_max`` (pixels of Gaussian blur of the signal at t = 1,
-      blurring diffusion; 0 = off) with its floor ``blur_min``.
+      ``prediction`` (eps | x0 | v), ``parameterization`` (none | edm: Karras et al.'s
+      preconditioning of an x0 prediction, with ``sigma_data``); a per-frequency schedule
+      (``sagd_jax.frequency_schedule``, off by default): ``noise_exponent_start`` (the noise
+      shape ``w^s(t)``, ``s(t) = start + (1 - start) t^noise_exponent_power``; 1 = constant
+      ``Sigma``, 0 = white near the data) and ``blur_sigma_max`` (pixels of Gaussian blur of
+      the signal at t = 1, blurring diffusion; 0 = off) with its floor ``blur_min``.
     model: the DDPM++ U-Net (``sagd_jax.models.build_model``).
     optim: AdamW (``learning_rate``, ``warmup_steps``, ``b1``, ``b2``, ``eps``,
       ``weight_decay``), ``grad_clip`` (global norm, 0 = off), ``ema_decay``.
@@ -83,7 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict(
         dict(schedule="vp_sde", prediction="eps", schedule_kwargs=ml_collections.ConfigDict(),
              noise_exponent_start=1.0, noise_exponent_power=1.0, blur_sigma_max=0.0,
-             blur_min=0.001)
+             blur_min=0.001, parameterization="none", sigma_data=0.5)
     )
     c.model = ml_collections.ConfigDict(dict(
         ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,), dropout=0.1,

@@ -20,6 +20,8 @@ from sagd_jax.schedules import Schedule, get_schedule
 from sagd_jax.spectral import SpectralCovariance, apply_multiplier
 
 PREDICTIONS = ("eps", "x0", "v")
+PARAMETERIZATIONS = ("none", "edm")
+NOISE_LABEL_SCALE = 1000.0  # the network's noise label is 1000 t (DDPM's, EDM's VP c_noise)
 
 
 def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -56,6 +58,15 @@ class DiffusionProcess:
       forward process adds no noise, so ``x_t`` carries ``alpha_t x0`` there during training
       while every sampler keeps those frequencies at 0; projecting the data removes that
       mismatch (no effect with full support).
+    parameterization: ``none`` (the network sees ``x_t`` and outputs the prediction) or
+      ``edm`` (Karras et al.'s preconditioning of an ``x0`` prediction, with
+      ``r = sigma_t / alpha_t`` and ``x~ = x_t / alpha_t``: the network sees ``c_in x~``,
+      ``c_in = 1 / sqrt(r^2 + sigma_data^2)``, and its output ``F`` gives
+      ``x0_hat = c_skip x~ + c_out F``, ``c_skip = sigma_data^2 / (r^2 + sigma_data^2)``,
+      ``c_out = r sigma_data / sqrt(r^2 + sigma_data^2)``; the loss is on ``F`` (EDM's
+      weighting ``1 / c_out^2``), in white space; ``c_noise`` stays ``1000 t``, as EDM's VP
+      preconditioning). Needs ``prediction="x0"``.
+    sigma_data: the data's standard deviation assumed by ``edm`` (EDM's 0.5).
     shaping: ``None`` (the constant-``Sigma`` process) or a per-frequency schedule: then
       ``x_t = A_t x0 + S_t eps`` with ``A_t``, ``S_t`` diagonal in frequency
       (``sagd_jax.frequency_schedule``); ``v`` keeps its definition with the scalar
@@ -67,9 +78,16 @@ class DiffusionProcess:
     prediction: str = struct.field(pytree_node=False, default="eps")
     project_data: bool = struct.field(pytree_node=False, default=False)
     shaping: FrequencySchedule | None = None
+    parameterization: str = struct.field(pytree_node=False, default="none")
+    sigma_data: float = struct.field(pytree_node=False, default=0.5)
 
     def __post_init__(self) -> None:
         validate.one_of("prediction", self.prediction, PREDICTIONS)
+        validate.one_of("parameterization", self.parameterization, PARAMETERIZATIONS)
+        validate.number("sigma_data", self.sigma_data, 0.0, open_lo=True)
+        if self.parameterization == "edm" and self.prediction != "x0":
+            raise validate.fail("parameterization", self.parameterization,
+                                f"preconditions an x0 prediction (prediction={self.prediction!r})")
 
     @classmethod
     def from_config(cls, config: Any, height: int, width: int) -> DiffusionProcess:
@@ -91,8 +109,15 @@ class DiffusionProcess:
                 shaping.check_monotone(schedule)
             except ValueError as err:
                 raise ValueError(f"diffusion.{err}") from None
+        parameterization = validate.one_of(
+            *validate.entry(config, "diffusion.parameterization"), PARAMETERIZATIONS)
+        sigma_data = validate.number(*validate.entry(config, "diffusion.sigma_data"), 0.0,
+                                     open_lo=True)
+        if parameterization == "edm" and prediction != "x0":
+            raise ValueError(f"diffusion.parameterization='edm': preconditions an x0 "
+                             f"prediction; set diffusion.prediction=x0 (not {prediction!r})")
         return cls(cov=cov, schedule=schedule, prediction=prediction, project_data=project_data,
-                   shaping=shaping)
+                   shaping=shaping, parameterization=parameterization, sigma_data=sigma_data)
 
     # --- marginals -----------------------------------------------------------------------
     def coefficients(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -156,9 +181,31 @@ class DiffusionProcess:
         """Forward SDE ``dx = f x dt + sqrt(g2) Sigma^{1/2} dw``: returns ``(f, g2)``."""
         return self.schedule.sde(t)
 
+    # --- the network's input and output scalings ---------------------------------------------
+    def preconditioning(self, t: jax.Array) -> tuple[jax.Array, ...]:
+        """``(1 / alpha_t, c_in, c_skip, c_out)`` of ``edm`` (class docstring), shape of ``t``."""
+        alpha, sigma = self.coefficients(t)
+        r2, d2 = (sigma / alpha) ** 2, self.sigma_data**2
+        return (1.0 / alpha, jax.lax.rsqrt(r2 + d2), d2 / (r2 + d2),
+                jnp.sqrt(r2) * self.sigma_data * jax.lax.rsqrt(r2 + d2))
+
+    def network_input(self, x_t: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(image, noise label)`` the network is called on: ``(x_t, 1000 t)``, or
+        ``(c_in x_t / alpha_t, 1000 t)`` under ``edm``."""
+        labels = NOISE_LABEL_SCALE * t
+        if self.parameterization == "none":
+            return x_t, labels
+        inv_alpha, c_in, _, _ = self.preconditioning(t)
+        return (expand_to(c_in * inv_alpha, x_t) * x_t).astype(x_t.dtype), labels
+
     # --- targets and loss (white space) ---------------------------------------------------
     def target(self, x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
-        """What the network should output for ``x_t = perturb(x0, eps, t)``."""
+        """What the network should output for ``x_t = perturb(x0, eps, t)`` (under ``edm``:
+        ``F = (x0 - c_skip x_t / alpha_t) / c_out``)."""
+        if self.parameterization == "edm":
+            inv_alpha, _, c_skip, c_out = self.preconditioning(t)
+            x_t = self.perturb(x0, eps, t).astype(jnp.float32)
+            return (x0 - expand_to(c_skip * inv_alpha, x0) * x_t) / expand_to(c_out, x0)
         if self.prediction == "eps":
             return eps
         if self.prediction == "x0":
@@ -167,7 +214,8 @@ class DiffusionProcess:
         return expand_to(alpha, eps) * eps - expand_to(sigma, eps) * self.cov.inv_sqrt(x0)
 
     def _white(self, value: jax.Array) -> jax.Array:
-        """A prediction in white space: ``x0`` is whitened by ``Sigma^{-1/2}``."""
+        """A prediction in white space: ``x0`` (and ``edm``'s ``F``) is whitened by
+        ``Sigma^{-1/2}``."""
         return self.cov.inv_sqrt(value) if self.prediction == "x0" else value
 
     def loss(
@@ -191,6 +239,10 @@ class DiffusionProcess:
         """White ``eps_hat`` from a network output of this process's prediction type."""
         if self.prediction == "eps":
             return output
+        if self.parameterization == "edm":
+            inv_alpha, _, c_skip, c_out = self.preconditioning(t)
+            output = (expand_to(c_skip * inv_alpha, x_t) * x_t
+                      + expand_to(c_out, x_t) * output.astype(jnp.float32))
         if self.prediction == "x0":
             return self.eps_from_x0(x_t, t, output)
         alpha, sigma = self.coefficients(t)

@@ -18,13 +18,12 @@ from sagd_jax.train.state import TrainState, ema_decay_at
 
 # Metrics report the loss per noise-level bucket: t in [0, 1/N), ..., [(N-1)/N, 1].
 NUM_LOSS_BUCKETS = 4
-NOISE_LABEL_SCALE = 1000.0  # the network sees 1000 * t
 
 
 def network_eps(model: nn.Module, process: DiffusionProcess, params: Any, x: jax.Array,
                 t: jax.Array) -> jax.Array:
     """The network (deterministic mode) as an ``eps_fn``: ``x: (B, H, W, C)``, ``t: (B,)``."""
-    out = model.apply({"params": params}, x, NOISE_LABEL_SCALE * t, train=False)
+    out = model.apply({"params": params}, *process.network_input(x, t), train=False)
     return process.eps_from_output(out, x, t)
 
 
@@ -120,7 +119,7 @@ def train_step(
 
     def loss_fn(params: Any, x_t: jax.Array, t: jax.Array, x0: jax.Array, eps: jax.Array
                 ) -> tuple[jax.Array, jax.Array]:
-        out = model.apply({"params": params}, x_t, NOISE_LABEL_SCALE * t, train=True,
+        out = model.apply({"params": params}, *process.network_input(x_t, t), train=True,
                           rngs={"dropout": k_dropout})
         per_example = process.loss(out, x0, eps, t)
         return per_example.mean(), per_example
