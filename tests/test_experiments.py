@@ -68,12 +68,21 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
 
 @pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission",
-                                  "t0_grf", "fitted_patches", "fitted_fashion"])
+                                  "t0_grf", "fitted_patches", "fitted_fashion",
+                                  "ode_params_fashion", "ode_params_patches"])
 def test_every_arm_of_every_cpu_experiment_has_a_valid_config(run_cli, name):
     # (the FID experiments need their TFDS data: tests/test_experiments_fid.py checks them)
     result = run_cli(DRIVER, "--check", f"--experiment={name}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == f"{name}: ok\n"
+
+
+def test_parameterization_experiment_samples_each_arm_with_every_sampler(run_experiment):
+    _, results, _ = run_experiment("ode_params_patches", "--max_arms=1")
+    names = [r["arm"] for r in results["rows"]]
+    assert names[:3] == ["eps", "eps (ddim 100)", "eps (ode_heun 50)"]
+    for row in results["rows"][:3]:
+        assert row["spectrum_err"] >= 0 and 0 <= row["outside_range"] <= 1
 
 
 @pytest.mark.needs_fashion_mnist

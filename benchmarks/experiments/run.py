@@ -3,6 +3,8 @@
     python benchmarks/experiments/run.py --experiment=sagd_vs_iso_fashion
     python benchmarks/experiments/run.py --experiment=omission
     python benchmarks/experiments/run.py --experiment=t0_grf
+    python benchmarks/experiments/run.py --experiment=fitted_patches       # issue 23
+    python benchmarks/experiments/run.py --experiment=ode_params_fashion   # issue 24
     python benchmarks/experiments/run.py --experiment=fid_cifar10      # one GPU: see
     python benchmarks/experiments/run.py --experiment=fid_celeba64     # configs/experiments/fid.py
     python benchmarks/experiments/run.py --list
@@ -95,6 +97,8 @@ class Experiment:
     inception: bool = False
     # Overrides added to ``TINY`` under ``--tiny``.
     tiny: tuple[str, ...] = ()
+    # Every arm also sampled and judged with these (sampler, steps): a row each.
+    also_sample: tuple[tuple[str, int], ...] = ()
 
 
 def _gamma_arms(variant: str, seeds: tuple[int, ...] = (0,)) -> tuple[Arm, ...]:
@@ -122,6 +126,13 @@ def _fitted_arms(variant: str) -> tuple[Arm, ...]:
         arms += [Arm(f"{name}-seed{seed}", variant, (*overrides, ("seed", str(seed))))
                  for seed in seeds]
     return tuple(arms)
+
+
+def _parameterization_arms(variant: str) -> tuple[Arm, ...]:
+    """gamma 1 (the paper recipe) with the network predicting eps, v, or preconditioned x0."""
+    return (Arm("eps", variant), Arm("v", variant, (("diffusion.prediction", "v"),)),
+            Arm("edm", variant, (("diffusion.prediction", "x0"),
+                                 ("diffusion.parameterization", "edm"))))
 
 
 def _config_module(path: str) -> Any:
@@ -165,6 +176,16 @@ EXPERIMENTS = {
     "fitted_fashion": Experiment(
         _fitted_arms("fashion_mnist"),
         "Noise weights fitted to the data vs hand-set gamma on Fashion-MNIST"),
+    # Issue 24: do the deterministic samplers leave the data range because of the eps
+    # parameterisation? The same budget with v prediction and with EDM's preconditioning.
+    "ode_params_fashion": Experiment(
+        _parameterization_arms("fashion_mnist"),
+        "eps vs v prediction vs EDM preconditioning under DDPM, DDIM and Heun (Fashion-MNIST)",
+        num_samples=500, also_sample=(("ddim", 100), ("ode_heun", 50))),
+    "ode_params_patches": Experiment(
+        _parameterization_arms("natural_patches"),
+        "eps vs v prediction vs EDM preconditioning under DDPM, DDIM and Heun (patches)",
+        num_samples=500, also_sample=(("ddim", 100), ("ode_heun", 50))),
     "omission": Experiment((
         Arm("iso-corrupted", "omission_corrupted", (("noise.gamma", "0"),)),
         Arm("masked-corrupted", "omission_corrupted",
@@ -575,6 +596,14 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
             exact = sample_and_evaluate(workdir, exp, tiny, None, None, model="exact")
             extra[f"exact_sampler_floor/{arm.name}"] = exact["grf_variance"]
         rows.append(row)
+        for sampler, steps in exp.also_sample:
+            other = sample_and_evaluate(workdir, dataclasses.replace(
+                exp, sampler=sampler, steps=steps), tiny, exp.band, exp.band)
+            also = {**summary_row(arm.name, other), "arm": f"{arm.name} ({sampler} {steps})",
+                    "steps": last["step"]}
+            with np.load(other["samples"]) as f:
+                also["outside_range"] = outside_range(f["float32"])
+            rows.append(also)
     if exp.score_error_curve and rows:
         _plot_score_error(extra, os.path.join(folder, "score_error.png"))
     if exp.data_rows and rows:
