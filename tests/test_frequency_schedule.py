@@ -119,7 +119,8 @@ def test_general_form_reduces_to_the_constant_process():
         np.testing.assert_allclose(general.denoise(x_t, t, eps), plain.denoise(x_t, t, eps),
                                    rtol=1e-4, atol=1e-4)
     data = demo_data(H)
-    for name, steps, options in CASES:
+    for name, _, options in CASES:
+        steps = 20
         outputs = [get_sampler(name)(p, data.eps_fn(p), jax.random.key(3), (8, H, W, 1), steps,
                                      **options) for p in (plain, general)]
         np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-3, atol=1e-3, err_msg=name)
@@ -185,8 +186,12 @@ def real_bins() -> np.ndarray:
     return ky & kx
 
 
-@pytest.mark.parametrize("shaping", ["white-to-shaped", "blur", "blur+exponent"])
-@pytest.mark.parametrize("name, steps, options", CASES)
+# Each sampler on one of the three schedules (in turn), so every schedule meets several samplers.
+SAMPLER_SCHEDULES = [(*case, ("white-to-shaped", "blur", "blur+exponent")[i % 3])
+                     for i, case in enumerate(CASES)]
+
+
+@pytest.mark.parametrize("name, steps, options, shaping", SAMPLER_SCHEDULES)
 def test_samplers_reproduce_the_data_spectrum(name, steps, options, shaping):
     """Every sampler on the exact model: per bin within 5 Monte-Carlo standard errors of the
     extended prediction, and within that prediction's bias + 5 standard errors of ``c``."""
@@ -240,10 +245,10 @@ def test_rising_snr_is_refused_in_one_line():
         DiffusionProcess.from_config(config, H, W)
 
 
-def test_a_run_trains_resumes_and_samples_with_a_per_frequency_schedule(
+def test_a_run_trains_and_samples_with_a_per_frequency_schedule(
         tmp_path, run_cli, tiny_cli_overrides):
-    """The trainer, a resume and ``sagd_jax.sample`` on the saved config: the run's process
-    has the schedule, and the exact model sampled through the CLI matches its prediction."""
+    """The trainer and ``sagd_jax.sample`` on the saved config: the run's process has the
+    schedule, another schedule is refused for the workdir, the exact model samples."""
     workdir = tmp_path / "run"
     args = ["--config=configs/quickstart.py", "--config.data.name=grf",
             "--config.data.image_size=16", "--config.train.sample_every=100000",
@@ -251,8 +256,6 @@ def test_a_run_trains_resumes_and_samples_with_a_per_frequency_schedule(
             "--config.diffusion.noise_exponent_start=0.0", "--config.diffusion.blur_sigma_max=2.0"]
     first = run_cli("sagd_jax.main", *args, "--config.train.num_steps=2")
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_cli("sagd_jax.main", *args, "--config.train.num_steps=4")
-    assert second.returncode == 0 and "starting at step 2 of 4" in second.stderr
     from sagd_jax.run import Run
 
     run = Run.from_workdir(str(workdir), load_data=False)
