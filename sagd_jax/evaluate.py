@@ -452,7 +452,6 @@ def likelihood(workdir: str, model: str = "ema", num_images: int = 256, steps: i
 
     from sagd_jax import likelihood as lk
     from sagd_jax import rng
-    from sagd_jax.data import grf_model
     from sagd_jax.run import Run
 
     validate.integer("--num_images", num_images, 1)
@@ -461,10 +460,7 @@ def likelihood(workdir: str, model: str = "ema", num_images: int = 256, steps: i
     validate.integer("--probes", probes, 1)
     run = Run.from_workdir(workdir)
     if model == "exact":
-        if run.config.data.name != "grf":
-            raise ValueError(f"--model=exact: needs data.name=grf, the run has "
-                             f"{run.config.data.name!r}")
-        eps_fn, step = grf_model(run.config.data).eps_fn(run.process), None
+        eps_fn, step = run.exact_model().eps_fn(run.process), None
     else:
         state = run.restore(run.mesh(fit=True))
         eps_fn, step = run.eps_fn(state.ema_params), int(jax.device_get(state.step))

@@ -27,9 +27,10 @@ import optax
 
 from sagd_jax import checkpoint, console, files, noise_fit, rng
 from sagd_jax.config import mesh_shape, normalize, validate_config
-from sagd_jax.data import batch_options, batches, get_source, iterate, read_image
+from sagd_jax.data import batch_options, batches, get_source, grf_model, iterate, read_image
 from sagd_jax.data.sources import ImageSource
 from sagd_jax.errors import DamagedCheckpoint
+from sagd_jax.gaussian import GaussianData
 from sagd_jax.metrics.spectra import radial_power_spectrum
 from sagd_jax.models import build_model
 from sagd_jax.process import DiffusionProcess
@@ -272,6 +273,14 @@ class Run:
         """The network with ``params`` as a sampler's ``eps_fn(x, t)`` (parameters traced:
         no recompile per checkpoint)."""
         return make_eps_fn(self.model, self.process, params)
+
+    def exact_model(self) -> GaussianData:
+        """The exact distribution of a ``grf`` run's data (``--model=exact``); a one-line
+        ``ValueError`` for any other data."""
+        if self.config.data.name != "grf":
+            raise ValueError(f"--model=exact: needs data.name=grf, the run has "
+                             f"{self.config.data.name!r}")
+        return grf_model(self.config.data)
 
     def power_spectrum(self) -> np.ndarray:
         """Mean power per rfft bin ``(H, W // 2 + 1)`` of the images of ``reference_spectrum``

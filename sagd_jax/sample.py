@@ -236,7 +236,6 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     """
     import jax
 
-    from sagd_jax.data import grf_model
     from sagd_jax.distributed import on_process0
     from sagd_jax.run import Run
 
@@ -250,10 +249,7 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
                      known_bins(request.known_band, *run.image_shape[:2]))
     mesh = run.mesh(fit=True)  # any device count: the run's mesh, else a data mesh
     if request.model == "exact":
-        if run.config.data.name != "grf":
-            raise ValueError(f"--model=exact: needs data.name=grf, the run has "
-                             f"{run.config.data.name!r}")
-        exact = grf_model(run.config.data)
+        exact = run.exact_model()
         eps_fn, step = exact.eps_fn(run.process), None
         spectrum = np.asarray(exact.spectrum)  # the snr grid on the exact model's spectrum
     else:
