@@ -33,7 +33,7 @@ import numpy as np
 
 from sagd_jax import validate
 from sagd_jax.process import DiffusionProcess
-from sagd_jax.samplers import EpsFn, _as_pytree_fn, _ode_velocity
+from sagd_jax.samplers import EpsFn, as_pytree_fn, ode_velocity
 from sagd_jax.spectral import half_plane_multiplicity
 from sagd_jax.time_grids import make_grid
 
@@ -65,7 +65,7 @@ def _divergence(process, eps_fn, x, t, probes, trace):
     """``div v`` at ``(x, t)`` per image ``(B,)``: exact ``tr(P dv/dx)`` or the mean of
     ``z^T (dv/dx) z`` over ``probes (K, B, H, W, C)``. Reverse mode (``z^T J`` from one
     linearisation, then dotted with ``z``): networks with custom VJPs take no JVP."""
-    _, pullback = jax.vjp(lambda y: _ode_velocity(process, eps_fn, y, t), x)
+    _, pullback = jax.vjp(lambda y: ode_velocity(process, eps_fn, y, t), x)
 
     if trace == "exact":
         size = math.prod(x.shape[1:])
@@ -91,7 +91,7 @@ def _solve(process, eps_fn, x0, probes, times, *, trace):
 
     def field(x, t):
         t = t * batch
-        return (_ode_velocity(process, eps_fn, x, t),
+        return (ode_velocity(process, eps_fn, x, t),
                 _divergence(process, eps_fn, x, t, probes, trace))
 
     def body(i, state):
@@ -134,7 +134,7 @@ def log_likelihood(process: DiffusionProcess, eps_fn: EpsFn, x0: jax.Array, key:
     z = (jax.random.rademacher(key, shape, jnp.float32) if probe == "rademacher"
          else jax.random.normal(key, shape, jnp.float32))
     z = process.cov.project(z)
-    return _solve(process, _as_pytree_fn(eps_fn), x0, z, jnp.asarray(times, jnp.float32),
+    return _solve(process, as_pytree_fn(eps_fn), x0, z, jnp.asarray(times, jnp.float32),
                   trace=trace)
 
 

@@ -54,7 +54,8 @@ EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 Update = Callable[..., jax.Array]
 
 
-def _as_pytree_fn(eps_fn: EpsFn) -> jax.tree_util.Partial:
+def as_pytree_fn(eps_fn: EpsFn) -> jax.tree_util.Partial:
+    """``eps_fn`` as a pytree (a ``Partial``), so jitted solvers take it as an argument."""
     return eps_fn if isinstance(eps_fn, jax.tree_util.Partial) else jax.tree_util.Partial(eps_fn)
 
 
@@ -228,7 +229,7 @@ def _make_sampler(
         if condition is not None and (condition.images.shape[:3] != shape[:3]
                                       or condition.images.shape[3] not in (1, shape[3])):
             raise ValueError(f"condition images {condition.images.shape}: expected {shape}")
-        return _run(process, _as_pytree_fn(eps_fn), key, opts, condition,
+        return _run(process, as_pytree_fn(eps_fn), key, opts, condition,
                     jnp.asarray(grid, jnp.float32), update=update, shape=shape, steps=steps,
                     sharding=sharding)
 
@@ -289,9 +290,10 @@ def _ddim_update(process, eps_fn, x, t, s, key, options):
     return alpha_s * x0_hat + process.cov.sqrt(direction * eps + jnp.sqrt(noise_var) * z)
 
 
-def _ode_velocity(process, eps_fn, x, t):
+def ode_velocity(process: DiffusionProcess, eps_fn: EpsFn, x: jax.Array, t: jax.Array
+                 ) -> jax.Array:
     """Probability-flow ODE: ``dx/dt = f x + g2 / (2 sigma) Sigma^{1/2} eps_hat``
-    (``f_k x + g2_k / (2 S_k) eps_hat`` per bin)."""
+    (``f_k x + g2_k / (2 S_k) eps_hat`` per bin); ``x: (B, H, W, C)``, ``t: (B,)``."""
     if process.shaping is not None:
         f, g2 = process.spectral_sde(t)
         _, s2 = process.spectral_coefficients(t)
@@ -303,13 +305,13 @@ def _ode_velocity(process, eps_fn, x, t):
 
 
 def _euler_update(process, eps_fn, x, t, s, key, options):
-    return x + expand_to(s - t, x) * _ode_velocity(process, eps_fn, x, t)
+    return x + expand_to(s - t, x) * ode_velocity(process, eps_fn, x, t)
 
 
 def _heun_update(process, eps_fn, x, t, s, key, options):
     h = expand_to(s - t, x)
-    v_t = _ode_velocity(process, eps_fn, x, t)
-    v_s = _ode_velocity(process, eps_fn, x + h * v_t, s)
+    v_t = ode_velocity(process, eps_fn, x, t)
+    v_s = ode_velocity(process, eps_fn, x + h * v_t, s)
     return x + 0.5 * h * (v_t + v_s)
 
 
