@@ -28,7 +28,7 @@ from benchmarks import common
 from sagd_jax import console
 
 NFE = {"ddpm": lambda s: s, "ddim": lambda s: s, "ode_euler": lambda s: s,
-       "ode_heun": lambda s: 2 * s - 1, "sde": lambda s: s}
+       "ode_heun": lambda s: 2 * s - 1, "sde": lambda s: s, "dpmpp_2m": lambda s: s}
 
 
 def define_flags(fv: flags.FlagValues) -> None:

@@ -75,10 +75,12 @@ def test_train_throughput(bench, repo):
 
 
 def test_sample_throughput(bench):
-    result = bench("sample_throughput", "--batch_size", "4", "--steps", "3", "--repeats", "1")
+    result = bench("sample_throughput", "--batch_size", "4", "--steps", "3", "--repeats", "1",
+                   "--samplers", "ddim,ode_heun,dpmpp_2m")
     assert positive(result["forward_img_per_s"])
     rows = {r["sampler"]: r for r in result["samplers"]}
     assert rows["ddim"]["nfe"] == 3 and rows["ode_heun"]["nfe"] == 5
+    assert rows["dpmpp_2m"]["nfe"] == 3
     for row in rows.values():
         assert positive(row["img_per_s"]) and positive(row["ratio"])
         assert row["bound_img_per_s"] == pytest.approx(result["forward_img_per_s"] / row["nfe"])
