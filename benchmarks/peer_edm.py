@@ -45,6 +45,16 @@ def load_song_unet(edm_path: str) -> Any:
     return SongUNet
 
 
+def song_unet_kwargs(config: Any) -> dict[str, Any]:
+    """EDM's ``SongUNet`` arguments for this config's DDPM++ ``model`` section and image."""
+    m, d = config.model, config.data
+    return dict(img_resolution=d.image_size, in_channels=d.channels, out_channels=d.channels,
+                model_channels=m.ch, channel_mult=list(m.ch_mult), num_blocks=m.num_res_blocks,
+                attn_resolutions=list(m.attn_resolutions), dropout=m.dropout,
+                embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
+                decoder_type="standard", resample_filter=[1, 1])
+
+
 class TorchStep:
     """One fp32 PyTorch training step of SongUNet (DDPM++), timed like ours."""
 
@@ -53,13 +63,8 @@ class TorchStep:
         import torch
 
         torch.manual_seed(seed)
-        m, d = config.model, config.data
-        self.net = song_unet(
-            img_resolution=d.image_size, in_channels=d.channels, out_channels=d.channels,
-            model_channels=m.ch, channel_mult=list(m.ch_mult), num_blocks=m.num_res_blocks,
-            attn_resolutions=list(m.attn_resolutions), dropout=m.dropout,
-            embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
-            decoder_type="standard", resample_filter=[1, 1]).train()
+        d = config.data
+        self.net = song_unet(**song_unet_kwargs(config)).train()
         layout = torch.channels_last if channels_last else torch.contiguous_format
         self.net = self.net.to(memory_format=layout)
         self.ema = [p.detach().clone() for p in self.net.parameters()]

@@ -11,6 +11,13 @@ is the sampler's number of network evaluations (``steps``; Heun ``2 steps - 1``)
 loop) leaves of the network's rate. Parameters are a fresh init (speed does not depend on
 their values); ``--workdir`` samples a trained run's EMA parameters instead (its latest
 checkpoint, ``Run.from_workdir(...).restore``).
+
+``--edm_path=DIR`` (a checkout of github.com/NVlabs/edm; ``pip install torch==2.13.0 click
+tqdm``, never dependencies of sagd-jax) adds the peer: EDM's own Heun sampler (``edm_sampler``
+of its ``generate.py``, deterministic, EDM's grid) on EDM's preconditioned ``SongUNet`` built
+with this config's DDPM++ settings (fresh init, fp32, NCHW), at the same batch and the same
+network evaluations as our ``ode_heun`` (``num_steps = --steps``: ``2 steps - 1`` each). The two
+alternate ``--repeats`` times in one process; printed: img/s of each and ours over EDM's.
 """
 
 from __future__ import annotations
@@ -40,12 +47,68 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("repeats", 3, "Timed calls (median).", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("workdir", None, "A training workdir: sample its EMA parameters "
                         "(latest checkpoint) instead of a fresh init.", flag_values=fv)
+    flags.DEFINE_string("edm_path", None, "A checkout of github.com/NVlabs/edm: also time "
+                        "EDM's Heun sampler at equal network evaluations.", flag_values=fv)
+
+
+def load_edm_sampler(edm_path: str) -> tuple[Any, Any]:
+    """``(EDMPrecond, edm_sampler)`` from a checkout of github.com/NVlabs/edm."""
+    from benchmarks.peer_edm import load_song_unet
+
+    load_song_unet(edm_path)  # checks the checkout and puts it on the path
+    try:
+        from generate import edm_sampler
+        from training.networks import EDMPrecond
+    except ImportError as err:
+        raise ValueError(f"--edm_path={edm_path}: EDM's generate.py needs {err.name} "
+                         "(pip install click tqdm)") from None
+    return EDMPrecond, edm_sampler
+
+
+def edm_peer(fv: flags.FlagValues, run: Any, ours: Any) -> dict[str, Any]:
+    """Ours (``ours()``: one ode_heun call) against EDM's Heun sampler, alternating."""
+    import time
+
+    import jax
+    import torch
+
+    from benchmarks.peer_edm import song_unet_kwargs
+
+    precond, edm_sampler = load_edm_sampler(fv.edm_path)
+    torch.manual_seed(0)
+    kwargs = song_unet_kwargs(run.config)
+    size, channels = kwargs.pop("img_resolution"), kwargs.pop("in_channels")
+    kwargs.pop("out_channels")
+    net = precond(img_resolution=size, img_channels=channels, model_type="SongUNet",
+                  **kwargs).eval()
+    latents = torch.randn(fv.batch_size, channels, size, size)
+
+    def theirs() -> None:
+        with torch.no_grad():
+            edm_sampler(net, latents, num_steps=fv.steps)
+
+    theirs()  # warm-up (first-call allocations), as ours was compiled before
+    times: dict[str, list[float]] = {"ours": [], "edm": []}
+    for _ in range(fv.repeats):
+        for name, call in (("ours", lambda: jax.block_until_ready(ours())), ("edm", theirs)):
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    rates = {k: fv.batch_size / common.median(v) for k, v in times.items()}
+    nfe = NFE["ode_heun"](fv.steps)
+    print(f"ode_heun vs EDM's Heun sampler, {nfe} network evaluations, batch {fv.batch_size}: "
+          f"ours {rates['ours']:.4g} img/s, EDM {rates['edm']:.4g} img/s, "
+          f"ratio {rates['ours'] / rates['edm']:.3f}", flush=True)
+    return {"nfe": nfe, "ours_img_per_s": rates["ours"], "edm_img_per_s": rates["edm"],
+            "ratio": rates["ours"] / rates["edm"]}
 
 
 def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
     unknown = [s for s in fv.samplers if s not in NFE]
     if unknown:
         raise ValueError(f"--samplers: unknown {unknown}; known: {', '.join(NFE)}")
+    if fv.edm_path:
+        load_edm_sampler(fv.edm_path)  # bad input: one line before anything is measured
 
     import jax
     import jax.numpy as jnp
@@ -86,7 +149,12 @@ def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
               flush=True)
     print(console.table(rows, ["sampler", "steps", "nfe", "img_per_s", "bound_img_per_s",
                                "ratio"]))
-    return {"batch_size": fv.batch_size, "forward_img_per_s": forward_rate, "samplers": rows}
+    result = {"batch_size": fv.batch_size, "forward_img_per_s": forward_rate, "samplers": rows}
+    if fv.edm_path:
+        heun = get_sampler("ode_heun")
+        result["edm_peer"] = edm_peer(fv, run, lambda: heun(
+            run.process, eps_fn, jax.random.key(2), full_shape, fv.steps))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

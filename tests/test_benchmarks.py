@@ -205,6 +205,14 @@ def test_peer_benchmark_needs_an_edm_checkout(run_cli, tmp_path):
     assert result.returncode == 2 and "NVlabs/edm" in result.stderr
 
 
+def test_sampling_peer_needs_an_edm_checkout(run_cli, tmp_path):
+    result = run_cli("benchmarks.sample_throughput", "--config=configs/quickstart.py",
+                     "--edm_path", str(tmp_path))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "NVlabs/edm" in lines[0]
+    assert result.stdout == ""  # refused before anything is measured
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_run_from_any_directory(script, repo, tmp_path):
     """``python benchmarks/NAME.py`` from another folder finds the repository's packages (a
