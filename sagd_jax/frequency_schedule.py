@@ -159,10 +159,9 @@ class FrequencySchedule:
         t = jnp.linspace(max(schedule.t_min, 1e-6), 1.0, CHECK_POINTS, dtype=jnp.float32)
         _, g2 = jax.jit(self.sde, static_argnums=0)(schedule, t)
         scale = jnp.max(jnp.abs(g2), axis=(-2, -1))
-        worst = float(jnp.min(g2 / jnp.maximum(scale, 1e-30)[:, None, None]))
-        if worst < -1e-4:
-            index = int(jnp.argmin(jnp.min(g2 / jnp.maximum(scale, 1e-30)[:, None, None],
-                                           axis=(-2, -1))))
+        lowest = jnp.min(g2 / jnp.maximum(scale, 1e-30)[:, None, None], axis=(-2, -1))
+        if float(jnp.min(lowest)) < -1e-4:
+            index = int(jnp.argmin(lowest))
             raise ValueError(
                 f"noise_exponent_start={self.exponent_start:g}: some frequency's signal-to-"
                 f"noise ratio rises with t near t={float(t[index]):.3g} (g2_k < 0); the "

@@ -14,16 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from sagd_jax.process import DiffusionProcess
+from sagd_jax.process import DiffusionProcess, safe_divide
 from sagd_jax.schedules import time_grid
 from sagd_jax.spectral import Band, apply_multiplier, spectral_weights
 from sagd_jax.time_grids import check_times
-
-
-def _safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
-    """``num / den`` where ``den > 0``, 0 elsewhere (``0/0`` bins are outside both supports)."""
-    positive = den > 0
-    return jnp.where(positive, num / jnp.where(positive, den, 1.0), 0.0)
 
 
 @struct.dataclass
@@ -76,11 +70,10 @@ class GaussianData:
     def eps(self, process: DiffusionProcess, x_t: jax.Array, t: jax.Array) -> jax.Array:
         """The exact ``E[eps | x_t]``; ``x_t: (B, H, W, C)``, ``t``: scalar or ``(B,)``."""
         if process.shaping is not None:
-            _, s2 = process.spectral_coefficients(jnp.asarray(t, jnp.float32))
-            return apply_multiplier(
-                x_t, _safe_divide(jnp.sqrt(s2), self.marginal_spectrum(process, t)))
+            a, s2 = process.spectral_coefficients(jnp.asarray(t, jnp.float32))
+            return apply_multiplier(x_t, safe_divide(jnp.sqrt(s2), a**2 * self.spectrum + s2))
         _, sigma = process.coefficients(t)
-        gain = _safe_divide(
+        gain = safe_divide(
             sigma[..., None, None] * jnp.sqrt(process.cov.weights),
             self.marginal_spectrum(process, t),
         )
@@ -88,7 +81,7 @@ class GaussianData:
 
     def score(self, process: DiffusionProcess, x_t: jax.Array, t: jax.Array) -> jax.Array:
         """The exact score ``-(alpha_t^2 C + sigma_t^2 Sigma)^+ x_t``."""
-        return -apply_multiplier(x_t, _safe_divide(1.0, self.marginal_spectrum(process, t)))
+        return -apply_multiplier(x_t, safe_divide(1.0, self.marginal_spectrum(process, t)))
 
     def eps_fn(self, process: DiffusionProcess) -> jax.tree_util.Partial:
         """The exact model as a sampler-ready ``eps_fn(x, t)`` (a pytree: jit reuses it)."""

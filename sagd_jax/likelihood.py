@@ -44,9 +44,8 @@ BIN_WIDTH = 2.0 / 255.0  # one 8-bit level in model units
 
 def supported_dimensions(process: DiffusionProcess, channels: int) -> int:
     """``D``: channels x the full-grid DFT bins where ``w > 0``."""
-    support = np.asarray(process.cov.support, np.float64)
-    mult = half_plane_multiplicity(process.cov.height, process.cov.width)
-    return int(round(float((support * mult).sum()))) * channels
+    cov = process.cov
+    return int(round(float(cov.support_fraction) * cov.height * cov.width)) * channels
 
 
 def prior_log_density(process: DiffusionProcess, x: jax.Array) -> jax.Array:

@@ -158,7 +158,9 @@ def load_condition(path: str, image_shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"--condition={path}: images of shape {images.shape}, the run's are "
                          f"(N, {', '.join(map(str, image_shape))})")
     if images.dtype == np.uint8:
-        return images.astype(np.float32) / 127.5 - 1.0
+        from sagd_jax.data import to_float
+
+        return to_float(images)
     if not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all():
         raise ValueError(f"--condition={path}: expected finite float or uint8 images, got "
                          f"{images.dtype}")

@@ -23,6 +23,7 @@ import numpy as np
 
 from sagd_jax import validate
 from sagd_jax.schedules import time_grid
+from sagd_jax.spectral import half_plane_multiplicity
 
 GRIDS = ("uniform", "edm", "snr", "logsnr")
 # ``auto``: the grid that won every row of README's table (exact bias at 10-100 network
@@ -35,6 +36,13 @@ TABLE_POINTS = 4001  # times on which the grids are inverted
 def _table(t_min: float) -> np.ndarray:
     """Dense times from ``t_min`` to 1 (float64), for inverting monotone functions of t."""
     return np.linspace(t_min, 1.0, TABLE_POINTS)
+
+
+def _log_noise_ratio(schedule) -> tuple[np.ndarray, np.ndarray]:
+    """``(table, log(sigma_t / alpha_t))`` on ``_table``: increasing in t."""
+    table = _table(schedule.t_min)
+    alpha, sigma = (np.asarray(v, np.float64) for v in schedule.alpha_sigma(jnp.asarray(table)))
+    return table, np.log(sigma / alpha)
 
 
 def _invert(values: np.ndarray, table: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -62,9 +70,7 @@ def edm_grid(schedule, steps: int, rho: float = EDM_RHO) -> np.ndarray:
     """Karras et al.'s noise levels ``r = sigma / alpha`` (module docstring) as times."""
     if steps == 1:
         return np.ones(1)
-    table = _table(schedule.t_min)
-    alpha, sigma = (np.asarray(v, np.float64) for v in schedule.alpha_sigma(jnp.asarray(table)))
-    log_ratio = np.log(sigma / alpha)
+    table, log_ratio = _log_noise_ratio(schedule)
     r_max, r_min = np.exp(log_ratio[-1]), np.exp(log_ratio[0])
     u = np.linspace(0.0, 1.0, steps)
     ratios = (r_max ** (1 / rho) + u * (r_min ** (1 / rho) - r_max ** (1 / rho))) ** rho
@@ -75,9 +81,7 @@ def logsnr_grid(schedule, steps: int) -> np.ndarray:
     """Times uniform in ``log(alpha / sigma)`` from t = 1 to ``t_min``."""
     if steps == 1:
         return np.ones(1)
-    table = _table(schedule.t_min)
-    alpha, sigma = (np.asarray(v, np.float64) for v in schedule.alpha_sigma(jnp.asarray(table)))
-    log_ratio = np.log(sigma / alpha)  # -lambda: increasing in t
+    table, log_ratio = _log_noise_ratio(schedule)  # -lambda
     return _snap(_invert(log_ratio, table, np.linspace(log_ratio[-1], log_ratio[0], steps)),
                  schedule)
 
@@ -85,8 +89,6 @@ def logsnr_grid(schedule, steps: int) -> np.ndarray:
 def snr_grid(process, steps: int, spectrum: np.ndarray, rho: float = EDM_RHO) -> np.ndarray:
     """Steps placed by the per-frequency transitions of the data ``spectrum`` (``(H, W//2+1)``,
     the per-bin variance ``c``) under ``process`` (module docstring)."""
-    from sagd_jax.spectral import half_plane_multiplicity
-
     schedule = process.schedule
     if steps == 1:
         return np.ones(1)
@@ -97,8 +99,8 @@ def snr_grid(process, steps: int, spectrum: np.ndarray, rho: float = EDM_RHO) ->
     table = _table(schedule.t_min)
     a, s2 = (np.asarray(v, np.float64) for v in
              process.spectral_coefficients(jnp.asarray(table, jnp.float32)))
-    weight = np.broadcast_to(half_plane_multiplicity(*process.cov.weights.shape[:1],
-                                                     process.cov.width), c.shape)
+    weight = np.broadcast_to(half_plane_multiplicity(process.cov.height, process.cov.width),
+                             c.shape)
     used = (np.asarray(process.cov.weights) > 0) & (c > 0)
     if not used.any():
         raise ValueError("reference spectrum: no frequency with both signal and noise")
