@@ -101,7 +101,7 @@ class Condition:
         """``x`` (the prior draw at t = 1) with its known bins drawn from ``q(x_1 | x0)``."""
         a, s2 = process.spectral_coefficients(jnp.ones((x.shape[0],), jnp.float32))
         z = jax.random.normal(key, x.shape, jnp.float32)
-        return combine((x, (1.0 - self.known) * jnp.ones_like(s2)), (self.images, self.known * a),
+        return combine((x, 1.0 - self.known), (self.images, self.known * a),
                        (z, self.known * jnp.sqrt(s2)))
 
     def step(self, process: DiffusionProcess, x_t: jax.Array, x_s: jax.Array, t: jax.Array,
@@ -114,7 +114,7 @@ class Condition:
         _, s2_t = process.spectral_coefficients(t)
         m_0 = jnp.where(s2_t > 0, m_0, a_s)
         z = jax.random.normal(key, x_s.shape, jnp.float32)
-        return combine((x_s, (1.0 - self.known) * jnp.ones_like(var)), (x_t, self.known * m_x),
+        return combine((x_s, 1.0 - self.known), (x_t, self.known * m_x),
                        (self.images, self.known * m_0), (z, self.known * jnp.sqrt(var)))
 
     def finish(self, x0_hat: jax.Array) -> jax.Array:
@@ -133,7 +133,7 @@ def _run(
     key: jax.Array,
     options: dict[str, jax.Array],
     condition: Condition | None,
-    times: jax.Array,
+    times: jax.Array | None,
     *,
     update: Update,
     shape: tuple[int, ...],
@@ -141,7 +141,10 @@ def _run(
     sharding: jax.sharding.Sharding | None,
 ) -> jax.Array:
     """Prior draw, ``steps - 1`` updates along the time grid ``times`` (float32
-    ``(steps,)``), then the Tweedie denoiser."""
+    ``(steps,)``; ``None``: the uniform grid as a compile-time constant, the program the
+    default samplers have always compiled), then the Tweedie denoiser."""
+    if times is None:
+        times = jnp.asarray(time_grid(process.schedule, steps), jnp.float32)
     batch = jnp.ones((shape[0],), jnp.float32)
 
     def constrain(x: jax.Array) -> jax.Array:
@@ -217,9 +220,10 @@ def _make_sampler(
             raise ValueError(
                 f"shape={shape}: expected (B, {process.cov.height}, {process.cov.width}, C)"
             )
-        grid = time_grid(process.schedule, steps)  # validates steps before tracing
-        if times is not None:
-            grid = check_times(times, process.schedule, steps)
+        uniform = time_grid(process.schedule, steps)  # validates steps before tracing
+        if times is not None:  # the uniform grid compiles as the default's constant
+            times = check_times(times, process.schedule, steps)
+            times = None if np.array_equal(times, uniform) else jnp.asarray(times, jnp.float32)
         unknown = sorted(set(options) - set(option_names))
         if unknown:
             raise ValueError(f"sampler {name!r} takes no option(s) {unknown}")
@@ -229,9 +233,8 @@ def _make_sampler(
         if condition is not None and (condition.images.shape[:3] != shape[:3]
                                       or condition.images.shape[3] not in (1, shape[3])):
             raise ValueError(f"condition images {condition.images.shape}: expected {shape}")
-        return _run(process, as_pytree_fn(eps_fn), key, opts, condition,
-                    jnp.asarray(grid, jnp.float32), update=update, shape=shape, steps=steps,
-                    sharding=sharding)
+        return _run(process, as_pytree_fn(eps_fn), key, opts, condition, times,
+                    update=update, shape=shape, steps=steps, sharding=sharding)
 
     sampler.__name__ = sampler.__qualname__ = name
     sampler.__doc__ = doc
@@ -279,7 +282,7 @@ def _ddim_update(process, eps_fn, x, t, s, key, options):
         a_s, s2_s = process.spectral_coefficients(s)
         noise_var = options.get("eta", 0.0) ** 2 * _spectral_posterior(process, t, s)[2]
         z = jax.random.normal(key, x.shape, jnp.float32)
-        return combine((x0_hat, a_s * jnp.ones_like(s2_s)),
+        return combine((x0_hat, a_s),
                        (eps, jnp.sqrt(jnp.maximum(s2_s - noise_var, 0.0))),
                        (z, jnp.sqrt(noise_var)))
     _, var = _posterior(process, x, x0_hat, t, s)
@@ -297,8 +300,7 @@ def ode_velocity(process: DiffusionProcess, eps_fn: EpsFn, x: jax.Array, t: jax.
     if process.shaping is not None:
         f, g2 = process.spectral_sde(t)
         _, s2 = process.spectral_coefficients(t)
-        return combine((x, f * jnp.ones_like(g2)),
-                       (eps_fn(x, t), safe_divide(g2, 2.0 * jnp.sqrt(s2))))
+        return combine((x, f), (eps_fn(x, t), safe_divide(g2, 2.0 * jnp.sqrt(s2))))
     f, g2 = (expand_to(c, x) for c in process.sde(t))
     _, sigma = process.coefficients(t)
     return f * x + g2 / (2.0 * expand_to(sigma, x)) * process.cov.sqrt(eps_fn(x, t))
