@@ -29,8 +29,16 @@ def run_experiment(run_cli, tmp_path, monkeypatch):
 
 
 def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
+    refused = run_cli(DRIVER, "--experiment=t0_grf", "--tiny", "--arms=masked-band,nope",
+                      f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'docs'}")
+    assert refused.returncode == 2 and "--arms: experiment t0_grf has no arm nope" in \
+        refused.stderr and not (tmp_path / "runs").exists()
+    # --arms trains only the named arm, and the report covers the arms that have finished.
+    only, results, _ = run_experiment("t0_grf", "--arms=masked-band")
+    assert "training masked-band" in only.stderr and "full-support" not in only.stderr
+    assert [r["arm"] for r in results["rows"]] == ["masked-band"]
     first, results, out = run_experiment("t0_grf")
-    assert "training full-support" in first.stderr and "training masked-band" in first.stderr
+    assert "training full-support" in first.stderr and "training masked-band" not in first.stderr
     assert [r["arm"] for r in results["rows"]] == ["full-support", "masked-band"]
     assert "| full-support | 2 |" in first.stdout
     for arm in ("full-support", "masked-band"):

@@ -550,12 +550,19 @@ def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
 
 
 def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bool,
-                   max_arms: int | None = None, clip_x0: float | None = None) -> str:
+                   max_arms: int | None = None, clip_x0: float | None = None,
+                   train_only: Sequence[str] | None = None) -> str:
     """Train (or resume), sample and judge the arms of experiment ``name`` and regenerate its
-    report; returns the Markdown table."""
+    report; returns the Markdown table. ``train_only``: train just these arms (by name); the
+    report still covers every arm that has finished training."""
     from sagd_jax.workdir import Workdir
 
     exp = EXPERIMENTS[name]
+    if train_only is not None:
+        unknown = sorted(set(train_only) - {arm.name for arm in exp.arms})
+        if unknown:
+            raise ValueError(f"--arms: experiment {name} has no arm {', '.join(unknown)} "
+                             f"(its arms: {', '.join(arm.name for arm in exp.arms)})")
     if clip_x0 is not None:
         from sagd_jax.sample import SampleRequest
 
@@ -572,7 +579,7 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
     extra: dict[str, Any] = {} if clip_x0 is None else {"clip_x0": clip_x0}
     for arm in exp.arms[:max_arms]:
         workdir = os.path.join(root, name, arm.name)
-        if not skip_training:
+        if not skip_training and (train_only is None or arm.name in train_only):
             train(arm, workdir, extra_overrides)
         if not finished(arm, workdir, extra_overrides):
             continue  # not trained yet (--skip_training): no samples from an unfinished run
@@ -652,6 +659,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                          "train nothing.", flag_values=fv)
     flags.DEFINE_integer("max_arms", None, "Only the first N arms.", lower_bound=1,
                          flag_values=fv)
+    flags.DEFINE_list("arms", None, "Train only these arms (comma-separated names); the "
+                      "report still covers every arm that has finished training.",
+                      flag_values=fv)
     flags.DEFINE_float("clip_x0", None, "Sample with x0_hat clipped to [-C, C]; report to "
                        "OUT/<experiment>-clipC.", flag_values=fv)
     flags.DEFINE_boolean("check", False, "Validate every arm's config (and data) of every "
@@ -670,7 +680,7 @@ def body(fv: flags.FlagValues) -> int | None:
         return None
     try:
         print(run_experiment(fv.experiment, fv.root, fv.out, fv.tiny, fv.skip_training,
-                             fv.max_arms, fv.clip_x0))
+                             fv.max_arms, fv.clip_x0, fv.arms))
     except TrainingFailed as err:
         sys.stdout.flush()
         print(f"error: {err}", file=sys.stderr, flush=True)
