@@ -1,9 +1,13 @@
-"""Where the train step spends its time: a jax profiler trace of a few steps, summarised.
+"""Where the train step (or the sampler's network forward) spends its time: a jax profiler
+trace of a few calls, summarised.
 
     python benchmarks/profile_step.py --batch_size=32              # DDPM++ 64 ch
     python benchmarks/profile_step.py --config=configs/quickstart.py --trace_dir=/tmp/trace
+    python benchmarks/profile_step.py --what=forward --batch_size=16   # what a sampler runs
 
-Traces ``--steps`` calls of the bare train step (``Run.train_step``, after a warm-up) with
+Traces ``--steps`` calls of the bare train step (``Run.train_step``, after a warm-up), or with
+``--what=forward`` of the network as a sampler calls it (``Run.eps_fn`` on EMA parameters of a
+fresh init, jitted, at ``t = 0.5``), with
 ``jax.profiler.trace`` and sums the durations of the XLA operations by kind (the HLO
 instruction name up to its first ``.``: ``convolution``, ``dot``, ``fusion``, ``reduce``,
 ...), printing each kind's share of the traced op time and the largest single operations. The
@@ -58,6 +62,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("steps", 2, "Traced steps.", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("trace_dir", None, "Where the trace goes (default: a new temporary "
                         "folder).", flag_values=fv)
+    flags.DEFINE_enum("what", "train", ["train", "forward"], "Profile the train step or the "
+                      "sampler's network forward.", flag_values=fv)
     flags.DEFINE_integer("top", 15, "Rows of each table.", lower_bound=1, flag_values=fv)
 
 
@@ -73,10 +79,21 @@ def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
 
     batch = jax.random.uniform(jax.random.key(0), (config.train.batch_size, *run.image_shape),
                                minval=-1.0, maxval=1.0)
-    step = BareStep(run, batch)
+    if fv.what == "train":
+        calls = BareStep(run, batch).run
+    else:
+        import jax.numpy as jnp
+
+        eps_fn = run.eps_fn(run.init_state(common.default_mesh()).ema_params)
+        forward = jax.jit(lambda f, x, t: f(x, t))
+        t = jnp.full((batch.shape[0],), 0.5)
+        jax.block_until_ready(forward(eps_fn, batch, t))  # compile and warm up
+
+        def calls(n: int) -> list[float]:
+            return common.timed(lambda: forward(eps_fn, batch, t), n)
     trace_dir = fv.trace_dir or tempfile.mkdtemp(prefix="sagd-trace-")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        wall = sum(step.run(fv.steps))
+        wall = sum(calls(fv.steps))
     totals = op_times(trace_dir)
     traced = sum(totals.values())
     kinds: dict[str, float] = collections.defaultdict(float)
@@ -90,7 +107,8 @@ def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
     top_ops = [{"op": name, "ms_per_step": micros / 1e3 / fv.steps, "share": micros / traced}
                for name, micros in sorted(totals.items(), key=lambda kv: -kv[1])[:fv.top]]
     print(console.table(top_ops, ["op", "ms_per_step", "share"]))
-    return {"batch_size": config.train.batch_size, "wall_s_per_step": wall / fv.steps,
+    return {"what": fv.what, "batch_size": config.train.batch_size,
+            "wall_s_per_step": wall / fv.steps,
             "kinds": rows, "top_ops": top_ops}
 
 

@@ -12,10 +12,10 @@ import pytest
 
 TINY = ["--config=configs/quickstart.py", "--config.model.ch=8", "--config.model.num_groups=2",
         "--config.model.attn_resolutions=()", "--config.data.num_examples=64"]
-SCRIPTS = ["conv_grad", "input_pipeline", "model_cost", "peer_edm", "profile_step", "remat_memory",
-           "sample_throughput", "sampler_bias", "scaling", "spectral_cost", "train_throughput",
-           "compile_cache", "grad_accum_memory", "fsdp_memory", "experiments/run",
-           "experiments/ode_check"]
+SCRIPTS = ["conv_forward", "conv_grad", "input_pipeline", "model_cost", "peer_edm", "profile_step",
+           "remat_memory", "sample_throughput", "sampler_bias", "scaling", "spectral_cost",
+           "train_throughput", "compile_cache", "grad_accum_memory", "fsdp_memory",
+           "experiments/run", "experiments/ode_check"]
 
 
 @pytest.fixture
@@ -269,3 +269,36 @@ def test_fsdp_memory(repo, tmp_path):
     assert [(r["data"], r["fsdp"]) for r in rows] == [(4, 1), (2, 2), (1, 4)]
     ratios = [r["vs_replicated"] for r in rows]
     assert ratios[0] == 1 and 1.9 < ratios[1] < 2 and 3.8 < ratios[2] < 4  # small arrays whole
+
+
+@pytest.mark.parametrize("what", ["train", "forward"])
+def test_profile_step_sums_the_traced_operations(bench, tmp_path, what):
+    result = bench("profile_step", "--batch_size=2", "--steps=1", f"--what={what}",
+                   f"--trace_dir={tmp_path / 'trace'}")
+    assert result["what"] == what and positive(result["wall_s_per_step"])
+    shares = [row["share"] for row in result["kinds"]]
+    assert shares and abs(sum(shares) - 1) < 1e-9 and all(s > 0 for s in shares)
+    assert all(positive(row["ms_per_step"]) for row in result["top_ops"])
+
+
+def test_conv_forward_finds_every_convolution_of_the_forward(bench, repo):
+    import jax
+
+    from benchmarks.common import default_mesh
+    from sagd_jax.config import load_config_file
+    from sagd_jax.run import Run
+
+    result = bench("conv_forward", "--batch_size=2", "--repeats=1")
+    config = load_config_file(os.path.join(repo, "configs/quickstart.py"),
+                              [arg[len("--config."):].split("=", 1) for arg in TINY[1:]])
+    params = Run.from_config(config, load_data=False, device_count=1).init_state(
+        default_mesh()).ema_params
+    # every spatial kernel is one convolution of the forward (1x1 ones run as matmuls)
+    kernels = [leaf for leaf in jax.tree.leaves(params) if leaf.ndim == 4 and leaf.shape[0] > 1]
+    assert sum(row["count"] for row in result["convolutions"]) == len(kernels)
+    assert {row["kernel"] for row in result["convolutions"]} == {
+        "x".join(map(str, k.shape)) for k in kernels}
+    assert all(row["input"].startswith("2x") for row in result["convolutions"])
+    xla, torch = result["xla_conv_ms"], result["torch_conv_ms"]
+    assert positive(xla) and positive(torch) and positive(result["forward_ms"])
+    assert abs(result["xla_over_torch"] - xla / torch) < 1e-9
