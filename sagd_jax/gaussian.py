@@ -96,9 +96,11 @@ def _exact_eps(
 
 def sampler_output_spectrum(
     process: DiffusionProcess, data: GaussianData, sampler: str, steps: int, eta: float = 0.0,
-    times: np.ndarray | None = None,
-) -> np.ndarray:
-    """Exact per-frequency variance of a sampler's output on this data, float64 ``(H, W//2+1)``.
+    times: np.ndarray | None = None, trajectory: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Exact per-frequency variance of a sampler's output on this data, float64 ``(H, W//2+1)``;
+    with ``trajectory``, also that of each iterate, ``(steps - 1, H, W//2+1)`` (what the
+    sampler's ``record_power`` measures; the forward marginal's is ``A_t^2 c + S_t^2``).
 
     With the exact ``eps_fn`` every sampler of ``sagd_jax.samplers`` is, frequency by frequency,
     a linear recursion ``x' = m x + noise`` on the same time grid, so the variance of its output
@@ -142,6 +144,12 @@ def sampler_output_spectrum(
         return f + ratio(g2, 2.0 * marginal(t))
 
     var = coef(times[0])[1].copy()
+    path: list[np.ndarray] = []  # each iterate's variance
+
+    def result(final: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        return (final, np.stack(path) if path else np.zeros((0, *shape))) if trajectory \
+            else final
+
     if sampler == "dpmpp_2m":  # deterministic, two-step: x_i = gain_i x_T per bin
         gain, x0_prev, h_prev = np.ones_like(c), None, None
         for t, s in zip(times[:-1], times[1:], strict=True):
@@ -155,7 +163,8 @@ def sampler_output_spectrum(
             d = x0 if x0_prev is None else (1 + half_inv_r) * x0 - half_inv_r * x0_prev
             gain = np.where(support, np.sqrt(ratio(s2_s, s2_t)) * gain + scale * d, 0.0)
             x0_prev, h_prev = x0, h
-        return (denoise(times[-1]) * gain) ** 2 * var
+            path.append(gain**2 * var)
+        return result((denoise(times[-1]) * gain) ** 2 * var)
     for t, s in zip(times[:-1], times[1:], strict=True):
         a_t, s2_t = coef(t)
         a_s, s2_s = coef(s)
@@ -182,4 +191,5 @@ def sampler_output_spectrum(
             var = m**2 * var + g2 * (-h)
         else:
             raise ValueError(f"sampler={sampler!r}: unknown")
-    return denoise(times[-1]) ** 2 * var
+        path.append(var)
+    return result(denoise(times[-1]) ** 2 * var)

@@ -25,6 +25,10 @@ Every sampler has the signature ``sampler(process, eps_fn, key, shape, steps, **
   ``Sigma`` masks out starts at 0 and stays 0 (selective omission); the returned samples are
   projected onto the support of ``Sigma`` to remove round-off there.
 
+* ``record_power=True``: return ``(samples, power)`` with ``power[i]`` the mean power per
+  frequency bin (``mean_power``) of the iterate at grid time ``i + 1``, float32
+  ``(steps - 1, H, W // 2 + 1)``: where a trajectory leaves the forward marginal
+  (``benchmarks/experiments/drift_check.py``). The samples are the same as without it.
 * ``condition`` (optional, a ``Condition``): band-conditional generation: the known frequency
   bins of given images are kept on their forward path and returned exactly; the sampler fills
   in the rest (spectral super-resolution, band inpainting).
@@ -126,7 +130,8 @@ class Condition:
 _CONDITION_STREAM = 0x636F6E64
 
 
-@functools.partial(jax.jit, static_argnames=("update", "shape", "steps", "sharding"))
+@functools.partial(jax.jit,
+                   static_argnames=("update", "shape", "steps", "sharding", "record_power"))
 def _run(
     process: DiffusionProcess,
     eps_fn: jax.tree_util.Partial,
@@ -139,10 +144,12 @@ def _run(
     shape: tuple[int, ...],
     steps: int,
     sharding: jax.sharding.Sharding | None,
-) -> jax.Array:
+    record_power: bool = False,
+) -> Any:
     """Prior draw, ``steps - 1`` updates along the time grid ``times`` (float32
     ``(steps,)``; ``None``: the uniform grid as a compile-time constant, the program the
-    default samplers have always compiled), then the Tweedie denoiser."""
+    default samplers have always compiled), then the Tweedie denoiser. ``record_power``: also
+    return each iterate's ``mean_power``, float32 ``(steps - 1, H, W // 2 + 1)``."""
     if times is None:
         times = jnp.asarray(time_grid(process.schedule, steps), jnp.float32)
     batch = jnp.ones((shape[0],), jnp.float32)
@@ -169,13 +176,22 @@ def _run(
             x_s = condition.step(process, x, x_s, t, s, jax.random.fold_in(condition_key, i + 1))
         return (constrain(x_s), memory) if multistep else constrain(x_s)
 
+    carry: Any = x
     if multistep:
-        memory = {"x0": jnp.zeros(shape, jnp.float32),
-                  "h": jnp.zeros((shape[0], *process.cov.weights.shape), jnp.float32),
-                  "count": jnp.int32(0)}
-        x, _ = jax.lax.fori_loop(0, steps - 1, body, (x, memory))
+        carry = (x, {"x0": jnp.zeros(shape, jnp.float32),
+                     "h": jnp.zeros((shape[0], *process.cov.weights.shape), jnp.float32),
+                     "count": jnp.int32(0)})
+    if record_power:  # the same loop, also writing each iterate's mean power per bin
+        def recording_body(i: jax.Array, both: Any) -> Any:
+            inner, power = both
+            inner = body(i, inner)
+            return inner, power.at[i].set(mean_power(inner[0] if multistep else inner))
+
+        carry, power = jax.lax.fori_loop(0, steps - 1, recording_body, (carry, jnp.zeros(
+            (steps - 1, *process.cov.weights.shape), jnp.float32)))
     else:
-        x = jax.lax.fori_loop(0, steps - 1, body, x)
+        carry = jax.lax.fori_loop(0, steps - 1, body, carry)
+    x = carry[0] if multistep else carry
     t_last = times[-1] * batch
     x0_hat, _ = _denoise(process, x, t_last, eps_fn(x, t_last), options)
     # Off the support of Sigma the exact dynamics keep the prior's zeros; projecting removes
@@ -184,7 +200,14 @@ def _run(
     x0_hat = process.cov.project(x0_hat)
     if condition is not None:
         x0_hat = condition.finish(x0_hat)
-    return constrain(x0_hat)
+    return (constrain(x0_hat), power) if record_power else constrain(x0_hat)
+
+
+def mean_power(x: jax.Array) -> jax.Array:
+    """Mean power ``|F x|^2`` (unitary rfft) per frequency bin over the batch and channels:
+    ``(B, H, W, C)`` -> float32 ``(H, W // 2 + 1)``."""
+    spectrum = jnp.fft.rfft2(x.astype(jnp.float32), axes=(1, 2), norm="ortho")
+    return jnp.mean(jnp.abs(spectrum) ** 2, axis=(0, 3))
 
 
 def _denoise(
@@ -213,8 +236,9 @@ def _make_sampler(
         sharding: jax.sharding.Sharding | None = None,
         condition: Condition | None = None,
         times: np.ndarray | None = None,
+        record_power: bool = False,
         **options: float,
-    ) -> jax.Array:
+    ) -> Any:
         shape = tuple(int(d) for d in shape)
         if len(shape) != 4 or shape[1:3] != (process.cov.height, process.cov.width):
             raise ValueError(
@@ -234,7 +258,8 @@ def _make_sampler(
                                       or condition.images.shape[3] not in (1, shape[3])):
             raise ValueError(f"condition images {condition.images.shape}: expected {shape}")
         return _run(process, as_pytree_fn(eps_fn), key, opts, condition, times,
-                    update=update, shape=shape, steps=steps, sharding=sharding)
+                    update=update, shape=shape, steps=steps, sharding=sharding,
+                    record_power=bool(record_power))
 
     sampler.__name__ = sampler.__qualname__ = name
     sampler.__doc__ = doc

@@ -15,7 +15,7 @@ TINY = ["--config=configs/quickstart.py", "--config.model.ch=8", "--config.model
 SCRIPTS = ["conv_forward", "conv_grad", "input_pipeline", "model_cost", "peer_edm", "profile_step",
            "remat_memory", "sample_throughput", "sampler_bias", "scaling", "spectral_cost",
            "train_throughput", "compile_cache", "grad_accum_memory", "fsdp_memory",
-           "experiments/run", "experiments/ode_check"]
+           "experiments/run", "experiments/ode_check", "experiments/drift_check"]
 
 
 @pytest.fixture

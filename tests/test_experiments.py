@@ -73,6 +73,30 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     assert "rms_to_reference" not in stats["ddpm4"]
     assert stats["data"]["pixel_std"] > 0 and (check / "ode_check.png").exists()
 
+    # The drift check on the same run: the exact Gaussian model stays on the forward marginal
+    # as the exact recursion for a Gaussian of the measured spectrum says (both ~1).
+    workdir = tmp_path / "runs" / "t0_grf" / "full-support"
+    for model in ("exact", "ema"):
+        result = run_cli("benchmarks.experiments.drift_check", f"--workdir={workdir}",
+                         f"--out={tmp_path / f'drift_{model}'}", f"--model={model}",
+                         "--samplers=ddpm,ode_heun", "--steps=20", "--num_samples=256",
+                         "--every=5")
+        assert result.returncode == 0, result.stderr[-3000:]
+        drift = json.loads((tmp_path / f"drift_{model}" / "drift_check.json").read_text())
+        assert drift["times"] == sorted(drift["times"], reverse=True) and len(
+            drift["times"]) == 4
+        for row in drift["samplers"].values():
+            measured, gaussian = (np.array(row[k], float) for k in ("ratio", "gaussian_ratio"))
+            assert measured.shape == gaussian.shape == (4, 16)
+            ok = np.isfinite(gaussian)
+            assert ok.sum() > 20 and np.all(measured[ok] > 0)
+            if model == "exact":
+                assert np.abs(np.log(measured[ok] / gaussian[ok])).max() < 0.25
+    refused = run_cli("benchmarks.experiments.drift_check", f"--workdir={workdir}",
+                      f"--out={tmp_path / 'drift_bad'}", "--samplers=ddpm,nope")
+    assert refused.returncode == 2 and "nope" in refused.stderr
+    assert not (tmp_path / "drift_bad").exists()
+
 
 @pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission",
