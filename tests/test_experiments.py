@@ -92,6 +92,28 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
             assert ok.sum() > 20 and np.all(measured[ok] > 0)
             if model == "exact":
                 assert np.abs(np.log(measured[ok] / gaussian[ok])).max() < 0.25
+    # The Gaussian floor column: a Gaussian of the run's measured spectrum, sampled exactly,
+    # gives the floor's spectrum error up to Monte Carlo; more steps lower it.
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.experiments.run import gaussian_floor
+    from sagd_jax.gaussian import GaussianData
+    from sagd_jax.metrics.spectra import power_spectrum, radial_average, spectrum_log_error
+    from sagd_jax.run import Run
+    from sagd_jax.samplers import get_sampler
+
+    floor = gaussian_floor(str(workdir), "ddpm", 10)["gaussian_floor"]
+    assert gaussian_floor(str(workdir), "ddpm", 200)["gaussian_floor"] < floor
+    run = Run.from_workdir(str(workdir))
+    c = np.asarray(run.power_spectrum(), np.float64)
+    h, w, ch = run.image_shape
+    gaussian = GaussianData(spectrum=jnp.asarray(c, jnp.float32), height=h, width=w)
+    x = get_sampler("ddpm")(run.process, gaussian.eps_fn(run.process), jax.random.key(0),
+                            (4096, h, w, ch), 10)
+    measured = spectrum_log_error(radial_average(power_spectrum(np.asarray(x)), w)[1],
+                                  radial_average(c, w)[1])
+    assert floor > 0.05 and abs(measured - floor) < 0.1 * floor, (measured, floor)
     refused = run_cli("benchmarks.experiments.drift_check", f"--workdir={workdir}",
                       f"--out={tmp_path / 'drift_bad'}", "--samplers=ddpm,nope")
     assert refused.returncode == 2 and "nope" in refused.stderr
@@ -115,6 +137,8 @@ def test_parameterization_experiment_samples_each_arm_with_every_sampler(run_exp
     assert names[:3] == ["eps", "eps (ddim 100)", "eps (ode_heun 50)"]
     for row in results["rows"][:3]:
         assert row["spectrum_err"] >= 0 and 0 <= row["outside_range"] <= 1
+        assert row["gaussian_floor"] > 0  # each sampler's own floor (2 steps: far from 0)
+    assert len({row["gaussian_floor"] for row in results["rows"][:3]}) == 3
 
 
 @pytest.mark.needs_fashion_mnist

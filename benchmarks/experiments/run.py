@@ -92,6 +92,9 @@ class Experiment:
     exact_floor: bool = False
     # The training data judged like the samples: the floor of every metric.
     data_rows: bool = True
+    # ``gaussian_floor``: the spectrum error a perfect model of the data's Gaussian part would
+    # reach with each arm's process and the sampler: the sampler's own share (exact).
+    gaussian_floor: bool = False
     # The samples also judged in the Inception features (FID, KID, IS) against the reference of
     # the arm's ``eval.reference_split`` / ``eval.reference_images``.
     inception: bool = False
@@ -172,20 +175,21 @@ EXPERIMENTS = {
     "fitted_patches": Experiment(
         _fitted_arms("natural_patches"),
         "Noise weights fitted to the data vs hand-set gamma on natural patches",
-        num_samples=500),
+        num_samples=500, gaussian_floor=True),
     "fitted_fashion": Experiment(
         _fitted_arms("fashion_mnist"),
-        "Noise weights fitted to the data vs hand-set gamma on Fashion-MNIST"),
+        "Noise weights fitted to the data vs hand-set gamma on Fashion-MNIST",
+        gaussian_floor=True),
     # Issue 24: do the deterministic samplers leave the data range because of the eps
     # parameterisation? The same budget with v prediction and with EDM's preconditioning.
     "ode_params_fashion": Experiment(
         _parameterization_arms("fashion_mnist"),
         "eps vs v prediction vs EDM preconditioning under DDPM, DDIM and Heun (Fashion-MNIST)",
-        num_samples=500, also_sample=(("ddim", 100), ("ode_heun", 50))),
+        num_samples=500, also_sample=(("ddim", 100), ("ode_heun", 50)), gaussian_floor=True),
     "ode_params_patches": Experiment(
         _parameterization_arms("natural_patches"),
         "eps vs v prediction vs EDM preconditioning under DDPM, DDIM and Heun (patches)",
-        num_samples=500, also_sample=(("ddim", 100), ("ode_heun", 50))),
+        num_samples=500, also_sample=(("ddim", 100), ("ode_heun", 50)), gaussian_floor=True),
     "omission": Experiment((
         Arm("iso-corrupted", "omission_corrupted", (("noise.gamma", "0"),)),
         Arm("masked-corrupted", "omission_corrupted",
@@ -362,6 +366,32 @@ def fitted_column(workdir: str) -> dict[str, str]:
     return {"fitted": noise.fit_result.split(" on ")[0]}
 
 
+def gaussian_floor(workdir: str, sampler: str, steps: int, time_grid: str = "uniform"
+                   ) -> dict[str, float]:
+    """``{"gaussian_floor": ...}``: the radial spectrum error (mean |log ratio| over radial
+    bins, as ``spectrum_err``) of the stationary Gaussian with the run's training-data power
+    per bin (``Run.power_spectrum``) sampled exactly by ``sampler`` on the run's process
+    (``sampler_output_spectrum``, no Monte Carlo): what the sampler alone costs a perfect
+    model of the data's second-order statistics."""
+    import jax.numpy as jnp
+
+    from sagd_jax.gaussian import GaussianData, sampler_output_spectrum
+    from sagd_jax.metrics.spectra import radial_average, spectrum_log_error
+    from sagd_jax.run import Run
+    from sagd_jax.time_grids import resolve
+
+    run = Run.from_workdir(workdir)
+    c = np.asarray(run.power_spectrum(), np.float64)
+    height, width, _ = run.image_shape
+    grid = resolve(time_grid, sampler)
+    times = None if grid == "uniform" else run.time_grid(steps, grid)
+    output = sampler_output_spectrum(run.process, GaussianData(
+        spectrum=jnp.asarray(c, jnp.float32), height=height, width=width), sampler, steps,
+        times=times)
+    return {"gaussian_floor": spectrum_log_error(radial_average(output, width)[1],
+                                                 radial_average(c, width)[1])}
+
+
 def outside_range(images: np.ndarray) -> float:
     """Fraction of pixels outside the data range [-1, 1]."""
     return float(np.mean(np.abs(np.asarray(images)) > 1.0))
@@ -505,10 +535,10 @@ def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 TABLE_COLUMNS = (
     "arm", "fitted", "steps", "wall_s", "loss", "loss_t0.00-0.25", "loss_t0.25-0.50",
-    "loss_t0.50-0.75", "loss_t0.75-1.00", "spectrum_err", "spectrum_err_off_band",
-    "low_freq_power_ratio", "outside_range", "fd", "kid", "fd_off_band", "kid_off_band",
-    "band_energy_ratio", "grf_var_err", "grf_var_floor", "fid_in_training", "kid_in_training",
-    "inception_fid", "inception_kid", "inception_is")
+    "loss_t0.50-0.75", "loss_t0.75-1.00", "spectrum_err", "gaussian_floor",
+    "spectrum_err_off_band", "low_freq_power_ratio", "outside_range", "fd", "kid",
+    "fd_off_band", "kid_off_band", "band_energy_ratio", "grf_var_err", "grf_var_floor",
+    "fid_in_training", "kid_in_training", "inception_fid", "inception_kid", "inception_is")
 
 
 def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
@@ -590,6 +620,8 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
                "loss": last["loss"], **{k: v for k, v in last.items() if k.startswith("loss_t")},
                **{f"{k}_in_training": last[k] for k in ("fid", "kid") if k in last},
                **summary_row(arm.name, evaluation), **fitted_column(workdir),
+               **(gaussian_floor(workdir, exp.sampler, 2 if tiny else exp.steps,
+                                 exp.time_grid) if exp.gaussian_floor else {}),
                "grid": os.path.join(os.path.dirname(evaluation["samples"]), "grid.png")}
         with np.load(evaluation["samples"]) as f:
             row["outside_range"] = outside_range(f["float32"])
@@ -607,7 +639,9 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
             other = sample_and_evaluate(workdir, dataclasses.replace(
                 exp, sampler=sampler, steps=steps), tiny, exp.band, exp.band)
             also = {**summary_row(arm.name, other), "arm": f"{arm.name} ({sampler} {steps})",
-                    "steps": last["step"]}
+                    "steps": last["step"],
+                    **(gaussian_floor(workdir, sampler, 2 if tiny else steps, exp.time_grid)
+                       if exp.gaussian_floor else {})}
             with np.load(other["samples"]) as f:
                 also["outside_range"] = outside_range(f["float32"])
             rows.append(also)
