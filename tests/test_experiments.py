@@ -97,7 +97,7 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.experiments.run import gaussian_floor
+    from benchmarks.experiments.columns import gaussian_floor
     from sagd_jax.gaussian import GaussianData
     from sagd_jax.metrics.spectra import power_spectrum, radial_average, spectrum_log_error
     from sagd_jax.run import Run
@@ -181,7 +181,8 @@ def test_fitted_arms_report_what_their_fit_chose(tmp_path, tiny_config):
     """The fitted experiments' arms (noise.fit against hand-set gamma) and their table column:
     the fitted gamma and rho0 of a power-law fit, the fit's summary otherwise, nothing for a
     hand-set arm."""
-    from benchmarks.experiments.run import EXPERIMENTS, fitted_column
+    from benchmarks.experiments.catalog import EXPERIMENTS
+    from benchmarks.experiments.columns import fitted_column
     from sagd_jax.workdir import Workdir
 
     arms = {a.name: dict(a.overrides) for a in EXPERIMENTS["fitted_patches"].arms}
@@ -203,7 +204,7 @@ def test_fitted_arms_report_what_their_fit_chose(tmp_path, tiny_config):
 
 def test_experiments_are_data():
     """What sets the experiments apart is in their ``Experiment`` fields, not in their names."""
-    from benchmarks.experiments.run import BAND, EXPERIMENTS
+    from benchmarks.experiments.catalog import BAND, EXPERIMENTS
 
     assert EXPERIMENTS["omission"].band == BAND
     assert [n for n, e in EXPERIMENTS.items() if e.band] == ["omission"]
@@ -214,7 +215,7 @@ def test_experiments_are_data():
 
 
 def test_seed_summary_means_and_half_ranges():
-    from benchmarks.experiments.run import seed_summary
+    from benchmarks.experiments.report import seed_summary
     from sagd_jax.console import table
 
     rows = [{"arm": "gamma0-seed0", "fd": 40.0, "kid_mean": 3.0, "loss": 0.05},

@@ -70,7 +70,7 @@ def fid_env(fake_inputs, tmp_path, monkeypatch):
 
 def test_arms_are_the_configs_data(repo):
     """The driver's FID arms are the config file's ARMS, and each changes only noise keys."""
-    from benchmarks.experiments.run import EXPERIMENTS, _config_module, load_arm_config
+    from benchmarks.experiments.catalog import EXPERIMENTS, _config_module, load_arm_config
     from sagd_jax.config import load_config_file
 
     fid = _config_module("configs/experiments/fid.py")
