@@ -103,9 +103,9 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     from sagd_jax.run import Run
     from sagd_jax.samplers import get_sampler
 
-    floor = gaussian_floor(str(workdir), "ddpm", 10)["gaussian_floor"]
-    assert gaussian_floor(str(workdir), "ddpm", 200)["gaussian_floor"] < floor
     run = Run.from_workdir(str(workdir))
+    floor = gaussian_floor(run, "ddpm", 10)["gaussian_floor"]
+    assert gaussian_floor(run, "ddpm", 200)["gaussian_floor"] < floor
     c = np.asarray(run.power_spectrum(), np.float64)
     h, w, ch = run.image_shape
     gaussian = GaussianData(spectrum=jnp.asarray(c, jnp.float32), height=h, width=w)
@@ -114,6 +114,10 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     measured = spectrum_log_error(radial_average(power_spectrum(np.asarray(x)), w)[1],
                                   radial_average(c, w)[1])
     assert floor > 0.05 and abs(measured - floor) < 0.1 * floor, (measured, floor)
+    # --gaussian_floors: the same number from the arm's config alone (t0_grf samples with Heun)
+    floors = run_cli(DRIVER, "--experiment=t0_grf", "--tiny", "--gaussian_floors")
+    heun = gaussian_floor(run, "ode_heun", 2)["gaussian_floor"]
+    assert f"full-support: gaussian_floor {heun:.4g} (ode_heun 2)" in floors.stdout
     refused = run_cli("benchmarks.experiments.drift_check", f"--workdir={workdir}",
                       f"--out={tmp_path / 'drift_bad'}", "--samplers=ddpm,nope")
     assert refused.returncode == 2 and "nope" in refused.stderr

@@ -4,12 +4,15 @@ turn an evaluation, a workdir or a set of samples into a row."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from benchmarks.experiments.catalog import Arm, Experiment, arm_run, overrides_for
 from sagd_jax import files
+
+if TYPE_CHECKING:
+    from sagd_jax.run import Run
 
 
 def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | None,
@@ -85,21 +88,20 @@ def fitted_column(workdir: str) -> dict[str, str]:
     return {"fitted": noise.fit_result.split(" on ")[0]}
 
 
-def gaussian_floor(workdir: str, sampler: str, steps: int, time_grid: str = "uniform"
+def gaussian_floor(run: Run, sampler: str, steps: int, time_grid: str = "uniform"
                    ) -> dict[str, float]:
     """``{"gaussian_floor": ...}``: the radial spectrum error (mean |log ratio| over radial
     bins, as ``spectrum_err``) of the stationary Gaussian with the run's training-data power
     per bin (``Run.power_spectrum``) sampled exactly by ``sampler`` on the run's process
     (``sampler_output_spectrum``, no Monte Carlo): what the sampler alone costs a perfect
-    model of the data's second-order statistics."""
+    model of the data's second-order statistics. Needs the config only, not a trained model
+    (``arm_run(arm, [])`` for an untrained arm; a fit is redone identically)."""
     import jax.numpy as jnp
 
     from sagd_jax.gaussian import GaussianData, sampler_output_spectrum
     from sagd_jax.metrics.spectra import radial_average, spectrum_log_error
-    from sagd_jax.run import Run
     from sagd_jax.time_grids import resolve
 
-    run = Run.from_workdir(workdir)
     c = np.asarray(run.power_spectrum(), np.float64)
     height, width, _ = run.image_shape
     grid = resolve(time_grid, sampler)

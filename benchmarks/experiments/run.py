@@ -130,6 +130,7 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
     """Train (or resume), sample and judge the arms of experiment ``name`` and regenerate its
     report; returns the Markdown table. ``train_only``: train just these arms (by name); the
     report still covers every arm that has finished training."""
+    from sagd_jax.run import Run
     from sagd_jax.workdir import Workdir
 
     exp = EXPERIMENTS[name]
@@ -165,8 +166,9 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
                "loss": last["loss"], **{k: v for k, v in last.items() if k.startswith("loss_t")},
                **{f"{k}_in_training": last[k] for k in ("fid", "kid") if k in last},
                **summary_row(arm.name, evaluation), **fitted_column(workdir),
-               **(gaussian_floor(workdir, exp.sampler, 2 if tiny else exp.steps,
-                                 exp.time_grid) if exp.gaussian_floor else {}),
+               **(gaussian_floor(Run.from_workdir(workdir), exp.sampler,
+                                 2 if tiny else exp.steps, exp.time_grid)
+                  if exp.gaussian_floor else {}),
                "grid": os.path.join(os.path.dirname(evaluation["samples"]), "grid.png")}
         with np.load(evaluation["samples"]) as f:
             row["outside_range"] = outside_range(f["float32"])
@@ -185,7 +187,8 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
                 exp, sampler=sampler, steps=steps), tiny, exp.band, exp.band)
             also = {**summary_row(arm.name, other), "arm": f"{arm.name} ({sampler} {steps})",
                     "steps": last["step"],
-                    **(gaussian_floor(workdir, sampler, 2 if tiny else steps, exp.time_grid)
+                    **(gaussian_floor(Run.from_workdir(workdir), sampler,
+                                      2 if tiny else steps, exp.time_grid)
                        if exp.gaussian_floor else {})}
             with np.load(other["samples"]) as f:
                 also["outside_range"] = outside_range(f["float32"])
@@ -225,6 +228,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                        "OUT/<experiment>-clipC.", flag_values=fv)
     flags.DEFINE_boolean("check", False, "Validate every arm's config (and data) of every "
                          "experiment, or of --experiment only; run nothing.", flag_values=fv)
+    flags.DEFINE_boolean("gaussian_floors", False, "Print each arm's gaussian_floor (the "
+                         "sampler's share of spectrum_err, from the arm's config and data "
+                         "alone: nothing is trained) for --experiment.", flag_values=fv)
 
 
 def body(fv: flags.FlagValues) -> int | None:
@@ -236,6 +242,14 @@ def body(fv: flags.FlagValues) -> int | None:
     if fv.list or not fv.experiment:
         for name, exp in EXPERIMENTS.items():
             print(f"{name}: {exp.description}; arms: {', '.join(a.name for a in exp.arms)}")
+        return None
+    if fv.gaussian_floors:
+        exp = EXPERIMENTS[fv.experiment]
+        steps = 2 if fv.tiny else exp.steps
+        for arm in exp.arms[:fv.max_arms]:
+            floor = gaussian_floor(arm_run(arm, overrides_for(exp, fv.tiny)), exp.sampler, steps,
+                                   exp.time_grid)["gaussian_floor"]
+            print(f"{arm.name}: gaussian_floor {floor:.4g} ({exp.sampler} {steps})")
         return None
     try:
         print(run_experiment(fv.experiment, fv.root, fv.out, fv.tiny, fv.skip_training,
