@@ -26,7 +26,7 @@ Every sampler has the signature ``sampler(process, eps_fn, key, shape, steps, **
   projected onto the support of ``Sigma`` to remove round-off there.
 
 * ``record_power=True``: return ``(samples, power)`` with ``power[i]`` the mean power per
-  frequency bin (``mean_power``) of the iterate at grid time ``i + 1``, float32
+  frequency bin (``power_per_bin``) of the iterate at grid time ``i + 1``, float32
   ``(steps - 1, H, W // 2 + 1)``: where a trajectory leaves the forward marginal
   (``benchmarks/experiments/drift_check.py``). The samples are the same as without it.
 * ``condition`` (optional, a ``Condition``): band-conditional generation: the known frequency
@@ -149,7 +149,7 @@ def _run(
     """Prior draw, ``steps - 1`` updates along the time grid ``times`` (float32
     ``(steps,)``; ``None``: the uniform grid as a compile-time constant, the program the
     default samplers have always compiled), then the Tweedie denoiser. ``record_power``: also
-    return each iterate's ``mean_power``, float32 ``(steps - 1, H, W // 2 + 1)``."""
+    return each iterate's ``power_per_bin``, float32 ``(steps - 1, H, W // 2 + 1)``."""
     if times is None:
         times = jnp.asarray(time_grid(process.schedule, steps), jnp.float32)
     batch = jnp.ones((shape[0],), jnp.float32)
@@ -185,7 +185,7 @@ def _run(
         def recording_body(i: jax.Array, both: Any) -> Any:
             inner, power = both
             inner = body(i, inner)
-            return inner, power.at[i].set(mean_power(inner[0] if multistep else inner))
+            return inner, power.at[i].set(power_per_bin(inner[0] if multistep else inner))
 
         carry, power = jax.lax.fori_loop(0, steps - 1, recording_body, (carry, jnp.zeros(
             (steps - 1, *process.cov.weights.shape), jnp.float32)))
@@ -203,7 +203,7 @@ def _run(
     return (constrain(x0_hat), power) if record_power else constrain(x0_hat)
 
 
-def mean_power(x: jax.Array) -> jax.Array:
+def power_per_bin(x: jax.Array) -> jax.Array:
     """Mean power ``|F x|^2`` (unitary rfft) per frequency bin over the batch and channels:
     ``(B, H, W, C)`` -> float32 ``(H, W // 2 + 1)``."""
     spectrum = jnp.fft.rfft2(x.astype(jnp.float32), axes=(1, 2), norm="ortho")
