@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -289,6 +290,14 @@ class Run:
             count = min(len(self.source), REFERENCE_IMAGES)
             self._power_spectrum, _ = noise_fit.mean_power([self.load_batch(0, count)])
         return self._power_spectrum
+
+    def data_gaussian(self) -> GaussianData:
+        """The stationary Gaussian with the training data's power per bin
+        (``power_spectrum``): the data's second-order statistics, for the exact recursions of
+        ``sagd_jax.gaussian`` (a perfect model of them under this run's process)."""
+        height, width, _ = self.image_shape
+        return GaussianData(spectrum=jnp.asarray(self.power_spectrum(), jnp.float32),
+                            height=height, width=width)
 
     def time_grid(self, steps: int, grid: str = "uniform",
                   spectrum: np.ndarray | None = None) -> np.ndarray:

@@ -96,19 +96,16 @@ def gaussian_floor(run: Run, sampler: str, steps: int, time_grid: str = "uniform
     (``sampler_output_spectrum``, no Monte Carlo): what the sampler alone costs a perfect
     model of the data's second-order statistics. Needs the config only, not a trained model
     (``arm_run(arm, [])`` for an untrained arm; a fit is redone identically)."""
-    import jax.numpy as jnp
-
-    from sagd_jax.gaussian import GaussianData, sampler_output_spectrum
+    from sagd_jax.gaussian import sampler_output_spectrum
     from sagd_jax.metrics.spectra import radial_average, spectrum_log_error
     from sagd_jax.time_grids import resolve
 
     c = np.asarray(run.power_spectrum(), np.float64)
-    height, width, _ = run.image_shape
+    width = run.image_shape[1]
     grid = resolve(time_grid, sampler)
     times = None if grid == "uniform" else run.time_grid(steps, grid)
-    output = sampler_output_spectrum(run.process, GaussianData(
-        spectrum=jnp.asarray(c, jnp.float32), height=height, width=width), sampler, steps,
-        times=times)
+    output = sampler_output_spectrum(run.process, run.data_gaussian(), sampler, steps,
+                                     times=times)
     return {"gaussian_floor": spectrum_log_error(radial_average(output, width)[1],
                                                  radial_average(c, width)[1])}
 

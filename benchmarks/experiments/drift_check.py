@@ -56,7 +56,7 @@ def check(workdir: str, out: str, samplers: Sequence[str], steps: int, num_sampl
     import jax.numpy as jnp
 
     from benchmarks.common import default_mesh
-    from sagd_jax.gaussian import GaussianData, sampler_output_spectrum
+    from sagd_jax.gaussian import sampler_output_spectrum
     from sagd_jax.run import Run
     from sagd_jax.samplers import get_sampler
     from sagd_jax.schedules import time_grid
@@ -70,12 +70,10 @@ def check(workdir: str, out: str, samplers: Sequence[str], steps: int, num_sampl
     else:
         eps_fn = run.eps_fn(run.restore(default_mesh()).ema_params)
     height, width, channels = run.image_shape
-    c = np.asarray(run.power_spectrum(), np.float64)
-    gaussian = GaussianData(spectrum=jnp.asarray(c, jnp.float32), height=height, width=width)
+    gaussian = run.data_gaussian()
     times = np.asarray(time_grid(process.schedule, steps), np.float64)
-    a, s2 = (np.asarray(v, np.float64) for v in
-             process.spectral_coefficients(jnp.asarray(times[1:], jnp.float32)))
-    marginal = np.broadcast_to(a**2 * c + s2, (steps - 1, *c.shape))
+    marginal = np.asarray(gaussian.marginal_spectrum(
+        process, jnp.asarray(times[1:], jnp.float32)), np.float64)
     keep = sorted({*range(every - 1, steps - 1, every), steps - 2})
     result: dict[str, Any] = {"workdir": workdir, "model": model, "steps": steps,
                               "num_samples": num_samples, "seed": seed,

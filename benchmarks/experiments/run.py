@@ -162,13 +162,19 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
         evaluation = sample_and_evaluate(workdir, exp, tiny, exp.band, exp.band,
                                          clip_x0=clip_x0)
         last = Workdir(workdir).last_metrics()
+        floor_run = Run.from_workdir(workdir) if exp.gaussian_floor else None
+
+        def floor(sampler: str, steps: int, floor_run: Run | None = floor_run
+                  ) -> dict[str, float]:
+            """The ``gaussian_floor`` column (the run opened once per arm), or nothing."""
+            return {} if floor_run is None else gaussian_floor(
+                floor_run, sampler, 2 if tiny else steps, exp.time_grid)
+
         row = {"arm": arm.name, "steps": last["step"], "wall_s": wall_time(workdir),
                "loss": last["loss"], **{k: v for k, v in last.items() if k.startswith("loss_t")},
                **{f"{k}_in_training": last[k] for k in ("fid", "kid") if k in last},
                **summary_row(arm.name, evaluation), **fitted_column(workdir),
-               **(gaussian_floor(Run.from_workdir(workdir), exp.sampler,
-                                 2 if tiny else exp.steps, exp.time_grid)
-                  if exp.gaussian_floor else {}),
+               **floor(exp.sampler, exp.steps),
                "grid": os.path.join(os.path.dirname(evaluation["samples"]), "grid.png")}
         with np.load(evaluation["samples"]) as f:
             row["outside_range"] = outside_range(f["float32"])
@@ -186,10 +192,7 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
             other = sample_and_evaluate(workdir, dataclasses.replace(
                 exp, sampler=sampler, steps=steps), tiny, exp.band, exp.band)
             also = {**summary_row(arm.name, other), "arm": f"{arm.name} ({sampler} {steps})",
-                    "steps": last["step"],
-                    **(gaussian_floor(Run.from_workdir(workdir), sampler,
-                                      2 if tiny else steps, exp.time_grid)
-                       if exp.gaussian_floor else {})}
+                    "steps": last["step"], **floor(sampler, steps)}
             with np.load(other["samples"]) as f:
                 also["outside_range"] = outside_range(f["float32"])
             rows.append(also)
