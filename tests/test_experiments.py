@@ -118,6 +118,12 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     floors = run_cli(DRIVER, "--experiment=t0_grf", "--tiny", "--gaussian_floors")
     heun = gaussian_floor(run, "ode_heun", 2)["gaussian_floor"]
     assert f"full-support: gaussian_floor {heun:.4g} (ode_heun 2)" in floors.stdout
+    report = tmp_path / "drift_exact" / "drift_check.json"
+    before = report.read_bytes()
+    again = run_cli("benchmarks.experiments.drift_check", f"--workdir={workdir}",
+                    f"--out={tmp_path / 'drift_exact'}", "--model=exact", "--steps=4")
+    assert again.returncode == 2 and "exists; results are never overwritten" in again.stderr
+    assert report.read_bytes() == before
     refused = run_cli("benchmarks.experiments.drift_check", f"--workdir={workdir}",
                       f"--out={tmp_path / 'drift_bad'}", "--samplers=ddpm,nope")
     assert refused.returncode == 2 and "nope" in refused.stderr

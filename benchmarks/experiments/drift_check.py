@@ -13,7 +13,8 @@ perfect model of the data's Gaussian part (the stationary Gaussian with power ``
 from ``sampler_output_spectrum(trajectory=True)``: the sampler's own discretisation drift,
 against which the network's is read. Writes ``drift_check.json`` (per sampler: the grid
 times and both ratios at every ``--every``-th iterate and the last) to ``--out``, and prints
-the largest ``|log ratio|`` over the radial bins at each of those times.
+the largest ``|log ratio|`` over the radial bins at each of those times. An existing report
+in ``--out`` is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ if __package__ in (None, ""):  # ``python benchmarks/experiments/drift_check.py`
 import numpy as np
 from absl import flags
 
-from sagd_jax import cli, console, files
+from sagd_jax import cli, console
+
+REPORT = "drift_check.json"  # written once in --out, never overwritten
 
 
 def radial_ratio(power: np.ndarray, reference: np.ndarray, width: int) -> np.ndarray:
@@ -92,7 +95,7 @@ def check(workdir: str, out: str, samplers: Sequence[str], steps: int, num_sampl
                 for t, m, g in zip(result["times"], measured, predicted, strict=True)]
         print(console.table(rows, ["sampler", "t", "max_abs_log_ratio",
                                    "gaussian_max_abs_log_ratio"]), flush=True)
-    files.write_json(os.path.join(out, "drift_check.json"), result)
+    cli.write_new_json("--out", os.path.join(out, REPORT), result)
     return result
 
 
@@ -120,6 +123,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def body(fv: flags.FlagValues) -> None:
+    cli.refuse_existing("--out", os.path.join(fv.out, REPORT))  # before anything runs
     check(fv.workdir, fv.out, fv.samplers, fv.steps, fv.num_samples, fv.seed, fv.every,
           fv.model)
 
