@@ -222,6 +222,13 @@ def test_experiments_are_data():
     assert grf.score_error_curve and grf.exact_floor and not grf.data_rows
     others = [e for n, e in EXPERIMENTS.items() if n != "t0_grf"]
     assert all(e.data_rows and not e.score_error_curve and not e.exact_floor for e in others)
+    # A seed-1 arm is its seed-0 arm with the seed overridden, nothing else.
+    arms = {a.name: a for a in EXPERIMENTS["ode_params_fashion"].arms}
+    assert sorted(arms) == ["edm", "eps", "eps-seed1", "v", "v-seed1"]
+    for name in ("eps", "v"):
+        seeded = arms[f"{name}-seed1"]
+        assert seeded.overrides == (*arms[name].overrides, ("seed", "1"))
+        assert (seeded.variant, seeded.config) == (arms[name].variant, arms[name].config)
 
 
 def test_seed_summary_means_and_half_ranges():

@@ -61,6 +61,12 @@ class Experiment:
     also_sample: tuple[tuple[str, int], ...] = ()
 
 
+def _seeded(arm: Arm, seed: int) -> Arm:
+    """``arm`` trained with ``seed``, named ``<name>-seed<seed>``."""
+    return dataclasses.replace(arm, name=f"{arm.name}-seed{seed}",
+                               overrides=(*arm.overrides, ("seed", str(seed))))
+
+
 def _gamma_arms(variant: str, seeds: tuple[int, ...] = (0,)) -> tuple[Arm, ...]:
     arms = []
     for gamma in ("0", "0.5", "1", "2"):
@@ -83,8 +89,7 @@ def _fitted_arms(variant: str) -> tuple[Arm, ...]:
             ("gamma2", (("noise.gamma", "2"),)), ("fit-powerlaw", (("noise.fit", "powerlaw"),)),
             ("fit-spectrum1", (("noise.fit", "spectrum"), ("noise.fit_exponent", "1")))):
         seeds = (0, 1) if name in ("gamma2", "fit-powerlaw") else (0,)
-        arms += [Arm(f"{name}-seed{seed}", variant, (*overrides, ("seed", str(seed))))
-                 for seed in seeds]
+        arms += [_seeded(Arm(name, variant, overrides), seed) for seed in seeds]
     return tuple(arms)
 
 
@@ -94,8 +99,7 @@ def _parameterization_arms(variant: str, seed1: tuple[str, ...] = ()) -> tuple[A
     arms = (Arm("eps", variant), Arm("v", variant, (("diffusion.prediction", "v"),)),
             Arm("edm", variant, (("diffusion.prediction", "x0"),
                                  ("diffusion.parameterization", "edm"))))
-    return arms + tuple(Arm(f"{arm.name}-seed1", variant, (*arm.overrides, ("seed", "1")))
-                        for arm in arms if arm.name in seed1)
+    return arms + tuple(_seeded(arm, 1) for arm in arms if arm.name in seed1)
 
 
 def _config_module(path: str) -> Any:
