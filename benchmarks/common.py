@@ -29,7 +29,7 @@ from typing import Any
 
 from absl import flags
 
-from sagd_jax import cli
+from sagd_jax import cli, files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,7 +104,7 @@ def main(doc: str | None, script: str, define_flags: Callable[[flags.FlagValues]
         define_flags(fv)
 
     def body(fv: flags.FlagValues) -> int | None:
-        cli.refuse_existing("--json", fv.json)
+        files.refuse_existing("--json", fv.json)
         try:
             result = measure(fv, command)
         except Failed as err:
@@ -124,7 +124,7 @@ def write_json(path: str, result: dict[str, Any], command: Command) -> None:
     record: dict[str, Any] = {"command": command.text(), "machine": machine()}
     if command.default_config is not None:
         record |= {"config": command.config_spec, "overrides": command.overrides}
-    cli.write_new_json("--json", path, record | result)
+    files.write_new_json("--json", path, record | result)
     print(f"wrote {path}")
 
 

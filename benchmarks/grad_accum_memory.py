@@ -4,7 +4,7 @@
     python benchmarks/grad_accum_memory.py --batch_size 64 --accum 1,4 --json=out.json
 
 Compiles only (nothing runs, so it may run beside other work): the config's train step
-(``sagd_jax.train.step.train_step`` jitted as ``Run.train_step`` does, on one device) for a
+(``sagd_jax.train_step.train_step`` jitted as ``Run.train_step`` does, on one device) for a
 fixed global batch at each ``--accum``, and reports XLA's temp buffer (the activations and
 gradients that live during the step; the state and the batch are arguments, not temp) against
 ``--accum`` 1's.
@@ -37,7 +37,7 @@ def step_memory(config: Any, accum: int) -> dict[str, float]:
     from sagd_jax import rng
     from sagd_jax.run import Run
     from sagd_jax.sharding import batch_sharding, replicated
-    from sagd_jax.train.step import train_step
+    from sagd_jax.train_step import train_step
 
     run = Run.from_config(config, load_data=False, device_count=1)
     mesh = common.default_mesh()

@@ -204,8 +204,9 @@ def stage_times(source: Any, data: Any, count: int, batch_size: int) -> dict[str
     (see the module docstring); ``stack`` batches the first ``batch_size`` of them."""
     from PIL import Image
 
-    from sagd_jax.data.pipeline import batch_options, to_float
+    from sagd_jax.data.pipeline import batch_options
     from sagd_jax.data.sources import read_image
+    from sagd_jax.images import to_float
 
     preprocess = batch_options(data, source.image_shape, source.name).preprocess
     rng = np.random.default_rng(0)

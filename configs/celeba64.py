@@ -18,7 +18,7 @@ gradient clipping 1, EMA 0.9999 (5000 warm-up steps here).
 Variants: ``full`` (default, the above) and ``cpu`` (the same network at 32 channels, 5.4M
 parameters, for smoke tests on a CPU).
 
-FID: ``python -m sagd_jax.metrics.fid --config=configs/celeba64.py`` computes (once, cached) the
+FID: ``python -m sagd_jax.fid_reference --config=configs/celeba64.py`` computes (once, cached) the
 Inception reference statistics of the training split at this same preprocessing (140x140
 centre crop, 64x64); ``--config.train.eval_every=N`` evaluates FID/KID during training.
 """

@@ -11,7 +11,7 @@ preprocessing (DDPM, score-SDE, EDM). Prepare it once with
 ``tfds build cifar10 --file_format=array_record [--data_dir=ROOT]`` (``data.root = ROOT``) or
 set ``data.download=True``.
 
-FID: ``python -m sagd_jax.metrics.fid --config=configs/cifar10_ddpmpp.py`` computes (once,
+FID: ``python -m sagd_jax.fid_reference --config=configs/cifar10_ddpmpp.py`` computes (once,
 cached) the Inception reference statistics of the training split (the customary CIFAR-10 train
 statistics); ``--config.train.eval_every=N`` evaluates FID/KID during training.
 """

@@ -21,7 +21,7 @@ Variants:
     steps, batch 64, gradient clipping 1, EMA 0.999, 2.4M steps. Built from this project's
     DDPM++ blocks (NCSN++'s FIR resampling and progressive skips are not reproduced).
 
-FID: ``python -m sagd_jax.metrics.fid --config=configs/ffhq.py`` computes (once, cached) the
+FID: ``python -m sagd_jax.fid_reference --config=configs/ffhq.py`` computes (once, cached) the
 Inception reference statistics of the training images at this same preprocessing (the whole
 folder at ``data.image_size``); ``--config.train.eval_every=N`` evaluates FID/KID during
 training.

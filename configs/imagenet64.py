@@ -21,7 +21,7 @@ class-conditional (and learns its variances, with BigGAN up/down blocks and 64-c
 attention heads); this one has no class conditioning (unconditional generation) and uses the
 DDPM++ residual and attention blocks of ``sagd_jax.models``.
 
-FID: ``python -m sagd_jax.metrics.fid --config=configs/imagenet64.py`` computes (once, cached) the
+FID: ``python -m sagd_jax.fid_reference --config=configs/imagenet64.py`` computes (once, cached) the
 Inception reference statistics of the training split at this same preprocessing;
 ``--config.train.eval_every=N`` evaluates FID/KID during training.
 """

@@ -41,7 +41,7 @@ from typing import Any
 
 from absl import flags
 
-from sagd_jax import cli, console
+from sagd_jax import cli, console, files
 from sagd_jax.config import check_keys, load_config_file
 
 
@@ -283,7 +283,7 @@ def sweep(fv: flags.FlagValues) -> int:
     points = make_points(root, fv.sweep, fv.set)
     if fv.index is not None and not 0 <= fv.index < len(points):
         raise ValueError(f"--index={fv.index}: the sweep has {len(points)} points")
-    cli.refuse_existing("--json", fv.json)
+    files.refuse_existing("--json", fv.json)
     check_known_keys(fv.config, fv.sweep, fv.set)
     configs = validate_points(fv.config, points)
     console.info("sweep: %d valid point(s) under %s", len(points), root)
@@ -323,7 +323,7 @@ def sweep(fv: flags.FlagValues) -> int:
     rows = summary_rows(chosen, statuses)
     print(console.table(rows))
     if fv.json is not None:
-        cli.write_new_json("--json", fv.json, rows)
+        files.write_new_json("--json", fv.json, rows)
     if stopped:
         return cli.STOPPED
     return 0 if all(s == "finished" or fv.dry_run for s in statuses.values()) else 1

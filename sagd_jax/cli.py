@@ -88,27 +88,6 @@ def config_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return spec, overrides
 
 
-def refuse_existing(flag: str, path: str | None) -> None:
-    """A one-line ``ValueError`` if the output file of ``flag`` exists: results are written
-    once, never overwritten (check before the work, then write with ``write_new_json``)."""
-    from sagd_jax import files
-
-    if path is not None and files.exists(path):
-        raise ValueError(f"{flag}={path}: exists; results are never overwritten")
-
-
-def write_new_json(flag: str, path: str, value: Any) -> None:
-    """``value`` as JSON in the new file ``path`` (atomic; ``refuse_existing`` if another
-    writer made it meanwhile)."""
-    from sagd_jax import files
-
-    try:
-        files.write_json(path, value, exclusive=True)
-    except FileExistsError:
-        refuse_existing(flag, path)
-        raise
-
-
 def _with_default_config(fv: FlagValues, argv: list[str]) -> list[str]:
     """``argv`` with ``--config=<default>`` inserted when the tool has a default config and
     ``argv`` names none (so the default is loaded, and checked, like a given one)."""

@@ -42,9 +42,8 @@ _COMPILE = "/jax/core/compile/backend_compile_duration"  # a compile or a load f
 
 def default_dir() -> str:
     """``<cache>/xla``: the "auto" folder where JAX was given none."""
-    from sagd_jax.metrics.classifier import cache_dir
 
-    return os.path.join(cache_dir(), "xla")
+    return os.path.join(files.cache_dir(), "xla")
 
 
 def _unwritable(path: str) -> str | None:

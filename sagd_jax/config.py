@@ -66,7 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
       folder, "" = off, else a folder), ``profile_steps`` (``(first, last)``: a profiler
       trace of those steps in the workdir; ``()`` = none), ``eval_every`` (steps between
       in-training FID/KID evaluations, 0 = off).
-    eval: the in-training evaluation (``sagd_jax.train.evaluation``): ``num_samples`` from the
+    eval: the in-training evaluation (``sagd_jax.train.in_training_eval``): ``num_samples`` from the
       EMA weights in batches of ``batch_size`` through ``sampler`` with ``steps`` ("" / 0:
       ``train.sampler`` / ``train.sample_steps``), FID and KID against the Inception reference
       of ``reference_split`` ("" = ``data.split``; at most ``reference_images`` images);

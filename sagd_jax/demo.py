@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from sagd_jax import cli, console, validate
+from sagd_jax import cli, console, files, validate
 from sagd_jax.gaussian import GaussianData
 from sagd_jax.metrics.spectra import power_spectrum
 from sagd_jax.process import DiffusionProcess
@@ -94,7 +94,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 def demo(fv: flags.FlagValues) -> None:
     size = validate.integer("--size", fv.size, 4)
     num = validate.integer("--num", fv.num, 2)
-    cli.refuse_existing("--json", fv.json)
+    files.refuse_existing("--json", fv.json)
     print(f"Exact Gaussian model, {size}x{size}, {num} samples per sampler, "
           f"VP SDE schedule, on {jax.devices()[0].platform}")
     rows = measure(size, num, fv.seed)
@@ -102,7 +102,7 @@ def demo(fv: flags.FlagValues) -> None:
     print(f"(median over frequencies of |log(sample variance / c)|; Monte-Carlo floor about "
           f"{np.sqrt(1 / num) * 0.67:.3f} for {num} samples)")
     if fv.json is not None:
-        cli.write_new_json("--json", fv.json, rows)
+        files.write_new_json("--json", fv.json, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

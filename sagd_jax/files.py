@@ -49,6 +49,15 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 # --- paths ----------------------------------------------------------------------------------
+def cache_dir() -> str:
+    """The user cache folder of sagd-jax (``$SAGD_JAX_CACHE``, else ``$XDG_CACHE_HOME/sagd-jax``,
+    else ``~/.cache/sagd-jax``); created on demand by its writers."""
+    if os.environ.get("SAGD_JAX_CACHE"):
+        return os.environ["SAGD_JAX_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "sagd-jax")
+
+
 def normalize(p: str | os.PathLike[str]) -> str:
     """``p`` as a string: a ``file://`` URL as its local path (``file:///x`` -> ``/x``), any
     other path or URL unchanged. A ``ValueError`` for a ``file://`` URL of another host."""
@@ -359,3 +368,20 @@ def set_aside(p: str | os.PathLike[str], suffix: str = ".damaged") -> str:
         target = f"{p}{suffix}.{n}"
     rename(p, target)
     return target
+
+
+def refuse_existing(flag: str, path: str | None) -> None:
+    """A one-line ``ValueError`` if the output file of ``flag`` exists: results are written
+    once, never overwritten (check before the work, then write with ``write_new_json``)."""
+    if path is not None and exists(path):
+        raise ValueError(f"{flag}={path}: exists; results are never overwritten")
+
+
+def write_new_json(flag: str, path: str, value: Any) -> None:
+    """``value`` as JSON in the new file ``path`` (atomic; ``refuse_existing`` if another
+    writer made it meanwhile)."""
+    try:
+        write_json(path, value, exclusive=True)
+    except FileExistsError:
+        refuse_existing(flag, path)
+        raise

@@ -45,8 +45,8 @@ from sagd_jax.sharding import (
     state_sharding,
 )
 from sagd_jax.time_grids import make_grid, resolve
-from sagd_jax.train.state import TrainState, create_train_state, make_optimizer
-from sagd_jax.train.step import make_eps_fn, train_step
+from sagd_jax.train_state import TrainState, create_train_state, make_optimizer
+from sagd_jax.train_step import make_eps_fn, train_step
 from sagd_jax.workdir import Workdir
 
 REFERENCE_IMAGES = 512  # data images behind the reference power spectrum

@@ -179,7 +179,7 @@ def test_sample_cli_conditions_on_known_bands(tmp_path, tiny_config, run_cli):
     manifest; bad input is one line, exit 2, before anything is written."""
     import os
 
-    from sagd_jax.sample import known_bins
+    from sagd_jax.sampling import known_bins
     from sagd_jax.workdir import Workdir
 
     config = tiny_config()

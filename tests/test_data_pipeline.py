@@ -9,8 +9,8 @@ from sagd_jax.data import (
     default_data_config,
     iterate,
     load_batch,
-    to_float,
 )
+from sagd_jax.images import to_float
 
 
 def _labelled_source(n):

@@ -187,14 +187,14 @@ def test_evaluate_without_weights_or_network_stops_in_one_line_and_writes_nothin
 @pytest.mark.needs_fashion_mnist
 def test_grayscale_28px_data_keep_the_classifier_metrics_without_inception_weights(
         tmp_path, monkeypatch):
-    from sagd_jax import console, evaluate
+    from sagd_jax import console, evaluation
     from sagd_jax.metrics.classifier import Recipe
 
     config = default_config()  # Fashion-MNIST 28x28x1
     folder = _rgb_run_with_samples(tmp_path, config)
     said = []
     monkeypatch.setattr(console, "info", lambda msg, *a, **k: said.append(msg % a))
-    results = evaluate.evaluate(str(folder / "samples.npz"), max_reference=64,
+    results = evaluation.evaluate(str(folder / "samples.npz"), max_reference=64,
                                 num_subsets=5, subset_size=20,
                                 classifier=Recipe(epochs=1, max_steps=20))
     assert "fd" in results and "kid" in results and "inception" not in results
@@ -244,12 +244,12 @@ def test_the_reference_command_writes_the_cache_once_and_refuses_missing_weights
     flags = ["--config=configs/quickstart.py", "--config.data.name=natural_patches",
              "--config.data.image_size=32", "--config.data.num_examples=12",
              "--max_images=12", "--batch_size=12"]
-    missing = run_cli("sagd_jax.metrics.fid", *flags)
+    missing = run_cli("sagd_jax.fid_reference", *flags)
     assert missing.returncode == 2 and missing.stdout == ""
     (line,) = missing.stderr.strip().splitlines()
     assert line.startswith("error: Inception weights: no pt_inception-2015-12-05-6726825d.pth")
     assert not (tmp_path / "cache").exists()
-    first = run_cli("sagd_jax.metrics.fid", *flags, f"--inception_weights={weights}")
+    first = run_cli("sagd_jax.fid_reference", *flags, f"--inception_weights={weights}")
     assert first.returncode == 0, first.stderr[-2000:]
     path = first.stdout.strip()
     assert os.path.dirname(path) == str(tmp_path / "cache" / "inception_reference")
@@ -258,6 +258,6 @@ def test_the_reference_command_writes_the_cache_once_and_refuses_missing_weights
         assert data["mu"].shape == (2048,) and data["sigma"].shape == (2048, 2048)
         assert data["features"].shape == (12, 2048) and int(data["num_images"]) == 12
     stamp = os.stat(path).st_mtime_ns
-    again = run_cli("sagd_jax.metrics.fid", *flags, f"--inception_weights={weights}")
+    again = run_cli("sagd_jax.fid_reference", *flags, f"--inception_weights={weights}")
     assert again.returncode == 0 and again.stdout.strip() == path
     assert os.stat(path).st_mtime_ns == stamp

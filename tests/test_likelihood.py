@@ -1,4 +1,5 @@
-"""Log-likelihood through the probability-flow ODE (``sagd_jax.likelihood``).
+"""Log-likelihood through the probability-flow ODE (``sagd_jax.log_density``, and its command
+line ``sagd_jax.likelihood``).
 
 References: with the exact Gaussian model the flow is linear per bin, ``x_1 = x0 sqrt(V_1 /
 V_tmin)``, so the model's density is ``N(0, S_1^2 V_tmin / V_1)`` per bin in closed form
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from sagd_jax.gaussian import GaussianData
-from sagd_jax.likelihood import (
+from sagd_jax.log_density import (
     BIN_WIDTH,
     bits_per_dim,
     log_likelihood,
@@ -128,7 +129,7 @@ def test_bits_per_dim_of_a_uniform_density_is_log2_of_the_levels():
 def test_likelihood_cli_on_the_exact_model_and_a_trained_run(tmp_path, tiny_config, run_cli,
                                                              tiny_cli_overrides):
     from sagd_jax.data import grf_model
-    from sagd_jax.evaluate import reference_images
+    from sagd_jax.evaluation import reference_images
     from sagd_jax.run import Run
 
     workdir = tmp_path / "grf"
@@ -136,8 +137,8 @@ def test_likelihood_cli_on_the_exact_model_and_a_trained_run(tmp_path, tiny_conf
                       "--config.data.image_size=16", *tiny_cli_overrides,
                       f"--workdir={workdir}", "--config.train.num_steps=2")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    args = ["--likelihood", f"--workdir={workdir}", "--num_images=8"]
-    exact = run_cli("sagd_jax.evaluate", *args, "--ode_steps=20", "--model=exact",
+    args = [f"--workdir={workdir}", "--num_images=8"]
+    exact = run_cli("sagd_jax.likelihood", *args, "--ode_steps=20", "--model=exact",
                     "--trace=exact")
     assert exact.returncode == 0, exact.stderr[-3000:]
     path = workdir / "likelihood" / "exact-20steps-exact-seed0.json"
@@ -149,14 +150,14 @@ def test_likelihood_cli_on_the_exact_model_and_a_trained_run(tmp_path, tiny_conf
     assert results["nats_per_dim"]["mean"] == pytest.approx(expected.mean(), rel=1e-4)
     assert results["bits_per_dim"]["mean"] == pytest.approx(expected.mean() / math.log(2),
                                                             rel=1e-4)
-    again = run_cli("sagd_jax.evaluate", *args, "--ode_steps=20", "--model=exact",
+    again = run_cli("sagd_jax.likelihood", *args, "--ode_steps=20", "--model=exact",
                     "--trace=exact")
     assert again.returncode == 2 and "never overwritten" in again.stderr
-    ema = run_cli("sagd_jax.evaluate", *args, "--ode_steps=8")
+    ema = run_cli("sagd_jax.likelihood", *args, "--ode_steps=8")
     assert ema.returncode == 0, ema.stderr[-3000:]
     report = json.loads((workdir / "likelihood" / "ema-8steps-hutchinson-seed0.json")
                         .read_text())
     assert report["checkpoint_step"] == 2 and np.isfinite(report["bits_per_dim"]["mean"])
     assert report["bits_per_dim"]["sem"] > 0
-    missing = run_cli("sagd_jax.evaluate", "--likelihood")
-    assert missing.returncode == 2 and "needs --workdir" in missing.stderr
+    missing = run_cli("sagd_jax.likelihood")
+    assert missing.returncode == 2 and "--workdir" in missing.stderr

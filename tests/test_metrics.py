@@ -11,7 +11,7 @@ import scipy.linalg
 
 from sagd_jax.data import default_data_config, get_source
 from sagd_jax.data.grf import grf_spectrum
-from sagd_jax.evaluate import remove_band
+from sagd_jax.evaluation import remove_band
 from sagd_jax.metrics.features import (
     GaussianStats,
     frechet_distance,

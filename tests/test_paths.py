@@ -24,13 +24,13 @@ import numpy as np
 import pytest
 
 from sagd_jax import checkpoint, files
-from sagd_jax.evaluate import load_samples
+from sagd_jax.evaluation import load_samples
+from sagd_jax.images import save_grid
 from sagd_jax.lock import Lock
 from sagd_jax.metrics.spectra import plot_radial
 from sagd_jax.run import Run
-from sagd_jax.sample import read_verified
+from sagd_jax.sampling import read_verified
 from sagd_jax.sharding import make_mesh
-from sagd_jax.train.images import save_grid
 from sagd_jax.workdir import Workdir
 
 BUCKET = "gs://bucket"

@@ -17,8 +17,9 @@ import pytest
 from sagd_jax.data import grf_model
 from sagd_jax.data.grf import grf_spectrum
 from sagd_jax.gaussian import sampler_output_spectrum
+from sagd_jax.images import to_uint8
 from sagd_jax.process import DiffusionProcess
-from sagd_jax.sample import SampleRequest, generate, to_uint8
+from sagd_jax.sampling import SampleRequest, generate
 from sagd_jax.spectral import half_plane_multiplicity
 from sagd_jax.train.loop import train_and_evaluate
 from sagd_jax.workdir import Workdir
@@ -400,13 +401,13 @@ PIXELS = np.arange(4 * 16 * 16, dtype=np.uint8).reshape(4, 16, 16, 1)
         "zero-bytes", "cut-early", "truncated", "crc", "pickle"])
 def test_evaluate_refuses_bad_sample_files_in_one_line_before_any_work(
         grf_samples_dir, run_cli, monkeypatch, content, extra, message):
-    import sagd_jax.evaluate
+    import sagd_jax.evaluation
 
     def no_work(*args, **kwargs):
         raise AssertionError("work started on bad input")
 
-    monkeypatch.setattr(sagd_jax.evaluate, "reference_images", no_work)
-    monkeypatch.setattr(sagd_jax.evaluate, "feature_metrics", no_work)
+    monkeypatch.setattr(sagd_jax.evaluation, "reference_images", no_work)
+    monkeypatch.setattr(sagd_jax.evaluation, "feature_metrics", no_work)
     folder, _ = grf_samples_dir
     path = folder / "samples.npz"
     path.write_bytes(content)

@@ -20,8 +20,8 @@ def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | N
                         name: str = "evaluation.json",
                         clip_x0: float | None = None) -> dict[str, Any]:
     """Sample the arm (resumable) and judge the samples; ``name``: the cached result's file."""
-    from sagd_jax.evaluate import InceptionRequest, evaluate
-    from sagd_jax.sample import SampleRequest, generate
+    from sagd_jax.evaluation import InceptionRequest, evaluate
+    from sagd_jax.sampling import SampleRequest, generate
     from sagd_jax.workdir import Workdir
 
     n = 16 if tiny else exp.num_samples
@@ -58,7 +58,7 @@ def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[st
     included, drawn by the training pipeline) judged exactly like the samples: the floor of
     every metric (a perfect model of the training data scores this)."""
     from sagd_jax.data import load_batch
-    from sagd_jax.evaluate import image_metrics, reference_images
+    from sagd_jax.evaluation import image_metrics, reference_images
 
     run = arm_run(arm, overrides_for(exp, tiny))
     config = run.config

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # ``python benchmarks/experiments/drift_check.py`
 import numpy as np
 from absl import flags
 
-from sagd_jax import cli, console
+from sagd_jax import cli, console, files
 
 REPORT = "drift_check.json"  # written once in --out, never overwritten
 
@@ -95,7 +95,7 @@ def check(workdir: str, out: str, samplers: Sequence[str], steps: int, num_sampl
                 for t, m, g in zip(result["times"], measured, predicted, strict=True)]
         print(console.table(rows, ["sampler", "t", "max_abs_log_ratio",
                                    "gaussian_max_abs_log_ratio"]), flush=True)
-    cli.write_new_json("--out", os.path.join(out, REPORT), result)
+    files.write_new_json("--out", os.path.join(out, REPORT), result)
     return result
 
 
@@ -123,7 +123,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def body(fv: flags.FlagValues) -> None:
-    cli.refuse_existing("--out", os.path.join(fv.out, REPORT))  # before anything runs
+    files.refuse_existing("--out", os.path.join(fv.out, REPORT))  # before anything runs
     check(fv.workdir, fv.out, fv.samplers, fv.steps, fv.num_samples, fv.seed, fv.every,
           fv.model)
 

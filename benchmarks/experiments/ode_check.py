@@ -50,8 +50,8 @@ def distance(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 def check(workdir: str, out: str, num_samples: int, steps: int, seed: int) -> dict[str, Any]:
     from benchmarks.experiments.report import side_by_side
     from sagd_jax.data import get_source, load_batch
-    from sagd_jax.sample import SampleRequest, generate
-    from sagd_jax.train.images import save_grid
+    from sagd_jax.images import save_grid
+    from sagd_jax.sampling import SampleRequest, generate
     from sagd_jax.workdir import Workdir
 
     run_dir = Workdir(workdir)

@@ -140,7 +140,7 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
             raise ValueError(f"--arms: experiment {name} has no arm {', '.join(unknown)} "
                              f"(its arms: {', '.join(arm.name for arm in exp.arms)})")
     if clip_x0 is not None:
-        from sagd_jax.sample import SampleRequest
+        from sagd_jax.sampling import SampleRequest
 
         try:  # the sampling CLI's own check, before any arm trains
             SampleRequest(num_samples=1, sampler=exp.sampler, steps=exp.steps,

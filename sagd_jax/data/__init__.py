@@ -36,7 +36,6 @@ from sagd_jax.data.pipeline import (
     iterate,
     load_batch,
     local_batch_size,
-    to_float,
 )
 from sagd_jax.data.preprocess import Preprocess
 from sagd_jax.data.sources import (
@@ -76,5 +75,4 @@ __all__ = [
     "read_idx",
     "read_image",
     "register_source",
-    "to_float",
 ]

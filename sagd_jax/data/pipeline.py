@@ -32,6 +32,7 @@ from sagd_jax.data.config import entry
 from sagd_jax.data.corruption import Corruption, corruption_from_config
 from sagd_jax.data.preprocess import Preprocess
 from sagd_jax.data.sources import ImageSource, read_image
+from sagd_jax.images import as_model_units
 
 _SEED_TAG = 0x5E01  # separates the pipeline's grain seed from the other streams
 
@@ -42,13 +43,6 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
         raise validate.fail("global_batch_size", global_batch_size,
                             f"not divisible by process_count={process_count}")
     return global_batch_size // process_count
-
-
-def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 in [0, 255] -> float32 in [-1, 1] (``x / 127.5 - 1``), any shape."""
-    if images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {images.dtype}")
-    return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +105,7 @@ class _Transform(grain.transforms.RandomMap):
                    ) -> np.ndarray:
         index, image = element
         image = self.options.preprocess(image, rng, what=f"{self.source_name}[{index}]")
-        x = to_float(image) if image.dtype == np.uint8 else np.array(image, np.float32)
+        x = as_model_units(image)
         if self.options.corruption.kind != "none":
             x = self.options.corruption.apply(x[None], np.array([index]))[0]
         if self.options.random_flip and rng.random() < 0.5:

@@ -1,12 +1,9 @@
 """A small Fashion-MNIST classifier whose penultimate layer gives the features of FD and KID.
 
-Trained in-project by a deterministic recipe (no weights are downloaded or committed):
-
-    python -m sagd_jax.metrics.classifier            # trains if absent, prints test accuracy
-
-The weights go to ``<cache>/classifier/<recipe name>.msgpack`` with a JSON sidecar holding the
-recipe and its test accuracy; ``<cache>`` is ``$SAGD_JAX_CACHE``, else
-``$XDG_CACHE_HOME/sagd-jax``, else ``~/.cache/sagd-jax``. The recipe's name hashes every field,
+Trained in-project by a deterministic recipe (no weights are downloaded or committed; the
+command line is ``python -m sagd_jax.train_classifier``). The weights go to
+``<cache>/classifier/<recipe name>.msgpack`` with a JSON sidecar holding the recipe and its test
+accuracy; ``<cache>`` is ``sagd_jax.files.cache_dir()``. The recipe's name hashes every field,
 so a changed recipe never reuses old weights. Both files are written atomically and never
 overwritten (a concurrent trainer of the same recipe that finishes first keeps its files).
 Training progress goes to stderr (``--verbosity``: the tool's common flag).
@@ -19,9 +16,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -29,22 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import flags
 from flax import serialization
 
-from sagd_jax import cli, console, files
-from sagd_jax.data.pipeline import to_float
+from sagd_jax import console, files
+from sagd_jax.images import as_model_units
 from sagd_jax.models.conv import Conv
 
 FEATURE_DIM = 256
-
-
-def cache_dir() -> str:
-    """The user cache folder of sagd-jax (created on demand by writers)."""
-    if os.environ.get("SAGD_JAX_CACHE"):
-        return os.environ["SAGD_JAX_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "sagd-jax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +75,6 @@ class FeatureNet(nn.Module):
         return features, nn.Dense(10)(features)
 
 
-def to_unit_range(images: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1]; float input is taken as already in model units."""
-    images = np.asarray(images)
-    return to_float(images) if images.dtype == np.uint8 else images.astype(np.float32)
-
-
 def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
@@ -101,7 +82,7 @@ def _batches(n: int, batch_size: int) -> list[slice]:
 def apply_in_batches(fn: Callable[[jax.Array], Any], images: np.ndarray,
                      batch_size: int = 500) -> Any:
     """``fn`` over fixed-size batches (the last one padded: one compiled shape), concatenated."""
-    x = to_unit_range(images)
+    x = as_model_units(images)
     outs = []
     for part in _batches(len(x), batch_size):
         chunk = x[part]
@@ -140,7 +121,7 @@ def train_classifier(recipe: Recipe, train: tuple[np.ndarray, np.ndarray],
     steps: a ``console.Progress`` line on stderr, or ``log(text)`` when given.
     """
     model = FeatureNet(recipe.width)
-    images, labels = to_unit_range(train[0]), train[1]
+    images, labels = as_model_units(train[0]), train[1]
     params = model.init(jax.random.key(recipe.seed), jnp.zeros((1, 28, 28, 1)))["params"]
     steps_per_epoch = len(images) // recipe.batch_size
     max_steps = recipe.max_steps if max_steps is None else max_steps
@@ -196,7 +177,7 @@ def load_or_train(recipe: Recipe | None = None, log: Callable[[str], None] | Non
     from sagd_jax.data.fashion_mnist import load_labeled_fashion_mnist
 
     recipe = recipe or Recipe()
-    folder = os.path.join(cache_dir(), "classifier")
+    folder = os.path.join(files.cache_dir(), "classifier")
     weights = os.path.join(folder, f"{recipe.name}.msgpack")
     sidecar = os.path.join(folder, f"{recipe.name}.json")
     template = FeatureNet(recipe.width).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
@@ -220,26 +201,3 @@ def load_or_train(recipe: Recipe | None = None, log: Callable[[str], None] | Non
                                    "test_accuracy": accuracy}, exclusive=True)
     say(f"classifier: test accuracy {accuracy:.4f}; cached in {weights}")
     return FeatureExtractor(params, recipe, accuracy)
-
-
-def define_flags(fv: flags.FlagValues) -> None:
-    """No flags of its own (``--verbosity`` only): the recipe is fixed."""
-
-
-def train_cli(fv: flags.FlagValues) -> None:
-    extractor = load_or_train()
-    print(f"{extractor.recipe.name}: test accuracy {extractor.test_accuracy:.4f}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the classifier CLI on ``argv`` (default ``sys.argv``); returns the exit status."""
-    return cli.run(__doc__, define_flags, train_cli, argv)
-
-
-def run() -> None:
-    """Console-script entry point (``sagd-classifier``)."""
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

@@ -1,19 +1,17 @@
 """FID, KID and Inception Score of image sets in the FID Inception-v3's features, and the
 reference statistics of a dataset's split, computed once and cached.
 
-    python -m sagd_jax.metrics.fid --config=configs/cifar10_ddpmpp.py [--split=train] \\
-        [--max_images=50000] [--inception_weights=PATH] [--config.KEY=VALUE ...]
-
-prints the path of the cached reference: ``<cache>/inception_reference/NAME.npz`` with ``mu``,
-``sigma`` (float64; pytorch-fid's and EDM's layout, so any FID tool reads it), ``features``
-(float32 ``(N, 2048)``, for KID) and ``num_images``. ``NAME`` spells the dataset, split,
+The reference of a split (``python -m sagd_jax.fid_reference`` makes one ahead of a run) is
+``<cache>/inception_reference/NAME.npz`` with ``mu``, ``sigma`` (float64; pytorch-fid's and
+EDM's layout, so any FID tool reads it), ``features`` (float32 ``(N, 2048)``, for KID) and
+``num_images``. ``NAME`` spells the dataset, split,
 resolution and count and hashes every preprocessing key (crop, resize, centre crop fraction),
 so a changed preprocessing never reuses a stale reference. Published statistics (pytorch-fid's
 or EDM's reference ``.npz``: ``mu``, ``sigma``) are read with ``load_reference``; they give
 FID but not KID (no features).
 
 Images are uint8 pixels; the data's clean images (no corruption, no flips, centre crop) are
-rounded to uint8 the way generated samples are (``train.images.to_uint8``).
+rounded to uint8 the way generated samples are (``sagd_jax.images.to_uint8``).
 """
 
 from __future__ import annotations
@@ -22,14 +20,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from absl import flags
 
-from sagd_jax import cli, console, files
+from sagd_jax import console, files
 from sagd_jax.metrics.features import (
     GaussianStats,
     frechet_distance,
@@ -82,7 +78,7 @@ def clean_pixels(data_config: Any, split: str, max_images: int, chunk: int = 500
     """``(count, chunks)``: the first ``min(len, max_images)`` clean images of ``split`` of the
     data (no corruption or flips, centre crop) as uint8 ``(n, S, S, C)`` chunks."""
     from sagd_jax.data import clean_images, get_source
-    from sagd_jax.train.images import to_uint8
+    from sagd_jax.images import to_uint8
 
     cfg = data_config.copy_and_resolve_references()
     with cfg.ignore_type():
@@ -101,9 +97,8 @@ def clean_pixels(data_config: Any, split: str, max_images: int, chunk: int = 500
 
 
 def reference_cache_dir() -> str:
-    from sagd_jax.metrics.classifier import cache_dir
 
-    return os.path.join(cache_dir(), "inception_reference")
+    return os.path.join(files.cache_dir(), "inception_reference")
 
 
 def compute_reference(data_config: Any, extractor: Any, split: str = "train",
@@ -145,44 +140,3 @@ def inception_metrics(images: np.ndarray, extractor: Any, reference: Reference,
     score = inception_score(logits, min(num_splits, len(images)))
     results["inception_score"] = dataclasses.asdict(score)
     return results
-
-
-def define_flags(fv: flags.FlagValues) -> None:
-    cli.define_config(fv)
-    flags.DEFINE_string("split", "train", "The data split (FID's convention: the training "
-                        "set, as the published CIFAR-10 / FFHQ references).", flag_values=fv)
-    flags.DEFINE_integer("max_images", 50_000, "At most this many images.", flag_values=fv)
-    flags.DEFINE_string("inception_weights", None, "pt_inception-2015-12-05-6726825d.pth "
-                        "(default: $SAGD_JAX_INCEPTION, else the cache, else a download).",
-                        flag_values=fv)
-    flags.DEFINE_string("out", None, "Write the reference here instead of the cache (never "
-                        "overwritten).", flag_values=fv)
-    flags.DEFINE_integer("batch_size", 100, "Images per Inception batch.", flag_values=fv)
-
-
-def reference_cli(fv: flags.FlagValues) -> None:
-    from sagd_jax import validate
-    from sagd_jax.config import normalize
-    from sagd_jax.metrics.inception import InceptionFeatures, weights_path
-
-    validate.integer("--max_images", fv.max_images, 2)
-    validate.integer("--batch_size", fv.batch_size, 1)
-    config = normalize(fv.config)
-    weights = weights_path(fv.inception_weights)  # before any work: a missing file is 1 line
-    extractor = InceptionFeatures.from_file(weights, batch_size=fv.batch_size)
-    _, path = compute_reference(config.data, extractor, fv.split, fv.max_images, fv.out)
-    print(path)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the reference-statistics CLI on ``argv``; returns the exit status."""
-    return cli.run(__doc__, define_flags, reference_cli, argv)
-
-
-def run() -> None:
-    """Console-script entry point (``sagd-fid-reference``)."""
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sagd_jax import files
 from sagd_jax.errors import one_line
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -301,9 +302,8 @@ def read_weights(path: str) -> tuple[dict[str, Any], np.ndarray]:
 
 
 def _cache_path() -> str:
-    from sagd_jax.metrics.classifier import cache_dir
 
-    return os.path.join(cache_dir(), "inception", WEIGHTS_FILE)
+    return os.path.join(files.cache_dir(), "inception", WEIGHTS_FILE)
 
 
 def _download(url: str, dest: str, timeout_s: float) -> None:

@@ -1,1 +1,3 @@
-"""Training: the train state, the pure jitted step and the loop."""
+"""The training loop and its periodic work (logging, checkpoints, samples, evaluation,
+profiling, preemption). The train state and the pure step live below the run object, in
+``sagd_jax.train_state`` and ``sagd_jax.train_step``."""

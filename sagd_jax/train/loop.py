@@ -19,17 +19,17 @@ import numpy as np
 from sagd_jax import console, files
 from sagd_jax.compile_cache import CompileCache, FirstStep
 from sagd_jax.distributed import any_process, barrier, on_process0
+from sagd_jax.images import image_grid, save_grid, to_uint8
 from sagd_jax.metrics.inception import weights_path
 from sagd_jax.metrics.spectra import radial_plot_image, radial_power_spectrum, spectrum_log_error
 from sagd_jax.models import count_params
 from sagd_jax.run import Run
 from sagd_jax.sharding import prefetch_to_device
-from sagd_jax.train.evaluation import InTrainingEval
-from sagd_jax.train.images import image_grid, save_grid, to_uint8
+from sagd_jax.train.in_training_eval import InTrainingEval
 from sagd_jax.train.preemption import PreemptionFlag
 from sagd_jax.train.profiling import StepProfiler
-from sagd_jax.train.state import TrainState
-from sagd_jax.train.step import reduce_metrics
+from sagd_jax.train_state import TrainState
+from sagd_jax.train_step import reduce_metrics
 
 if TYPE_CHECKING:
     from clu.metric_writers import MetricWriter

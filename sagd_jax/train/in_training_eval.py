@@ -53,9 +53,9 @@ class InTrainingEval:
     def local_samples(self, params: Any, step: int) -> np.ndarray:
         """This process's share of the ``eval.num_samples`` samples at ``step``, uint8
         ``(n, H, W, C)``."""
+        from sagd_jax.images import to_uint8
         from sagd_jax.samplers import get_sampler
         from sagd_jax.sharding import batch_sharding
-        from sagd_jax.train.images import to_uint8
 
         train = self.run.config.train
         sampler = get_sampler(self.cfg.sampler or train.sampler)

@@ -1,4 +1,8 @@
-"""Sample grids as PNG files."""
+"""Pixels and model units, the one place that converts between them, and sample grids as PNG
+files.
+
+Model units: float32 in [-1, 1], ``x / 127.5 - 1`` of 8-bit pixels ``x`` in [0, 255].
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,20 @@ import numpy as np
 from PIL import Image
 
 from sagd_jax import files
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 in [0, 255] -> float32 in [-1, 1] (``x / 127.5 - 1``), any shape."""
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {images.dtype}")
+    return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def as_model_units(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 model units (``to_float``); float input is taken as already in
+    model units and returned as float32."""
+    images = np.asarray(images)
+    return to_float(images) if images.dtype == np.uint8 else images.astype(np.float32)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import optax
 from jax import lax
 
 from sagd_jax.process import DiffusionProcess
-from sagd_jax.train.state import TrainState, ema_decay_at
+from sagd_jax.train_state import TrainState, ema_decay_at
 
 # Metrics report the loss per noise-level bucket: t in [0, 1/N), ..., [(N-1)/N, 1].
 NUM_LOSS_BUCKETS = 4

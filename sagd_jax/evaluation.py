@@ -1,0 +1,408 @@
+"""The evaluation library: generated images judged against the data of their run
+(``evaluate``: spectra, classifier FD/KID, Inception FID/KID/IS, band energy, grf variance), and
+the negative log-likelihood of a run's held-out images (``likelihood``). The command lines are
+``python -m sagd_jax.evaluate`` and ``python -m sagd_jax.likelihood``; their help texts say
+what each metric and flag means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from sagd_jax import console, files, validate
+from sagd_jax.errors import one_line
+from sagd_jax.images import as_model_units, to_float
+
+REFERENCE_SPLIT_SOURCES = ("fashion_mnist",)  # sources whose reference is the "test" split
+
+
+def load_samples(path: str, model_units: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """float32 ``(N, H, W, C)`` samples in model units and the manifest beside them.
+
+    The images: the ``float32`` member of ``sagd_jax.sample``'s files, else ``arr_0``: uint8
+    pixels rescaled, or, with ``model_units``, float images already in model units ([-1, 1]).
+    Every array is read in full (checking its CRC-32). Raises a one-line ``ValueError`` starting
+    ``--samples=PATH:`` for anything else: unreadable, not 4-D, empty, non-finite, float
+    ``arr_0`` without ``model_units``.
+    """
+
+    where = f"--samples={path}"
+    if not files.isfile(path):
+        raise ValueError(f"{where}: no such file")
+    try:
+        with files.open_file(path, "rb") as f:
+            magic = f.read(6)
+        if not magic.startswith(b"PK\x03\x04"):  # np.load would take it for a pickle
+            raise ValueError(f"{where}: " + ("an .npy file, not an .npz archive"
+                                             if magic == b"\x93NUMPY" else
+                                             "not an .npz archive (no zip header)"))
+        with np.load(files.loadable(path), allow_pickle=False) as data:
+            if "arr_0" not in data.files:
+                raise ValueError(f"{where}: no arr_0 array (has: {', '.join(data.files)})")
+            arr_0 = data["arr_0"]
+            images = data["float32"] if "float32" in data.files else None
+    except Exception as err:  # a damaged zip raises many kinds: BadZipFile, EOFError,
+        # OSError, KeyError, ValueError and tokenize errors from the .npy header, ...
+        if isinstance(err, ValueError) and str(err).startswith(where):
+            raise
+        raise ValueError(f"{where}: unreadable ({one_line(err)})") from None
+    floating = np.issubdtype(arr_0.dtype, np.floating)
+    if model_units and not floating:
+        raise ValueError(f"{where}: --model_units, but arr_0 is {arr_0.dtype}, not float "
+                         "images; leave --model_units out")
+    if images is None:
+        if arr_0.dtype != np.uint8 and not (model_units and floating):
+            raise ValueError(
+                f"{where}: arr_0 is {arr_0.dtype}, not uint8 pixels"
+                + ("; if it holds images in model units ([-1, 1]), pass --model_units"
+                   if floating else ""))
+        images = as_model_units(arr_0)
+    if images.ndim != 4:
+        raise ValueError(f"{where}: expected (N, H, W, C) images, got shape {images.shape}")
+    if images.size == 0:
+        raise ValueError(f"{where}: holds no images (shape {images.shape})")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"{where}: float32 is {images.dtype}, not float images")
+    bad = int(np.size(images) - np.count_nonzero(np.isfinite(images)))
+    if bad:
+        raise ValueError(f"{where}: {bad} non-finite values in the images")
+    manifest_path = files.join(files.dirname(path), "manifest.json")
+    manifest: Any = {}
+    if files.exists(manifest_path):
+        try:
+            manifest = files.read_json(manifest_path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{where}: unreadable {manifest_path} ({one_line(err)})") from None
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{where}: {manifest_path} is not a JSON object")
+    return images.astype(np.float32, copy=False), manifest
+
+
+def reference_images(data_config: Any, max_images: int) -> tuple[np.ndarray, str]:
+    """Clean reference images in model units (the run's resize and centre crop, no
+    corruption or flips) and a name for caching (dataset, split, size)."""
+    from sagd_jax.data import clean_images, get_source
+
+    cfg = data_config.copy_and_resolve_references()
+    with cfg.ignore_type():
+        if cfg.name in REFERENCE_SPLIT_SOURCES or str(cfg.name).startswith("tfds:"):
+            cfg.split = "test"
+        cfg.corruption.kind = "none"
+    source = get_source(cfg)
+    count = min(len(source), max_images)
+    raw = clean_images(source, cfg, count)
+    height, width, channels = raw.shape[1:]
+    name = f"{cfg.name}-{cfg.split}-{height}x{width}x{channels}-{count}"
+    return (to_float(raw) if raw.dtype == np.uint8 else raw), name.replace(":", "_")
+
+
+def remove_band(images: np.ndarray, band_spec: str) -> np.ndarray:
+    """``images`` with the frequencies of ``band_spec`` (a ``Band``) removed (mask 1 - m)."""
+    from sagd_jax.spectral import parse_bands, radial_frequency
+
+    (band,) = parse_bands(band_spec)
+    _, height, width, _ = images.shape
+    keep = 1.0 - band.mask(radial_frequency(height, width))
+    spec = np.fft.rfft2(images.astype(np.float64), axes=(1, 2)) * keep[None, :, :, None]
+    return np.fft.irfft2(spec, s=(height, width), axes=(1, 2)).astype(np.float32)
+
+
+def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: str,
+                    num_subsets: int, subset_size: int, recipe: Any = None) -> dict[str, Any]:
+    """FD and KID in the features of the classifier of ``recipe`` (default: the documented
+    one); the reference features are cached."""
+    from sagd_jax.metrics.classifier import load_or_train
+    from sagd_jax.metrics.features import (
+        GaussianStats,
+        frechet_distance,
+        kernel_distance,
+        kernel_distance_blocks,
+    )
+
+    extractor = load_or_train(recipe)
+    path = os.path.join(files.cache_dir(), "reference",
+                        f"{reference_name}-{extractor.recipe.name}.npz")
+    if files.exists(path):
+        console.info("features: %d reference images, from %s", len(reference), path)
+        ref_features = np.load(path)["features"]
+    else:
+        console.info("features: %d reference images, to cache in %s", len(reference), path)
+        ref_features = extractor(reference).astype(np.float32)
+        with contextlib.suppress(FileExistsError):  # another process cached the same first
+            files.write_npz(path, exclusive=True, features=ref_features)
+    console.info("features: %d samples", len(samples))
+    features = extractor(samples)
+    kid = kernel_distance(features, ref_features, num_subsets, subset_size)
+    blocks = kernel_distance_blocks(features, ref_features, num_blocks=min(10, len(features) // 2))
+    return {"fd": frechet_distance(GaussianStats.of(features), GaussianStats.of(ref_features)),
+            "kid": dataclasses.asdict(kid),
+            "kid_blocks": dataclasses.asdict(blocks),
+            "classifier": extractor.recipe.name,
+            "classifier_test_accuracy": extractor.test_accuracy,
+            "num_reference": len(ref_features)}
+
+
+def image_metrics(images: np.ndarray, reference: np.ndarray, reference_name: str,
+                  data_config: Any, band: str | None = None, filter_band: str | None = None,
+                  num_subsets: int = 100, subset_size: int = 1000, classifier: Any = None
+                  ) -> dict[str, Any]:
+    """The metrics of ``evaluate`` for any images ``(N, H, W, C)`` in model units against the
+    clean ``reference`` of the run's ``data_config`` (generated samples, or data itself as a
+    floor): ``spectrum``, ``band_energy_ratio``, ``spectrum_off_band`` (with
+    ``filter_band``), ``fd``/``kid``/``kid_blocks`` (28x28x1), ``grf_variance`` (grf data).
+    Writes nothing."""
+    from sagd_jax.data.grf import grf_spectrum
+    from sagd_jax.metrics.spectra import (
+        band_energy_ratio,
+        radial_average,
+        radial_power_spectrum,
+        radial_spectrum_error_off_band,
+        variance_error,
+    )
+    from sagd_jax.spectral import parse_bands
+
+    results: dict[str, Any] = {}
+    centers, power = radial_power_spectrum(images)
+    _, ref_power = radial_power_spectrum(reference)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_bin = np.abs(np.log(power / ref_power))
+    results["spectrum"] = {"rho": centers.tolist(), "samples": power.tolist(),
+                           "reference": ref_power.tolist(), "abs_log_ratio": per_bin.tolist(),
+                           "mean_abs_log_ratio": float(np.nanmean(per_bin))}
+    if band is not None:
+        (b,) = parse_bands(band)
+        results["band"] = band
+        results["band_energy_ratio"] = band_energy_ratio(images, reference, b)
+    if filter_band is not None:
+        (b,) = parse_bands(filter_band)
+        results["spectrum_off_band"] = radial_spectrum_error_off_band(images, reference, b)
+    if images.shape[1:] == (28, 28, 1) and data_config.name != "grf":
+        s, r, name = images, reference, reference_name
+        if filter_band is not None:
+            s, r = remove_band(s, filter_band), remove_band(r, filter_band)
+            name = f"{name}-without-{filter_band}".replace(":", "_")
+            results["filter_band"] = filter_band
+        results |= feature_metrics(s, r, name, num_subsets, subset_size, classifier)
+    if data_config.name == "grf":
+        err = variance_error(images, grf_spectrum(data_config))
+        ratio = err.pop("ratio")
+        rho, radial_ratio = radial_average(ratio, images.shape[2])
+        results["grf_variance"] = err | {"rho": rho.tolist(),
+                                         "radial_ratio": radial_ratio.tolist()}
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
+class InceptionRequest:
+    """What ``evaluate`` computes in the Inception features (see the module docstring)."""
+
+    mode: str = "auto"  # auto | on | off
+    weights: str | None = None
+    reference_stats: str | None = None
+    reference_split: str | None = None  # None: the run's training split
+    reference_images: int = 50_000
+    batch_size: int = 100
+
+    def weights_for(self, data_config: Any) -> str | None:
+        """The weights file to use for the run's data, or None (skipped); a one-line
+        ``ValueError`` when they are required and missing (before any work)."""
+        from sagd_jax.metrics.inception import weights_path
+
+        if self.mode not in ("auto", "on", "off"):
+            raise ValueError(f"--inception={self.mode}: must be auto, on or off")
+        if self.reference_stats is not None and not os.path.isfile(self.reference_stats):
+            raise ValueError(f"--reference_stats={self.reference_stats}: no such file")
+        validate.integer("--inception_reference_images", self.reference_images, 2)
+        if self.mode == "off" or (self.mode == "auto" and data_config.name == "grf"):
+            return None
+        # auto on 28x28x1 data (which has the classifier's features) fetches nothing
+        optional = (self.mode == "auto" and not self.weights
+                    and (data_config.image_size, data_config.channels) == (28, 1))
+        try:
+            return weights_path(self.weights, download=not optional)
+        except ValueError as err:
+            if optional:
+                console.info("inception: skipped (%s)", err)
+                return None
+            raise
+
+
+def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
+             filter_band: str | None = None, max_reference: int = 10_000,
+             num_subsets: int = 100, subset_size: int = 1000, classifier: Any = None,
+             model_units: bool = False, inception: InceptionRequest | None = None
+             ) -> dict[str, Any]:
+    """Compute the metrics that apply and write them to ``out`` (default: ``evaluation.json``
+    beside the samples; an existing file is never overwritten). Returns the results.
+    ``classifier``: a ``metrics.classifier.Recipe`` other than the documented one (tests);
+    ``model_units``: a float ``arr_0`` holds images in model units (``load_samples``);
+    ``inception``: the Inception metrics' options (default: ``InceptionRequest()``)."""
+    from sagd_jax.metrics.spectra import plot_radial
+    from sagd_jax.spectral import parse_bands
+    from sagd_jax.workdir import Workdir
+
+    out = out or files.join(files.dirname(files.absolute(samples_path)), "evaluation.json")
+    files.refuse_existing("--out", out)
+    validate.integer("--max_reference", max_reference, 2)
+    validate.integer("--num_subsets", num_subsets, 1)
+    validate.integer("--subset_size", subset_size, 2)
+    for flag, spec in (("--band", band), ("--filter_band", filter_band)):
+        if spec is not None:
+            try:
+                if len(parse_bands(spec)) != 1:
+                    raise ValueError("give exactly one band")
+            except ValueError as err:
+                raise ValueError(f"{flag}={spec}: {err}") from None
+    samples, manifest = load_samples(samples_path, model_units)
+    if "workdir" not in manifest:
+        raise ValueError(f"--samples={samples_path}: no manifest.json with the run's workdir "
+                         "beside it (made by python -m sagd_jax.sample)")
+    config = Workdir(manifest["workdir"]).saved_config()
+    size, channels = config.data.image_size, config.data.channels
+    if samples.shape[1:] != (size, size, channels):  # before the reference is loaded
+        raise ValueError(f"--samples={samples_path}: images {samples.shape[1:]} but the data "
+                         f"has {(size, size, channels)}")
+    inception = inception or InceptionRequest()
+    weights = inception.weights_for(config.data)
+    reference_stats = None
+    if weights is not None and inception.reference_stats is not None:
+        from sagd_jax.metrics.fid import load_reference
+
+        reference_stats = load_reference(inception.reference_stats)
+    console.info("reference: up to %d clean %s images", max_reference, config.data.name)
+    reference, reference_name = reference_images(config.data, max_reference)
+    if samples.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"--samples={samples_path}: images {samples.shape[1:]} but the data "
+                         f"has {reference.shape[1:]}")
+    plot_dir = files.dirname(files.absolute(out))
+    files.makedirs(plot_dir)
+    stem = os.path.splitext(os.path.basename(out))[0]
+    results: dict[str, Any] = {"samples": files.absolute(samples_path),
+                               "num_samples": len(samples), "reference": reference_name,
+                               "sampling": manifest}
+    results |= image_metrics(samples, reference, reference_name, config.data, band,
+                             filter_band, num_subsets, subset_size, classifier)
+    if weights is not None:
+        results["inception"] = inception_results(samples, config.data, weights, inception,
+                                                 reference_stats, num_subsets, subset_size)
+    spectrum = results["spectrum"]
+    plot_radial(files.join(plot_dir, f"{stem}_spectrum.png"), np.asarray(spectrum["rho"]),
+                {"samples": np.asarray(spectrum["samples"]),
+                 "data": np.asarray(spectrum["reference"])}, ylabel="power |F x|^2",
+                title=f"radial power spectrum, mean |log ratio| "
+                      f"{spectrum['mean_abs_log_ratio']:.3f}")
+    if "grf_variance" in results:
+        err = results["grf_variance"]
+        plot_radial(files.join(plot_dir, f"{stem}_grf_variance.png"), np.asarray(err["rho"]),
+                    {"samples / exact": np.asarray(err["radial_ratio"])},
+                    ylabel="variance ratio", logy=False,
+                    title=f"grf: mean |log var/c| {err['mean_abs_log_ratio']:.3f} "
+                          f"(Monte-Carlo floor {err['monte_carlo_floor']:.3f})")
+    files.write_new_json("--out", out, results)
+    return results
+
+
+def inception_results(samples: np.ndarray, data_config: Any, weights: str,
+                      request: InceptionRequest, reference_stats: Any, num_subsets: int,
+                      subset_size: int) -> dict[str, Any]:
+    """FID, KID and IS of ``samples`` (model units) in the Inception features."""
+    from sagd_jax.images import to_uint8
+    from sagd_jax.metrics.fid import compute_reference, inception_metrics
+    from sagd_jax.metrics.inception import InceptionFeatures
+
+    extractor = InceptionFeatures.from_file(weights, batch_size=request.batch_size)
+    if reference_stats is None:
+        split = request.reference_split or data_config.split
+        reference_stats, _ = compute_reference(data_config, extractor, split,
+                                               request.reference_images)
+    console.info("inception: %d samples", len(samples))
+    return inception_metrics(to_uint8(samples), extractor, reference_stats,
+                             num_subsets, subset_size)
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of ``evaluate``'s results (what the CLI prints)."""
+    out = {k: v for k, v in results.items() if k in ("fd", "band_energy_ratio")}
+    out["spectrum_mean_abs_log_ratio"] = results["spectrum"]["mean_abs_log_ratio"]
+    if "kid" in results:
+        out["kid"] = f"{results['kid']['mean']:.5f} +- {results['kid']['std']:.5f}"
+    if "inception" in results:
+        inc = results["inception"]
+        out["inception_fid"] = inc["fid"]
+        if "kid" in inc:
+            out["inception_kid"] = f"{inc['kid']['mean']:.5f} +- {inc['kid']['std']:.5f}"
+        out["inception_score"] = (f"{inc['inception_score']['mean']:.3f} +- "
+                                  f"{inc['inception_score']['std']:.3f}")
+    if "grf_variance" in results:
+        out["grf_variance_mean_abs_log_ratio"] = results["grf_variance"]["mean_abs_log_ratio"]
+    return out
+
+
+def likelihood(workdir: str, model: str = "ema", num_images: int = 256, steps: int = 100,
+               trace: str = "hutchinson", probes: int = 1, seed: int = 0,
+               out: str | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """Negative log-likelihood of ``workdir``'s reference images (``python -m
+    sagd_jax.likelihood`` says how); the results, also written to ``out`` (never overwritten)."""
+    import jax
+
+    from sagd_jax import log_density as lk
+    from sagd_jax import rng
+    from sagd_jax.run import Run
+
+    validate.integer("--num_images", num_images, 1)
+    validate.one_of("--trace", trace, lk.TRACES)
+    validate.integer("--ode_steps", steps, 1)
+    validate.integer("--probes", probes, 1)
+    run = Run.from_workdir(workdir)
+    if model == "exact":
+        eps_fn, step = run.exact_model().eps_fn(run.process), None
+    else:
+        state = run.restore(run.mesh(fit=True))
+        eps_fn, step = run.eps_fn(state.ema_params), int(jax.device_get(state.step))
+    out = out or files.join(run.workdir.path, "likelihood",
+                            f"{model}-{steps}steps-{trace}-seed{seed}.json")
+    if files.exists(out):
+        raise ValueError(f"--out={out}: exists; results are never overwritten")
+    images, name = reference_images(run.config.data, num_images)
+    key = rng.stream_key(seed, rng.EVAL)
+    quantised = run.config.data.name != "grf"
+    if quantised:  # uniform dequantisation of the 8-bit levels
+        images = images + np.asarray(jax.random.uniform(
+            jax.random.fold_in(key, 0), images.shape), np.float32) * lk.BIN_WIDTH
+    images = np.asarray(run.process.cov.project(images), np.float32)
+    log_px = []
+    progress = console.Progress("likelihood", total=len(images), unit="image")
+    for start in range(0, len(images), batch_size):
+        part = images[start:start + batch_size]
+        log_px.append(np.asarray(lk.log_likelihood(
+            run.process, eps_fn, part, jax.random.fold_in(key, 1 + start), steps=steps,
+            trace=trace, probes=probes)))
+        progress.update(len(part))
+    log_px = np.concatenate(log_px).astype(np.float64)
+    dims = lk.supported_dimensions(run.process, images.shape[-1])
+    nats = -log_px / dims
+
+    def mean_sem(values: np.ndarray) -> dict[str, float]:
+        return {"mean": float(values.mean()),
+                "sem": float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1
+                else float("nan")}
+
+    results = {"workdir": run.workdir.path, "model": model, "checkpoint_step": step,
+               "images": name, "num_images": len(images), "dimensions": dims,
+               "support_fraction": float(run.process.cov.support_fraction),
+               "ode": {"solver": "rk4", "grid": "logsnr", "steps": steps,
+                       "network_evaluations_per_image": 4 * steps},
+               "trace": trace, "probes": probes if trace == "hutchinson" else None,
+               "nats_per_dim": mean_sem(nats)}
+    # 8-bit data: bits per dimension of the dequantised levels; continuous (grf) data: the
+    # density itself in bits per dimension.
+    results["bits_per_dim"] = mean_sem(lk.bits_per_dim(log_px, dims,
+                                                       lk.BIN_WIDTH if quantised else 1.0))
+    files.makedirs(files.dirname(out))
+    files.write_json(out, results, exclusive=True)
+    return results

@@ -1,0 +1,344 @@
+"""The sampling library: images from a trained run, in resumable chunks, sharded over all
+devices (``SampleRequest``, ``generate``); ``python -m sagd_jax.sample`` is its command line.
+
+Loads the EMA weights of the latest (or the chosen) checkpoint of ``DIR`` (``--model=exact``:
+the exact Gaussian model of ``grf`` data, no checkpoint needed) and writes into ``OUTDIR``
+(default ``DIR/generated/<sampler>-<steps>steps-seed<K>-<checkpoint>``):
+
+* ``chunks/chunk_<i>.npz``: float32 samples of chunk i, each written atomically once done;
+* ``samples.npz``: ``arr_0`` uint8 NHWC (the layout FID tools read) and ``float32`` (model
+  units), plus ``grid.png``, when all chunks are there;
+* ``manifest.json``: what was asked for; a later call with other settings is refused;
+* ``lock``: held while a sampler writes here (``sagd_jax.lock``); a second one is refused.
+
+Band-conditional generation (``--condition``, ``--known_band``): ``FILE.npz`` holds images
+``(N, H, W, C)`` of the run's size (its ``images`` array, or its only one; float in model units
+[-1, 1], or uint8); ``SPEC`` names the known frequency bins as a band of ``noise.bands``'
+syntax (``lowpass::0.25``: everything up to a quarter of Nyquist; several joined by ``+``
+multiply; bins where the mask is >= 0.5 are known). Sample ``j`` keeps the known bands of image
+``j mod N`` and fills in the rest (``sagd_jax.samplers.Condition``): spectral super-resolution
+(a low-pass band known) and band inpainting (a damaged band unknown: ``bandstop:LO:HI``).
+
+``DIR`` and ``OUTDIR`` are local paths, ``file://`` URLs or object-store URLs (``gs://``): every
+file goes through ``sagd_jax.files``.
+
+Chunk i's randomness is ``fold_in(seed stream, i)``, so a killed run continues where it stopped
+and gives bit for bit the images of an uninterrupted one. Nothing is trusted for existing: a
+chunk counts as done, and ``samples.npz`` as complete, only if every array reads in full (each
+``.npz`` member carries a CRC-32, checked at the end of the read) with the expected shape and
+dtype. A damaged file is renamed to ``<name>.damaged`` (kept, never deleted) with one warning
+line, then recomputed (a chunk: the same images, bit for bit) or reassembled (``samples.npz``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from sagd_jax import console, files, validate
+from sagd_jax.console import Progress
+from sagd_jax.errors import one_line
+from sagd_jax.images import to_float, to_uint8
+from sagd_jax.lock import Lock
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleRequest:
+    """What to generate; ``checkpoint_step=None`` means latest, ``model="exact"`` no network."""
+
+    num_samples: int
+    sampler: str
+    steps: int
+    seed: int = 0
+    eta: float | None = None
+    checkpoint_step: int | None = None
+    chunk_size: int = 256
+    model: str = "ema"
+    clip_x0: float | None = None  # ddpm, ddim: x0_hat clipped to [-c, c] (samplers module)
+    time_grid: str = "auto"  # auto | uniform | edm | snr | logsnr (sagd_jax.time_grids)
+    condition: str | None = None  # band-conditional: the known images (.npz)
+    known_band: str | None = None  # ... and their known bins (a band spec)
+
+    def validate(self, device_count: int) -> None:
+        from sagd_jax.samplers import SAMPLERS
+
+        validate.integer("--num_samples", self.num_samples, 1)
+        validate.one_of("--sampler", self.sampler, SAMPLERS)
+        validate.integer("--steps", self.steps, 1)
+        validate.integer("--seed", self.seed, 0)
+        if self.eta is not None:
+            if self.sampler != "ddim":
+                raise validate.fail("--eta", self.eta, "only the ddim sampler takes eta")
+            validate.number("--eta", self.eta, 0.0, 1.0)
+        chunk = validate.integer("--chunk_size", self.chunk_size, 1)
+        if chunk % device_count:
+            raise validate.fail("--chunk_size", chunk, "must be a positive multiple of the "
+                                f"device count ({device_count})")
+        if self.clip_x0 is not None:
+            if self.sampler not in ("ddpm", "ddim"):
+                raise validate.fail("--clip_x0", self.clip_x0,
+                                    "only the ddpm and ddim samplers clip")
+            validate.number("--clip_x0", self.clip_x0, 0.0, open_lo=True)
+        validate.one_of("--model", self.model, ("ema", "exact"))
+        from sagd_jax.time_grids import GRIDS
+
+        validate.one_of("--time_grid", self.time_grid, ("auto", *GRIDS))
+        if (self.condition is None) != (self.known_band is None):
+            given = "--condition" if self.known_band is None else "--known_band"
+            raise ValueError(f"{given}: band-conditional sampling needs both --condition and "
+                             "--known_band")
+        if self.known_band is not None:
+            from sagd_jax.spectral import parse_bands
+
+            try:
+                if not parse_bands(self.known_band):
+                    raise ValueError("names no band")
+            except ValueError as err:
+                raise ValueError(f"--known_band={self.known_band!r}: {err}") from None
+
+    @property
+    def grid(self) -> str:
+        """The time grid, ``auto`` resolved for the sampler (``time_grids.resolve``)."""
+        from sagd_jax.time_grids import resolve
+
+        return resolve(self.time_grid, self.sampler)
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_samples // self.chunk_size)
+
+    def default_dirname(self, checkpoint_step: int | None) -> str:
+        sampler = self.sampler + (f"-eta{self.eta:g}" if self.eta is not None else "")
+        sampler += f"-clip{self.clip_x0:g}" if self.clip_x0 is not None else ""
+        sampler += f"-{self.grid}" if self.grid != "uniform" else ""
+        source = "exact" if self.model == "exact" else f"step{checkpoint_step}"
+        conditioned = ("" if self.condition is None else
+                       f"-given-{os.path.splitext(os.path.basename(self.condition))[0]}-"
+                       f"{self.known_band.replace(':', '_').replace('+', '_')}")
+        return f"{sampler}-{self.steps}steps-seed{self.seed}-{source}{conditioned}"
+
+
+def known_bins(spec: str, height: int, width: int) -> np.ndarray:
+    """The 0/1 mask ``(H, W // 2 + 1)`` of the bins a band spec names (mask >= 0.5)."""
+    from sagd_jax.spectral import parse_bands, radial_frequency
+
+    rho = radial_frequency(height, width)
+    mask = np.ones_like(rho)
+    for band in parse_bands(spec):
+        mask = mask * band.mask(rho)
+    known = (mask >= 0.5).astype(np.float32)
+    if not known.any() or known.all():
+        raise ValueError(f"--known_band={spec!r}: the band must leave some bins known and "
+                         f"some unknown on a {height}x{width} grid")
+    return known
+
+
+def load_condition(path: str, image_shape: tuple[int, ...]) -> np.ndarray:
+    """The known images of ``--condition``: float32 ``(N, H, W, C)`` in model units."""
+    try:
+        with files.open_file(path, "rb") as f, np.load(f) as archive:
+            names = archive.files
+            name = "images" if "images" in names else (names[0] if len(names) == 1 else None)
+            if name is None:
+                raise ValueError(f"holds {names}: name the array 'images'")
+            images = archive[name]
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"--condition={path}: {one_line(err)}") from None
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape) or not len(images):
+        raise ValueError(f"--condition={path}: images of shape {images.shape}, the run's are "
+                         f"(N, {', '.join(map(str, image_shape))})")
+    if images.dtype == np.uint8:
+        return to_float(images)
+    if not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all():
+        raise ValueError(f"--condition={path}: expected finite float or uint8 images, got "
+                         f"{images.dtype}")
+    return images.astype(np.float32)
+
+
+def _check_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` in a new ``out_dir``, or refuse one made with other settings."""
+    path = files.join(out_dir, "manifest.json")
+    if not files.exists(path):
+        files.makedirs(files.join(out_dir, "chunks"))
+        try:
+            files.write_json(path, manifest, exclusive=True)
+            return
+        except FileExistsError:  # another sampler wrote it first: compare with that one
+            pass
+    try:
+        previous = files.read_json(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--out={out_dir}: unreadable {path} ({one_line(err)}); use "
+                         "another --out") from None
+    if previous != manifest:
+        differing = sorted(k for k in manifest if not isinstance(previous, dict)
+                           or previous.get(k) != manifest[k])
+        raise ValueError(f"--out={out_dir}: holds samples made with other settings "
+                         f"({', '.join(differing)}); use another --out")
+
+
+def read_verified(path: str, expected: dict[str, tuple[tuple[int, ...], Any]]
+                  ) -> dict[str, np.ndarray]:
+    """The arrays ``{name: (shape, dtype)}`` of the ``.npz`` at ``path``, each read in full
+    (which checks its CRC-32); raises ``ValueError`` naming ``path`` and what is wrong."""
+    try:
+        with np.load(files.loadable(path), allow_pickle=False) as data:
+            arrays = {name: data[name] for name in expected}
+    except Exception as err:  # a damaged zip raises many kinds: BadZipFile, EOFError,
+        # OSError, KeyError, ValueError and tokenize errors from the .npy header, ...
+        raise ValueError(f"{path}: unreadable ({one_line(err)})") from None
+    for name, (shape, dtype) in expected.items():
+        got = arrays[name]
+        if got.shape != tuple(shape) or got.dtype != np.dtype(dtype):
+            raise ValueError(f"{path}: {name} is {got.dtype} {got.shape}, expected "
+                             f"{np.dtype(dtype)} {tuple(shape)}")
+    return arrays
+
+
+def _sound_or_set_aside(path: str, expected: dict[str, tuple[tuple[int, ...], Any]],
+                        redo: str) -> bool:
+    """Whether ``path`` is there and sound; a damaged one is renamed to ``<path>.damaged``
+    (``.damaged.1``, ... if taken: nothing is deleted) with one warning line."""
+    if not files.exists(path):
+        return False
+    try:
+        read_verified(path, expected)
+        return True
+    except ValueError as err:
+        reason = str(err).removeprefix(f"{path}: ")
+    try:
+        aside = files.set_aside(path)
+    except OSError as err:
+        raise ValueError(f"{path}: damaged ({reason}) and cannot be moved aside "
+                         f"({one_line(err)})") from None
+    console.warning("%s: damaged (%s); moved to %s, %s", path, reason,
+                    os.path.basename(aside), redo)
+    return False
+
+
+def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
+             config: Any = None, max_chunks: int | None = None) -> str | None:
+    """Generate ``request`` from the run in ``workdir``; returns ``samples.npz``'s path, or None
+    if ``max_chunks`` (chunks to compute in this call) stopped it before the end.
+
+    ``config``: when given, must have the workdir's data, noise, diffusion and model sections.
+    Raises a one-line ``ValueError`` for bad input before anything is computed or written.
+    """
+    import jax
+
+    from sagd_jax.distributed import on_process0
+    from sagd_jax.run import Run
+
+    request.validate(jax.device_count())
+    run = Run.from_workdir(workdir)
+    if config is not None:
+        run.workdir.check_compatible(config, run.config)
+    condition = None
+    if request.condition is not None:
+        condition = (load_condition(request.condition, run.image_shape),
+                     known_bins(request.known_band, *run.image_shape[:2]))
+    mesh = run.mesh(fit=True)  # any device count: the run's mesh, else a data mesh
+    if request.model == "exact":
+        exact = run.exact_model()
+        eps_fn, step = exact.eps_fn(run.process), None
+        spectrum = np.asarray(exact.spectrum)  # the snr grid on the exact model's spectrum
+    else:
+        spectrum = None
+        state = run.restore(mesh, request.checkpoint_step)
+        step = int(jax.device_get(state.step))
+        eps_fn = run.eps_fn(state.ema_params)
+    times = (None if request.grid == "uniform"
+             else run.time_grid(request.steps, request.grid, spectrum))
+    out_dir = (files.normalize(out_dir) if out_dir
+               else run.workdir.generated(request.default_dirname(step)))
+    manifest = {**dataclasses.asdict(request), "checkpoint_step": step,
+                "workdir": files.absolute(workdir), "time_grid": request.grid}
+    for key, default in (("clip_x0", None), ("condition", None), ("known_band", None),
+                         ("time_grid", "uniform")):
+        if manifest[key] == default:  # manifests written before the option existed stay valid
+            del manifest[key]
+    lock = Lock(files.join(out_dir, "lock"), f"--out={out_dir}", "sampler")
+
+    def check_and_lock() -> None:
+        _check_manifest(out_dir, manifest)
+        lock.acquire()
+
+    on_process0(check_and_lock, "sagd-sample-lock")
+    try:
+        return _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks, condition, times)
+    finally:
+        lock.release()
+
+
+def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, mesh: Any,
+                 max_chunks: int | None,
+                 condition: tuple[np.ndarray, np.ndarray] | None = None,
+                 times: np.ndarray | None = None) -> str | None:
+    """``generate``'s work in ``out_dir`` (locked): verify what is there, compute the chunks
+    that are missing or damaged, assemble ``samples.npz``. ``condition``: (known images,
+    known-bin mask) of band-conditional sampling; ``times``: the sampler's time grid."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from sagd_jax import rng
+    from sagd_jax.distributed import barrier
+    from sagd_jax.images import save_grid
+    from sagd_jax.samplers import Condition, get_sampler
+    from sagd_jax.sharding import batch_sharding
+
+    final = files.join(out_dir, "samples.npz")
+    chunk_path = [files.join(out_dir, "chunks", f"chunk_{i:05d}.npz")
+                  for i in range(request.num_chunks)]
+    counts = [min(request.chunk_size, request.num_samples - i * request.chunk_size)
+              for i in range(request.num_chunks)]
+    chunk_arrays = [{"images": ((count, *run.image_shape), np.float32)} for count in counts]
+    every = (request.num_samples, *run.image_shape)
+    final_arrays = {"arr_0": (every, np.uint8), "float32": (every, np.float32)}
+    if jax.process_index() == 0 and not _sound_or_set_aside(
+            final, final_arrays, "reassembling it from the chunks"):
+        for path, expected in zip(chunk_path, chunk_arrays, strict=True):
+            _sound_or_set_aside(path, expected, "recomputing it")
+    barrier("sagd-sample-verified")  # process 0 has set damaged files aside
+    if files.exists(final):
+        console.info("%s: already complete", final)
+        return final
+    todo = [i for i in range(request.num_chunks) if not files.exists(chunk_path[i])]
+    barrier("sagd-sample-start")  # all agree on what is done before anyone writes
+    sampler = get_sampler(request.sampler)
+    options = {k: v for k, v in (("eta", request.eta), ("clip_x0", request.clip_x0))
+               if v is not None}
+    base = rng.stream_key(request.seed, rng.SAMPLE_CLI)
+    shape = (request.chunk_size, *run.image_shape)
+    progress = Progress("sampling", total=request.num_chunks, unit="chunk",
+                        done=request.num_chunks - len(todo))
+    for i in todo[:max_chunks] if max_chunks is not None else todo:
+        given = None
+        if condition is not None:  # sample j keeps the known bands of image j mod N
+            known_images, known = condition
+            index = (i * request.chunk_size + np.arange(request.chunk_size)) % len(known_images)
+            given = Condition.create(known_images[index], known)
+        images = sampler(run.process, eps_fn, jax.random.fold_in(base, i), shape, request.steps,
+                         sharding=batch_sharding(mesh), condition=given, times=times,
+                         **options)
+        images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
+        if jax.process_index() == 0:
+            files.write_npz(chunk_path[i], images=images[:counts[i]].astype(np.float32))
+        progress.update(1)
+    barrier("sagd-sample-end")
+    if not all(files.exists(p) for p in chunk_path):
+        return None
+    if jax.process_index() == 0:
+        try:
+            samples = np.concatenate([
+                read_verified(path, expected)["images"]
+                for path, expected in zip(chunk_path, chunk_arrays, strict=True)])
+        except ValueError as err:  # damaged since it was checked or written: a rerun redoes it
+            raise ValueError(f"{err}; run the same command again to recompute it") from None
+        files.write_npz(final, arr_0=to_uint8(samples), float32=samples)
+        grid = files.join(out_dir, "grid.png")
+        if not files.exists(grid):
+            save_grid(samples[:64], grid)
+    return final
