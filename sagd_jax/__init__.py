@@ -1,11 +1,10 @@
 """sagd-jax: spectrally anisotropic Gaussian diffusion in JAX/Flax.
 
-Where things live:
-  spectral   the frequency-diagonal noise covariance Sigma (Band, SpectralCovariance)
-  schedules  alpha_t / sigma_t schedules (DDPM linear, cosine, VP SDE, VE)
-  process    the SAGD forward process: marginals, prior, targets, loss, score, denoiser
-  samplers   DDPM, DDIM(eta), probability-flow ODE (Euler, Heun), reverse SDE
-  gaussian   the exact Gaussian data model of SAGD.md section 5 (the test reference)
+The layers and where each idea lives: docs/architecture.md; the maths: docs/math.md.
+Entry points: ``sagd_jax.run.Run`` (a validated run from a config or a workdir),
+``sagd_jax.sampling.generate`` (sample sets), ``sagd_jax.evaluation.evaluate`` (judging them),
+``sagd_jax.process.DiffusionProcess`` (the maths of one process), ``sagd_jax.gaussian`` (the exact
+Gaussian model every sampler is tested on).
 """
 
 __version__ = "0.1.0"

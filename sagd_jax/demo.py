@@ -3,7 +3,7 @@
     python -m sagd_jax.demo [--size=32] [--num=512] [--seed=0] [--json=out.json]
 
 For a data spectrum unlike the noise's and several noise weightings (isotropic, power laws and
-a band-stop mask), each sampler draws images with the exact noise predictor of SAGD.md
+a band-stop mask), each sampler draws images with the exact noise predictor of docs/math.md
 section 5 and the table reports how far the per-frequency variance of the samples is from the
 data spectrum c(k) (the answer is known), and the energy left in the masked band. ``--json``
 also writes the rows to a new file (never overwritten); progress goes to stderr.

@@ -1,4 +1,4 @@
-"""The exact Gaussian data model of SAGD.md section 5: the reference every sampler is tested on.
+"""The exact Gaussian data model of docs/math.md section 5: every sampler's test reference.
 
 Data ``x_0 ~ N(0, C)`` with ``C = F^H diag(c) F`` frequency-diagonal. Under the SAGD forward
 process ``x_t ~ N(0, alpha_t^2 C + sigma_t^2 Sigma)`` and, per frequency, the exact noise

@@ -1,4 +1,5 @@
-"""The SAGD forward process ``x_t = alpha_t x_0 + sigma_t Sigma^{1/2} eps`` (SAGD.md sections 2-3).
+"""The SAGD forward process ``x_t = alpha_t x_0 + sigma_t Sigma^{1/2} eps`` (docs/math.md
+sections 2-3).
 
 ``DiffusionProcess`` bundles a schedule (``alpha_t``, ``sigma_t``, SDE coefficients) with the noise
 covariance ``Sigma`` and the network's prediction type, and gives the training targets, the

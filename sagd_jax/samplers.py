@@ -1,4 +1,4 @@
-"""Samplers for SAGD (SAGD.md section 4), each a pure jit-compiled function with a ``lax`` loop.
+"""Samplers for SAGD (docs/math.md section 4), each a pure jitted function with a ``lax`` loop.
 
 Every sampler has the signature ``sampler(process, eps_fn, key, shape, steps, **options)``:
 
@@ -28,7 +28,7 @@ Every sampler has the signature ``sampler(process, eps_fn, key, shape, steps, **
 * ``record_power=True``: return ``(samples, power)`` with ``power[i]`` the mean power per
   frequency bin (``power_per_bin``) of the iterate at grid time ``i + 1``, float32
   ``(steps - 1, H, W // 2 + 1)``: where a trajectory leaves the forward marginal
-  (``benchmarks/experiments/drift_check.py``). The samples are the same as without it.
+  (``experiments/drift_check.py``). The samples are the same as without it.
 * ``condition`` (optional, a ``Condition``): band-conditional generation: the known frequency
   bins of given images are kept on their forward path and returned exactly; the sampler fills
   in the rest (spectral super-resolution, band inpainting).

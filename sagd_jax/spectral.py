@@ -1,4 +1,4 @@
-"""The frequency-diagonal noise covariance ``Sigma = F^H diag(w) F`` (SAGD.md section 1).
+"""The frequency-diagonal noise covariance ``Sigma = F^H diag(w) F`` (docs/math.md sec. 1).
 
 Images are real arrays ``(..., H, W, C)``; the 2-D DFT acts on the two spatial axes and channels
 are independent. Because ``w`` is real and even (``w(k) = w(-k)``), ``Sigma`` is real, symmetric,

@@ -1,6 +1,6 @@
 """Band-conditional generation (``samplers.Condition``, ``sagd_jax.sample --condition``).
 
-References (SAGD.md section 5 and closed forms):
+References (docs/math.md section 5 and closed forms):
 * a stationary Gaussian: frequencies are independent, so given known bins the others keep
   their marginal: the known bins come back exactly, the unknown ones with the variance the
   unconditional sampler gives them (``sampler_output_spectrum``), independent of the known

@@ -1,7 +1,7 @@
 """Per-frequency schedules (``x_t = A_t x0 + S_t eps``, ``A_t``, ``S_t`` diagonal in frequency).
 
 References: float64 numpy forms of ``w_k(t)`` and ``d_k(t)``; finite differences of the
-marginal coefficients for the SDE; the exact Gaussian model (SAGD.md section 5, per bin) for
+marginal coefficients for the SDE; the exact Gaussian model (docs/math.md sec. 5, per bin) for
 every sampler, within the bias the extended ``sampler_output_spectrum`` predicts plus Monte
 Carlo error (as tests/test_samplers.py does for the constant process); the constant process
 through the general per-bin code for the reduction.

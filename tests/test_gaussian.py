@@ -1,4 +1,4 @@
-"""The exact Gaussian model (SAGD.md section 5) and the t -> 0 claim."""
+"""The exact Gaussian model (docs/math.md section 5) and the t -> 0 claim."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def score_error_vs_data_score(process, data, eps_fn, t, support_only):
 
 @pytest.mark.parametrize("gamma", [-1.0, 0.0, 1.0, 2.0])
 def test_score_converges_to_the_data_score_as_t_goes_to_0_with_full_support(gamma):
-    """SAGD.md section 5: with full support, the score obtained through the SAGD relation
+    """docs/math.md section 5: with full support, the score obtained through the SAGD relation
     s = -Sigma^{-1/2} eps / sigma converges to the data score as t -> 0, whatever the
     anisotropy. Exact model: relative error sigma^2 w / (alpha^2 c + sigma^2 w) per frequency,
     so the squared error falls like sigma_t^4. A perturbed model whose eps error is

@@ -15,7 +15,7 @@ import pytest
 
 from sagd_jax import rng
 from sagd_jax.run import Run
-from sagd_jax.train.step import train_step
+from sagd_jax.train_step import train_step
 
 BATCH = 32
 
@@ -109,7 +109,7 @@ FOUR_DEVICES = textwrap.dedent("""
     from sagd_jax.config import normalize
     from sagd_jax.run import Run
     from sagd_jax.sharding import batch_sharding
-    from sagd_jax.train.step import train_step
+    from sagd_jax.train_step import train_step
     assert jax.device_count() == 4
     run = Run.from_config(normalize(json.loads({config!r})))
     mesh = run.mesh()

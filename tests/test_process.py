@@ -79,7 +79,7 @@ def test_time_grid():
 @pytest.mark.parametrize("sched", SCHEDULES, ids=lambda s: s.name)
 def test_whitening_identity(sched):
     """SAGD x_t = Sigma^{1/2}(isotropic x_t of y0 = Sigma^{-1/2} x0) on the support, and
-    alpha_t x0 off it (SAGD.md section 2)."""
+    alpha_t x0 off it (docs/math.md section 2)."""
     cov = SpectralCovariance.create(8, 8, **MASKED)
     sagd = DiffusionProcess(cov=cov, schedule=sched)
     iso = DiffusionProcess(cov=SpectralCovariance.isotropic(8, 8), schedule=sched)

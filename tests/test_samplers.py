@@ -1,6 +1,6 @@
 """Every sampler, driven by the exact Gaussian model, reproduces the data spectrum c(k).
 
-Tolerance, per rfft bin k (SAGD.md section 5):
+Tolerance, per rfft bin k (docs/math.md section 5):
 * discretisation: the sampler's exact output variance for the step count used is computed by
   ``sagd_jax.gaussian.sampler_output_spectrum`` (a float64 scalar recursion per frequency: with
   the exact model each sampler is linear per frequency). ``|pred_k / c_k - 1|`` is the bias; it

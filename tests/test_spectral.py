@@ -24,7 +24,7 @@ SETTINGS = [
 
 
 def reference_weights(height, width, gamma=0.0, rho0=0.1, bands=()):
-    """w on the full grid from SAGD.md's formulas, written independently of the package."""
+    """w on the full grid from docs/math.md's formulas, written independently of the package."""
     fy = np.fft.fftfreq(height)[:, None]
     fx = np.fft.fftfreq(width)[None, :]
     rho = np.sqrt(fy**2 + fx**2) / 0.5
