@@ -1,7 +1,7 @@
-"""The experiments of docs/EXPERIMENTS.md as data: arms (a config variant and its overrides),
+"""The experiments of experiments/README.md as data: arms (a config variant and its overrides),
 experiments (arms, sampler, judging options), and what an arm's config and run are.
 
-``EXPERIMENTS`` is what ``benchmarks/experiments/run.py --experiment=NAME`` runs; an
+``EXPERIMENTS`` is what ``experiments/run.py --experiment=NAME`` runs; an
 experiment differs from another only in its ``Experiment`` fields.
 """
 
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sagd_jax.run import Run
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = "configs/experiments/paper.py"
-FID_CONFIG = "configs/experiments/fid.py"  # its ARMS: name -> noise overrides
-BAND = "bandpass:0.45:0.55"  # the omission band B (configs/experiments/paper.py)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "experiments/configs/paper.py"
+FID_CONFIG = "experiments/configs/fid.py"  # its ARMS: name -> noise overrides
+BAND = "bandpass:0.45:0.55"  # the omission band B (experiments/configs/paper.py)
 STOP = (0.4, 0.6)  # the band-stop arm of experiment 1: w = 0 on 0.4 <= rho <= 0.6
 
 
@@ -115,7 +115,7 @@ def _config_module(path: str) -> Any:
 
 
 def _fid_arms(variant: str) -> tuple[Arm, ...]:
-    """The arms of ``configs/experiments/fid.py`` (its ``ARMS``) on ``variant``."""
+    """The arms of ``experiments/configs/fid.py`` (its ``ARMS``) on ``variant``."""
     arms = _config_module(FID_CONFIG).ARMS
     return tuple(Arm(name, variant, tuple(overrides.items()), FID_CONFIG)
                  for name, overrides in arms.items())
@@ -170,7 +170,7 @@ EXPERIMENTS = {
     ), "The t -> 0 claim on grf data (exact score known)", sampler="ode_heun", steps=100,
         score_error_curve=True, exact_floor=True,
         data_rows=False),  # the floor is the exact model's
-    # configs/experiments/fid.py: FID-50k of the final EMA weights, DDPM with 1000 steps.
+    # experiments/configs/fid.py: FID-50k of the final EMA weights, DDPM with 1000 steps.
     "fid_cifar10": Experiment(
         _fid_arms("cifar10"), "SAGD vs isotropic on CIFAR-10 (DDPM++, 400k steps): FID",
         num_samples=50_000, steps=1000, inception=True, tiny=FID_TINY),

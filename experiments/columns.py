@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmarks.experiments.catalog import Arm, Experiment, arm_run, overrides_for
+from experiments.catalog import Arm, Experiment, arm_run, overrides_for
 from sagd_jax import files
 
 if TYPE_CHECKING:

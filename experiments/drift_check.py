@@ -1,6 +1,6 @@
 """Where does a sampler's trajectory leave the forward marginal? Per frequency, step by step.
 
-    python benchmarks/experiments/drift_check.py \\
+    python experiments/drift_check.py \\
         --workdir=workdirs/experiments/fitted_patches/fit-powerlaw-seed0 --out=/tmp/drift
 
 Runs each of ``--samplers`` (``--steps`` iterations on the uniform grid, ``--num_samples``
@@ -24,9 +24,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-if __package__ in (None, ""):  # ``python benchmarks/experiments/drift_check.py`` from anywhere
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))))
+if __package__ in (None, ""):  # ``python experiments/drift_check.py`` from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 from absl import flags

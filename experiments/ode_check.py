@@ -1,7 +1,7 @@
 """Is the probability-flow ODE solved accurately on a trained model, and where do its samples go?
 
-    python benchmarks/experiments/ode_check.py \\
-        --workdir=workdirs/experiments/omission/iso-clean --out=docs/experiments/ode_check
+    python experiments/ode_check.py \\
+        --workdir=workdirs/experiments/omission/iso-clean --out=experiments/results/ode_check
 
 Draws ``--num_samples`` images from one run's EMA model with the same seed under DDPM (``S``
 steps), DDIM with eta = 0 (``S`` steps: first order in the ODE's exponential form), Heun
@@ -21,16 +21,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-if __package__ in (None, ""):  # ``python benchmarks/experiments/ode_check.py`` from anywhere
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))))
+if __package__ in (None, ""):  # ``python experiments/ode_check.py`` from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 from absl import flags
 
 from sagd_jax import cli, files
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pixel_stats(images: np.ndarray) -> dict[str, float]:
@@ -48,7 +47,7 @@ def distance(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def check(workdir: str, out: str, num_samples: int, steps: int, seed: int) -> dict[str, Any]:
-    from benchmarks.experiments.report import side_by_side
+    from experiments.report import side_by_side
     from sagd_jax.data import get_source, load_batch
     from sagd_jax.images import save_grid
     from sagd_jax.sampling import SampleRequest, generate

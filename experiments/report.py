@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.experiments.catalog import Experiment
+from experiments.catalog import Experiment
 from sagd_jax import console, files
 
 
@@ -69,16 +69,17 @@ TABLE_COLUMNS = (
 
 
 def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
-           extra: dict[str, Any]) -> str:
-    """``results.json``, ``table.md`` and the figures of an experiment in ``out_dir``,
-    regenerated from ``rows`` (atomically: a reader never sees half a file); returns the
-    table."""
+           extra: dict[str, Any], write_results: bool = True) -> str:
+    """``results.json`` (unless not ``write_results``), ``table.md`` and the figures of an
+    experiment in ``out_dir``, regenerated from ``rows`` (atomically: a reader never sees half a
+    file); returns the table."""
     from sagd_jax.metrics.spectra import plot_radial
 
     os.makedirs(out_dir, exist_ok=True)
     seeds = seed_summary(rows)
-    files.write_json(os.path.join(out_dir, "results.json"),
-                     {"experiment": name, "rows": rows, "seed_summary": seeds, **extra})
+    if write_results:
+        files.write_json(os.path.join(out_dir, "results.json"),
+                         {"experiment": name, "rows": rows, "seed_summary": seeds, **extra})
     table = console.table(rows, TABLE_COLUMNS, digits=3, markdown=True)
     if seeds:
         table += ("\nArms with several seeds: mean +- half the range over the seeds\n\n"

@@ -1,32 +1,39 @@
 """Run (or resume) one of the paper's experiments and regenerate its table and figures.
 
-    python benchmarks/experiments/run.py --experiment=sagd_vs_iso_fashion
-    python benchmarks/experiments/run.py --experiment=omission
-    python benchmarks/experiments/run.py --experiment=t0_grf
-    python benchmarks/experiments/run.py --experiment=fitted_patches       # issue 23
-    python benchmarks/experiments/run.py --experiment=ode_params_fashion   # issue 24
-    python benchmarks/experiments/run.py --experiment=fid_cifar10      # one GPU: see
-    python benchmarks/experiments/run.py --experiment=fid_celeba64     # configs/experiments/fid.py
-    python benchmarks/experiments/run.py --list
-    python benchmarks/experiments/run.py --experiment=sagd_vs_iso_patches --skip_training \\
+    python experiments/run.py --experiment=sagd_vs_iso_fashion
+    python experiments/run.py --experiment=omission
+    python experiments/run.py --experiment=t0_grf
+    python experiments/run.py --experiment=fitted_patches       # issue 23
+    python experiments/run.py --experiment=ode_params_fashion   # issue 24
+    python experiments/run.py --experiment=fid_cifar10      # one GPU: see
+    python experiments/run.py --experiment=fid_celeba64     # experiments/configs/fid.py
+    python experiments/run.py --list
+    python experiments/run.py --experiment=sagd_vs_iso_patches --skip_training \\
         --clip_x0=1    # the finished arms sampled again with x0_hat clipped to [-1, 1]
+    python experiments/run.py --experiment=omission --report_only   # table.md from results.json
 
-Each arm trains with ``python -m sagd_jax.main`` in ``--root/<experiment>/<arm>`` (resumed if
-unfinished, skipped if finished), is sampled with ``sagd_jax.sample`` (resumable chunks) and
-judged with ``sagd_jax.evaluate`` (the FID experiments: also in the Inception features, FID,
-KID and IS against the reference of the arm's ``eval.*`` settings, with the weights of
-``$SAGD_JAX_INCEPTION``, the cache or a download; the table also shows the last in-training
-FID/KID of ``metrics.jsonl``); then ``--out/<experiment>/`` gets ``table.md``,
-``results.json`` and PNG figures, all regenerated from the runs' outputs. Training wall time
-per call is appended to ``<arm>/wall_time.jsonl``, also when the command is stopped with
-SIGTERM (the trainer then checkpoints its current step). ``--tiny`` shrinks everything to seconds
-(the end-to-end test); ``--skip_training`` reports on the arms that finished training.
+(or ``python -m experiments.run ...``). Each arm trains with ``python -m sagd_jax.main`` in
+``--root/<experiment>/<arm>`` (``sagd_jax.train_subprocess``: resumed if unfinished, skipped if
+finished, its output appended to ``<arm>/train.log``), is sampled with ``sagd_jax.sample``
+(resumable chunks) and judged with ``sagd_jax.evaluate`` (the FID experiments: also in the
+Inception features, FID, KID and IS against the reference of the arm's ``eval.*`` settings,
+with the weights of ``$SAGD_JAX_INCEPTION``, the cache or a download; the table also shows the
+last in-training FID/KID of ``metrics.jsonl``); then ``--out/<experiment>/`` (default
+``experiments/results/<experiment>/``) gets ``table.md``, ``results.json`` and PNG figures, all
+regenerated from the runs' outputs. Training wall time per call is appended to
+``<arm>/wall_time.jsonl``, also when the command is stopped with SIGTERM or SIGINT: the signal
+goes on to the trainer, which checkpoints its current step, then the command stops (exit status
+1, "stopped by signal N; rerun the same command to resume"). ``--tiny`` shrinks everything to
+seconds (the end-to-end test); ``--skip_training`` reports on the arms that finished training.
 ``--clip_x0=C`` samples with ``x0_hat`` clipped to ``[-C, C]`` (``sagd_jax.samplers``; DDPM and
 DDIM experiments only) into their own folders and reports into ``--out/<experiment>-clipC/``.
 Bad input (an unknown experiment, an arm's invalid config, a clip the sampler cannot do) stops
 with a one-line error and exit status 2 before any arm trains; a failed training with exit
 status 1 (its ``<arm>/train.log`` says why). ``--check`` validates every arm of every
 experiment (or of ``--experiment`` only), its data opened too, and runs nothing.
+``--report_only`` regenerates ``table.md`` and the figures of ``--out/<experiment>/`` (with
+``--clip_x0``: ``-clipC/``) from its own ``results.json``, and trains, samples and reads no
+run (``samples.png`` is redrawn only where every arm's grid is still on disk).
 
 The experiments themselves are data in ``catalog.py`` (``EXPERIMENTS``); the table's columns
 are computed in ``columns.py`` and the report written by ``report.py``; this module trains
@@ -38,29 +45,27 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
-if __package__ in (None, ""):  # ``python benchmarks/experiments/run.py`` from anywhere
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))))
+if __package__ in (None, ""):  # ``python experiments/run.py`` from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 from absl import flags
 
-from benchmarks.experiments.catalog import (
+from experiments.catalog import (
     EXPERIMENTS,
     REPO,
     Arm,
+    Experiment,
     arm_run,
     arm_settings,
     load_arm_config,
     overrides_for,
 )
-from benchmarks.experiments.columns import (
+from experiments.columns import (
     data_row,
     fitted_column,
     gaussian_floor,
@@ -70,8 +75,8 @@ from benchmarks.experiments.columns import (
     score_error_curve,
     summary_row,
 )
-from benchmarks.experiments.report import plot_score_error, report
-from sagd_jax import cli, console, files
+from experiments.report import plot_score_error, report
+from sagd_jax import cli, console, files, train_subprocess
 
 WALL_TIME = "wall_time.jsonl"  # the driver's own record of each training call, in the workdir
 
@@ -88,27 +93,21 @@ def finished(arm: Arm, workdir: str, extra: list[str]) -> bool:
 
 
 def train(arm: Arm, workdir: str, extra: list[str]) -> None:
-    """Train or resume one arm (a subprocess: one process per run, as users run it)."""
+    """Train or resume one arm (``sagd_jax.train_subprocess``: one process per run, as users
+    run it); its time goes to ``<workdir>/wall_time.jsonl``. SIGTERM or SIGINT meanwhile goes on
+    to the trainer, which checkpoints; then ``SystemExit`` (rerun to resume)."""
     if finished(arm, workdir, extra):
         return
     arm_run(arm, extra)  # bad input: one line here, before anything is started or written
-    os.makedirs(workdir, exist_ok=True)
-    command = [sys.executable, "-m", "sagd_jax.main", f"--config={arm.config}:{arm.variant}",
-               f"--workdir={workdir}",
-               *(f"--config.{key}={text}" for key, text in arm_settings(arm, extra))]
+    command = train_subprocess.trainer_command(f"{arm.config}:{arm.variant}", workdir,
+                                               arm_settings(arm, extra))
     log_path = os.path.join(workdir, "train.log")
     console.info("  training %s (log %s)", arm.name, log_path)
-    start = time.perf_counter()
-    with open(log_path, "a") as log:
-        child = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log)
-        try:
-            code = child.wait()
-        finally:  # stopped (SIGTERM): the trainer checkpoints and exits; its time is recorded
-            if child.poll() is None:
-                child.terminate()
-                code = child.wait()
-            files.append_jsonl(os.path.join(workdir, WALL_TIME),
-                               {"seconds": time.perf_counter() - start, "exit": code})
+    with train_subprocess.StopSignals().installed() as stops:
+        code = train_subprocess.train(command, log_path, stops, cwd=REPO,
+                                      wall_time_path=os.path.join(workdir, WALL_TIME))
+    if stops.received is not None:
+        raise SystemExit(f"stopped by signal {stops.received}; rerun the same command to resume")
     if code:
         raise TrainingFailed(f"training {arm.name} failed (exit {code}); see {log_path}")
 
@@ -122,6 +121,37 @@ def wall_time(workdir: str) -> float:
     """Seconds of every training call of the arm (NaN before the first)."""
     records = files.read_jsonl(os.path.join(workdir, WALL_TIME))
     return sum(r["seconds"] for r in records) if records else float("nan")
+
+
+def report_folder(out: str, name: str, clip_x0: float | None) -> str:
+    """Where experiment ``name``'s report goes: ``OUT/<name>`` or ``OUT/<name>-clipC``."""
+    return os.path.join(out, name if clip_x0 is None else f"{name}-clip{clip_x0:g}")
+
+
+def clipped(exp: Experiment, clip_x0: float) -> Experiment:
+    """``exp`` described as sampled with ``x0_hat`` clipped to ``[-clip_x0, clip_x0]``."""
+    return dataclasses.replace(
+        exp, description=f"{exp.description} (x0_hat clipped to [-{clip_x0:g}, {clip_x0:g}])")
+
+
+def report_again(name: str, out: str, clip_x0: float | None = None) -> str:
+    """Regenerate ``table.md`` and the figures of experiment ``name`` in its report folder
+    from the ``results.json`` there (left as it is); nothing is trained, sampled or read from
+    the runs, and ``samples.png`` is redrawn only if every arm's grid is still on disk. Returns
+    the Markdown table."""
+    folder = report_folder(out, name, clip_x0)
+    path = os.path.join(folder, "results.json")
+    if not files.exists(path):
+        raise ValueError(f"--report_only: {path}: no such file (run the experiment first)")
+    saved = files.read_json(path)
+    exp = EXPERIMENTS[name] if clip_x0 is None else clipped(EXPERIMENTS[name], clip_x0)
+    rows = saved["rows"]
+    if not all(files.exists(row["grid"]) for row in rows if row.get("grid")):
+        rows = [{k: v for k, v in row.items() if k != "grid"} for row in rows]
+    extra = {k: v for k, v in saved.items() if k not in ("experiment", "rows", "seed_summary")}
+    if exp.score_error_curve and rows:
+        plot_score_error(extra, os.path.join(folder, "score_error.png"))
+    return report(name, exp, rows, folder, extra, write_results=False)
 
 
 def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bool,
@@ -147,10 +177,9 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
                           clip_x0=clip_x0).validate(device_count=1)
         except ValueError as err:
             raise ValueError(f"experiment {name}: {err}") from None
-        exp = dataclasses.replace(
-            exp, description=f"{exp.description} (x0_hat clipped to [-{clip_x0:g}, {clip_x0:g}])")
+        exp = clipped(exp, clip_x0)
     extra_overrides = overrides_for(exp, tiny)
-    folder = os.path.join(out, name if clip_x0 is None else f"{name}-clip{clip_x0:g}")
+    folder = report_folder(out, name, clip_x0)
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {} if clip_x0 is None else {"clip_x0": clip_x0}
     for arm in exp.arms[:max_arms]:
@@ -216,7 +245,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_boolean("list", False, "List the experiments and their arms.", flag_values=fv)
     flags.DEFINE_string("root", os.path.join(REPO, "workdirs", "experiments"),
                         "Workdirs of the arms: ROOT/<experiment>/<arm>.", flag_values=fv)
-    flags.DEFINE_string("out", os.path.join(REPO, "docs", "experiments"),
+    flags.DEFINE_string("out", os.path.join(REPO, "experiments", "results"),
                         "Reports: OUT/<experiment>/ (table.md, results.json, figures).",
                         flag_values=fv)
     flags.DEFINE_boolean("tiny", False, "Seconds-long settings (tests).", flag_values=fv)
@@ -231,6 +260,8 @@ def define_flags(fv: flags.FlagValues) -> None:
                        "OUT/<experiment>-clipC.", flag_values=fv)
     flags.DEFINE_boolean("check", False, "Validate every arm's config (and data) of every "
                          "experiment, or of --experiment only; run nothing.", flag_values=fv)
+    flags.DEFINE_boolean("report_only", False, "Regenerate OUT/<experiment>/'s table.md and "
+                         "figures from its results.json; run nothing.", flag_values=fv)
     flags.DEFINE_boolean("gaussian_floors", False, "Print each arm's gaussian_floor (the "
                          "sampler's share of spectrum_err, from the arm's config and data "
                          "alone: nothing is trained) for --experiment.", flag_values=fv)
@@ -241,6 +272,11 @@ def body(fv: flags.FlagValues) -> int | None:
         for name in [fv.experiment] if fv.experiment else EXPERIMENTS:
             check(name)
             print(f"{name}: ok")
+        return None
+    if fv.report_only:
+        if not fv.experiment:
+            raise ValueError("--report_only: name the experiment (--experiment=NAME)")
+        print(report_again(fv.experiment, fv.out, fv.clip_x0))
         return None
     if fv.list or not fv.experiment:
         for name, exp in EXPERIMENTS.items():

@@ -1,6 +1,6 @@
 """Exact bias of each sampler on the Gaussian model, versus step count and noise anisotropy.
 
-    python benchmarks/sampler_bias.py [--size=8] [--noise_exponent_start=1] [--json=FILE]
+    python experiments/sampler_bias.py [--size=8] [--noise_exponent_start=1] [--json=FILE]
 
 No Monte Carlo: ``sagd_jax.gaussian.sampler_output_spectrum`` propagates the per-frequency
 variance through each sampler's linear recursion in float64. Printed: the worst per-frequency
@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-if __package__ in (None, ""):  # ``python benchmarks/NAME.py`` from anywhere
+if __package__ in (None, ""):  # ``python experiments/sampler_bias.py`` from anywhere
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np

@@ -1,6 +1,6 @@
 """Exact bias of each sampler on each time grid, versus network evaluations and anisotropy.
 
-    python benchmarks/time_grids.py [--size=8] [--json=FILE]
+    python experiments/time_grids.py [--size=8] [--json=FILE]
 
 No Monte Carlo: ``sagd_jax.gaussian.sampler_output_spectrum`` propagates the per-frequency
 variance through each sampler's linear recursion in float64 on the grid's own times. Printed:
@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-if __package__ in (None, ""):  # ``python benchmarks/NAME.py`` from anywhere
+if __package__ in (None, ""):  # ``python experiments/time_grids.py`` from anywhere
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np

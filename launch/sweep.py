@@ -7,9 +7,10 @@
 
 Every point (the Cartesian product of the ``--sweep`` lists, with the ``--set`` values fixed)
 trains in ``ROOT/<key-value name>``, e.g. ``ROOT/noise.gamma-0.5_seed-1``, through
-``python -m sagd_jax.main`` (one process per run, its output in ``ROOT/logs/<name>.log``);
-running the sweep again resumes unfinished runs and skips finished ones, then prints a table of
-each run's last logged metrics and sample-spectrum error (``--json``: also to a new file).
+``python -m sagd_jax.main`` (``sagd_jax.train_subprocess``: one process per run in its own
+session, its output in ``ROOT/logs/<name>.log``); running the sweep again resumes unfinished
+runs and skips finished ones, then prints a table of each run's last logged metrics and
+sample-spectrum error (``--json``: also to a new file).
 ``--index=I`` runs point I only (one task of a job array); ``--emit=slurm`` prints an sbatch
 job-array script running one point per task (a task whose point was stopped requeues itself);
 ``--emit=commands`` prints one trainer command per line (for any other scheduler). Every point's
@@ -32,17 +33,16 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from absl import flags
 
 from sagd_jax import cli, console, files
 from sagd_jax.config import check_keys, load_config_file
+from sagd_jax.train_subprocess import StopSignals, train, trainer_command
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +55,7 @@ class Point:
     workdir: str
 
     def trainer_command(self, config_spec: str) -> list[str]:
-        return [sys.executable, "-m", "sagd_jax.main", f"--config={config_spec}",
-                f"--workdir={self.workdir}",
-                *(f"--config.{key}={text}" for key, text in self.overrides)]
+        return trainer_command(config_spec, self.workdir, self.overrides)
 
 
 def split_values(text: str) -> list[str]:
@@ -209,59 +207,6 @@ def define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
 
 
-class StopSignals:
-    """SIGTERM and SIGINT received by the sweep: remembered (no further point starts) and
-    passed on, each once, to the running trainer (which saves and stops)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.received: int | None = None  # the first signal
-        self._child: subprocess.Popen | None = None
-        self._pending: int | None = None  # arrived while no trainer ran
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = self.received or signum
-        if self._child is not None and self._child.poll() is None:
-            self._child.send_signal(signum)
-        else:
-            self._pending = signum
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[StopSignals]:
-        """Handle the signals (main thread only; elsewhere the defaults stay)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def wait(self, child: subprocess.Popen) -> int:
-        """``child``'s exit status; a signal received meanwhile is passed on to it."""
-        self._child = child
-        try:
-            pending, self._pending = self._pending, None  # arrived while it started
-            if pending is not None and child.poll() is None:
-                child.send_signal(pending)
-            return child.wait()
-        finally:
-            self._child = None
-
-
-def train_point(point: Point, config_spec: str, log_path: str, stops: StopSignals) -> int:
-    """Train (or resume) one point in its own process; its output goes to ``log_path``. The
-    trainer runs in its own session: a terminal's Ctrl-C reaches it once, through ``stops``."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "a") as log:
-        child = subprocess.Popen(point.trainer_command(config_spec), stdout=log, stderr=log,
-                                 start_new_session=True)
-        return stops.wait(child)
-
-
 def point_status(code: int) -> str:
     """A trainer's exit status in words: ``finished``, ``stopped (resumable)``,
     ``failed (3: non-finite loss)``, ``failed (killed by SIGKILL)``."""
@@ -309,7 +254,8 @@ def sweep(fv: flags.FlagValues) -> int:
             log_path = os.path.join(root, "logs", f"{os.path.basename(point.workdir)}.log")
             console.info("%s: training (log %s)", where, log_path)
             start = time.perf_counter()
-            code = train_point(point, fv.config, log_path, stops)
+            # The trainer in its own session: a terminal's Ctrl-C reaches it once, via stops.
+            code = train(point.trainer_command(fv.config), log_path, stops)
             statuses[point.index] = point_status(code)
             stopped = stopped or code == cli.STOPPED
             console.info("%s: %s after %s", where, statuses[point.index],

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-DRIVER = "benchmarks.experiments.run"
+DRIVER = "experiments.run"
+# The committed reports: experiments/results/<experiment>[-clipC]/ with a results.json.
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "experiments", "results")
+REPORTS = sorted(name for name in os.listdir(RESULTS)
+                 if os.path.exists(os.path.join(RESULTS, name, "results.json")))
 
 
 @pytest.fixture
@@ -55,6 +61,14 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     again, _, _ = run_experiment("t0_grf")
     assert "training" not in again.stdout + again.stderr
     assert (out / "table.md").read_text() == table
+    # --report_only: the same table from results.json alone (left as it was), grids redrawn.
+    saved = (out / "results.json").read_bytes()
+    (out / "samples.png").unlink()
+    only = run_cli(DRIVER, "--experiment=t0_grf", "--report_only", f"--out={tmp_path / 'docs'}")
+    assert only.returncode == 0, only.stderr[-3000:]
+    assert table in only.stdout and "training" not in only.stdout + only.stderr
+    assert (out / "table.md").read_text() == table and (out / "results.json").read_bytes() == saved
+    assert (out / "samples.png").exists() and (out / "score_error.png").exists()
     refused = run_cli(DRIVER, "--experiment=t0_grf", "--tiny", "--clip_x0=1",
                       f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'docs'}")
     assert refused.returncode == 2 and "only the ddpm and ddim samplers clip" in refused.stderr
@@ -62,7 +76,7 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
 
     # The ODE check on the same tiny run: the three ODE solves share their prior draw.
     check = tmp_path / "ode_check"
-    result = run_cli("benchmarks.experiments.ode_check", "--num_samples=8", "--steps=4",
+    result = run_cli("experiments.ode_check", "--num_samples=8", "--steps=4",
                      f"--workdir={tmp_path / 'runs' / 't0_grf' / 'full-support'}",
                      f"--out={check}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -77,7 +91,7 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     # as the exact recursion for a Gaussian of the measured spectrum says (both ~1).
     workdir = tmp_path / "runs" / "t0_grf" / "full-support"
     for model in ("exact", "ema"):
-        result = run_cli("benchmarks.experiments.drift_check", f"--workdir={workdir}",
+        result = run_cli("experiments.drift_check", f"--workdir={workdir}",
                          f"--out={tmp_path / f'drift_{model}'}", f"--model={model}",
                          "--samplers=ddpm,ode_heun", "--steps=20", "--num_samples=256",
                          "--every=5")
@@ -97,7 +111,7 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.experiments.columns import gaussian_floor
+    from experiments.columns import gaussian_floor
     from sagd_jax.gaussian import GaussianData
     from sagd_jax.metrics.spectra import power_spectrum, radial_average, spectrum_log_error
     from sagd_jax.run import Run
@@ -120,11 +134,11 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     assert f"full-support: gaussian_floor {heun:.4g} (ode_heun 2)" in floors.stdout
     report = tmp_path / "drift_exact" / "drift_check.json"
     before = report.read_bytes()
-    again = run_cli("benchmarks.experiments.drift_check", f"--workdir={workdir}",
+    again = run_cli("experiments.drift_check", f"--workdir={workdir}",
                     f"--out={tmp_path / 'drift_exact'}", "--model=exact", "--steps=4")
     assert again.returncode == 2 and "exists; results are never overwritten" in again.stderr
     assert report.read_bytes() == before
-    refused = run_cli("benchmarks.experiments.drift_check", f"--workdir={workdir}",
+    refused = run_cli("experiments.drift_check", f"--workdir={workdir}",
                       f"--out={tmp_path / 'drift_bad'}", "--samplers=ddpm,nope")
     assert refused.returncode == 2 and "nope" in refused.stderr
     assert not (tmp_path / "drift_bad").exists()
@@ -191,8 +205,8 @@ def test_fitted_arms_report_what_their_fit_chose(tmp_path, tiny_config):
     """The fitted experiments' arms (noise.fit against hand-set gamma) and their table column:
     the fitted gamma and rho0 of a power-law fit, the fit's summary otherwise, nothing for a
     hand-set arm."""
-    from benchmarks.experiments.catalog import EXPERIMENTS
-    from benchmarks.experiments.columns import fitted_column
+    from experiments.catalog import EXPERIMENTS
+    from experiments.columns import fitted_column
     from sagd_jax.workdir import Workdir
 
     arms = {a.name: dict(a.overrides) for a in EXPERIMENTS["fitted_patches"].arms}
@@ -214,7 +228,7 @@ def test_fitted_arms_report_what_their_fit_chose(tmp_path, tiny_config):
 
 def test_experiments_are_data():
     """What sets the experiments apart is in their ``Experiment`` fields, not in their names."""
-    from benchmarks.experiments.catalog import BAND, EXPERIMENTS
+    from experiments.catalog import BAND, EXPERIMENTS
 
     assert EXPERIMENTS["omission"].band == BAND
     assert [n for n, e in EXPERIMENTS.items() if e.band] == ["omission"]
@@ -232,7 +246,7 @@ def test_experiments_are_data():
 
 
 def test_seed_summary_means_and_half_ranges():
-    from benchmarks.experiments.report import seed_summary
+    from experiments.report import seed_summary
     from sagd_jax.console import table
 
     rows = [{"arm": "gamma0-seed0", "fd": 40.0, "kid_mean": 3.0, "loss": 0.05},
@@ -254,3 +268,41 @@ def test_seed_summary_means_and_half_ranges():
     numbers = table([{"arm": "a", "fd": 12.3456, "wall_s": float("nan")}],
                     ("arm", "fd", "wall_s"), digits=3, markdown=True)
     assert numbers.splitlines()[2] == "| a | 12.3 | - |"
+
+
+@pytest.mark.parametrize("folder", REPORTS)
+def test_report_only_regenerates_each_committed_table_byte_for_byte(run_cli, tmp_path, folder):
+    """``--report_only`` on a copy of a committed ``results.json``: the committed ``table.md``
+    again, byte for byte (the report is a function of results.json alone)."""
+    name, _, clip = folder.partition("-clip")
+    committed = os.path.join(RESULTS, folder)
+    copy = tmp_path / folder
+    copy.mkdir()
+    shutil.copy(os.path.join(committed, "results.json"), copy)
+    result = run_cli(DRIVER, f"--experiment={name}", "--report_only", f"--out={tmp_path}",
+                     *([f"--clip_x0={clip}"] if clip else []))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(committed, "table.md"), "rb") as f:
+        assert (copy / "table.md").read_bytes() == f.read()
+    with open(os.path.join(committed, "results.json"), "rb") as f:
+        assert (copy / "results.json").read_bytes() == f.read()
+    assert (copy / "spectra.png").exists()
+
+
+def test_report_only_needs_results_json_and_skips_missing_grids(run_cli, tmp_path):
+    refused = run_cli(DRIVER, "--experiment=omission", "--report_only", f"--out={tmp_path}")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip() == (f"error: --report_only: {tmp_path}/omission/results.json: "
+                                      "no such file (run the experiment first)")
+    assert os.listdir(tmp_path) == []
+    with open(os.path.join(RESULTS, "omission", "results.json")) as f:
+        saved = json.load(f)
+    for row in saved["rows"]:
+        if row.get("grid"):
+            row["grid"] = str(tmp_path / "gone" / row["arm"] / "grid.png")
+    (tmp_path / "omission").mkdir()
+    (tmp_path / "omission" / "results.json").write_text(json.dumps(saved))
+    result = run_cli(DRIVER, "--experiment=omission", "--report_only", f"--out={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "omission")) == [
+        "results.json", "spectra.png", "spectra_ratio.png", "table.md"]  # no samples.png

@@ -1,5 +1,5 @@
-"""The FID experiments (configs/experiments/fid.py through benchmarks/experiments/run.py) end to
-end on tiny settings: TFDS cifar10 and celeb_a prepared on disk from random examples (so the
+"""The FID experiments (experiments/configs/fid.py through experiments/run.py) end to end on
+tiny settings: TFDS cifar10 and celeb_a prepared on disk from random examples (so the
 trainer subprocesses read them too), random Inception weights."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sagd_jax.metrics.inception import InceptionFeatures
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-DRIVER = "benchmarks.experiments.run"
+DRIVER = "experiments.run"
 ARMS = ["isotropic", "gamma0.5", "gamma1", "gamma2", "gamma1-lowpass1"]
 
 
@@ -70,10 +70,10 @@ def fid_env(fake_inputs, tmp_path, monkeypatch):
 
 def test_arms_are_the_configs_data(repo):
     """The driver's FID arms are the config file's ARMS, and each changes only noise keys."""
-    from benchmarks.experiments.catalog import EXPERIMENTS, _config_module, load_arm_config
+    from experiments.catalog import EXPERIMENTS, _config_module, load_arm_config
     from sagd_jax.config import load_config_file
 
-    fid = _config_module("configs/experiments/fid.py")
+    fid = _config_module("experiments/configs/fid.py")
     for name, variant, base in (("fid_cifar10", "cifar10", "configs/cifar10_ddpmpp.py:full"),
                                 ("fid_celeba64", "celeba64", "configs/celeba64.py:full")):
         exp = EXPERIMENTS[name]

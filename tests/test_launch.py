@@ -12,6 +12,7 @@ import time
 import pytest
 
 from launch.sweep import make_points, run_name, split_values
+from sagd_jax import cli
 from sagd_jax.config import load_config_file, override
 
 # The trainer tests' tiny program (shared XLA compile cache), on 16x16 GRFs, two steps.
@@ -200,6 +201,42 @@ def test_sweep_passes_a_stop_signal_on_to_its_trainer(tmp_path, repo, sig, group
     assert table == {"0": ["stopped", "(resumable)"], "1": ["todo", "-"]}
     assert f"warning: sweep: stopped by {sig.name}; 1 point(s) not started" in err
 
+
+
+def test_train_subprocess_logs_times_and_stops_its_trainer(tmp_path, monkeypatch):
+    """The one trainer runner of the sweep and the experiment driver: its output appended to the
+    log, in ``cwd`` and its own session, its exit status returned and its wall time recorded;
+    should the caller's wait be interrupted, the trainer gets SIGTERM, saves (75) and is waited
+    for, and that call's time is recorded before the exception goes on."""
+    from sagd_jax.train_subprocess import StopSignals, train, trainer_command
+
+    assert trainer_command("c.py:v", "w", [("seed", "1")])[1:] == [
+        "-m", "sagd_jax.main", "--config=c.py:v", "--workdir=w", "--config.seed=1"]
+    log, times = tmp_path / "logs" / "train.log", tmp_path / "wall_time.jsonl"
+    report = ("import os, sys; print(os.getcwd(), os.getsid(0) == os.getpid()); "
+              "sys.exit(int(sys.argv[1]))")
+    with StopSignals().installed() as stops:
+        for code in (0, 3):
+            assert train([sys.executable, "-c", report, str(code)], str(log), stops,
+                         cwd=str(tmp_path), wall_time_path=str(times)) == code
+    assert log.read_text().splitlines() == [f"{tmp_path} True"] * 2  # appended, not replaced
+    records = [json.loads(line) for line in times.read_text().splitlines()]
+    assert [r["exit"] for r in records] == [0, 3] and all(r["seconds"] > 0 for r in records)
+
+    class Interrupted(StopSignals):
+        def wait(self, child):  # the caller's wait ends in an exception once the trainer runs
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "stopped" / "started").exists():
+                assert child.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+
+    monkeypatch.setenv("FAKE_TRAINER_STOPPED", "waiting")
+    with pytest.raises(KeyboardInterrupt):
+        train([sys.executable, "-c", FAKE_TRAINER, str(tmp_path / "stopped")], str(log),
+              Interrupted(), wall_time_path=str(times))
+    assert (tmp_path / "stopped" / "signals").read_text().split() == [str(int(signal.SIGTERM))]
+    assert json.loads(times.read_text().splitlines()[-1])["exit"] == cli.STOPPED
 
 def _fake_commands(tmp_path, **scripts: str) -> dict[str, str]:
     """Executables ``NAME`` (bash ``scripts``) in ``tmp_path/bin`` that log each call

@@ -1,9 +1,9 @@
 """SAGD against isotropic diffusion where FID can test the paper's claim: CIFAR-10 and CelebA
 64x64 with the literature's networks and training schedules, one arm per noise weighting.
 
-    python benchmarks/experiments/run.py --experiment=fid_cifar10     # the five arms, then FID
-    python benchmarks/experiments/run.py --experiment=fid_celeba64
-    python -m sagd_jax.main --config=configs/experiments/fid.py:cifar10 --workdir=DIR \\
+    python experiments/run.py --experiment=fid_cifar10     # the five arms, then FID
+    python experiments/run.py --experiment=fid_celeba64
+    python -m sagd_jax.main --config=experiments/configs/fid.py:cifar10 --workdir=DIR \\
         --config.noise.gamma=0.5        # one arm by hand (ARMS below lists their overrides)
 
 Variants: ``cifar10`` (``configs/cifar10_ddpmpp.py:full``: DDPM++, 128 channels, 55.7M
@@ -11,7 +11,7 @@ parameters, batch 128, 400k steps) and ``celeba64`` (``configs/celeba64.py:full`
 network, 86.0M parameters, batch 128, 500k steps); data, network, optimizer, EMA and schedule
 are theirs (the continuous VP SDE with beta 0.1..20, i.e. DDPM's linear betas 1e-4..0.02 over
 1000 steps in continuous time). Only the noise weighting differs between the arms (``ARMS``,
-applied by ``benchmarks/experiments/run.py``): isotropic (gamma 0), the power laws
+applied by ``experiments/run.py``): isotropic (gamma 0), the power laws
 ``w = (rho + 0.1)^-gamma`` with gamma 0.5, 1 and 2 (mean 1: the same total noise energy), and
 gamma 1 with the band mask ``lowpass::1:0.2`` (``BAND``: no noise above the axis Nyquist, the
 corners 1.1 <= rho <= sqrt(2) where natural images carry the least power, a raised-cosine edge
@@ -43,7 +43,8 @@ from typing import Any
 
 from sagd_jax.config import load_config_file
 
-CONFIGS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = os.path.join(REPO, "configs")  # the base configs: configs/cifar10_ddpmpp.py, ...
 BASE = {"cifar10": "cifar10_ddpmpp.py:full", "celeba64": "celeba64.py:full"}
 VARIANTS = tuple(BASE)
 BAND = "lowpass::1:0.2"  # zero weight for rho >= 1.1, one for rho <= 0.9

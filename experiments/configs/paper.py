@@ -1,12 +1,12 @@
-"""The paper's experiments on a 2-core CPU (docs/EXPERIMENTS.md): one small U-Net, one recipe.
+"""The paper's experiments on a 2-core CPU (experiments/README.md): one small U-Net, one recipe.
 
-    python -m sagd_jax.main --config=configs/experiments/paper.py:VARIANT --workdir=DIR
+    python -m sagd_jax.main --config=experiments/configs/paper.py:VARIANT --workdir=DIR
 
 Variants (the data): ``fashion_mnist`` (28x28), ``natural_patches`` (32x32 grayscale crops of
 scikit-image's photographs), ``omission_corrupted`` (Fashion-MNIST plus random-phase stripes
 confined to the band 0.45 <= rho <= 0.55), ``omission_clean`` (its clean reference), ``grf``
 (16x16 Gaussian random fields: the exact answer is known). The arms of each experiment
-override ``noise.*`` (see benchmarks/experiments/run.py). Equal steps, batch and seed across
+override ``noise.*`` (see experiments/catalog.py). Equal steps, batch and seed across
 the arms of a comparison.
 """
 
@@ -30,7 +30,7 @@ def get_config(variant: str = "fashion_mnist"):
     if variant == "grf":
         c.data.name, c.data.image_size, c.data.num_examples = "grf", 16, 50_000
     c.noise.gamma, c.noise.rho0, c.noise.bands = 1.0, 0.1, ""
-    # About 1M parameters (benchmarks/experiments/run.py prints the count).
+    # About 1M parameters (experiments/run.py prints the count).
     c.model.update(dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                         attn_resolutions=(7, 8, 4), dropout=0.0, num_groups=8))
     c.optim.update(dict(learning_rate=1e-3, warmup_steps=100, ema_decay=0.999))

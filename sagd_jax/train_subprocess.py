@@ -1,0 +1,108 @@
+"""The trainer as a resumable child process: ``python -m sagd_jax.main`` in its own session,
+its output appended to a log, stop signals passed on to it once.
+
+Used by the sweep (``launch/sweep.py``) and the experiment driver (``experiments/run.py``): one
+process per run, as users run it. The trainer resumes from its workdir's last checkpoint; on
+SIGTERM or SIGINT it saves its current step and exits ``cli.STOPPED`` (75), so running the
+caller's command again picks up where it stopped.
+
+    with StopSignals().installed() as stops:
+        code = train(trainer_command("configs/quickstart.py", "workdirs/q"), "q.log", stops)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sagd_jax import files
+
+
+def trainer_command(config_spec: str, workdir: str,
+                    overrides: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """``python -m sagd_jax.main --config=SPEC --workdir=DIR --config.KEY=TEXT...`` as an argv
+    list (this interpreter's ``python``)."""
+    return [sys.executable, "-m", "sagd_jax.main", f"--config={config_spec}",
+            f"--workdir={workdir}", *(f"--config.{key}={text}" for key, text in overrides)]
+
+
+class StopSignals:
+    """SIGTERM and SIGINT received by the caller while it trains: remembered in ``received``
+    (the first one; the caller then starts no further run) and passed on, each once, to the
+    running trainer (which saves and stops). A signal that arrives while no trainer runs is
+    passed on to the next one as soon as it starts."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # the first signal
+        self._child: subprocess.Popen | None = None
+        self._pending: int | None = None  # arrived while no trainer ran
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signum
+        if self._child is not None and self._child.poll() is None:
+            self._child.send_signal(signum)
+        else:
+            self._pending = signum
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        """Handle the signals while the block runs, then restore the previous handlers (main
+        thread only; elsewhere the handlers stay as they are); yields ``self``."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def wait(self, child: subprocess.Popen) -> int:
+        """``child``'s exit status; a signal received meanwhile is passed on to it."""
+        self._child = child
+        try:
+            pending, self._pending = self._pending, None  # arrived while it started
+            if pending is not None and child.poll() is None:
+                child.send_signal(pending)
+            return child.wait()
+        finally:
+            self._child = None
+
+
+def train(command: Sequence[str], log_path: str, stops: StopSignals, *,
+          cwd: str | None = None, wall_time_path: str | None = None) -> int:
+    """Run the trainer ``command`` (``trainer_command``) to its end and return its exit status
+    (0 finished, ``cli.STOPPED`` stopped after saving, negative: killed by that signal).
+
+    Its stdout and stderr are appended to ``log_path`` (its folder created). It runs in its own
+    session, so a terminal's Ctrl-C reaches it once, through ``stops`` (installed by the
+    caller). Should the wait itself be interrupted (an exception in the caller's process), the
+    trainer is sent SIGTERM and waited for: it saves before the exception goes on.
+    ``wall_time_path``: a JSONL file that gets ``{"seconds": ..., "exit": status}`` for this
+    call, also when it was stopped or interrupted. ``cwd``: the trainer's working directory
+    (default: the caller's)."""
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+        child = subprocess.Popen(list(command), cwd=cwd, stdout=log, stderr=log,
+                                 start_new_session=True)
+        try:
+            stops.wait(child)
+        finally:
+            if child.poll() is None:  # interrupted: the trainer checkpoints and exits
+                child.terminate()
+            code = child.wait()
+            if wall_time_path is not None:
+                files.append_jsonl(wall_time_path,
+                                   {"seconds": time.perf_counter() - start, "exit": code})
+    return code
