@@ -34,6 +34,7 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow
 def test_inception_throughput_records_rates_agreement_and_the_eval_fraction(tmp_path):
     out = tmp_path / "inception.json"
     result = run_script(*TINY, f"--json={out}")
@@ -79,6 +80,7 @@ def test_inception_throughput_records_rates_agreement_and_the_eval_fraction(tmp_
     assert "eval fraction" in result.stdout and "extrapolated" in result.stdout
 
 
+@pytest.mark.slow
 def test_inception_throughput_refuses_bad_input_before_measuring(tmp_path):
     out = tmp_path / "out.json"
     for args, message in (

@@ -34,6 +34,7 @@ def positive(value):
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow
 @pytest.mark.needs_fashion_mnist  # the loop reads Debian's dataset-fashion-mnist
 def test_train_throughput(bench, repo):
     from sagd_jax.config import load_config_file
@@ -73,6 +74,7 @@ def test_train_throughput(bench, repo):
     assert 0.5 < result["conv_flops_per_step"] / (4 * result["flops_per_image"]) < 1.0
 
 
+@pytest.mark.slow
 def test_sample_throughput(bench):
     result = bench("sample_throughput", "--batch_size", "4", "--steps", "3", "--repeats", "1",
                    "--samplers", "ddim,ode_heun,dpmpp_2m")
@@ -93,6 +95,7 @@ def test_spectral_cost(bench):
             assert positive(row[key]), key
 
 
+@pytest.mark.slow
 def test_scaling_on_fake_cpu_devices(bench):
     result = bench("scaling", "--devices", "1,2", "--per_device_batch", "2", "--steps", "1")
     rows = result["rows"]
@@ -100,6 +103,7 @@ def test_scaling_on_fake_cpu_devices(bench):
     assert rows[0]["speedup"] == 1.0 and positive(rows[1]["per_device_efficiency"])
 
 
+@pytest.mark.slow
 def test_remat_memory(bench):
     result = bench("remat_memory", "--batch_size", "2", "--chain_blocks", "3",
                    "--chain_width", "16", "--chain_batch", "32")
@@ -212,6 +216,7 @@ def test_sampling_peer_needs_an_edm_checkout(run_cli, tmp_path):
     assert result.stdout == ""  # refused before anything is measured
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_run_from_any_directory(script, repo, tmp_path):
     """``python benchmarks/NAME.py`` from another folder finds the repository's packages (a
@@ -224,6 +229,7 @@ def test_scripts_run_from_any_directory(script, repo, tmp_path):
         assert "flags:" in done.stdout
 
 
+@pytest.mark.slow
 def test_compile_cache(bench):
     """Two trainer processes (cold, then warm on the same cache): the second loads its step."""
     result = bench("compile_cache", "--batch_size=2", "--nocontrol", "--min_compile_seconds=0")
@@ -239,6 +245,7 @@ def test_compile_cache(bench):
     assert positive(result["cache_bytes"])
 
 
+@pytest.mark.slow
 def test_grad_accum_memory(bench, run_cli):
     result = bench("grad_accum_memory", "--batch_size=4", "--accum=1,2",
                    "--config.model.num_res_blocks=1")
@@ -270,6 +277,7 @@ def test_fsdp_memory(repo, tmp_path):
     assert ratios[0] == 1 and 1.9 < ratios[1] < 2 and 3.8 < ratios[2] < 4  # small arrays whole
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["train", "forward"])
 def test_profile_step_sums_the_traced_operations(bench, tmp_path, what):
     result = bench("profile_step", "--batch_size=2", "--steps=1", f"--what={what}",
@@ -280,6 +288,7 @@ def test_profile_step_sums_the_traced_operations(bench, tmp_path, what):
     assert all(positive(row["ms_per_step"]) for row in result["top_ops"])
 
 
+@pytest.mark.slow
 def test_conv_forward_finds_every_convolution_of_the_forward(bench, repo):
     import jax
 

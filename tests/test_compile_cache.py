@@ -25,6 +25,7 @@ def args(tiny_cli_overrides):
             *tiny_cli_overrides]
 
 
+@pytest.mark.slow
 def test_profile_steps_write_a_trace_of_those_steps(run_cli, args, tmp_path):
     workdir = tmp_path / "run"
     result = run_cli("sagd_jax.main", *args, f"--workdir={workdir}",
@@ -96,6 +97,7 @@ def test_a_folder_that_cannot_be_written_is_refused_before_anything(run_cli, arg
     assert not workdir.exists() and sorted(os.listdir(tmp_path)) == ["file"]
 
 
+@pytest.mark.slow
 def test_second_start_loads_the_train_step_from_the_cache(run_subprocess, args, tmp_path):
     """In fresh processes (the test session has its own cache): the first start compiles the
     train step and writes it to the folder, the second (a resume) loads it from there."""

@@ -46,6 +46,7 @@ def rfft(x) -> np.ndarray:
     return np.fft.rfft2(np.asarray(x, np.float64), axes=(1, 2), norm="ortho")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, steps, shaped", [("ddpm", 200, False), ("ode_heun", 50, False),
                                                  ("ddim", 100, True)])
 def test_stationary_gaussian_keeps_known_bins_and_the_marginal_elsewhere(name, steps, shaped):
@@ -114,6 +115,7 @@ def mixture_condition(n: int) -> tuple[jax.Array, float]:
     return jnp.broadcast_to(scale * y0, (n, H, W, 1)), float(p1[np.argmin(np.abs(p1 - 0.3))])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, steps", [("ddpm", 500), ("ode_heun", 100)])
 def test_mixture_conditional_is_exact_without_noise_in_the_known_bins(name, steps):
     """``w = 0`` on the known bins (``noise.bands`` removing them): the conditional mixture,

@@ -113,6 +113,7 @@ def test_random_crops_are_windows_of_the_resized_image_at_varying_offsets(photos
     assert len({(top, left) for _, top, left in offsets}) > 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [32, 64])
 def test_a_folder_of_photographs_trains(photos, tmp_path, run_cli, tiny_cli_overrides, size):
     workdir = tmp_path / "run"

@@ -199,6 +199,7 @@ def _config_specs() -> list[str]:
     return specs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", _config_specs())
 def test_every_config_and_variant_builds_a_run(spec, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -226,6 +227,7 @@ TINY = ["--config.data.image_size=16", "--config.model.ch=8", "--config.model.ch
         "--config.train.num_samples=4", "--config.train.sample_steps=3"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,extra", [
     pytest.param("configs/celeba64.py:cpu", [], id="celeb_a"),  # 218x178: crop 140, resize
     pytest.param("configs/cifar10_ddpmpp.py:cpu", [], id="cifar10"),  # 32x32: resized

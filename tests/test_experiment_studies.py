@@ -19,6 +19,7 @@ def committed(repo: str, name: str) -> dict:
         return json.load(f)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["file", "module"])
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_run_as_files_from_anywhere_and_as_modules(script, how, repo, tmp_path):
@@ -34,6 +35,7 @@ def test_scripts_run_as_files_from_anywhere_and_as_modules(script, how, repo, tm
     assert "flags:" in done.stdout
 
 
+@pytest.mark.slow
 def test_sampler_bias_reproduces_its_committed_results(run_cli, repo, tmp_path):
     out = tmp_path / "bias.json"
     result = run_cli("experiments.sampler_bias", "--noise_exponent_start=0", f"--json={out}")

@@ -34,6 +34,7 @@ def run_experiment(run_cli, tmp_path, monkeypatch):
     return call
 
 
+@pytest.mark.slow
 def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     refused = run_cli(DRIVER, "--experiment=t0_grf", "--tiny", "--arms=masked-band,nope",
                       f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'docs'}")
@@ -144,6 +145,7 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     assert not (tmp_path / "drift_bad").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission",
                                   "t0_grf", "fitted_patches", "fitted_fashion",
@@ -155,6 +157,7 @@ def test_every_arm_of_every_cpu_experiment_has_a_valid_config(run_cli, name):
     assert result.stdout == f"{name}: ok\n"
 
 
+@pytest.mark.slow
 def test_parameterization_experiment_samples_each_arm_with_every_sampler(run_experiment):
     _, results, _ = run_experiment("ode_params_patches", "--max_arms=1")
     names = [r["arm"] for r in results["rows"]]
@@ -165,6 +168,7 @@ def test_parameterization_experiment_samples_each_arm_with_every_sampler(run_exp
     assert len({row["gaussian_floor"] for row in results["rows"][:3]}) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission"])
 def test_other_experiments_run_their_first_arm_end_to_end(run_experiment, tmp_path, name):
@@ -270,6 +274,7 @@ def test_seed_summary_means_and_half_ranges():
     assert numbers.splitlines()[2] == "| a | 12.3 | - |"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", REPORTS)
 def test_report_only_regenerates_each_committed_table_byte_for_byte(run_cli, tmp_path, folder):
     """``--report_only`` on a copy of a committed ``results.json``: the committed ``table.md``

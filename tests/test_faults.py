@@ -101,6 +101,7 @@ def wait_for(proc, text):
 
 
 # --- 1 and 2: Ctrl-C, a second trainer, a resume after SIGKILL -------------------------------
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_a_second_trainer_is_refused_and_no_step_is_logged_twice(
         tmp_path, repo, args, run_cli):
     workdir = tmp_path / "run"
@@ -168,6 +169,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, args, run_cli, monkeypatch):
     assert not workdir.exists()  # a first start stopped before any checkpoint leaves nothing
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_another_host_is_refused_until_its_heartbeat_stops(tmp_path, trained,
                                                                            args, run_cli):
     workdir = copy_of(trained, tmp_path)
@@ -187,6 +189,7 @@ def test_a_stale_lock_of_another_host_is_refused_until_its_heartbeat_stops(tmp_p
 
 
 # --- 3: a full disk, device memory ------------------------------------------------------------
+@pytest.mark.slow
 def test_a_failed_save_stops_the_run_at_that_save_and_keeps_every_earlier_checkpoint(
         tmp_path, repo, args):
     workdir = tmp_path / "run"
@@ -268,6 +271,7 @@ def test_a_truncated_checkpoint_is_named_and_the_sampler_uses_the_previous_one(
     assert "checkpoints/6: unreadable" in error_line(result.stderr)
 
 
+@pytest.mark.slow
 def test_a_flipped_bit_is_caught_set_aside_and_the_resume_redoes_the_same_steps(
         tmp_path, trained, args, run_cli):
     workdir = copy_of(trained, tmp_path)
@@ -287,6 +291,7 @@ def test_a_flipped_bit_is_caught_set_aside_and_the_resume_redoes_the_same_steps(
 
 
 # --- 5: config.json, the run's identity --------------------------------------------------------
+@pytest.mark.slow
 def test_a_lost_config_json_is_recovered_from_the_checkpoint_never_from_the_new_config(
         tmp_path, trained, args, run_cli):
     workdir = copy_of(trained, tmp_path)
@@ -340,6 +345,7 @@ def test_a_smaller_num_steps_is_refused_and_a_finished_run_says_so(tmp_path, tra
     assert not (workdir / "lock").exists()
 
 
+@pytest.mark.slow
 def test_a_nonfinite_step_changes_nothing_but_the_step_counter(tiny_config, params_of):
     run = Run.from_config(tiny_config())
     state = run.init_state(make_mesh())
@@ -378,6 +384,7 @@ def _nan_at(monkeypatch, bad_step):
     monkeypatch.setattr(Run, "batch_iterator", batch_iterator)
 
 
+@pytest.mark.slow
 def test_nonfinite_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path,
                                                                           monkeypatch,
                                                                           tiny_config):
@@ -387,6 +394,7 @@ def test_nonfinite_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_pa
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
 
 
+@pytest.mark.slow
 def test_nonfinite_skip_drops_the_step_and_goes_on(tmp_path, monkeypatch, tiny_config,
                                                    params_of):
     _nan_at(monkeypatch, 4)
@@ -400,6 +408,7 @@ def test_nonfinite_skip_drops_the_step_and_goes_on(tmp_path, monkeypatch, tiny_c
     assert all(np.isfinite(r["loss"]) for r in records)
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_save_loses_nothing(tmp_path, repo, tiny_cli_overrides,
                                                         run_cli):
     workdir = tmp_path / "killed"

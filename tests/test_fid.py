@@ -64,6 +64,7 @@ def _noisy(images: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
     return np.clip(np.rint(images + noise), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_fid_of_a_split_against_itself_is_zero_and_grows_with_blur_and_noise(extractor,
                                                                              tmp_path):
     data = _patches_config(count=40).data
@@ -115,6 +116,7 @@ def test_the_reference_is_cached_by_split_size_and_preprocessing(extractor, monk
     assert len(names) == 8
 
 
+@pytest.mark.slow
 def test_published_statistics_give_the_fid_of_the_computed_ones(extractor, tmp_path):
     data = _patches_config(count=30).data
     reference, _ = fid.compute_reference(data, extractor, "train", 30)
@@ -151,6 +153,7 @@ def _rgb_run_with_samples(tmp_path, config):
     return folder
 
 
+@pytest.mark.slow
 def test_evaluate_reports_inception_fid_kid_and_is_of_rgb_samples(tmp_path, run_cli, weights):
     folder = _rgb_run_with_samples(tmp_path, _patches_config(count=32))
     result = run_cli("sagd_jax.evaluate", f"--samples={folder / 'samples.npz'}",
@@ -184,6 +187,7 @@ def test_evaluate_without_weights_or_network_stops_in_one_line_and_writes_nothin
     assert "inception" not in json.loads((folder / "evaluation.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.needs_fashion_mnist
 def test_grayscale_28px_data_keep_the_classifier_metrics_without_inception_weights(
         tmp_path, monkeypatch):
@@ -210,6 +214,7 @@ def trainer_flags(tiny_cli_overrides):
             "--config.train.num_steps=4", *tiny_cli_overrides]
 
 
+@pytest.mark.slow
 def test_training_evaluates_fid_and_kid_every_eval_every_steps(tmp_path, run_cli, weights,
                                                               trainer_flags):
     from sagd_jax.workdir import Workdir
@@ -239,16 +244,26 @@ def test_training_without_the_inception_weights_stops_before_writing(tmp_path, r
     assert not (tmp_path / "run").exists()
 
 
-def test_the_reference_command_writes_the_cache_once_and_refuses_missing_weights(
-        tmp_path, run_cli, weights):
-    flags = ["--config=configs/quickstart.py", "--config.data.name=natural_patches",
-             "--config.data.image_size=32", "--config.data.num_examples=12",
-             "--max_images=12", "--batch_size=12"]
-    missing = run_cli("sagd_jax.fid_reference", *flags)
+REFERENCE_FLAGS = ["--config=configs/quickstart.py", "--config.data.name=natural_patches",
+                   "--config.data.image_size=32", "--config.data.num_examples=12",
+                   "--max_images=12", "--batch_size=12"]
+
+
+def test_the_reference_command_refuses_missing_weights_and_bad_flags_in_one_line(
+        tmp_path, run_cli):
+    missing = run_cli("sagd_jax.fid_reference", *REFERENCE_FLAGS)
     assert missing.returncode == 2 and missing.stdout == ""
     (line,) = missing.stderr.strip().splitlines()
     assert line.startswith("error: Inception weights: no pt_inception-2015-12-05-6726825d.pth")
+    bad = run_cli("sagd_jax.fid_reference", *REFERENCE_FLAGS, "--max_images=1")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+        "error: --max_images")
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_the_reference_command_writes_the_cache_once(tmp_path, run_cli, weights):
+    flags = REFERENCE_FLAGS
     first = run_cli("sagd_jax.fid_reference", *flags, f"--inception_weights={weights}")
     assert first.returncode == 0, first.stderr[-2000:]
     path = first.stdout.strip()

@@ -76,6 +76,7 @@ def test_factors_match_their_definition(name):
     np.testing.assert_allclose(w1, sigma1**2 * process.cov.weights, rtol=2e-5, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", [VPSDE(), Cosine()], ids=lambda s: s.name)
 @pytest.mark.parametrize("name", SHAPINGS)
 def test_sde_matches_the_marginals(name, schedule):
@@ -98,6 +99,7 @@ def test_sde_matches_the_marginals(name, schedule):
         assert g2.min() >= 0
 
 
+@pytest.mark.slow
 def test_general_form_reduces_to_the_constant_process():
     """A per-bin schedule with ``s_0 = 1`` and no blur is the constant process: every
     operation and sampler of the general per-bin code equals the constant code."""
@@ -191,6 +193,7 @@ SAMPLER_SCHEDULES = [(*case, ("white-to-shaped", "blur", "blur+exponent")[i % 3]
                      for i, case in enumerate(CASES)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, steps, options, shaping", SAMPLER_SCHEDULES)
 def test_samplers_reproduce_the_data_spectrum(name, steps, options, shaping):
     """Every sampler on the exact model: per bin within 5 Monte-Carlo standard errors of the
@@ -245,6 +248,7 @@ def test_rising_snr_is_refused_in_one_line():
         DiffusionProcess.from_config(config, H, W)
 
 
+@pytest.mark.slow
 def test_a_run_trains_and_samples_with_a_per_frequency_schedule(
         tmp_path, run_cli, tiny_cli_overrides):
     """The trainer and ``sagd_jax.sample`` on the saved config: the run's process has the

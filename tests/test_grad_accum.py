@@ -56,6 +56,7 @@ def full(run):
     return trained(run, 1)
 
 
+@pytest.mark.slow
 def test_four_microbatches_give_the_full_batch_update(run, full, params_of):
     state, history = trained(run, 4)
     reference, reference_history = full
@@ -124,6 +125,7 @@ FOUR_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_microbatches_stay_on_the_devices_of_their_examples(tiny_config, repo):
     """On 4 devices ``(data=2, fsdp=2)`` microbatch ``k`` = examples ``k::4`` takes 2 examples
     from each device's block of 8: the compiled step moves no batch data between devices (the

@@ -84,6 +84,7 @@ def _relative(ours: np.ndarray, theirs: np.ndarray) -> float:
     return float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
 
 
+@pytest.mark.slow
 def test_features_and_logits_equal_torch_fidelity_for_images_of_several_sizes(reference):
     net, path = reference
     ours = InceptionFeatures.from_file(path, batch_size=4)

@@ -126,6 +126,7 @@ def test_bits_per_dim_of_a_uniform_density_is_log2_of_the_levels():
     assert BIN_WIDTH == pytest.approx(2 / 255)
 
 
+@pytest.mark.slow
 def test_likelihood_cli_on_the_exact_model_and_a_trained_run(tmp_path, tiny_config, run_cli,
                                                              tiny_cli_overrides):
     from sagd_jax.data import grf_model
@@ -161,3 +162,18 @@ def test_likelihood_cli_on_the_exact_model_and_a_trained_run(tmp_path, tiny_conf
     assert report["bits_per_dim"]["sem"] > 0
     missing = run_cli("sagd_jax.likelihood")
     assert missing.returncode == 2 and "--workdir" in missing.stderr
+
+
+def test_the_likelihood_command_refuses_a_missing_run_and_bad_flags_in_one_line(tmp_path,
+                                                                               run_cli):
+    absent = tmp_path / "absent"
+    missing = run_cli("sagd_jax.likelihood", f"--workdir={absent}")
+    assert missing.returncode == 2 and missing.stdout == ""
+    (line,) = missing.stderr.strip().splitlines()
+    assert line.startswith("error: ") and str(absent) in line
+    for flag in ("--num_images=0", "--probes=0", "--ode_steps=0"):
+        bad = run_cli("sagd_jax.likelihood", f"--workdir={absent}", flag)
+        assert bad.returncode == 2, flag
+        (line,) = bad.stderr.strip().splitlines()
+        assert line.startswith(f"error: {flag.split('=')[0]}"), line
+    assert not absent.exists()

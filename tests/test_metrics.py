@@ -73,6 +73,7 @@ def test_block_kid_standard_error_matches_the_spread_of_independent_repeats():
         kernel_distance_blocks(draw(3, 0.0), draw(3, 0.0), num_blocks=2)
 
 
+@pytest.mark.slow
 @pytest.mark.needs_fashion_mnist
 def test_classifier_short_recipe_and_feature_distances_on_fashion_mnist():
     from sagd_jax.data.fashion_mnist import load_labeled_fashion_mnist
@@ -101,6 +102,36 @@ def test_classifier_short_recipe_and_feature_distances_on_fashion_mnist():
                                   subset_size=500)
     assert abs(kid_halves.mean) < 3 * kid_halves.std + 1e-12
     assert kid_blurred.mean > 10 * max(kid_halves.std, abs(kid_halves.mean))
+
+
+@pytest.mark.needs_fashion_mnist
+def test_the_classifier_is_trained_once_then_loaded_from_the_cache(tmp_path, monkeypatch):
+    """``load_or_train`` on a 3-step recipe: the second call loads the cached weights (no
+    training) and gives the same features; the CLI's flags are the common ones only."""
+    from sagd_jax.metrics import classifier
+    from sagd_jax.train_classifier import main
+
+    monkeypatch.setenv("SAGD_JAX_CACHE", str(tmp_path))
+    recipe = classifier.Recipe(epochs=1, max_steps=3)
+    said = []
+    first = classifier.load_or_train(recipe, log=said.append)
+    assert any("training" in line for line in said) and 0.0 <= first.test_accuracy <= 1.0
+    names = sorted(os.listdir(tmp_path / "classifier"))
+    assert names == [f"{recipe.name}.json", f"{recipe.name}.msgpack"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(classifier, "train_classifier", no_training)
+    said.clear()
+    again = classifier.load_or_train(recipe, log=said.append)
+    assert said == [f"classifier: loading {tmp_path / 'classifier' / names[1]}"]
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(first(images), again(images))
+    assert again.test_accuracy == first.test_accuracy and first(images).shape == (5, 256)
+    with pytest.raises(ValueError, match="28, 28, 1"):
+        first(images[:, :14])
+    assert main(["sagd-classifier", "surplus"]) == 2
 
 
 def grf_images(gamma, rho0=0.1, size=32, count=512):

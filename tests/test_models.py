@@ -67,6 +67,7 @@ def _init(model: UNet, x: jax.Array, t: jax.Array, seed: int = 1):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape, attn, dtype",
     [
@@ -288,6 +289,7 @@ def test_flops_per_image_positive_and_scales_with_width():
     assert 3.0 < flops[1] / flops[0] < 4.5
 
 
+@pytest.mark.slow
 def test_remat_keeps_parameters_and_gradients():
     """``model.remat=True`` recomputes blocks in the backward pass: same parameter tree, same
     gradients (to float32 round-off), with dropout active."""

@@ -329,6 +329,7 @@ def train_args(tiny_cli_overrides):
             "--config.noise.fit=powerlaw", "--config.noise.fit_images=1000"]
 
 
+@pytest.mark.slow
 def test_powerlaw_fit_end_to_end_saved_resumed_and_sampled(tmp_path, run_cli, train_args):
     workdir = tmp_path / "run"
     first = run_cli("sagd_jax.main", *train_args, f"--workdir={workdir}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 
 from sagd_jax.run import Run
 from sagd_jax.sharding import make_mesh
@@ -29,6 +30,7 @@ def loss_curve(tiny_config, dtype: str) -> np.ndarray:
     return losses.reshape(STEPS // LOG_EVERY, LOG_EVERY).mean(axis=1)
 
 
+@pytest.mark.slow
 def test_bfloat16_loss_curve_tracks_float32(tiny_config):
     """Same seed, data, noise levels and noise; only the network's compute dtype differs
     (parameters, optimizer and EMA stay float32). Each 10-step mean loss of the bf16 run is

@@ -73,6 +73,7 @@ def test_round_trip_and_zero_loss(gamma, bands, shaped):
     assert float(process.loss(target, x0, eps, t).max()) < 1e-9
 
 
+@pytest.mark.slow
 def test_exact_model_through_the_parameterization_reproduces_the_spectrum():
     """The exact model as a network ``F(c_in x~, 1000 t)`` (its Tweedie mean through
     ``c_skip``, ``c_out``), converted back by the process: DDPM and Heun match the exact
@@ -113,6 +114,7 @@ def test_config_and_training():
         DiffusionProcess.from_config(config, H, W)
 
 
+@pytest.mark.slow
 def test_a_run_trains_with_edm_preconditioning(tmp_path, run_cli, tiny_cli_overrides):
     result = run_cli("sagd_jax.main", "--config=configs/quickstart.py", "--config.data.name=grf",
                      "--config.data.image_size=16", *tiny_cli_overrides,

@@ -75,6 +75,7 @@ def run_everything(run_cli, args, workdir):
     return samples
 
 
+@pytest.mark.slow
 def test_a_file_url_workdir_trains_resumes_samples_and_evaluates_like_a_plain_path(
         tmp_path, train_args, run_cli, repo):
     plain, local = str(tmp_path / "plain"), str(tmp_path / "url")

@@ -33,6 +33,7 @@ def trained(tmp_path_factory, tiny_config):
     return workdir
 
 
+@pytest.mark.slow
 def test_resumed_sampling_equals_uninterrupted_bit_for_bit(trained, tmp_path):
     request = SampleRequest(num_samples=10, sampler="ddim", steps=3, eta=0.5, chunk_size=4)
     straight = generate(trained, request, str(tmp_path / "a"))
@@ -59,6 +60,7 @@ def test_resumed_sampling_equals_uninterrupted_bit_for_bit(trained, tmp_path):
         generate(trained, SampleRequest(**{**request.__dict__, "seed": 1}), str(tmp_path / "a"))
 
 
+@pytest.mark.slow
 def test_clipped_sampling_has_its_own_folder_and_stays_in_range(trained):
     request = SampleRequest(num_samples=4, sampler="ddpm", steps=3, chunk_size=4, clip_x0=0.5)
     path = generate(trained, request)
@@ -171,6 +173,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_sampling_splits_the_batch_and_matches_one_device(repo):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=repo,
@@ -205,6 +208,7 @@ def _warnings(stderr):
     return [line for line in stderr.splitlines() if line.startswith("warning:")]
 
 
+@pytest.mark.slow
 def test_damaged_chunks_and_samples_npz_are_set_aside_and_redone_bit_for_bit(trained, tmp_path,
                                                                              run_cli):
     out = tmp_path / "out"
@@ -263,6 +267,7 @@ def test_damaged_chunks_and_samples_npz_are_set_aside_and_redone_bit_for_bit(tra
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_a_second_sampler_on_the_same_out_is_refused_and_a_dead_ones_lock_taken_over(
         trained, tmp_path, run_cli):
     out = tmp_path / "out"

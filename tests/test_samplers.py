@@ -66,6 +66,7 @@ def check_against_prediction(x, predicted, c, support):
     return var
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gamma, bands", [(-1, ""), (0, ""), (1, ""), (2, ""), (1, MASK)])
 @pytest.mark.parametrize("name, steps, options", CASES)
 def test_sampler_reproduces_data_spectrum(name, steps, options, gamma, bands):
@@ -85,6 +86,7 @@ def test_sampler_reproduces_data_spectrum(name, steps, options, gamma, bands):
         assert var[~support].max() < 1e-12 * c.mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", [DDPMLinear(), Cosine(), VE(sigma_max=100.0)],
                          ids=lambda s: s.name)
 @pytest.mark.parametrize("name, steps", [("ddim", 100), ("ode_heun", 50), ("sde", 200)])
@@ -123,6 +125,7 @@ def test_discretisation_bias_shrinks_at_the_sampler_order(name, steps, order):
     assert abs(extrapolated) < 0.3 * errors[-1], errors
 
 
+@pytest.mark.slow
 def test_ddim_with_eta_one_is_ddpm():
     """DDIM(eta=1) and DDPM are the same chain: same key, same samples."""
     cov = SpectralCovariance.create(H, W, gamma=2.0, bands=MASK)
@@ -135,6 +138,7 @@ def test_ddim_with_eta_one_is_ddpm():
     assert np.abs(np.asarray(a) - np.asarray(c)).max() > 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bands", ["", MASK])
 @pytest.mark.parametrize("name, options", [("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 0.5})])
 def test_clip_x0(name, options, bands):
@@ -163,6 +167,7 @@ def test_clip_x0(name, options, bands):
         assert np.abs(clipped).max() < 1.5
 
 
+@pytest.mark.slow
 def test_samplers_under_jit_vmap_and_grad():
     cov = SpectralCovariance.create(H, W, gamma=1.0)
     process = DiffusionProcess(cov=cov, schedule=VPSDE())
@@ -206,6 +211,7 @@ def test_sampler_input_errors():
     assert set(SAMPLERS) == {"ddpm", "ddim", "ode_euler", "ode_heun", "sde", "dpmpp_2m"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, steps, options", [CASES[0], CASES[2], CASES[4], CASES[6]])
 def test_recorded_trajectory_power_matches_the_exact_recursion(name, steps, options):
     """``record_power``: the samples are unchanged, and every iterate's mean power per bin is

@@ -62,6 +62,7 @@ def test_weights_match_reference_and_are_even(grid, setting):
     assert abs(full.mean() - 1.0) < 1e-6  # trace(Sigma) = H * W
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_operators_equal_dense_float64_reference(grid, setting, dense_operator,
@@ -126,6 +127,7 @@ def test_dtypes_batch_dims_and_bfloat16():
         cov.sqrt(jnp.zeros((2, 8, 7, 1)))
 
 
+@pytest.mark.slow
 def test_jit_vmap_and_grad():
     cov = SpectralCovariance.create(6, 9, gamma=2.0, bands="bandstop:0.4:0.6")
     x = jax.random.normal(jax.random.key(0), (5, 6, 9, 2))

@@ -71,6 +71,7 @@ def test_discrete_schedules_get_distinct_integer_times(schedule, grid):
         assert times[0] == 1.0 and times[-1] == schedule.t_min and np.all(np.diff(times) < 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid", ["edm", "snr", "logsnr"])
 @pytest.mark.parametrize("name, steps", [("ddpm", 100), ("ode_heun", 25), ("sde", 100),
                                          ("dpmpp_2m", 20)])
@@ -152,6 +153,7 @@ def test_bad_grids_are_refused_in_one_line():
         make_grid(process_of(), 5, "snr", np.ones((8, 8)))
 
 
+@pytest.mark.slow
 def test_sample_cli_and_trainer_take_a_time_grid(tmp_path, tiny_config, run_cli,
                                                  tiny_cli_overrides):
     from sagd_jax.workdir import Workdir

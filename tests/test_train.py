@@ -18,6 +18,7 @@ from sagd_jax.train.loop import train_and_evaluate
 from sagd_jax.workdir import Workdir
 
 
+@pytest.mark.slow
 def test_exact_resume_is_bitwise(tmp_path, tiny_config, params_of):
     straight = train_and_evaluate(tiny_config(**{"train.num_steps": 6}), str(tmp_path / "a"))
     train_and_evaluate(tiny_config(**{"train.num_steps": 3}), str(tmp_path / "b"))
@@ -46,6 +47,7 @@ def test_exact_resume_is_bitwise(tmp_path, tiny_config, params_of):
         assert png.startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_workdir_of_another_run_is_refused(tmp_path, tiny_config):
     train_and_evaluate(tiny_config(**{"train.num_steps": 1}), str(tmp_path))
     before = sorted(os.listdir(tmp_path / "checkpoints"))
@@ -86,6 +88,7 @@ FOUR_DEVICE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device_and_restore_onto_the_mesh(tmp_path, tiny_config,
                                                                   params_of, repo):
     out = str(tmp_path / "four.npz")
@@ -104,6 +107,7 @@ def test_four_devices_match_one_device_and_restore_onto_the_mesh(tmp_path, tiny_
         np.testing.assert_allclose(four[f"arr_{i}"], leaf, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.needs_fashion_mnist
 def test_quickstart_cli_end_to_end_with_a_quiet_console(tmp_path, run_subprocess,
                                                         tiny_cli_overrides):
@@ -164,6 +168,7 @@ def test_bad_config_is_one_line_and_writes_nothing(tmp_path, run_cli, override, 
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_and_the_restart_resumes(tmp_path, repo,
                                                                       tiny_cli_overrides,
                                                                       run_cli):
