@@ -97,6 +97,7 @@ def test_arms_are_the_configs_data(repo):
         assert band.bands == fid.BAND and band.project_data
 
 
+@pytest.mark.slow
 def test_check_opens_the_data_or_names_the_build_command(fid_env, run_cli, monkeypatch):
     for name in ("fid_cifar10", "fid_celeba64"):
         result = run_cli(DRIVER, "--check", f"--experiment={name}")

@@ -146,6 +146,7 @@ def test_ctrl_c_checkpoints_a_second_trainer_is_refused_and_no_step_is_logged_tw
     assert logged == list(range(1, end + 1))
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once(tmp_path, args, run_cli, monkeypatch):
     real = Run.train_step
 
@@ -250,6 +251,7 @@ def largest_array_file(workdir, step):
     return max(files, key=os.path.getsize)
 
 
+@pytest.mark.slow
 def test_a_truncated_checkpoint_is_named_and_the_sampler_uses_the_previous_one(
         tmp_path, trained, run_cli):
     workdir = copy_of(trained, tmp_path)

@@ -60,6 +60,7 @@ def reference_factors(cov: SpectralCovariance, shaping: dict, t: float
     return d, wt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHAPINGS)
 def test_factors_match_their_definition(name):
     process = shaped_process(SHAPINGS[name], bands=MASK)
@@ -218,6 +219,7 @@ def test_samplers_reproduce_the_data_spectrum(name, steps, options, shaping):
         assert var[~support].max() < 1e-12 * c.mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, steps, order", [("ddpm", 200, 1), ("ode_heun", 50, 2)])
 def test_prediction_converges_at_the_sampler_order(name, steps, order):
     """The extended prediction's discretisation error halves (Euler-like) or quarters (Heun)

@@ -81,6 +81,7 @@ def test_four_microbatches_give_the_full_batch_update(run, full, params_of):
     assert sum(history[0][f"count_{b}"] for b in range(4)) == BATCH
 
 
+@pytest.mark.slow
 def test_a_nonfinite_microbatch_drops_the_whole_update(run, full, params_of):
     state, history = trained(run, 4, poison=5)  # example 5: in microbatch 1 of 4
     two_steps, _ = trained(run, 4, steps=2)

@@ -117,6 +117,7 @@ def test_tf1_resize_equals_torch_fidelitys_and_keeps_constant_images_constant():
     np.testing.assert_array_equal(np.asarray(resize_tf1(flat)), 77.0)
 
 
+@pytest.mark.slow
 def test_features_are_the_same_in_any_batch_size_and_bad_images_are_refused(reference):
     _, path = reference
     images = _images(5, 32, 3, seed=9).numpy()

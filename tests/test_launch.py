@@ -165,6 +165,7 @@ def test_sweep_records_a_stopped_point_and_starts_no_further_one(tmp_path, sweep
             "same command again to resume") in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
 def test_sweep_passes_a_stop_signal_on_to_its_trainer(tmp_path, repo, sig, group):
     """The sweep gets the signal while point 0 trains (``group``: its whole process group, as a

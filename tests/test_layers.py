@@ -57,7 +57,7 @@ def imported(path: pathlib.Path) -> list[tuple[int, str]]:
                 as_module = ROOT.joinpath(*candidate.split("."))
                 is_module = as_module.with_suffix(".py").exists() or as_module.is_dir()
                 found.append((node.lineno, candidate if is_module else base))
-    return found
+    return list(dict.fromkeys(found))  # ``from m import a, b``: m once
 
 
 def target_name(module: str) -> str | None:

@@ -47,6 +47,7 @@ def test_vp_sde_and_ve_closed_forms():
     np.testing.assert_allclose(ve_sigma, 0.01 * 5000**t, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sched", SCHEDULES, ids=lambda s: s.name)
 def test_sde_coefficients_are_consistent_with_marginals(sched):
     """f = d log alpha / dt and g2 = d sigma^2/dt - 2 f sigma^2 (checked by autodiff)."""
