@@ -100,6 +100,8 @@ def report(name: str, exp: Experiment, rows: list[dict[str, Any]], out_dir: str,
         plot_radial(os.path.join(out_dir, "spectra_ratio.png"), np.asarray(first["rho"]), ratios,
                     ylabel="power / test data's power",
                     title="ratios below 1e-3 (empty bands) left out")
+    if exp.score_error_curve and rows:
+        plot_score_error(extra, os.path.join(out_dir, "score_error.png"))
     grids = [(r["grid"], r["arm"]) for r in rows if r.get("grid")]
     if grids:
         side_by_side([g for g, _ in grids], [a for _, a in grids],

@@ -14,8 +14,8 @@
 
 (or ``python -m experiments.run ...``). Each arm trains with ``python -m sagd_jax.main`` in
 ``--root/<experiment>/<arm>`` (``sagd_jax.train_subprocess``: resumed if unfinished, skipped if
-finished, its output appended to ``<arm>/train.log``), is sampled with ``sagd_jax.sample``
-(resumable chunks) and judged with ``sagd_jax.evaluate`` (the FID experiments: also in the
+finished, its output appended to ``<arm>/train.log``), is sampled with ``sagd_jax.sampling``
+(resumable chunks) and judged with ``sagd_jax.evaluation`` (the FID experiments: also in the
 Inception features, FID, KID and IS against the reference of the arm's ``eval.*`` settings,
 with the weights of ``$SAGD_JAX_INCEPTION``, the cache or a download; the table also shows the
 last in-training FID/KID of ``metrics.jsonl``); then ``--out/<experiment>/`` (default
@@ -75,7 +75,7 @@ from experiments.columns import (
     score_error_curve,
     summary_row,
 )
-from experiments.report import plot_score_error, report
+from experiments.report import report
 from sagd_jax import cli, console, files, train_subprocess
 
 WALL_TIME = "wall_time.jsonl"  # the driver's own record of each training call, in the workdir
@@ -149,8 +149,6 @@ def report_again(name: str, out: str, clip_x0: float | None = None) -> str:
     if not all(files.exists(row["grid"]) for row in rows if row.get("grid")):
         rows = [{k: v for k, v in row.items() if k != "grid"} for row in rows]
     extra = {k: v for k, v in saved.items() if k not in ("experiment", "rows", "seed_summary")}
-    if exp.score_error_curve and rows:
-        plot_score_error(extra, os.path.join(folder, "score_error.png"))
     return report(name, exp, rows, folder, extra, write_results=False)
 
 
@@ -225,8 +223,6 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
             with np.load(other["samples"]) as f:
                 also["outside_range"] = outside_range(f["float32"])
             rows.append(also)
-    if exp.score_error_curve and rows:
-        plot_score_error(extra, os.path.join(folder, "score_error.png"))
     if exp.data_rows and rows:
         first_of_variant: dict[str, Arm] = {}
         for arm in exp.arms[:max_arms]:

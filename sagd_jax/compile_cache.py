@@ -42,7 +42,6 @@ _COMPILE = "/jax/core/compile/backend_compile_duration"  # a compile or a load f
 
 def default_dir() -> str:
     """``<cache>/xla``: the "auto" folder where JAX was given none."""
-
     return os.path.join(files.cache_dir(), "xla")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from sagd_jax import console, files, validate
 from sagd_jax.errors import one_line
-from sagd_jax.images import as_model_units, to_float
+from sagd_jax.images import as_model_units, to_float, to_uint8
 
 REFERENCE_SPLIT_SOURCES = ("fashion_mnist",)  # sources whose reference is the "test" split
 
@@ -311,7 +311,6 @@ def inception_results(samples: np.ndarray, data_config: Any, weights: str,
                       request: InceptionRequest, reference_stats: Any, num_subsets: int,
                       subset_size: int) -> dict[str, Any]:
     """FID, KID and IS of ``samples`` (model units) in the Inception features."""
-    from sagd_jax.images import to_uint8
     from sagd_jax.metrics.fid import compute_reference, inception_metrics
     from sagd_jax.metrics.inception import InceptionFeatures
 

@@ -41,7 +41,7 @@ import numpy as np
 from sagd_jax import console, files, validate
 from sagd_jax.console import Progress
 from sagd_jax.errors import one_line
-from sagd_jax.images import to_float, to_uint8
+from sagd_jax.images import save_grid, to_float, to_uint8
 from sagd_jax.lock import Lock
 
 
@@ -285,7 +285,6 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, me
 
     from sagd_jax import rng
     from sagd_jax.distributed import barrier
-    from sagd_jax.images import save_grid
     from sagd_jax.samplers import Condition, get_sampler
     from sagd_jax.sharding import batch_sharding
 

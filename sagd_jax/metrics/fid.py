@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from sagd_jax import console, files
+from sagd_jax.images import to_uint8
 from sagd_jax.metrics.features import (
     GaussianStats,
     frechet_distance,
@@ -78,7 +79,6 @@ def clean_pixels(data_config: Any, split: str, max_images: int, chunk: int = 500
     """``(count, chunks)``: the first ``min(len, max_images)`` clean images of ``split`` of the
     data (no corruption or flips, centre crop) as uint8 ``(n, S, S, C)`` chunks."""
     from sagd_jax.data import clean_images, get_source
-    from sagd_jax.images import to_uint8
 
     cfg = data_config.copy_and_resolve_references()
     with cfg.ignore_type():

@@ -20,6 +20,7 @@ import numpy as np
 
 from sagd_jax import console, rng
 from sagd_jax.distributed import barrier
+from sagd_jax.images import to_uint8
 
 
 class InTrainingEval:
@@ -53,7 +54,6 @@ class InTrainingEval:
     def local_samples(self, params: Any, step: int) -> np.ndarray:
         """This process's share of the ``eval.num_samples`` samples at ``step``, uint8
         ``(n, H, W, C)``."""
-        from sagd_jax.images import to_uint8
         from sagd_jax.samplers import get_sampler
         from sagd_jax.sharding import batch_sharding
 
