@@ -77,6 +77,7 @@ from experiments.columns import (
 )
 from experiments.report import report
 from sagd_jax import cli, console, files, train_subprocess
+from sagd_jax.errors import one_line
 
 WALL_TIME = "wall_time.jsonl"  # the driver's own record of each training call, in the workdir
 
@@ -143,9 +144,16 @@ def report_again(name: str, out: str, clip_x0: float | None = None) -> str:
     path = os.path.join(folder, "results.json")
     if not files.exists(path):
         raise ValueError(f"--report_only: {path}: no such file (run the experiment first)")
-    saved = files.read_json(path)
+    try:
+        saved = files.read_json(path)
+    except ValueError as err:
+        raise ValueError(f"--report_only: {path}: not JSON ({one_line(err)})") from None
+    rows = saved.get("rows") if isinstance(saved, dict) else None
+    if not isinstance(rows, list) or not all(
+            isinstance(row, dict) and isinstance(row.get("arm"), str) for row in rows):
+        raise ValueError(f"--report_only: {path}: not a report of this driver (needs 'rows', "
+                         "each with an 'arm' name)")
     exp = EXPERIMENTS[name] if clip_x0 is None else clipped(EXPERIMENTS[name], clip_x0)
-    rows = saved["rows"]
     if not all(files.exists(row["grid"]) for row in rows if row.get("grid")):
         rows = [{k: v for k, v in row.items() if k != "grid"} for row in rows]
     extra = {k: v for k, v in saved.items() if k not in ("experiment", "rows", "seed_summary")}

@@ -294,6 +294,24 @@ def test_report_only_regenerates_each_committed_table_byte_for_byte(run_cli, tmp
     assert (copy / "spectra.png").exists()
 
 
+@pytest.mark.parametrize("content, message", [
+    ('{"rows": [', "not JSON (JSONDecodeError: Expecting value: line 1 column 11 (char 10))"),
+    ('{"rows": [{"arm": 1}]}', "not a report of this driver"),
+    ('[1, 2]', "not a report of this driver"),
+], ids=["torn", "arm-not-a-name", "not-an-object"])
+def test_report_only_refuses_a_damaged_results_json_in_one_line(run_cli, tmp_path, content,
+                                                                  message):
+    (tmp_path / "omission").mkdir()
+    path = tmp_path / "omission" / "results.json"
+    path.write_text(content)
+    result = run_cli(DRIVER, "--experiment=omission", "--report_only", f"--out={tmp_path}")
+    assert result.returncode == 2 and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: --report_only: {path}: {message}"), line
+    assert os.listdir(tmp_path / "omission") == ["results.json"]
+    assert path.read_text() == content
+
+
 def test_report_only_needs_results_json_and_skips_missing_grids(run_cli, tmp_path):
     refused = run_cli(DRIVER, "--experiment=omission", "--report_only", f"--out={tmp_path}")
     assert refused.returncode == 2 and refused.stdout == ""
