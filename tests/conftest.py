@@ -28,6 +28,10 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
+# CPU only: where libtpu is installed (the test extra, for the deviceless TPU compiles of
+# test_compile) JAX would otherwise try, and fail, to start a TPU backend in every process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 

@@ -1,0 +1,267 @@
+"""Compiling for a TPU slice without a TPU (libtpu's deviceless compiler): the counts are read
+right (FLOPs of a matmul, bytes of a collective, arguments of a sharded state), a program too
+large for the chip is refused in one line and fits with more ``mesh.fsdp``, and the program
+compiled for the slice is the program the trainer runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sagd_jax import program_costs
+from sagd_jax.aot import compile_run
+from sagd_jax.chips import CHIPS, parse_topology, topology_devices
+from sagd_jax.config import default_config
+from sagd_jax.run import Run
+from sagd_jax.sharding import batch_sharding, make_mesh, per_device_bytes
+
+libtpu = pytest.importorskip("libtpu", reason="libtpu is not installed (the [test] extra "
+                             "installs it)")
+
+# A network of a few large arrays whose sizes tile the TPU's (8, 128) layout without padding,
+# so the compiler's argument bytes are the arrays' own: about 40 MB of state.
+WIDE = {"data.name": "grf", "data.image_size": 16, "data.channels": 3, "data.num_examples": 64,
+        "model.ch": 256, "model.ch_mult": (1,), "model.num_res_blocks": 1,
+        "model.attn_resolutions": (), "model.dropout": 0.0, "train.batch_size": 8}
+
+
+def _config(overrides: dict) -> object:
+    config = default_config()
+    for key, value in overrides.items():
+        section, leaf = key.split(".")
+        config[section][leaf] = value
+    return config
+
+
+def _devices(name: str) -> list[jax.Device]:
+    return topology_devices(parse_topology(name))
+
+
+def test_topology_names_are_parsed_or_refused_in_one_line(run_cli):
+    topology = parse_topology("v5e:4x4")
+    assert (topology.num_chips, topology.chip is CHIPS["v5e"]) == (16, True)
+    assert parse_topology("v4:2x2x2").accelerator_type == "v4-16"  # two cores a chip
+    for bad, words in (("v5e-16", "expected CHIP:AxB"), ("v9z:2x2", "unknown chip 'v9z'"),
+                       ("v5e:2x2x2", "2 positive dimensions")):
+        result = run_cli("sagd_jax.compile", "--config=configs/quickstart.py",
+                         f"--topology={bad}")
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0] and "--topology" in lines[0], lines
+
+
+def test_flops_of_a_matmul_are_two_m_n_k():
+    m, n, k = 512, 384, 256
+    matmul = jax.jit(lambda a, b: a @ b)
+    one = make_mesh(_devices("v5e:1x1"))
+    replicated = NamedSharding(one, PartitionSpec())
+    compiled = matmul.lower(jax.ShapeDtypeStruct((m, k), jnp.float32, sharding=replicated),
+                            jax.ShapeDtypeStruct((k, n), jnp.float32, sharding=replicated)
+                            ).compile()
+    assert program_costs.measure(compiled, 1).flops == 2 * m * n * k
+    # Rows split over 4 chips: each device does a quarter, and no collective is needed.
+    four = make_mesh(_devices("v5e:2x2"))
+    rows = NamedSharding(four, PartitionSpec(("data", "fsdp")))
+    compiled = matmul.lower(jax.ShapeDtypeStruct((m, k), jnp.float32, sharding=rows),
+                            jax.ShapeDtypeStruct((k, n), jnp.float32,
+                                                 sharding=NamedSharding(four, PartitionSpec()))
+                            ).compile()
+    costs = program_costs.measure(compiled, 4)
+    assert costs.flops == 2 * m * n * k / 4
+    assert costs.collective_traffic_bytes == 0
+
+
+def test_an_all_gather_is_counted_with_its_bytes():
+    four = make_mesh(_devices("v5e:2x2"))
+    rows = NamedSharding(four, PartitionSpec(("data", "fsdp")))
+    gather = jax.jit(lambda x: x * 2.0, out_shardings=NamedSharding(four, PartitionSpec()))
+    compiled = gather.lower(jax.ShapeDtypeStruct((1024, 256), jnp.float32, sharding=rows)
+                            ).compile()
+    stats = program_costs.measure(compiled, 4).collectives["all-gather"]
+    assert stats["count"] == 1 and stats["bytes"] == 1024 * 256 * 4
+    assert stats["traffic_bytes"] == 1024 * 256 * 4 * 3 / 4  # a ring: the other 3 shards
+
+
+@pytest.mark.parametrize("line, group", [
+    ("%a = f32[8,128]{1,0} all-reduce(%x), replica_groups={{0,1},{2,3}}, to_apply=%add", 2),
+    ("%a = f32[8,128]{1,0} all-reduce(%x), replica_groups=[1,4]<=[4], to_apply=%add", 4),
+    ("%a = bf16[3,3,64,32]{3,2,1,0} all-gather(%p), replica_groups=mesh['axis_0'=2,"
+     "'axis_1'=2], device_ids=([2,2]T(1,0)) {'axis_1'}, dimensions={2}", 2),
+])
+def test_replica_group_formats(line, group):
+    stats = program_costs.collectives(line, device_count=4)
+    op = "all-gather" if "all-gather" in line else "all-reduce"
+    size = program_costs.shape_bytes(line.split("=", 1)[1].split(op)[0])
+    expected = {"all-gather": size * (group - 1) / group,
+                "all-reduce": 2 * size * (group - 1) / group}[op]
+    assert stats[op]["count"] == 1 and stats[op]["traffic_bytes"] == expected
+
+
+@pytest.mark.slow
+def test_state_arguments_match_their_shardings_and_fsdp_cuts_them():
+    """Per-device argument bytes of the compiled train step = the state's arrays (and the
+    batch) divided by their shard counts, within 5%; more fsdp, fewer bytes."""
+    devices = _devices("v5e:2x2")
+    arguments = {}
+    for fsdp in (1, 2, 4):
+        run = Run.from_config(_config(WIDE | {"mesh.fsdp": fsdp}), load_data=False,
+                              device_count=4)
+        program = compile_run(run, devices, CHIPS["v5e"], names=("train_step",))["train_step"]
+        mesh = run.mesh(devices)
+        batch = jax.ShapeDtypeStruct((8, 16, 16, 3), jnp.float32, sharding=batch_sharding(mesh))
+        predicted = per_device_bytes(run.abstract_state(mesh)) + per_device_bytes(batch)
+        arguments[fsdp] = program.costs.argument_bytes
+        if fsdp == 2:
+            assert abs(arguments[2] / predicted - 1) < 0.05, (arguments[2], predicted)
+    assert arguments[4] < arguments[2] < arguments[1]
+    assert arguments[4] < 0.3 * arguments[1]
+
+
+# Far too large for one v5e chip (the compiler asks for 19 GiB of its 16), fine over 4.
+HUGE = ["--config.data.name=grf", "--config.data.image_size=8", "--config.model.ch=2560",
+        "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=()",
+        "--programs=train_step"]
+
+
+@pytest.mark.slow
+def test_too_large_is_refused_in_one_line_and_fits_with_fsdp(run_cli, tmp_path):
+    out = tmp_path / "refused.json"
+    result = run_cli("sagd_jax.compile", "--config=configs/quickstart.py", "--topology=v5e:2x2",
+                     *HUGE, f"--json={out}")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr
+    line = errors[0]
+    needed = float(line.split("needs ")[1].split(" GiB")[0])
+    assert needed > 16 and "a v5e chip has 16.00 GiB" in line and "mesh.fsdp=2" in line, line
+    assert not out.exists()  # nothing written
+    result = run_cli("sagd_jax.compile", "--config=configs/quickstart.py", "--topology=v5e:2x2",
+                     *HUGE, "--config.mesh.fsdp=4", f"--json={out}")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    program = report["programs"]["train_step"]
+    assert program["fits"] and program["costs"]["hbm_bytes"] < CHIPS["v5e"].hbm_bytes
+    assert report["mesh"] == {"data": 1, "fsdp": 4}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["v5e:2x2", "v4:2x2x1"])
+def test_quickstart_compiles_for_a_slice(run_cli, tmp_path, topology):
+    out = tmp_path / "report.json"
+    result = run_cli("sagd_jax.compile", "--config=configs/quickstart.py",
+                     f"--topology={topology}", "--config.mesh.fsdp=2", "--programs=train_step",
+                     f"--json={out}")
+    assert result.returncode == 0, result.stderr
+    assert "train_step" in result.stdout and "fits" in result.stdout
+    report = json.loads(out.read_text())
+    devices = {"v5e:2x2": 4, "v4:2x2x1": 8}[topology]  # v4: a device per TensorCore
+    assert report["devices"] == devices
+    assert report["mesh"] == {"data": devices // 2, "fsdp": 2}
+    costs = report["programs"]["train_step"]["costs"]
+    assert costs["flops"] > 0 and costs["bytes_accessed"] > 0
+    gathers = costs["collectives"]["all-gather"]["count"]
+    assert gathers > 0  # fsdp: the parameters are gathered
+    roofline = report["programs"]["train_step"]["roofline"]
+    chip = CHIPS[topology.split(":")[0]].share(devices // 4)
+    assert report["device"]["hbm_bytes"] == chip.hbm_bytes
+    assert roofline["compute_s"] == pytest.approx(costs["flops"] / chip.f32_flops)
+    assert roofline["images_per_s"] == pytest.approx(32 / roofline["bound_s"])
+
+
+# The trainer's step, traced on 4 CPU devices and lowered for TPU, against the same step
+# traced on the slice's devices: the same StableHLO once private function names are numbered
+# in order of appearance (JAX numbers them per process).
+SAME_PROGRAM = textwrap.dedent("""
+    import os, re, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, jax.numpy as jnp
+    from sagd_jax.chips import parse_topology, topology_devices
+    from sagd_jax.config import load_config_file
+    from sagd_jax.run import Run
+    from sagd_jax.sharding import batch_sharding
+
+    def canonical(text):
+        names = {}
+        return re.sub(r"@[A-Za-z_][\\w.$]*",
+                      lambda m: names.setdefault(m.group(0), f"@f{len(names)}"), text)
+
+    def lowered(fsdp, devices):
+        config = load_config_file("configs/quickstart.py")
+        config.mesh.fsdp = fsdp
+        run = Run.from_config(config, load_data=False, device_count=4)
+        mesh = run.mesh(devices)
+        batch = jax.ShapeDtypeStruct((32, 28, 28, 1), jnp.float32,
+                                     sharding=batch_sharding(mesh))
+        traced = run.train_step(mesh).trace(run.abstract_state(mesh), batch)
+        return canonical(traced.lower(lowering_platforms=("tpu",)).as_text())
+
+    slice_devices = topology_devices(parse_topology("v5e:2x2"))
+    on_cpu, on_slice = lowered(2, jax.devices()), lowered(2, slice_devices)
+    print("same" if on_cpu == on_slice else "differ", len(on_cpu.splitlines()))
+    print("fsdp1", "same" if lowered(1, jax.devices()) == on_slice else "differ")
+""")
+
+
+@pytest.mark.slow
+def test_the_slice_compiles_the_trainers_program(repo, tmp_path):
+    script = tmp_path / "same_program.py"
+    script.write_text(SAME_PROGRAM)
+    result = subprocess.run([sys.executable, str(script)], cwd=repo, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = result.stdout.strip().splitlines()[-2:]
+    assert first.startswith("same ") and int(first.split()[1]) > 1000, result.stdout
+    assert second == "fsdp1 differ"  # the check tells another sharding apart
+
+
+def test_roofline_is_the_largest_of_its_three_bounds():
+    costs = program_costs.ProgramCosts(
+        argument_bytes=0, output_bytes=0, alias_bytes=0, temp_bytes=0, code_bytes=0,
+        flops=4e12, transcendentals=0.0, bytes_accessed=1e9,
+        collectives={"all-reduce": {"count": 1, "bytes": 1e9, "traffic_bytes": 8e9}})
+    bound = program_costs.roofline(costs, flops_per_s=2e14, hbm_bandwidth=1e12,
+                                   ici_bandwidth=4e11, images=64)
+    assert bound["compute_s"] == pytest.approx(0.02)
+    assert bound["memory_s"] == pytest.approx(1e-3)
+    assert bound["ici_s"] == pytest.approx(0.02)
+    assert bound["bound_s"] == pytest.approx(0.02)
+    assert bound["images_per_s"] == pytest.approx(64 / 0.02)
+    assert np.isclose(costs.collective_traffic_bytes, 8e9)
+
+
+# The CUDA plugin without NVIDIA's libraries, installed beside the environment by the README's
+# test command (pip --target): only the processes given it on their path load it (its start-up
+# lines would otherwise reach every tool's console).
+CUDA_PLUGIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           ".venv", "cuda-plugin")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(CUDA_PLUGIN) or shutil.which("ptxas") is None
+                    and not os.path.exists("/usr/local/cuda/bin/ptxas"),
+                    reason="the CUDA plugin (.venv/cuda-plugin) or the CUDA toolkit's ptxas "
+                    "is missing")
+def test_quickstart_compiles_for_eight_h100s(run_subprocess, tmp_path):
+    out = tmp_path / "h100.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [CUDA_PLUGIN, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    result = run_subprocess("sagd_jax.compile", "--config=configs/quickstart.py",
+                            "--topology=h100:8", "--config.mesh.fsdp=2", f"--json={out}",
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["devices"] == 8 and report["mesh"] == {"data": 4, "fsdp": 2}
+    train = report["programs"]["train_step"]
+    assert train["fits"] and train["costs"]["cost_source"] == "unpartitioned"
+    assert train["costs"]["argument_bytes"] > 0 and train["costs"]["flops"] > 0
+    assert report["programs"]["network"]["images"] == 256
