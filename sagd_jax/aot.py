@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from sagd_jax import program_costs
 from sagd_jax.chips import Chip, GiB
+from sagd_jax.models.conv import traced_for
 from sagd_jax.program_costs import ProgramCosts
 from sagd_jax.sharding import batch_sharding, replicated
 
@@ -63,7 +64,9 @@ def sample_batch(requested: int, device_count: int) -> int:
 def lower_programs(run: Any, mesh: jax.sharding.Mesh, network_batch: int
                    ) -> dict[str, tuple[int, Callable[[], Any]]]:
     """``{name: (images, lower)}``: each program's images per execution and a function that
-    lowers it on abstract arguments over ``mesh`` (nothing is computed or allocated)."""
+    lowers it on abstract arguments over ``mesh`` (nothing is computed or allocated). Call
+    ``lower`` inside ``models.conv.traced_for(platform)`` for the program of another
+    platform than this process's (``compile_run`` does)."""
     height, width, channels = run.image_shape
     batch_sh = batch_sharding(mesh)
     state = run.abstract_state(mesh)
@@ -199,7 +202,8 @@ def compile_run(run: Any, devices: list[jax.Device], chip: Chip, *,
             continue
         started = time.perf_counter()
         try:
-            lowered = lower()
+            with traced_for(devices[0].platform):  # what the trainer traces on that platform
+                lowered = lower()
             compiled = lowered.compile(compiler_options=_options(devices))
         except Exception as err:  # noqa: BLE001 - the compiler's out-of-memory error
             needed = _oom_bytes(str(err))

@@ -178,15 +178,20 @@ def test_quickstart_compiles_for_a_slice(run_cli, tmp_path, topology):
     assert roofline["images_per_s"] == pytest.approx(32 / roofline["bound_s"])
 
 
-# The trainer's step, traced on 4 CPU devices and lowered for TPU, against the same step
-# traced on the slice's devices: the same StableHLO once private function names are numbered
-# in order of appearance (JAX numbers them per process).
+# The trainer's step, as a TPU host traces it (its convolutions chosen for the TPU), against
+# the tool's program for the slice: the same StableHLO once private function names are
+# numbered in order of appearance (JAX numbers them per process). Traced on 4 CPU devices
+# without the TPU's choice, the step differs (the CPU's kernel gradient), as does another
+# sharding: the check tells programs apart.
 SAME_PROGRAM = textwrap.dedent("""
-    import os, re, sys
+    import os, re
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import contextlib
     import jax, jax.numpy as jnp
+    from sagd_jax.aot import lower_programs
     from sagd_jax.chips import parse_topology, topology_devices
     from sagd_jax.config import load_config_file
+    from sagd_jax.models.conv import traced_for
     from sagd_jax.run import Run
     from sagd_jax.sharding import batch_sharding
 
@@ -195,20 +200,28 @@ SAME_PROGRAM = textwrap.dedent("""
         return re.sub(r"@[A-Za-z_][\\w.$]*",
                       lambda m: names.setdefault(m.group(0), f"@f{len(names)}"), text)
 
-    def lowered(fsdp, devices):
+    def run_of(fsdp):
         config = load_config_file("configs/quickstart.py")
         config.mesh.fsdp = fsdp
-        run = Run.from_config(config, load_data=False, device_count=4)
-        mesh = run.mesh(devices)
+        return Run.from_config(config, load_data=False, device_count=4)
+
+    def trainer(fsdp, platform):  # Run.train_step on this process's 4 CPU devices
+        run = run_of(fsdp)
+        mesh = run.mesh(jax.devices())
         batch = jax.ShapeDtypeStruct((32, 28, 28, 1), jnp.float32,
                                      sharding=batch_sharding(mesh))
-        traced = run.train_step(mesh).trace(run.abstract_state(mesh), batch)
+        with traced_for(platform) if platform else contextlib.nullcontext():
+            traced = run.train_step(mesh).trace(run.abstract_state(mesh), batch)
         return canonical(traced.lower(lowering_platforms=("tpu",)).as_text())
 
-    slice_devices = topology_devices(parse_topology("v5e:2x2"))
-    on_cpu, on_slice = lowered(2, jax.devices()), lowered(2, slice_devices)
-    print("same" if on_cpu == on_slice else "differ", len(on_cpu.splitlines()))
-    print("fsdp1", "same" if lowered(1, jax.devices()) == on_slice else "differ")
+    run = run_of(2)
+    devices = topology_devices(parse_topology("v5e:2x2"))
+    _, lower = lower_programs(run, run.mesh(devices), 256)["train_step"]
+    with traced_for("tpu"):
+        tool = canonical(lower().as_text())
+    print("tpu", "same" if trainer(2, "tpu") == tool else "differ", len(tool.splitlines()))
+    print("cpu", "same" if trainer(2, None) == tool else "differ")
+    print("fsdp1", "same" if trainer(1, "tpu") == tool else "differ")
 """)
 
 
@@ -219,9 +232,9 @@ def test_the_slice_compiles_the_trainers_program(repo, tmp_path):
     result = subprocess.run([sys.executable, str(script)], cwd=repo, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    first, second = result.stdout.strip().splitlines()[-2:]
-    assert first.startswith("same ") and int(first.split()[1]) > 1000, result.stdout
-    assert second == "fsdp1 differ"  # the check tells another sharding apart
+    lines = result.stdout.strip().splitlines()[-3:]
+    assert lines[0].startswith("tpu same ") and int(lines[0].split()[2]) > 1000, result.stdout
+    assert lines[1:] == ["cpu differ", "fsdp1 differ"], result.stdout
 
 
 def test_roofline_is_the_largest_of_its_three_bounds():

@@ -8,7 +8,8 @@ development CPU (benchmarks/RESULTS.md) gave 2.7 -> 33.7 GFLOP/s (32 channels, 2
 64), 5.0 -> 60.1 (128 channels, 32x32, batch 32), 21.7 -> 46.3 (128 -> 64 channels, 14x14),
 but 38.9 -> 38.0 on 7x7 maps. So the shifted matmuls are used on the CPU backend for maps of
 at least ``SHIFTED_MATMUL_MIN_PIXELS``; the forward pass and the input gradient stay XLA
-convolutions."""
+convolutions. The backend is the one the program is traced for: this process's default, or
+the platform ``traced_for`` names."""
 
 from __future__ import annotations
 
@@ -23,6 +24,20 @@ import jax.numpy as jnp
 _DIMS = ("NHWC", "HWIO", "NHWC")
 SHIFTED_MATMUL_MIN_PIXELS = 14 * 14
 _UNROLL_TAPS = False  # read when tracing; see ``unrolled_taps``
+_PLATFORM: str | None = None  # read when tracing; see ``traced_for``
+
+
+@contextlib.contextmanager
+def traced_for(platform: str) -> Iterator[None]:
+    """Trace convolutions as they are traced on ``platform`` (``cpu``, ``gpu``, ``tpu``)
+    rather than on this process's default backend: compiling for a TPU from a CPU process
+    must not pick the CPU's kernel gradient (``sagd_jax.aot``)."""
+    global _PLATFORM
+    previous, _PLATFORM = _PLATFORM, platform
+    try:
+        yield
+    finally:
+        _PLATFORM = previous
 
 
 @contextlib.contextmanager
@@ -47,7 +62,7 @@ def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def conv2d_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """``x: (B, H, W, C_in)``, ``kernel: (k, k, C_in, C_out)``, odd k -> ``(B, H, W, C_out)``."""
     large = x.shape[1] * x.shape[2] >= SHIFTED_MATMUL_MIN_PIXELS
-    if large and jax.default_backend() == "cpu":
+    if large and (_PLATFORM or jax.default_backend()) == "cpu":
         return _conv_shifted_grad(x, kernel)
     return _conv(x, kernel)
 

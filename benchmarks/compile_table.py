@@ -1,0 +1,203 @@
+"""The literature configs compiled for TPU slices without a TPU (``sagd_jax.aot``): per-device
+HBM, whether the train step fits, the roofline bound's images/s, and the SAGD operator's cost
+as the compiler counts it (FLOPs and bytes of the SAGD step over the isotropic step).
+
+    python benchmarks/compile_table.py [--cells=NAME,...] [--out=benchmarks/results/compile]
+    python benchmarks/compile_table.py --report          # the Markdown tables from the JSON
+
+Cells are data (``CELLS``): a config, a slice, ``model.dtype`` and a noise (``sagd``: the
+config's own, gamma 1; ``iso``: gamma 0, no FFT at all; ``band``: gamma 1 with a band-stop
+mask, whose projection adds transforms). ``fsdp="fit"`` tries ``mesh.fsdp`` 1, 2, 4, ... and
+keeps the first that fits, with every try in the JSON. Each finished cell is one JSON file in
+``--out``, never rewritten: an interrupted run picks up at the next cell. Every figure is the
+compiler's count or a bound from it at the chip's peak rates, not a measured time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from sagd_jax import cli, console, files  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(REPO, "benchmarks", "results", "compile")
+
+CONFIGS = {  # name: (config spec, published batch)
+    "cifar10": ("configs/cifar10_ddpmpp.py", 128),
+    "celeba64": ("configs/celeba64.py", 128),
+    "imagenet64": ("configs/imagenet64.py", 2048),
+    "ffhq64": ("configs/ffhq.py:64", 256),
+    "ffhq256": ("configs/ffhq.py:256", 64),
+}
+NOISES = {"sagd": {}, "iso": {"noise.gamma": 0.0, "noise.bands": ""},
+          "band": {"noise.gamma": 1.0, "noise.bands": "bandstop:0.4:0.6"}}
+MAX_TRIES = 3  # fsdp 1, 2, 4: each try is a compile of several minutes
+SLICES = {"v5e-8": "v5e:2x4", "v5e-64": "v5e:8x8", "v5p-32": "v5p:2x2x4", "v6e-8": "v6e:2x4",
+          "v5e-256": "v5e:16x16"}
+
+
+def cell_name(config: str, slice_name: str, dtype: str, noise: str, fsdp: int | str) -> str:
+    return f"{config}-{slice_name}-{dtype}-{noise}-fsdp{fsdp}"
+
+
+def _cells() -> list[dict[str, Any]]:
+    """The table's cells in the order they are compiled (about 5-10 minutes each on a 2-core
+    VM): the SAGD/iso/band ratios of CIFAR-10 on v5e-8, every config's SAGD step on v5e-8
+    (ImageNet 64's batch of 2048 on v5e-256), then the other slices and bfloat16."""
+    def cell(config: str, slice_name: str = "v5e-8", dtype: str = "float32",
+             noise: str = "sagd") -> dict[str, Any]:
+        return dict(config=config, slice=slice_name, dtype=dtype, noise=noise, fsdp="fit")
+
+    cells = [cell("cifar10", noise=noise) for noise in NOISES]
+    cells += [cell(config) for config in ("celeba64", "ffhq64", "ffhq256")]
+    cells += [cell("imagenet64", "v5e-256"), cell("cifar10", dtype="bfloat16")]
+    cells += [cell("cifar10", slice_name) for slice_name in ("v6e-8", "v5p-32", "v5e-64")]
+    cells += [cell(config, dtype="bfloat16") for config in ("celeba64", "ffhq64", "ffhq256")]
+    cells += [cell(config, slice_name) for config in ("celeba64", "ffhq64", "ffhq256")
+              for slice_name in ("v6e-8", "v5p-32", "v5e-64")]
+    return cells
+
+
+CELLS = {cell_name(c["config"], c["slice"], c["dtype"], c["noise"], c["fsdp"]): c
+         for c in _cells()}
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_list("cells", [], "Only these cells (default: every cell not yet in --out).",
+                      flag_values=fv)
+    flags.DEFINE_string("out", OUT, "One JSON file per cell.", flag_values=fv)
+    flags.DEFINE_bool("report", False, "Print the Markdown tables of --out and stop.",
+                      flag_values=fv)
+
+
+def compile_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """Compile the cell's train step for each fsdp tried (1, then doubling while it does not
+    fit, at most ``MAX_TRIES``); the tries and the first that fits."""
+    from sagd_jax.aot import DoesNotFit, compile_run
+    from sagd_jax.chips import parse_topology, topology_devices
+    from sagd_jax.config import load_config_file
+    from sagd_jax.run import Run
+
+    topology = parse_topology(SLICES[cell["slice"]])
+    devices = topology_devices(topology)
+    chip = topology.chip.share(max(len(devices) // topology.num_chips, 1))
+    spec, batch = CONFIGS[cell["config"]]
+    tries = []
+    fsdp = 1 if cell["fsdp"] == "fit" else int(cell["fsdp"])
+    while fsdp <= len(devices):
+        config = load_config_file(os.path.join(REPO, spec))
+        for key, value in NOISES[cell["noise"]].items():
+            section, leaf = key.split(".")
+            config[section][leaf] = value
+        config.model.dtype = cell["dtype"]
+        config.mesh.fsdp, config.train.batch_size = fsdp, batch
+        run = Run.from_config(config, load_data=False, device_count=len(devices))
+        started = time.perf_counter()
+        try:
+            programs = compile_run(run, devices, chip, names=("train_step",), refuse=False)
+            result = {name: p.as_dict() for name, p in programs.items()}
+            fits = all(p.fits for p in programs.values())
+        except DoesNotFit as err:
+            result, fits = {"refused": str(err)}, False
+        tries.append({"fsdp": fsdp, "fits": fits, "seconds": time.perf_counter() - started,
+                      "programs": result})
+        console.info("%s fsdp=%d: %s (%s)", cell["config"], fsdp, "fits" if fits else "does "
+                     "not fit", console.duration(tries[-1]["seconds"]))
+        if fits or cell["fsdp"] != "fit" or len(tries) == MAX_TRIES:
+            break
+        fsdp *= 2
+    return {"cell": cell, "topology": topology.name, "devices": len(devices),
+            "device": chip.name, "hbm_bytes": chip.hbm_bytes, "batch": batch, "tries": tries}
+
+
+def _load(out: str) -> dict[str, dict[str, Any]]:
+    results = {}
+    for name in CELLS:
+        path = os.path.join(out, f"{name}.json")
+        if files.exists(path):
+            results[name] = files.read_json(path)
+    return results
+
+
+def _train(result: dict[str, Any], fsdp_index: int = -1) -> dict[str, Any] | None:
+    programs = result["tries"][fsdp_index]["programs"]
+    return programs.get("train_step")
+
+
+def report(out: str) -> str:
+    """The Markdown tables of the finished cells."""
+    results = _load(out)
+    rows, ratios = [], []
+    for result in results.values():
+        cell = result["cell"]
+        first, last = result["tries"][0], result["tries"][-1]
+        for label, attempt in (("1", first), ("fit", last)):
+            if label == "fit" and attempt is first:
+                continue
+            train = attempt["programs"].get("train_step")
+            row = {"config": cell["config"], "slice": cell["slice"], "dtype": cell["dtype"],
+                   "noise": cell["noise"], "batch": result["batch"], "fsdp": attempt["fsdp"],
+                   "fits": "yes" if attempt["fits"] else "no"}
+            if train is not None:
+                row |= {"HBM GiB/device": f"{train['costs']['hbm_bytes'] / 2**30:.2f}",
+                        "bound img/s": f"{train['roofline']['images_per_s']:.0f}",
+                        "limited by": train["roofline"]["limited_by"]}
+            else:
+                row["HBM GiB/device"] = attempt["programs"]["refused"].split("needs ")[1].split(
+                    " GiB")[0] + " (compiler)"
+            if cell["noise"] == "sagd":
+                rows.append(row)
+    for config in CONFIGS:
+        found = {noise: results.get(cell_name(config, "v5e-8", "float32", noise, "fit"))
+                 for noise in NOISES}
+        if found["iso"] is None:
+            continue
+        iso = _train(found["iso"])
+        for noise in ("sagd", "band"):
+            if found[noise] is None or iso is None or _train(found[noise]) is None:
+                continue
+            if found[noise]["tries"][-1]["fsdp"] != found["iso"]["tries"][-1]["fsdp"]:
+                continue
+            sagd = _train(found[noise])
+            ratios.append({
+                "config": config, "noise": noise, "fsdp": found[noise]["tries"][-1]["fsdp"],
+                "FLOPs SAGD/iso": f"{sagd['costs']['flops'] / iso['costs']['flops']:.4f}",
+                "bytes SAGD/iso": f"{sagd['costs']['bytes_accessed'] / iso['costs']['bytes_accessed']:.4f}",  # noqa: E501
+                "bound SAGD/iso": f"{sagd['roofline']['bound_s'] / iso['roofline']['bound_s']:.4f}",  # noqa: E501
+            })
+    return (console.table(rows, markdown=True) + "\n" + console.table(ratios, markdown=True))
+
+
+def body(fv: flags.FlagValues) -> None:
+    if fv.report:
+        print(report(fv.out))
+        return
+    unknown = sorted(set(fv.cells) - set(CELLS))
+    if unknown:
+        raise ValueError(f"--cells: unknown {unknown}; known: {', '.join(CELLS)}")
+    os.makedirs(fv.out, exist_ok=True)
+    for name in fv.cells or CELLS:
+        path = os.path.join(fv.out, f"{name}.json")
+        if files.exists(path):
+            continue
+        console.info("cell %s", name)
+        result = compile_cell(CELLS[name])
+        result["command"] = f"python benchmarks/compile_table.py --cells={name}"
+        files.write_new_json("--out", path, result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    return cli.run(__doc__, define_flags, body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
