@@ -22,6 +22,7 @@ COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "coll
 # or a tuple ``(f32[8]{0}, bf16[4,4]{1,0})``.
 _OP = re.compile(r"=\s*(?P<shape>\(?[a-z0-9]+\[[^=]*?)\s+(?P<op>" + "|".join(COLLECTIVES)
                  + r")(?P<start>-start)?\(")
+_COMMENT = re.compile(r"/\*.*?\*/")
 _ARRAY = re.compile(r"\b(pred|[a-z]+\d+(?:e\d+m\d+\w*)?)\[([\d,]*)\]")
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{([\d,]*)\}")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[([\d,]+)\]<=")
@@ -83,6 +84,7 @@ def collectives(hlo_text: str, device_count: int) -> dict[str, dict[str, float]]
     ``-start``)."""
     out = {op: {"count": 0, "bytes": 0, "traffic_bytes": 0.0} for op in COLLECTIVES}
     for line in hlo_text.splitlines():
+        line = _COMMENT.sub("", line)  # a long tuple's /*index=5*/ markers
         m = _OP.search(line)
         if m is None:
             continue

@@ -97,11 +97,15 @@ def test_an_all_gather_is_counted_with_its_bytes():
     ("%a = f32[8,128]{1,0} all-reduce(%x), replica_groups=[1,4]<=[4], to_apply=%add", 4),
     ("%a = bf16[3,3,64,32]{3,2,1,0} all-gather(%p), replica_groups=mesh['axis_0'=2,"
      "'axis_1'=2], device_ids=([2,2]T(1,0)) {'axis_1'}, dimensions={2}", 2),
+    # XLA combines a data-parallel step's gradients into one all-reduce of a long tuple.
+    ("%a = (f32[16]{0}, f32[3,3,48,16]{3,2,1,0}, /*index=2*/f32[4,4]{1,0}) all-reduce(%x, %y, "
+     "%z), replica_groups={{0,1,2,3}}, to_apply=%add", 4),
 ])
 def test_replica_group_formats(line, group):
     stats = program_costs.collectives(line, device_count=4)
     op = "all-gather" if "all-gather" in line else "all-reduce"
     size = program_costs.shape_bytes(line.split("=", 1)[1].split(op)[0])
+    assert stats[op]["bytes"] == size > 0
     expected = {"all-gather": size * (group - 1) / group,
                 "all-reduce": 2 * size * (group - 1) / group}[op]
     assert stats[op]["count"] == 1 and stats[op]["traffic_bytes"] == expected
