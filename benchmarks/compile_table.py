@@ -74,6 +74,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_list("cells", [], "Only these cells (default: every cell not yet in --out).",
                       flag_values=fv)
     flags.DEFINE_string("out", OUT, "One JSON file per cell.", flag_values=fv)
+    flags.DEFINE_bool("operator", False, "Compile the SAGD operator's part of each config's "
+                      "step alone (seconds each) into --out/operator-*.json and stop.",
+                      flag_values=fv)
     flags.DEFINE_bool("report", False, "Print the Markdown tables of --out and stop.",
                       flag_values=fv)
 
@@ -116,6 +119,58 @@ def compile_cell(cell: dict[str, Any]) -> dict[str, Any]:
         fsdp *= 2
     return {"cell": cell, "topology": topology.name, "devices": len(devices),
             "device": chip.name, "hbm_bytes": chip.hbm_bytes, "batch": batch, "tries": tries}
+
+
+def _operator_step(process: Any, key: Any, x0: Any, output: Any) -> Any:
+    """The train step's SAGD-specific work with the network left out: the noise levels, the
+    data through ``training_data``, ``x_t`` and ``eps`` (``Sigma^{1/2}``), and the loss with
+    its gradient with respect to the network's output (the projector both ways)."""
+    import jax
+
+    k_time, k_noise = jax.random.split(key)
+    t = process.sample_time(k_time, x0.shape[0])
+    x0 = process.training_data(x0)
+    x_t, eps = process.marginal_sample(k_noise, x0, t)
+    loss, grad = jax.value_and_grad(lambda out: process.loss(out, x0, eps, t).mean())(output)
+    return loss, x_t, grad
+
+
+def operator_costs(config_name: str, slice_name: str) -> dict[str, Any]:
+    """FLOPs and bytes per device of ``_operator_step`` for each noise, compiled for the
+    slice at the config's published batch: what SAGD adds to the isotropic step is the
+    difference with ``iso`` (whose operator is the identity: no FFT)."""
+    import jax
+    import jax.numpy as jnp
+
+    from sagd_jax import program_costs
+    from sagd_jax.chips import parse_topology, topology_devices
+    from sagd_jax.config import load_config_file
+    from sagd_jax.models.conv import traced_for
+    from sagd_jax.process import DiffusionProcess
+    from sagd_jax.sharding import batch_sharding, make_mesh, replicated
+
+    devices = topology_devices(parse_topology(SLICES[slice_name]))
+    mesh = make_mesh(devices)
+    spec, batch = CONFIGS[config_name]
+    out = {}
+    for noise, overrides in NOISES.items():
+        config = load_config_file(os.path.join(REPO, spec))
+        for key, value in overrides.items():
+            section, leaf = key.split(".")
+            config[section][leaf] = value
+        size, channels = config.data.image_size, config.data.channels
+        process = DiffusionProcess.from_config(config, size, size)
+        images = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32,
+                                      sharding=batch_sharding(mesh))
+        key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(mesh))
+        program = jax.jit(lambda k, x, o, p=process: _operator_step(p, jax.random.wrap_key_data(
+            k), x, o))
+        with traced_for(devices[0].platform):
+            lowered = program.lower(key, images, images)
+        costs = program_costs.measure(lowered.compile(), len(devices), lowered)
+        out[noise] = {"flops": costs.flops, "bytes_accessed": costs.bytes_accessed}
+    return {"config": config_name, "slice": slice_name, "batch": batch, "noises": out,
+            "command": "python benchmarks/compile_table.py --operator"}
 
 
 def _load(out: str) -> dict[str, dict[str, Any]]:
@@ -173,12 +228,38 @@ def report(out: str) -> str:
                 "bytes SAGD/iso": f"{sagd['costs']['bytes_accessed'] / iso['costs']['bytes_accessed']:.4f}",  # noqa: E501
                 "bound SAGD/iso": f"{sagd['roofline']['bound_s'] / iso['roofline']['bound_s']:.4f}",  # noqa: E501
             })
-    return (console.table(rows, markdown=True) + "\n" + console.table(ratios, markdown=True))
+    shares = []
+    for config in CONFIGS:
+        slice_name = "v5e-256" if config == "imagenet64" else "v5e-8"
+        path = os.path.join(out, f"operator-{config}-{slice_name}.json")
+        step = results.get(cell_name(config, slice_name, "float32", "sagd", "fit"))
+        step = _train(step) if step is not None else None
+        if not files.exists(path) or step is None:
+            continue
+        noises = files.read_json(path)["noises"]
+        row = {"config": config, "slice": slice_name,
+               "step GFLOP/device": f"{step['costs']['flops'] / 1e9:.1f}",
+               "step GB/device": f"{step['costs']['bytes_accessed'] / 1e9:.2f}"}
+        for noise in ("sagd", "band"):
+            flops = noises[noise]["flops"] - noises["iso"]["flops"]
+            moved = noises[noise]["bytes_accessed"] - noises["iso"]["bytes_accessed"]
+            row[f"{noise}: +FLOPs"] = f"{100 * flops / step['costs']['flops']:.4f}%"
+            row[f"{noise}: +bytes"] = f"{100 * moved / step['costs']['bytes_accessed']:.3f}%"
+        shares.append(row)
+    return "\n".join(console.table(table, markdown=True) for table in (rows, ratios, shares)
+                     if table)
 
 
 def body(fv: flags.FlagValues) -> None:
     if fv.report:
         print(report(fv.out))
+        return
+    if fv.operator:
+        for config in CONFIGS:
+            slice_name = "v5e-256" if config == "imagenet64" else "v5e-8"
+            path = os.path.join(fv.out, f"operator-{config}-{slice_name}.json")
+            if not files.exists(path):
+                files.write_new_json("--out", path, operator_costs(config, slice_name))
         return
     unknown = sorted(set(fv.cells) - set(CELLS))
     if unknown:
