@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from sagd_jax import program_costs
 from sagd_jax.chips import Chip, GiB
+from sagd_jax.config import mesh_shape
 from sagd_jax.models.conv import traced_for
 from sagd_jax.program_costs import ProgramCosts
 from sagd_jax.sharding import batch_sharding, replicated
@@ -150,7 +151,7 @@ def _oom_bytes(message: str) -> float | None:
 def advice(run: Any, device_count: int) -> str:
     """What to try against a program that does not fit, from the run's own settings."""
     config, tries = run.config, []
-    fsdp = config.mesh.fsdp if config.mesh.fsdp > 0 else device_count
+    _, fsdp = mesh_shape(config, device_count)
     if fsdp * 2 <= device_count and device_count % (fsdp * 2) == 0:
         tries.append(f"mesh.fsdp={fsdp * 2}")
     per_device = config.train.batch_size // device_count

@@ -282,3 +282,19 @@ def test_quickstart_compiles_for_eight_h100s(run_subprocess, tmp_path):
     assert train["fits"] and train["costs"]["cost_source"] == "unpartitioned"
     assert train["costs"]["argument_bytes"] > 0 and train["costs"]["flops"] > 0
     assert report["programs"]["network"]["images"] == 256
+
+
+def test_the_refusal_names_what_is_left_to_try(repo):
+    from sagd_jax.aot import advice
+    from sagd_jax.config import load_config_file
+
+    quickstart = os.path.join(repo, "configs", "quickstart.py")
+    config = load_config_file(quickstart)  # batch 32
+    run = Run.from_config(config, load_data=False, device_count=8)
+    assert advice(run, 8) == ("try mesh.fsdp=2, train.grad_accum_steps=2, model.remat=True, "
+                              "model.dtype=bfloat16")
+    config = load_config_file(quickstart)
+    config.mesh.fsdp, config.train.grad_accum_steps = 8, 4
+    config.model.remat, config.model.dtype = True, "bfloat16"
+    run = Run.from_config(config, load_data=False, device_count=8)
+    assert advice(run, 8) == "nothing left to try on this slice"
