@@ -298,3 +298,25 @@ def test_the_refusal_names_what_is_left_to_try(repo):
     config.model.remat, config.model.dtype = True, "bfloat16"
     run = Run.from_config(config, load_data=False, device_count=8)
     assert advice(run, 8) == "nothing left to try on this slice"
+
+
+def test_in_training_evaluation_programs_lower_for_a_slice(repo):
+    """With ``train.eval_every`` the evaluation's sampler loop and Inception features join the
+    programs, at ``eval.batch_size`` over the slice's devices (lowered here; compiling the
+    Inception network for TPU takes minutes)."""
+    from sagd_jax.aot import lower_programs
+    from sagd_jax.config import load_config_file
+    from sagd_jax.models.conv import traced_for
+
+    config = load_config_file(os.path.join(repo, "configs", "quickstart.py"))
+    config.train.eval_every, config.eval.batch_size, config.eval.steps = 100, 8, 5
+    devices = _devices("v5e:2x2")
+    run = Run.from_config(config, load_data=False, device_count=4)
+    programs = lower_programs(run, run.mesh(devices), 256)
+    assert list(programs) == ["train_step", "network", "eval_sampler", "eval_features"]
+    assert programs["eval_sampler"][0] == programs["eval_features"][0] == 8
+    with traced_for("tpu"):
+        sampler = programs["eval_sampler"][1]().as_text()
+        features = programs["eval_features"][1]().as_text()
+    assert "stablehlo.while" in sampler and "tensor<8x28x28x1xf32>" in sampler
+    assert "tensor<8x299x299x3xf32>" in features and "mhlo.num_partitions = 4" in features
