@@ -202,9 +202,13 @@ def report(out: str) -> str:
                    "noise": cell["noise"], "batch": result["batch"], "fsdp": attempt["fsdp"],
                    "fits": "yes" if attempt["fits"] else "no"}
             if train is not None:
+                traffic = sum(c["bytes"] for c in train["costs"]["collectives"].values())
                 row |= {"HBM GiB/device": f"{train['costs']['hbm_bytes'] / 2**30:.2f}",
+                        "GFLOP/device": f"{train['costs']['flops'] / 1e9:.0f}",
+                        "collectives MB": f"{traffic / 1e6:.0f}",
                         "bound img/s": f"{train['roofline']['images_per_s']:.0f}",
-                        "limited by": train["roofline"]["limited_by"]}
+                        "limited by": train["roofline"]["limited_by"],
+                        "compile min": f"{train['compile_seconds'] / 60:.1f}"}
             else:
                 row["HBM GiB/device"] = attempt["programs"]["refused"].split("needs ")[1].split(
                     " GiB")[0] + " (compiler)"
@@ -224,7 +228,7 @@ def report(out: str) -> str:
             sagd = _train(found[noise])
             ratios.append({
                 "config": config, "noise": noise, "fsdp": found[noise]["tries"][-1]["fsdp"],
-                "FLOPs SAGD/iso": f"{sagd['costs']['flops'] / iso['costs']['flops']:.4f}",
+                "FLOPs SAGD/iso": f"{sagd['costs']['flops'] / iso['costs']['flops']:.6f}",
                 "bytes SAGD/iso": f"{sagd['costs']['bytes_accessed'] / iso['costs']['bytes_accessed']:.4f}",  # noqa: E501
                 "bound SAGD/iso": f"{sagd['roofline']['bound_s'] / iso['roofline']['bound_s']:.4f}",  # noqa: E501
             })
