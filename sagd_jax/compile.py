@@ -75,7 +75,7 @@ def rows(programs: dict[str, Any], chip: Any) -> list[dict[str, Any]]:
 
 
 def compile_cli(fv: flags.FlagValues) -> None:
-    from sagd_jax import console, files
+    from sagd_jax import console, files, validate
     from sagd_jax.aot import compile_run
     from sagd_jax.chips import parse_topology, topology_devices
     from sagd_jax.config import normalize
@@ -83,6 +83,8 @@ def compile_cli(fv: flags.FlagValues) -> None:
     from sagd_jax.sampling import SampleRequest
 
     topology = parse_topology(fv.topology)  # one line, before anything is loaded
+    if fv.network_batch is not None:
+        validate.integer("--network_batch", fv.network_batch, 1)
     if fv.json:
         files.refuse_existing("--json", fv.json)
     devices = topology_devices(topology)
@@ -90,8 +92,8 @@ def compile_cli(fv: flags.FlagValues) -> None:
     config = normalize(fv.config)
     run = Run.from_config(config, load_data=False, device_count=len(devices))
     batch = fv.network_batch or SampleRequest.__dataclass_fields__["chunk_size"].default
-    console.info("compiling for %s: %d %s chips", topology.name, len(devices),
-                 topology.chip.name)
+    console.info("compiling for %s: %d devices on %d %s chips", topology.name, len(devices),
+                 topology.num_chips, topology.chip.name)
 
     def done(program: Any) -> None:
         console.info("%s: compiled in %s", program.name,

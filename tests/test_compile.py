@@ -58,6 +58,9 @@ def test_topology_names_are_parsed_or_refused_in_one_line(run_cli):
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and words in lines[0] and "--topology" in lines[0], lines
+    result = run_cli("sagd_jax.compile", "--config=configs/quickstart.py", "--topology=v5e:2x2",
+                     "--network_batch=0")
+    assert result.returncode == 2 and result.stderr.startswith("error: --network_batch=0")
 
 
 def test_flops_of_a_matmul_are_two_m_n_k():
