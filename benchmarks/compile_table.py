@@ -91,7 +91,7 @@ def compile_cell(cell: dict[str, Any]) -> dict[str, Any]:
 
     topology = parse_topology(SLICES[cell["slice"]])
     devices = topology_devices(topology)
-    chip = topology.chip.share(max(len(devices) // topology.num_chips, 1))
+    chip = topology.device_chip(len(devices))
     spec, batch = CONFIGS[cell["config"]]
     tries = []
     fsdp = 1 if cell["fsdp"] == "fit" else int(cell["fsdp"])

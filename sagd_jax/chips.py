@@ -125,6 +125,10 @@ class Topology:
     def num_chips(self) -> int:
         return math.prod(self.shape)
 
+    def device_chip(self, device_count: int) -> Chip:
+        """The figures of one of the slice's ``device_count`` devices (``Chip.share``)."""
+        return self.chip.share(max(device_count // self.num_chips, 1))
+
     @property
     def gpu_topology_name(self) -> str:
         """``partitions x hosts x devices a host`` of the CUDA plugin's topology."""

@@ -88,7 +88,7 @@ def compile_cli(fv: flags.FlagValues) -> None:
     if fv.json:
         files.refuse_existing("--json", fv.json)
     devices = topology_devices(topology)
-    chip = topology.chip.share(max(len(devices) // topology.num_chips, 1))
+    chip = topology.device_chip(len(devices))
     config = normalize(fv.config)
     run = Run.from_config(config, load_data=False, device_count=len(devices))
     batch = fv.network_batch or SampleRequest.__dataclass_fields__["chunk_size"].default
