@@ -239,6 +239,7 @@ def atomic_open(p: str | os.PathLike[str], mode: str = "w", *, exclusive: bool =
 
     ``mode``: ``"w"`` (text) or ``"wb"``. ``exclusive``: refuse (``FileExistsError``) when
     ``p`` already exists, checked again at the rename, so nothing written is overwritten.
+    A local file gets the permissions ``open()`` would give it (``0o666 & ~umask``).
     """
     if not is_local(p):
         with _remote_atomic_open(_remote(p), mode, exclusive) as f:
@@ -249,7 +250,7 @@ def atomic_open(p: str | os.PathLike[str], mode: str = "w", *, exclusive: bool =
     os.makedirs(folder, exist_ok=True)
     if exclusive and os.path.exists(target):
         raise FileExistsError(target)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(target)}.")
+    fd, tmp = _create_temporary(folder, os.path.basename(target))
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -262,6 +263,25 @@ def atomic_open(p: str | os.PathLike[str], mode: str = "w", *, exclusive: bool =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# Flags of a new temporary file as ``tempfile.mkstemp`` sets them, but created with mode 0o666:
+# the kernel applies the umask (and a folder's default ACL) as it does for ``open()``, where
+# mkstemp's 0o600 would leave every file written unreadable to others on shared storage.
+_TEMPORARY_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+
+
+def _create_temporary(folder: str, name: str) -> tuple[int, str]:
+    """A new file ``<folder>/.<name>.<random>`` (descriptor, path) with the permissions
+    ``open()`` gives (``0o666 & ~umask``), not mkstemp's 0o600."""
+    for _ in range(tempfile.TMP_MAX):
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}")
+        try:
+            return os.open(tmp, _TEMPORARY_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary name for {name}")
 
 
 @contextlib.contextmanager

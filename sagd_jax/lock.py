@@ -87,7 +87,7 @@ class Lock:
         if files.is_local(self.path):
             try:
                 fd = os.open(files.normalize(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY,
-                             0o644)
+                             0o666)
             except FileExistsError:
                 return False
             with os.fdopen(fd, "w") as f:
