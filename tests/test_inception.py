@@ -3,8 +3,13 @@ torch) with the same random weights, read from the same ``.pth`` file; the weigh
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import http.server
 import os
+import stat
 import sys
+import threading
 import types
 
 import numpy as np
@@ -170,3 +175,141 @@ def test_weights_lookup_order_and_the_offline_error(tmp_path, monkeypatch):
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"x")
     assert inception.weights_path(download=False) == str(cached)
+
+
+FAKE_WEIGHTS = b"not really Inception, but hashed like it" * 100
+
+
+def _cache_files(cache) -> list[str]:
+    """Every file under the cache folder, hidden temporary ones included."""
+    return sorted(os.path.relpath(os.path.join(root, name), cache)
+                  for root, _, names in os.walk(cache) for name in names)
+
+
+@pytest.fixture
+def download_env(tmp_path, monkeypatch):
+    """An empty cache at ``tmp_path/cache``, no weights given, and the progress lines
+    (``console.info`` and ``console.warning``) collected in a list."""
+    monkeypatch.setenv("SAGD_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(inception.ENV_VAR, raising=False)
+    monkeypatch.delenv(inception.URL_ENV_VAR, raising=False)
+    lines = []
+    monkeypatch.setattr(inception.console, "info", lambda msg, *a: lines.append(msg % a))
+    monkeypatch.setattr(inception.console, "warning", lambda msg, *a: lines.append(msg % a))
+    return tmp_path / "cache", lines
+
+
+@contextlib.contextmanager
+def _server(plan: list[str]):
+    """A localhost HTTP server of ``FAKE_WEIGHTS`` at ``/w-<hash prefix>.pth``; request i
+    follows ``plan[i]`` (past its end: serve): ``drop`` closes the connection without an
+    answer, ``truncate`` sends half the bytes, ``404`` answers Not Found. Yields the URL and
+    the list of requests served."""
+    served = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            action = plan[len(served)] if len(served) < len(plan) else "serve"
+            served.append(action)
+            if action == "drop":
+                self.close_connection = True
+                return
+            if action == "404":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(FAKE_WEIGHTS)))
+            self.end_headers()
+            if action == "truncate":
+                self.wfile.write(FAKE_WEIGHTS[:len(FAKE_WEIGHTS) // 2])
+                self.close_connection = True
+                return
+            self.wfile.write(FAKE_WEIGHTS)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    prefix = hashlib.sha256(FAKE_WEIGHTS).hexdigest()[:8]
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/w-{prefix}.pth", served
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_download_whose_hash_matches_its_name_lands_in_the_cache(tmp_path, download_env,
+                                                                    monkeypatch):
+    cache, lines = download_env
+    assert inception.hash_prefix(inception.WEIGHTS_URL) == "6726825d"
+    assert inception.hash_prefix("https://x/weights-inception-2015-12-05-6726825d.pth") == \
+        "6726825d"
+    assert inception.hash_prefix("https://x/inception.pth") is None
+    digest = hashlib.sha256(FAKE_WEIGHTS).hexdigest()
+    source = tmp_path / "mirror" / f"pt_inception-{digest[:10]}.pth"
+    source.parent.mkdir()
+    source.write_bytes(FAKE_WEIGHTS)
+    monkeypatch.setenv(inception.URL_ENV_VAR, source.as_uri())  # a cluster's mirror
+    old_umask = os.umask(0o022)
+    try:
+        path = inception.weights_path()
+    finally:
+        os.umask(old_umask)
+    cached = cache / "inception" / inception.WEIGHTS_FILE
+    assert path == str(cached) and cached.read_bytes() == FAKE_WEIGHTS
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o644  # as open() makes it, as torch.hub
+    assert _cache_files(cache) == [os.path.join("inception", inception.WEIGHTS_FILE)]
+    (line,) = lines
+    assert source.as_uri() in line and f"({len(FAKE_WEIGHTS)} bytes)" in line
+    assert str(cached) in line
+    assert inception.weights_path() == path and len(lines) == 1  # cached: no second download
+
+
+def test_a_download_whose_hash_differs_from_its_name_is_refused_and_leaves_nothing(
+        tmp_path, download_env):
+    cache, _ = download_env
+    digest = hashlib.sha256(FAKE_WEIGHTS).hexdigest()
+    wrong = "0123abcd" if not digest.startswith("0123abcd") else "fedc4321"
+    source = tmp_path / f"pt_inception-2015-12-05-{wrong}.pth"
+    source.write_bytes(FAKE_WEIGHTS)
+    with pytest.raises(ValueError) as err:
+        inception.weights_path(url=source.as_uri())
+    message = str(err.value)
+    assert "\n" not in message and "download failed" in message
+    assert wrong in message and digest in message and source.as_uri() in message
+    assert inception.WEIGHTS_URL in message  # and how to get the file by hand
+    assert _cache_files(cache) == []
+    # A name without a hash: the bytes must read as the network's weights instead.
+    plain = tmp_path / "inception.pth"
+    plain.write_bytes(FAKE_WEIGHTS)
+    with pytest.raises(ValueError, match="download failed"):
+        inception.weights_path(url=plain.as_uri())
+    assert _cache_files(cache) == []
+
+
+@pytest.mark.parametrize("failure", ["drop", "truncate"])
+def test_a_failed_first_download_is_retried_once(download_env, failure):
+    cache, lines = download_env
+    with _server([failure]) as (url, served):
+        path = inception.weights_path(url=url, timeout_s=5)
+    assert served == [failure, "serve"]
+    assert open(path, "rb").read() == FAKE_WEIGHTS
+    assert _cache_files(cache) == [os.path.join("inception", inception.WEIGHTS_FILE)]
+    assert any("trying again" in line and url in line for line in lines), lines
+
+
+def test_a_download_failing_twice_or_not_found_gives_the_one_line_error(download_env):
+    cache, _ = download_env
+    for plan, tries in ((["drop", "truncate", "serve"], ["drop", "truncate"]), (["404"], ["404"])):
+        with _server(plan) as (url, served):
+            with pytest.raises(ValueError) as err:
+                inception.weights_path(url=url, timeout_s=5)
+        assert served == tries  # one retry, none for a 404
+        message = str(err.value)
+        assert "\n" not in message and message.startswith("Inception weights: no ")
+        assert "download failed" in message and inception.WEIGHTS_URL in message
+        assert str(cache / "inception" / inception.WEIGHTS_FILE) in message
+        assert _cache_files(cache) == []

@@ -22,8 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import http.client
 import os
+import posixpath
+import re
+import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sagd_jax import files
+from sagd_jax import console, files
 from sagd_jax.errors import one_line
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -40,6 +47,9 @@ WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_we
                + WEIGHTS_FILE)
 ENV_VAR = "SAGD_JAX_INCEPTION"
 URL_ENV_VAR = "SAGD_JAX_INCEPTION_URL"
+# torch.hub's HASH_REGEX (``-([a-f0-9]*)\.``), anchored on the last ``-`` of the name.
+HASH_REGEX = re.compile(r"-([a-f0-9]+)\.[^-]*$")
+DOWNLOAD_CHUNK = 1 << 20
 INPUT_SIZE = 299
 FEATURE_DIM, NUM_CLASSES = 2048, 1008
 BN_EPSILON = 1e-3
@@ -306,21 +316,70 @@ def _cache_path() -> str:
     return os.path.join(files.cache_dir(), "inception", WEIGHTS_FILE)
 
 
-def _download(url: str, dest: str, timeout_s: float) -> None:
-    """``url`` into ``dest``, kept only if it reads as the network's weights."""
+def hash_prefix(url: str) -> str | None:
+    """The SHA-256 prefix in the name of ``url``'s file as torch.hub reads it (hex digits after
+    a ``-``, before the extension: ``...-6726825d.pth`` -> ``6726825d``; the last such part),
+    or None."""
+    name = posixpath.basename(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    match = HASH_REGEX.search(name)
+    return match.group(1) if match else None
+
+
+def _size_text(size: int | None) -> str:
+    if size is None:
+        return "size unknown"
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size} bytes"
+
+
+def _fetch(url: str, dest: str, timeout_s: float) -> None:
+    """One try of ``_download``: stream ``url`` into a hidden temporary file beside ``dest``,
+    hashing it, then link it into place if it checks out; the temporary file never stays."""
+    prefix = hash_prefix(url)
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        payload = response.read()
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    part = f"{dest}.part{os.getpid()}"
-    try:
-        with open(part, "wb") as f:
-            f.write(payload)
-        read_weights(part)  # an error page or a truncated file is not cached
-        with contextlib.suppress(FileExistsError):
-            os.link(part, dest)  # never replaces a file another process put there
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(part)
+        length = response.headers.get("Content-Length")
+        size = int(length) if length and length.isdigit() else None
+        folder = os.path.dirname(dest)
+        os.makedirs(folder, exist_ok=True)
+        console.info("inception weights: downloading %s (%s) to %s", url, _size_text(size), dest)
+        part = os.path.join(folder, f".{os.path.basename(dest)}.{uuid.uuid4().hex[:12]}.partial")
+        try:
+            sha256, received = hashlib.sha256(), 0
+            with open(part, "xb") as f:  # open(): the umask's permissions, as torch.hub
+                while chunk := response.read(DOWNLOAD_CHUNK):
+                    sha256.update(chunk)
+                    f.write(chunk)
+                    received += len(chunk)
+            if size is not None and received != size:
+                raise ConnectionError(f"{url}: the connection ended after {received} of "
+                                      f"{size} bytes")
+            digest = sha256.hexdigest()
+            if prefix:  # torch.hub's check: the digest starts with the name's hash prefix
+                if not digest.startswith(prefix):
+                    raise ValueError(f"SHA-256 {digest} of the download does not start with "
+                                     f"{prefix}, the hash in the file's name: {url}")
+            else:
+                read_weights(part)  # no hash to check: an error page is still not cached
+            with contextlib.suppress(FileExistsError):
+                os.link(part, dest)  # never replaces a file another process put there
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(part)
+
+
+def _download(url: str, dest: str, timeout_s: float, retries: int = 1) -> None:
+    """``url`` into ``dest``, kept only if its SHA-256 starts with the hash prefix in the URL's
+    file name (torch.hub's ``download_url_to_file(..., hash_prefix)``), or, a name without
+    one, if it reads as the network's weights; a network error is tried ``retries`` more
+    times (not a 4xx answer). ``ValueError`` (one line, both hashes) on a mismatch."""
+    for attempt in range(retries + 1):
+        try:
+            _fetch(url, dest, timeout_s)
+            return
+        except (OSError, http.client.HTTPException) as err:
+            final = isinstance(err, urllib.error.HTTPError) and err.code < 500
+            if final or attempt == retries:
+                raise
+            console.warning("inception weights: %s (%s); trying again", url, one_line(err))
 
 
 def weights_path(flag: str | None = None, *, download: bool = True, url: str | None = None,
@@ -328,9 +387,9 @@ def weights_path(flag: str | None = None, *, download: bool = True, url: str | N
     """Where the Inception weights are: ``flag`` (``--inception_weights``), else
     ``$SAGD_JAX_INCEPTION``, else ``<cache>/inception/pt_inception-...pth``, fetched first
     when absent and ``download`` from ``url`` (default ``$SAGD_JAX_INCEPTION_URL``, e.g. a
-    cluster's mirror, else pytorch-fid's release). A given path that does not exist, or no
-    file and no network: a one-line ``ValueError`` saying where to get the file and where to
-    put it (nothing is written)."""
+    cluster's mirror, else pytorch-fid's release; checked by ``_download``, one retry). A
+    given path that does not exist, or no file and no good download: a one-line
+    ``ValueError`` saying why, where to get the file and where to put it (nothing is kept)."""
     url = url or os.environ.get(URL_ENV_VAR) or WEIGHTS_URL
     for label, given in (("--inception_weights", flag), (f"${ENV_VAR}", os.environ.get(ENV_VAR))):
         if given:
@@ -345,8 +404,8 @@ def weights_path(flag: str | None = None, *, download: bool = True, url: str | N
         try:
             _download(url, cached, timeout_s)
             return cached
-        except (OSError, ValueError) as err:
-            problem = f"download failed: {one_line(err)}"
+        except (OSError, ValueError, http.client.HTTPException) as err:
+            problem = f"download failed: {one_line(err, limit=600)}"
     raise ValueError(f"Inception weights: no {WEIGHTS_FILE} ({problem}); get it from "
                      f"{WEIGHTS_URL} and put it at {cached}, or pass --inception_weights=PATH "
                      f"or set ${ENV_VAR}")
