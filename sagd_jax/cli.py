@@ -39,14 +39,16 @@ EXIT_STATUSES = {0: "finished", FAILED: "failed", BAD_INPUT: "bad input",
 
 def define_config(fv: FlagValues, required: bool = True, help_text: str | None = None,
                   default: str | None = None) -> None:
-    """``--config=configs/NAME.py[:VARIANT]`` with ``--config.KEY=VALUE`` overrides;
-    ``default``: the spec used when ``--config`` is not given (an absolute path, or one
-    relative to the working directory)."""
+    """``--config=configs/NAME.py[:VARIANT]`` (or a built-in config's name, ``NAME[:VARIANT]``:
+    ``config.resolve_config_spec``) with ``--config.KEY=VALUE`` overrides; ``default``: the
+    spec used when ``--config`` is not given (an absolute path, one relative to the working
+    directory, or a built-in config's name)."""
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file(  # the default goes in as --config=default (``parse``)
-        "config", None, help_text or "Config file (configs/*.py[:variant]); override values "
-        "with --config.KEY=VALUE." + (f" Default: {default}" if default else ""),
+        "config", None, help_text or "Config file (configs/*.py[:variant], or a built-in "
+        "config's name: quickstart, cifar10_ddpmpp[:cpu], ...); override values with "
+        "--config.KEY=VALUE." + (f" Default: {default}" if default else ""),
         flag_values=fv, lock_config=True)
     fv["config"].sagd_default_spec = default
     if required and default is None:
@@ -110,6 +112,24 @@ def _check_config(argv: Sequence[str]) -> None:
     check_keys([item.split("=", 1)[0] for item in overrides], load_config_file(spec))
 
 
+def _resolve_config(argv: list[str]) -> list[str]:
+    """``argv`` (program first) with a built-in config's name in ``--config=NAME[:VARIANT]``
+    (or ``--config NAME``) replaced by its file, which ``config_flags`` then loads
+    (``config.resolve_config_spec``: an existing file of that name wins)."""
+    from sagd_jax.config import resolve_config_spec
+
+    out = list(argv)
+    for i, arg in enumerate(out[1:], 1):
+        name, equals, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("-") or name != "config":
+            continue
+        if equals:
+            out[i] = f"{arg.partition('=')[0]}={resolve_config_spec(value)}"
+        elif i + 1 < len(out) and not out[i + 1].startswith("-"):
+            out[i + 1] = resolve_config_spec(out[i + 1])
+    return out
+
+
 @contextlib.contextmanager
 def _argv(argv: list[str]) -> Any:
     """``config_flags`` reads the overrides from ``sys.argv``: point it at ``argv``."""
@@ -136,7 +156,8 @@ def parse(define_flags: Callable[[FlagValues], None], argv: Sequence[str]) -> Fl
     and ``--verbosity``; bad input raises a one-line ``ValueError``."""
     fv = _flag_values(define_flags)
     argv = _with_default_config(fv, list(argv))
-    _check_config(argv[1:])
+    _check_config(argv[1:])  # errors name the spec as given
+    argv = _resolve_config(argv)
     with _argv(argv):  # config_flags reads the overrides from sys.argv
         try:
             rest = fv(argv)

@@ -18,6 +18,8 @@ import importlib.util
 import inspect
 import math
 import os
+import pathlib
+import re
 import traceback
 from typing import Any
 
@@ -249,17 +251,73 @@ def mesh_shape(config: Any, device_count: int | None = None) -> tuple[int, int]:
     return sizes["data"], sizes["fsdp"]
 
 
+# The built-in configs: the repository's top-level configs/ folder, installed as this
+# subpackage (pyproject.toml's package-dir maps sagd_jax.configs to configs/).
+BUILTIN_CONFIGS = "sagd_jax.configs"
+_BARE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def builtin_config_dir() -> pathlib.Path | None:
+    """The folder of the built-in configs: that of the package ``sagd_jax.configs`` (a wheel
+    install), else ``configs/`` beside the ``sagd_jax`` folder of a checkout (an editable
+    install, whose finder cannot map a subpackage without ``__init__.py``; a checkout on
+    ``PYTHONPATH``); None if neither."""
+    spec = importlib.util.find_spec(BUILTIN_CONFIGS)
+    folders = [pathlib.Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    checkout = pathlib.Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file():
+        folders.append(checkout / "configs")
+    return next((folder for folder in folders if folder.is_dir()), None)
+
+
+def builtin_configs() -> list[str]:
+    """The names of the built-in configs (``quickstart``, ``cifar10_ddpmpp``, ...), sorted."""
+    folder = builtin_config_dir()
+    if folder is None:
+        return []
+    return sorted(p.stem for p in folder.glob("*.py")
+                  if _BARE_NAME.fullmatch(p.stem) and not p.stem.startswith("_"))
+
+
+def resolve_config_spec(spec: str) -> str:
+    """``--config``'s ``PATH[:VARIANT]`` with a built-in config's name replaced by its file.
+
+    ``PATH`` names a file when such a file exists (relative to the working directory), as
+    given; otherwise a bare name (letters, digits and underscores: no ``/``, no ``.py``)
+    names the built-in config ``configs/NAME.py`` shipped with the package (``quickstart``,
+    ``quickstart:VARIANT``), whatever the working directory (a folder of that name there, a
+    workdir say, does not hide it). An unknown bare name raises a one-line ``ValueError``
+    listing the built-in names; any other spec is returned unchanged (``load_config_file``
+    reports a missing file or a directory)."""
+    path, colon, variant = spec.partition(":")
+    if os.path.isfile(path) or not _BARE_NAME.fullmatch(path):
+        return spec
+    names = builtin_configs()
+    if path not in names and os.path.isdir(path):  # "is a directory" (load_config_file)
+        return spec
+    if path not in names:
+        closest = difflib.get_close_matches(path, names, n=1)
+        hint = f" (closest: {closest[0]})" if closest else ""
+        raise ValueError(f"--config={spec}: no such file or built-in config {path!r}{hint}; "
+                         f"built-in: {', '.join(names) or 'none (sagd_jax.configs missing)'}")
+    return f"{builtin_config_dir() / (path + '.py')}{colon}{variant}"
+
+
 def load_config_file(spec: str, overrides: Any = ()) -> ml_collections.ConfigDict:
-    """``configs/NAME.py[:VARIANT]`` -> its ``get_config([VARIANT])``, as ``--config`` loads it,
+    """``configs/NAME.py[:VARIANT]``, or a built-in config's name ``NAME[:VARIANT]``
+    (``resolve_config_spec``) -> its ``get_config([VARIANT])``, as ``--config`` loads it,
     then each ``(key, text)`` of ``overrides`` applied with ``override``. A file that is
     missing, does not load or whose ``get_config`` fails, and an unknown variant, raise a
     one-line ``ValueError`` naming the file (and the line, or the known variants)."""
-    path, has_variant, variant = spec.partition(":")
     flag = f"--config={spec}"
+    path, has_variant, variant = resolve_config_spec(spec).partition(":")
     if os.path.isdir(path):
         raise ValueError(f"{flag}: {path} is a directory, not a config file")
     if not os.path.isfile(path):
-        raise ValueError(f"{flag}: no such file {path}")
+        stem = os.path.basename(path).removesuffix(".py")
+        hint = (f" (the built-in config: --config={stem}{':' if has_variant else ''}{variant})"
+                if path.endswith(".py") and stem in builtin_configs() else "")
+        raise ValueError(f"{flag}: no such file {path}{hint}")
     module = _load_module(flag, path)
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
