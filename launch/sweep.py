@@ -8,7 +8,8 @@
 Every point (the Cartesian product of the ``--sweep`` lists, with the ``--set`` values fixed)
 trains in ``ROOT/<key-value name>``, e.g. ``ROOT/noise.gamma-0.5_seed-1``, through
 ``python -m sagd_jax.main`` (``sagd_jax.train_subprocess``: one process per run in its own
-session, its output in ``ROOT/logs/<name>.log``); running the sweep again resumes unfinished
+session, its output in ``ROOT/logs/<name>.log`` and relayed to the sweep's console as it comes,
+each line prefixed ``[I/N] <name> |``); running the sweep again resumes unfinished
 runs and skips finished ones, then prints a table of each run's last logged metrics and
 sample-spectrum error (``--json``: also to a new file).
 ``--index=I`` runs point I only (one task of a job array); ``--emit=slurm`` prints an sbatch
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import os
 import re
@@ -42,7 +44,7 @@ from absl import flags
 
 from sagd_jax import cli, console, files
 from sagd_jax.config import check_keys, load_config_file
-from sagd_jax.train_subprocess import StopSignals, train, trainer_command
+from sagd_jax.train_subprocess import StopSignals, follow_log, train, trainer_command
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +209,11 @@ def define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
 
 
+def relay_line(tag: str, line: str) -> None:
+    """A line of a point's trainer on the sweep's console: ``[1/8] seed-0 | step 25/450 ...``."""
+    console.info("%s %s", tag, line, all_processes=True)
+
+
 def point_status(code: int) -> str:
     """A trainer's exit status in words: ``finished``, ``stopped (resumable)``,
     ``failed (3: non-finite loss)``, ``failed (killed by SIGKILL)``."""
@@ -251,11 +258,15 @@ def sweep(fv: flags.FlagValues) -> int:
                 if finished and not fv.dry_run:
                     console.info("%s: finished, skipped", where)
                 continue
-            log_path = os.path.join(root, "logs", f"{os.path.basename(point.workdir)}.log")
+            name = os.path.basename(point.workdir)
+            log_path = os.path.join(root, "logs", f"{name}.log")
             console.info("%s: training (log %s)", where, log_path)
             start = time.perf_counter()
-            # The trainer in its own session: a terminal's Ctrl-C reaches it once, via stops.
-            code = train(point.trainer_command(fv.config), log_path, stops)
+            tag = f"[{point.index + 1}/{len(points)}] {name} |"
+            # The trainer in its own session: a terminal's Ctrl-C reaches it once, via stops;
+            # its lines (progress, errors) are relayed from its log as they come.
+            with follow_log(log_path, functools.partial(relay_line, tag)):
+                code = train(point.trainer_command(fv.config), log_path, stops)
             statuses[point.index] = point_status(code)
             stopped = stopped or code == cli.STOPPED
             console.info("%s: %s after %s", where, statuses[point.index],

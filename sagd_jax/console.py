@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 LOGGER = logging.getLogger("sagd_jax")
@@ -148,35 +148,73 @@ def duration(seconds: float) -> str:
 
 class Progress:
     """``done / total`` with rate and ETA for long CLI work (sampling, evaluation, training a
-    classifier, a sweep): one line rewritten on a terminal, else a line every ``every`` items
-    and at the end.
+    classifier): one line rewritten on a terminal, else a line every ``every`` items and at
+    the end.
+
+    The first update (compilation, warm-up) is timed on its own: ``first chunk 41s (with
+    warm-up), ETA ?``; the rate and ETA count only the items after it. The last line gives the
+    total time; ``close()`` ends the line of work stopped short of ``total``. ``clock``: the
+    time source (tests).
 
         progress = Progress("sampling", total=8, unit="chunk")
         for i in range(8): ...; progress.update(1)
     """
 
     def __init__(self, label: str, total: int, unit: str = "item", done: int = 0,
-                 every: int = 1, stream: Any = None):
+                 every: int = 1, stream: Any = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.label, self.total, self.unit, self.every = label, total, unit, max(1, every)
         self.done = self.start_done = done
         self.stream = sys.stderr if stream is None else stream
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.perf_counter()
+        self.clock = clock
+        self.start = clock()
+        self.first: tuple[float, int] | None = None  # (time, done) at the first update
         self.active = _is_main_process()
+
+    def rate(self, now: float | None = None) -> float | None:
+        """Items per second since the first update (at ``now``, default the clock's time);
+        None until an item after the first update is done."""
+        if self.first is None:
+            return None
+        seconds = (self.clock() if now is None else now) - self.first[0]
+        items = self.done - self.first[1]
+        return items / seconds if items > 0 and seconds > 0 else None
 
     def update(self, count: int = 1, note: str = "") -> None:
         self.done += count
+        now = self.clock()
+        first = self.first is None
+        if first:
+            self.first = (now, self.done)
         if not self.active:
             return
-        elapsed = time.perf_counter() - self.start
-        rate = (self.done - self.start_done) / max(elapsed, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else math.inf
-        line = (f"{self.label}: {self.done}/{self.total} {self.unit}s, {rate:.3g} {self.unit}/s, "
-                f"ETA {duration(eta)}" + (f"  {note}" if note else ""))
-        finished = self.done >= self.total
+        finished, rate = self.done >= self.total, self.rate(now)
+        line = f"{self.label}: {self.done}/{self.total} {self.unit}s"
+        if rate is not None:
+            line += f", {rate:.3g} {self.unit}/s"
+        if finished:
+            line += f", done in {duration(now - self.start)}"
+        elif rate is None:
+            items = self.unit if count == 1 else f"{count} {self.unit}s"
+            line += f", first {items} {duration(now - self.start)} (with warm-up), ETA ?"
+        else:
+            line += f", ETA {duration((self.total - self.done) / rate)}"
+        self._write(line + (f"  {note}" if note else ""),
+                    finished or first or self.done % self.every == 0, finished)
+
+    def close(self, note: str = "") -> None:
+        """A closing line for work stopped short of ``total`` (items done, time taken);
+        nothing when the last line already said it."""
+        if self.active and self.done < self.total:
+            self._write(f"{self.label}: {self.done}/{self.total} {self.unit}s in "
+                        f"{duration(self.clock() - self.start)}" + (f"  {note}" if note else ""),
+                        True, True)
+
+    def _write(self, line: str, due: bool, final: bool) -> None:
         if self.tty:
-            self.stream.write("\r" + line.ljust(79) + ("\n" if finished else ""))
-        elif finished or self.done % self.every == 0:
+            self.stream.write("\r" + line.ljust(79) + ("\n" if final else ""))
+        elif due:
             self.stream.write(line + "\n")
         self.stream.flush()
 

@@ -6,8 +6,10 @@ process per run, as users run it. The trainer resumes from its workdir's last ch
 SIGTERM or SIGINT it saves its current step and exits ``cli.STOPPED`` (75), so running the
 caller's command again picks up where it stopped.
 
-    with StopSignals().installed() as stops:
+    with StopSignals().installed() as stops, follow_log("q.log", print):
         code = train(trainer_command("configs/quickstart.py", "workdirs/q"), "q.log", stops)
+
+``follow_log`` relays the lines appended to the log while the trainer runs (its progress).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from sagd_jax import files
@@ -106,3 +108,43 @@ def train(command: Sequence[str], log_path: str, stops: StopSignals, *,
                 files.append_jsonl(wall_time_path,
                                    {"seconds": time.perf_counter() - start, "exit": code})
     return code
+
+
+@contextlib.contextmanager
+def follow_log(path: str, emit: Callable[[str], None], poll: float = 0.5) -> Iterator[None]:
+    """While the block runs, ``emit(line)`` each non-empty line appended to the file ``path``
+    (which may not exist yet) from a background thread, within ``poll`` seconds; the lines
+    still unread when the block ends are emitted before it returns."""
+    offset = os.path.getsize(path) if os.path.exists(path) else 0
+    done = threading.Event()
+
+    def relay() -> None:
+        log, pending = None, b""
+        try:
+            while True:
+                ending = done.is_set()  # read once more after the block ended
+                if log is None and os.path.exists(path):
+                    log = open(path, "rb")  # closed below
+                    log.seek(offset)
+                if log is not None:
+                    *lines, pending = (pending + log.read()).split(b"\n")
+                    for line in lines:
+                        text = line.decode(errors="replace").rstrip()
+                        if text:
+                            emit(text)
+                if ending:
+                    break
+                done.wait(poll)
+            if pending.strip():
+                emit(pending.decode(errors="replace").rstrip())
+        finally:
+            if log is not None:
+                log.close()
+
+    thread = threading.Thread(target=relay, name=f"follow {path}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=30)

@@ -342,3 +342,73 @@ def test_local_launcher_waits_for_every_process_and_reports_the_stop(tmp_path, r
     assert calls.count("got TERM") == num, calls
     started = [c for c in calls if c.startswith("python -m sagd_jax.main --config=c.py ")]
     assert len(started) == num, calls
+
+
+# --- a point's progress on the sweep's console while it trains -------------------------------
+# A stand-in trainer that prints a progress line, then waits (up to 20 s) for the file ``go``
+# beside its workdir, written once the line reached the caller; exits 0 if it came, else 99.
+TALKING_TRAINER = """
+import os, sys, time
+workdir = sys.argv[1]
+os.makedirs(workdir)
+print("step 1/2  loss 1.0000", flush=True)
+go = workdir + ".go"
+deadline = time.monotonic() + 20
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("finished step 2/2", flush=True)
+sys.stdout.write("a last line without its newline")
+sys.exit(0 if os.path.exists(go) else 99)
+"""
+
+
+def test_follow_log_relays_the_trainers_lines_while_it_runs(tmp_path):
+    """Lines appended to the log reach the caller while the trainer runs (it waits for the
+    first one to arrive); what the log held before is not relayed; the last line, without its
+    newline, is relayed when the block ends."""
+    from sagd_jax.train_subprocess import StopSignals, follow_log, train
+
+    log, workdir = tmp_path / "logs" / "run.log", tmp_path / "run"
+    log.parent.mkdir()
+    log.write_text("an earlier run's line\n")
+    relayed = []
+
+    def emit(line):
+        relayed.append(line)
+        if line.startswith("step 1/2"):
+            (tmp_path / "run.go").touch()
+
+    with StopSignals().installed() as stops, follow_log(str(log), emit, poll=0.05):
+        code = train([sys.executable, "-c", TALKING_TRAINER, str(workdir)], str(log), stops)
+    assert code == 0, log.read_text()
+    assert relayed == ["step 1/2  loss 1.0000", "finished step 2/2",
+                       "a last line without its newline"]
+
+
+def test_sweep_shows_each_points_progress_while_it_trains(tmp_path, sweep, monkeypatch):
+    """Each point's trainer lines appear on the sweep's console, prefixed with the point, while
+    it runs (the stand-in waits for its first line to be relayed) and before its end line."""
+    import launch.sweep
+
+    monkeypatch.setattr(launch.sweep.Point, "trainer_command",
+                        lambda self, spec: [sys.executable, "-c", TALKING_TRAINER, self.workdir])
+    relay_line = launch.sweep.relay_line
+
+    def relay_and_answer(tag, line):
+        relay_line(tag, line)
+        if line.startswith("step 1/2"):
+            name = tag.split()[1]
+            open(os.path.join(root, name + ".go"), "w").close()
+
+    monkeypatch.setattr(launch.sweep, "relay_line", relay_and_answer)
+    root = str(tmp_path / "sweep")
+    result = sweep(f"--root={root}", "--sweep=seed=0,1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    for i, name in enumerate(["seed-0", "seed-1"]):
+        start = lines.index(f"[{i + 1}/2] {root}/{name}: training (log {root}/logs/{name}.log)")
+        assert lines[start + 1:start + 4] == [f"[{i + 1}/2] {name} | step 1/2  loss 1.0000",
+                                              f"[{i + 1}/2] {name} | finished step 2/2",
+                                              f"[{i + 1}/2] {name} | a last line without its "
+                                              "newline"], lines
+        assert lines[start + 4].startswith(f"[{i + 1}/2] {root}/{name}: "), lines

@@ -130,7 +130,10 @@ def test_quickstart_cli_end_to_end_with_a_quiet_console(tmp_path, run_subprocess
     steps = [line for line in lines if line.startswith("step ") and "loss" in line]
     assert [line.split()[1] for line in steps] == ["25/50", "50/50"], lines
     assert all("img/s" in line and "ETA" in line for line in steps)
-    assert len(lines) <= 5, lines  # model line, two step lines, the samples line
+    # model, first step (compilation), two step lines, the samples line, the closing two
+    assert len(lines) <= 7, lines
+    assert lines[-2].startswith("finished step 50/50: 50 steps in "), lines
+    assert lines[-1].startswith(f"workdir {workdir}: checkpoints/ (step 50), samples/"), lines
 
 
 @pytest.mark.parametrize("override, message", [
@@ -186,9 +189,99 @@ def test_sigterm_checkpoints_the_current_step_and_the_restart_resumes(tmp_path, 
     proc.send_signal(signal.SIGTERM)
     _, rest = proc.communicate(timeout=120)
     assert time.monotonic() - sent < 60 and proc.returncode == 75, rest[-2000:]
+    assert "stopped at step " in rest and "/100000: " in rest, rest[-2000:]  # closing line
     steps = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
     assert len(steps) == 1 and steps[0] >= 2
     result = run_cli("sagd_jax.main", *args[:-1], f"--config.train.num_steps={steps[0] + 1}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"starting at step {steps[0]} of {steps[0] + 1}" in result.stderr
     assert str(steps[0] + 1) in os.listdir(workdir / "checkpoints")
+
+
+# --- progress lines: the first step (compilation) is not training speed ---------------------
+class _Clock:
+    """A fake ``time.perf_counter``: ``advance(seconds)``."""
+
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_step_speed_leaves_out_the_first_step_and_the_pauses():
+    """First step 10 s (compilation), the others 1 s (a quarter of it waiting for data): 1
+    step/s and the ETA at that pace, from the steps after the first; a lap of the first step
+    alone has neither (``?``); sampling is left out of the speed, not of the ETA's pace."""
+    from sagd_jax.train.loop import StepSpeed, speed_text
+
+    clock = _Clock()
+    speed = StepSpeed(clock)
+    clock.advance(10)
+    speed.step(first=True)
+    rate, _ = speed.lap()
+    assert rate is None and speed.eta(99) is None
+    assert speed_text(rate, 8, speed.eta(99)) == "? steps/s  ? img/s  ETA ?"
+    # A lap over the first step and three more (each waits 0.25 s for its batch).
+    speed = StepSpeed(clock)
+    for i in range(4):
+        with speed.waiting():
+            clock.advance(0.25)
+        clock.advance(9.75 if i == 0 else 0.75)
+        speed.step(first=i == 0)
+    rate, wait = speed.lap()
+    assert rate == pytest.approx(1.0) and wait == pytest.approx(1 / 13)
+    assert speed.eta(90) == pytest.approx(90)
+    assert speed_text(rate, 8, speed.eta(90)) == "1.00 steps/s  8.0 img/s  ETA 1m30s"
+    # The next lap: two steps, 30 s of sampling between them.
+    clock.advance(1)
+    speed.step()
+    with speed.paused():
+        clock.advance(30)
+    clock.advance(1)
+    speed.step()
+    rate, wait = speed.lap()
+    assert rate == pytest.approx(1.0) and wait == 0.0
+    assert speed.eta(10) == pytest.approx(10 * (3 + 32) / 5)  # 7 s a step since the first
+
+
+@pytest.mark.slow
+def test_progress_lines_leave_out_compilation_and_the_run_ends_with_where_things_are(
+        tmp_path, run_cli, tiny_cli_overrides, monkeypatch):
+    """A first step made 4 s slower (as a compilation): the first progress line's speed (steps
+    1-2) comes from step 2 alone, so it is above the 0.5 steps/s that counting step 1 would give
+    at most; the closing lines give the steps, the last logged loss and the workdir's files."""
+    from sagd_jax.run import Run
+
+    train_step = Run.train_step
+
+    def slow_first_step(self, mesh):
+        step_fn, calls = train_step(self, mesh), []
+
+        def step(state, batch):
+            if not calls:
+                calls.append(1)
+                time.sleep(4)
+            return step_fn(state, batch)
+
+        return step
+
+    monkeypatch.setattr(Run, "train_step", slow_first_step)
+    workdir = tmp_path / "run"
+    result = run_cli("sagd_jax.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
+                     "--config.data.name=grf", "--config.data.image_size=16",
+                     *tiny_cli_overrides, "--config.train.num_steps=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    steps = [line.split() for line in lines if line.startswith("step ") and "loss" in line]
+    assert [words[1] for words in steps] == ["2/4", "4/4"], lines
+    assert steps[0][5] == "steps/s" and float(steps[0][4]) > 0.5, lines
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert records[0]["steps_per_sec"] == pytest.approx(float(steps[0][4]), rel=0.01)
+    assert lines[-2].startswith("finished step 4/4: 4 steps in "), lines
+    assert lines[-2].endswith(f"(wall time), loss {records[-1]['loss']:.4f}"), lines
+    assert lines[-1] == (f"workdir {workdir}: checkpoints/ (step 4), samples/, metrics.jsonl, "
+                         "TensorBoard events"), lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -39,6 +40,69 @@ def itstime(step: int, every: int, total: int, *, first: int = 0) -> bool:
     """Whether periodic work due every ``every`` steps (and at the last step ``total``) is due
     after ``step`` steps; never at or before ``first`` (where the run started)."""
     return step > first and (step % every == 0 or step == total)
+
+
+class StepSpeed:
+    """Training speed between progress lines: steps per second over the steps since the last
+    ``lap()``, leaving out the first step of a start (compilation: it has its own line) and
+    the time spent in ``paused()`` (sampling, evaluation); and the ETA at the pace since the
+    first step, everything included. ``clock``: the time source."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.total_steps = 0
+        self.first_done: tuple[float, int] | None = None  # (time, total_steps) at the first
+        self._reset(clock())
+
+    def _reset(self, now: float) -> None:
+        self.mark, self.steps, self.untimed, self.untimed_steps = now, 0, 0.0, 0
+        self.paused_s, self.data_wait = 0.0, 0.0
+
+    def step(self, first: bool = False) -> None:
+        """One step done (``first``: the start's first step, waited for; not timed)."""
+        self.steps += 1
+        self.total_steps += 1
+        if first:
+            now = self.clock()
+            self.untimed, self.untimed_steps = now - self.mark, self.steps
+            self.first_done = (now, self.total_steps)
+
+    def eta(self, steps_left: int) -> float | None:
+        """Seconds for ``steps_left`` more steps at the pace since the first step (sampling,
+        evaluation and checkpoints included); None before a step after the first."""
+        if self.first_done is None or self.total_steps <= self.first_done[1]:
+            return None
+        pace = (self.clock() - self.first_done[0]) / (self.total_steps - self.first_done[1])
+        return steps_left * pace
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time in the block is not training time."""
+        began = self.clock()
+        try:
+            yield
+        finally:
+            self.paused_s += self.clock() - began
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Time in the block is waiting for data (counted in ``data_wait``)."""
+        began = self.clock()
+        try:
+            yield
+        finally:
+            self.data_wait += self.clock() - began
+
+    def lap(self) -> tuple[float | None, float]:
+        """(steps per second, None if no step was timed; the share of the time spent waiting
+        for data) since the last lap, and a new lap starts."""
+        now = self.clock()
+        wall = now - self.mark - self.paused_s
+        timed, steps = wall - self.untimed, self.steps - self.untimed_steps
+        rate = steps / timed if steps > 0 and timed > 0 else None
+        wait = self.data_wait / wall if wall > 0 else 0.0
+        self._reset(now)
+        return rate, wait
 
 
 def flat_hparams(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -147,8 +211,8 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
     data_spectrum = run.reference_spectrum()
     history: list[dict[str, Any]] = []
     previous: dict[str, jax.Array] | None = None
-    last_log_time, last_log_step = time.perf_counter(), start
-    data_wait = 0.0  # seconds the loop waited for its next batch since the last log
+    speed = StepSpeed()
+    loss, done = float("nan"), start  # the last logged loss, the steps done
     host_batches = run.batch_iterator(start, cfg.num_steps)
     device_batches = prefetch_to_device(host_batches, mesh)
     profiler = StepProfiler(cfg.profile_steps, files.join(run.workdir.path, "profile"),
@@ -157,12 +221,12 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
     with PreemptionFlag() as preemption, profiler:
         for step in range(start, cfg.num_steps):
             profiler.before(step)
-            waited = time.perf_counter()
-            batch = next(device_batches)
-            data_wait += time.perf_counter() - waited
+            with speed.waiting():
+                batch = next(device_batches)
             state, metrics = step_fn(state, batch)
             profiler.after(step, state)  # at the last profiled step: waits for it, stops
             first_step.after(state)  # once: waits for it, says how long the start took
+            speed.step(first=step == start)  # compilation is not training speed
             if previous is not None:  # one step behind: the check does not stall the device
                 check_finite(previous, step)
             previous = metrics
@@ -172,19 +236,18 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
             if itstime(done, cfg.log_every, cfg.num_steps):
                 scalars = reduce_metrics(history)
                 history = []
-                now = time.perf_counter()
-                steps_per_s = (done - last_log_step) / (now - last_log_time)
-                scalars |= {"steps_per_sec": steps_per_s,
-                            "img_per_sec": steps_per_s * cfg.batch_size,
-                            "data_wait": data_wait / (now - last_log_time)}
-                last_log_time, last_log_step, data_wait = now, done, 0.0
+                steps_per_s, data_wait = speed.lap()
+                if steps_per_s is not None:  # None: only the first step (compilation) since
+                    scalars |= {"steps_per_sec": steps_per_s,
+                                "img_per_sec": steps_per_s * cfg.batch_size}
+                scalars["data_wait"] = data_wait
                 writer.write_scalars(done, scalars)
                 if is_writer:
                     run.workdir.append_metrics({"step": done, **scalars})
-                eta = (cfg.num_steps - done) / max(steps_per_s, 1e-9)
-                console.info("step %d/%d  loss %.4f  %.2f steps/s  %.1f img/s  ETA %s", done,
-                             cfg.num_steps, scalars["loss"], steps_per_s,
-                             scalars["img_per_sec"], console.duration(eta))
+                loss = scalars["loss"]
+                console.info("step %d/%d  loss %.4f  %s", done, cfg.num_steps, loss,
+                             speed_text(steps_per_s, cfg.batch_size,
+                                        speed.eta(cfg.num_steps - done)))
             stop = any_process(preemption.requested)
             if itstime(done, cfg.checkpoint_every, cfg.num_steps) or stop:
                 check_finite(metrics, done)
@@ -196,11 +259,11 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
                              "process", done, checkpointer.directory, all_processes=True)
                 break
             if itstime(done, cfg.sample_every, cfg.num_steps):
-                write_samples(run, state, data_spectrum, writer, is_writer)
-                last_log_time = time.perf_counter()  # sampling time is not training speed
-                data_wait = 0.0
+                with speed.paused():  # sampling time is not training speed
+                    write_samples(run, state, data_spectrum, writer, is_writer)
             if evaluator is not None and itstime(done, cfg.eval_every, cfg.num_steps):
-                scalars = evaluator(state.ema_params, done)
+                with speed.paused():  # evaluation time is not training speed
+                    scalars = evaluator(state.ema_params, done)
                 writer.write_scalars(done, scalars)
                 if is_writer:
                     run.workdir.append_metrics({"step": done, **scalars})
@@ -208,14 +271,43 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
                              f", KID {scalars['kid']:.4f}" if "kid" in scalars else "",
                              run.config.eval.num_samples,
                              console.duration(scalars["eval_seconds"]))
-                last_log_time = time.perf_counter()  # evaluation time is not training speed
-                data_wait = 0.0
         if previous is not None:
             check_finite(previous, int(jax.device_get(state.step)))
     checkpointer.wait()
+    saved = checkpointer.latest_step()
     checkpointer.close()
     writer.flush()
+    if done > start:
+        if history:  # stopped between two progress lines
+            loss = reduce_metrics(history)["loss"]
+        console.info("%s", closing_lines(run, done, done - start,
+                                         time.perf_counter() - first_step.started, loss, saved))
     return state
+
+
+def speed_text(steps_per_s: float | None, batch_size: int, eta: float | None) -> str:
+    """``12.50 steps/s  400.0 img/s  ETA 1m20s``; ``?`` for what is not known yet (no step
+    timed since the first one, which compiled)."""
+    speed = ("? steps/s  ? img/s" if steps_per_s is None
+             else f"{steps_per_s:.2f} steps/s  {steps_per_s * batch_size:.1f} img/s")
+    return f"{speed}  ETA {'?' if eta is None else console.duration(eta)}"
+
+
+def closing_lines(run: Run, step: int, steps: int, seconds: float, loss: float,
+                  checkpoint: int | None) -> str:
+    """The two lines at the end of a start: the step it ended at, the ``steps`` it did in
+    ``seconds`` (from the start, compilation included) and the last ``loss``; then what the
+    workdir holds."""
+    total = run.config.train.num_steps
+    head = "finished" if step >= total else "stopped at"
+    workdir = run.workdir
+    where = [f"checkpoints/ (step {checkpoint})" if checkpoint is not None else "no checkpoint"]
+    if files.exists(workdir.samples_dir):
+        where.append("samples/")
+    where += ["metrics.jsonl", "TensorBoard events"]
+    return (f"{head} step {step}/{total}: {steps} step{'s' * (steps != 1)} in "
+            f"{console.duration(seconds)} (wall time), loss {loss:.4f}\n"
+            f"workdir {workdir.path}: {', '.join(where)}")
 
 
 def write_samples(run: Run, state: TrainState, data_spectrum: np.ndarray,
