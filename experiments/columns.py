@@ -27,7 +27,7 @@ def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | N
     n = 16 if tiny else exp.num_samples
     request = SampleRequest(num_samples=n, sampler=exp.sampler, steps=2 if tiny else exp.steps,
                             chunk_size=8 if tiny else 250, model=model, clip_x0=clip_x0,
-                            time_grid=exp.time_grid)
+                            time_grid=exp.time_grid, float32=True)  # outside_range
     samples = generate(workdir, request)
     out = os.path.join(os.path.dirname(samples), name)
     if files.exists(out):
@@ -46,11 +46,11 @@ def judging(tiny: bool) -> dict[str, Any]:
     """Evaluation settings: the documented protocol, or seconds-long ones for ``--tiny`` (a
     classifier trained for 20 steps: enough to exercise the path)."""
     if not tiny:
-        return {"max_reference": 10_000}
+        return {"max_reference": 10_000, "classifier": "on"}
     from sagd_jax.metrics.classifier import Recipe
 
-    return {"max_reference": 64, "num_subsets": 5, "subset_size": 8,
-            "classifier": Recipe(max_steps=20)}
+    return {"max_reference": 64, "num_subsets": 5, "subset_size": 8, "classifier": "on",
+            "classifier_recipe": Recipe(max_steps=20)}
 
 
 def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[str, Any]:

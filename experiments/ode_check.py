@@ -61,7 +61,7 @@ def check(workdir: str, out: str, num_samples: int, steps: int, seed: int) -> di
         name = f"{sampler}{n_steps}"
         request = SampleRequest(num_samples=num_samples, sampler=sampler, steps=n_steps,
                                 seed=seed, chunk_size=min(num_samples, 250),
-                                eta=0.0 if sampler == "ddim" else None)
+                                eta=0.0 if sampler == "ddim" else None, float32=True)
         folders[name] = run_dir.generated(os.path.join("ode_check", name))
         with np.load(generate(workdir, request, out_dir=folders[name])) as f:
             samples[name] = f["float32"]

@@ -1,28 +1,34 @@
-"""Judge generated images against the data of their run; writes one JSON file (and plots).
+"""Judge a sample set against data; writes one JSON file (and plots), prints the headline.
 
-    python -m sagd_jax.evaluate --samples=DIR/generated/NAME/samples.npz \\
-        [--band=bandpass:0.45:0.6] [--filter_band=bandstop:0.45:0.6] [--out=FILE.json] \\
-        [--max_reference=10000] [--num_subsets=100] [--subset_size=1000] [--model_units] \\
-        [--inception=auto|on|off] [--inception_weights=PATH] [--reference_stats=FILE.npz] \\
+    python -m sagd_jax.evaluate --samples=SET [--config=configs/NAME.py | --reference_stats=F]
+        [--classifier=auto|on|off] [--inception=auto|on|off] [--out=FILE.json] [--overwrite]
+        [--band=bandpass:0.45:0.6] [--filter_band=bandstop:0.45:0.6] [--max_reference=10000]
+        [--num_subsets=100] [--subset_size=1000] [--model_units] [--inception_weights=PATH]
         [--reference_split=SPLIT] [--inception_reference_images=50000]
 
-The run (its data config) is found from the samples' ``manifest.json``. Reference images: the
-``test`` split for Fashion-MNIST and TFDS data, the run's own source otherwise, always without
-the run's training corruption (clean data); at most ``--max_reference`` images.
+``SET``: ``sagd_jax.sample``'s ``samples.npz``; any ``.npz`` with ``arr_0`` uint8 ``(N, H, W,
+C)`` (ADM's and EDM's layout; optional ``arr_1`` labels); a folder of PNG / JPEG files; a
+``.zip`` of them (``sagd_jax.sample_files``). The data judged against: ``--config`` (its
+``data`` section), else the run named by the ``manifest.json`` beside a ``samples.npz``, else
+only ``--reference_stats`` (Inception FID and IS). Reference images: the ``test`` split for
+Fashion-MNIST and TFDS data, the data's own source otherwise, always without the training
+corruption (clean data); at most ``--max_reference`` images.
 
 Metrics (those that apply):
 * ``spectrum``: radially averaged power spectra of samples and reference, the per-bin
-  ``|log ratio|`` and its mean (``spectrum.png``);
+  ``|log ratio|`` and its mean (``<out>_spectrum.png``);
 * ``fd``, ``kid`` (``mean``, ``std``, ``sem``): Frechet and kernel distances in the features of
-  the in-project Fashion-MNIST classifier, for 28x28x1 data (trained on first use, cached);
+  the in-project Fashion-MNIST classifier, for 28x28x1 data. ``--classifier=auto`` (default)
+  uses it when the cache holds it and otherwise says how to get it; ``on`` trains it once if
+  needed (5 to 10 minutes on 2 CPU cores, announced first); ``off``.
   ``kid_blocks`` (``mean``, ``sem``): KID over 10 disjoint sample/reference blocks, whose
   ``sem`` includes the sampling noise of the generated set;
   ``--filter_band`` removes a band from both sets before the features, and adds
   ``spectrum_off_band``: the spectrum error over the frequencies outside that band;
 * ``fid``/``kid``/``inception_score`` under ``inception``: FID, KID and IS in the FID
   Inception-v3's features (``sagd_jax.metrics.inception``), any RGB or grayscale images,
-  against the Inception reference of the run's data (``--reference_split``, default the
-  training split as in the literature; computed once and cached, ``sagd_jax.metrics.fid``) or
+  against the Inception reference of the data (``--reference_split``, default the training
+  split as in the literature; computed once and cached, ``sagd_jax.metrics.fid``) or
   published statistics (``--reference_stats``: pytorch-fid's or EDM's ``.npz``; FID only).
   ``--inception=on`` needs the weights (``--inception_weights``, ``$SAGD_JAX_INCEPTION``, the
   cache or a download); ``auto`` (default) is ``on`` for RGB and 32x32+ images and skips them
@@ -30,16 +36,19 @@ Metrics (those that apply):
   ``off`` skips them; never for grf data;
 * ``band_energy_ratio``: energy of samples inside ``--band`` relative to the reference's;
 * ``grf_variance``: for ``grf`` data, per-frequency variance of the samples against the exact
-  spectrum (``mean_abs_log_ratio`` and the Monte-Carlo floor; ``grf_variance.png``).
+  spectrum (``mean_abs_log_ratio`` and the Monte-Carlo floor; ``<out>_grf_variance.png``).
 
-Images: the ``float32`` member (model units) of ``sagd_jax.sample``'s ``samples.npz``, else
-``arr_0``, which must be uint8 pixels (the FID tools' layout), or float images in model units
-([-1, 1]) with ``--model_units``.
+Images of an ``.npz``: its ``float32`` member (model units) when present, else ``arr_0``, which
+must be uint8 pixels, or float images in model units ([-1, 1]) with ``--model_units``.
 
-Prints the headline numbers as JSON; progress goes to stderr. Bad input (a missing, damaged or
-empty file, float ``arr_0`` without ``--model_units``, a bad band, an existing ``--out``) stops
-with a one-line error naming the file or flag and exit status 2, before any work, nothing
-written.
+Results: ``--out``, default ``evaluation.json`` beside a ``samples.npz`` with its manifest,
+else ``<SET>.evaluation.json`` beside the set; its path is printed on stderr. Run again, it prints
+the stored results (exit 0); ``--overwrite`` computes them again and keeps the old file as
+``<out>.previous``; a set grown since is refused unless ``--overwrite``. The headline numbers
+go to stdout as JSON, progress to stderr. Bad input (a missing, damaged or empty file, a file
+of a folder that does not decode, images of several sizes, float ``arr_0`` without
+``--model_units``, a bad band) stops with a one-line error naming the file or flag and exit
+status 2, before any work, nothing written.
 """
 
 from __future__ import annotations
@@ -55,10 +64,20 @@ from sagd_jax.evaluation import InceptionRequest, evaluate, summary
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("samples", None, "samples.npz of python -m sagd_jax.sample.",
-                        flag_values=fv)
-    flags.DEFINE_string("out", None, "JSON file (default evaluation.json beside the samples; "
-                        "never overwritten).", flag_values=fv)
+    flags.DEFINE_string("samples", None, "The set: an .npz (arr_0 uint8 NHWC, or "
+                        "sagd_jax.sample's samples.npz), a folder of PNG/JPEG files or a .zip "
+                        "of them.", flag_values=fv)
+    cli.define_config(fv, required=False, help_text="The data to judge against: a config "
+                      "(configs/NAME.py[:variant] or a built-in name); default: the run in "
+                      "the set's manifest.json.")
+    flags.DEFINE_string("out", None, "JSON file (default evaluation.json beside a samples.npz "
+                        "with its manifest, else SET.evaluation.json).", flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "Compute the results again when --out exists "
+                         "(the old file kept as <out>.previous).", flag_values=fv)
+    flags.DEFINE_enum("classifier", "auto", ["auto", "on", "off"], "FD/KID in the "
+                      "Fashion-MNIST classifier's features (28x28x1 data): auto (when cached), "
+                      "on (trained once if needed, 5-10 min on 2 CPU cores), off.",
+                      flag_values=fv)
     flags.DEFINE_string("band", None, "A band (kind:lo:hi[:edge]) whose energy to compare.",
                         flag_values=fv)
     flags.DEFINE_string("filter_band", None, "Remove this band from samples and reference "
@@ -90,8 +109,9 @@ def evaluate_cli(fv: flags.FlagValues) -> None:
     inception = InceptionRequest(fv.inception, fv.inception_weights, fv.reference_stats,
                                  fv.reference_split, fv.inception_reference_images)
     results = evaluate(fv.samples, fv.out, fv.band, fv.filter_band, fv.max_reference,
-                       fv.num_subsets, fv.subset_size, model_units=fv.model_units,
-                       inception=inception)
+                       fv.num_subsets, fv.subset_size, fv.classifier,
+                       model_units=fv.model_units, inception=inception, config=fv.config,
+                       overwrite=fv.overwrite)
     print(json.dumps(summary(results), indent=2))
 
 

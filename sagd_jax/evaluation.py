@@ -16,71 +16,9 @@ import numpy as np
 
 from sagd_jax import console, files, validate
 from sagd_jax.errors import one_line
-from sagd_jax.images import as_model_units, to_float, to_uint8
+from sagd_jax.images import to_float, to_uint8
 
 REFERENCE_SPLIT_SOURCES = ("fashion_mnist",)  # sources whose reference is the "test" split
-
-
-def load_samples(path: str, model_units: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
-    """float32 ``(N, H, W, C)`` samples in model units and the manifest beside them.
-
-    The images: the ``float32`` member of ``sagd_jax.sample``'s files, else ``arr_0``: uint8
-    pixels rescaled, or, with ``model_units``, float images already in model units ([-1, 1]).
-    Every array is read in full (checking its CRC-32). Raises a one-line ``ValueError`` starting
-    ``--samples=PATH:`` for anything else: unreadable, not 4-D, empty, non-finite, float
-    ``arr_0`` without ``model_units``.
-    """
-
-    where = f"--samples={path}"
-    if not files.isfile(path):
-        raise ValueError(f"{where}: no such file")
-    try:
-        with files.open_file(path, "rb") as f:
-            magic = f.read(6)
-        if not magic.startswith(b"PK\x03\x04"):  # np.load would take it for a pickle
-            raise ValueError(f"{where}: " + ("an .npy file, not an .npz archive"
-                                             if magic == b"\x93NUMPY" else
-                                             "not an .npz archive (no zip header)"))
-        with np.load(files.loadable(path), allow_pickle=False) as data:
-            if "arr_0" not in data.files:
-                raise ValueError(f"{where}: no arr_0 array (has: {', '.join(data.files)})")
-            arr_0 = data["arr_0"]
-            images = data["float32"] if "float32" in data.files else None
-    except Exception as err:  # a damaged zip raises many kinds: BadZipFile, EOFError,
-        # OSError, KeyError, ValueError and tokenize errors from the .npy header, ...
-        if isinstance(err, ValueError) and str(err).startswith(where):
-            raise
-        raise ValueError(f"{where}: unreadable ({one_line(err)})") from None
-    floating = np.issubdtype(arr_0.dtype, np.floating)
-    if model_units and not floating:
-        raise ValueError(f"{where}: --model_units, but arr_0 is {arr_0.dtype}, not float "
-                         "images; leave --model_units out")
-    if images is None:
-        if arr_0.dtype != np.uint8 and not (model_units and floating):
-            raise ValueError(
-                f"{where}: arr_0 is {arr_0.dtype}, not uint8 pixels"
-                + ("; if it holds images in model units ([-1, 1]), pass --model_units"
-                   if floating else ""))
-        images = as_model_units(arr_0)
-    if images.ndim != 4:
-        raise ValueError(f"{where}: expected (N, H, W, C) images, got shape {images.shape}")
-    if images.size == 0:
-        raise ValueError(f"{where}: holds no images (shape {images.shape})")
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"{where}: float32 is {images.dtype}, not float images")
-    bad = int(np.size(images) - np.count_nonzero(np.isfinite(images)))
-    if bad:
-        raise ValueError(f"{where}: {bad} non-finite values in the images")
-    manifest_path = files.join(files.dirname(path), "manifest.json")
-    manifest: Any = {}
-    if files.exists(manifest_path):
-        try:
-            manifest = files.read_json(manifest_path)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{where}: unreadable {manifest_path} ({one_line(err)})") from None
-        if not isinstance(manifest, dict):
-            raise ValueError(f"{where}: {manifest_path} is not a JSON object")
-    return images.astype(np.float32, copy=False), manifest
 
 
 def reference_images(data_config: Any, max_images: int) -> tuple[np.ndarray, str]:
@@ -147,15 +85,43 @@ def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: 
             "num_reference": len(ref_features)}
 
 
+CLASSIFIER_COST = "5 to 10 minutes on 2 CPU cores"  # the documented recipe, as measured
+
+
+def classifier_applies(image_shape: tuple[int, ...], data_config: Any) -> bool:
+    """Whether the in-project Fashion-MNIST classifier judges these images (28x28x1 data)."""
+    return tuple(image_shape) == (28, 28, 1) and (data_config is None
+                                                  or data_config.name != "grf")
+
+
+def _classifier_ready(mode: str, recipe: Any) -> bool:
+    """``auto``: whether the cache holds the trained classifier (else a note, no training);
+    ``on``: True, announcing the training and its cost first when the cache lacks it."""
+    from sagd_jax.metrics.classifier import Recipe, cached
+
+    if cached(recipe):
+        return True
+    recipe = recipe or Recipe()
+    if mode == "auto":
+        console.info("classifier FD/KID: skipped (no trained classifier in %s/classifier; "
+                     "--classifier=on trains it once, %s)", files.cache_dir(),
+                     CLASSIFIER_COST if recipe == Recipe() else "a custom recipe")
+        return False
+    console.info("classifier FD/KID: training the classifier once (%s), then cached",
+                 CLASSIFIER_COST if recipe == Recipe() else "a custom recipe")
+    return True
+
+
 def image_metrics(images: np.ndarray, reference: np.ndarray, reference_name: str,
                   data_config: Any, band: str | None = None, filter_band: str | None = None,
-                  num_subsets: int = 100, subset_size: int = 1000, classifier: Any = None
-                  ) -> dict[str, Any]:
+                  num_subsets: int = 100, subset_size: int = 1000, classifier: str = "auto",
+                  classifier_recipe: Any = None) -> dict[str, Any]:
     """The metrics of ``evaluate`` for any images ``(N, H, W, C)`` in model units against the
     clean ``reference`` of the run's ``data_config`` (generated samples, or data itself as a
     floor): ``spectrum``, ``band_energy_ratio``, ``spectrum_off_band`` (with
-    ``filter_band``), ``fd``/``kid``/``kid_blocks`` (28x28x1), ``grf_variance`` (grf data).
-    Writes nothing."""
+    ``filter_band``), ``fd``/``kid``/``kid_blocks`` (28x28x1 data; ``classifier``: ``on``
+    trains the classifier of ``classifier_recipe`` if the cache lacks it, ``auto`` uses it
+    only when cached, ``off``), ``grf_variance`` (grf data). Writes nothing but the cache."""
     from sagd_jax.data.grf import grf_spectrum
     from sagd_jax.metrics.spectra import (
         band_energy_ratio,
@@ -181,13 +147,14 @@ def image_metrics(images: np.ndarray, reference: np.ndarray, reference_name: str
     if filter_band is not None:
         (b,) = parse_bands(filter_band)
         results["spectrum_off_band"] = radial_spectrum_error_off_band(images, reference, b)
-    if images.shape[1:] == (28, 28, 1) and data_config.name != "grf":
+    if classifier != "off" and classifier_applies(images.shape[1:], data_config) and (
+            _classifier_ready(classifier, classifier_recipe)):
         s, r, name = images, reference, reference_name
         if filter_band is not None:
             s, r = remove_band(s, filter_band), remove_band(r, filter_band)
             name = f"{name}-without-{filter_band}".replace(":", "_")
             results["filter_band"] = filter_band
-        results |= feature_metrics(s, r, name, num_subsets, subset_size, classifier)
+        results |= feature_metrics(s, r, name, num_subsets, subset_size, classifier_recipe)
     if data_config.name == "grf":
         err = variance_error(images, grf_spectrum(data_config))
         ratio = err.pop("ratio")
@@ -208,21 +175,23 @@ class InceptionRequest:
     reference_images: int = 50_000
     batch_size: int = 100
 
-    def weights_for(self, data_config: Any) -> str | None:
-        """The weights file to use for the run's data, or None (skipped); a one-line
+    def weights_for(self, data_config: Any, image_shape: tuple[int, ...]) -> str | None:
+        """The weights file to use for images of ``image_shape`` judged against
+        ``data_config`` (None: published statistics only), or None (skipped); a one-line
         ``ValueError`` when they are required and missing (before any work)."""
         from sagd_jax.metrics.inception import weights_path
 
         if self.mode not in ("auto", "on", "off"):
             raise ValueError(f"--inception={self.mode}: must be auto, on or off")
-        if self.reference_stats is not None and not os.path.isfile(self.reference_stats):
+        if self.reference_stats is not None and not files.isfile(self.reference_stats):
             raise ValueError(f"--reference_stats={self.reference_stats}: no such file")
         validate.integer("--inception_reference_images", self.reference_images, 2)
-        if self.mode == "off" or (self.mode == "auto" and data_config.name == "grf"):
+        grf = data_config is not None and data_config.name == "grf"
+        if self.mode == "off" or (self.mode == "auto" and grf):
             return None
         # auto on 28x28x1 data (which has the classifier's features) fetches nothing
         optional = (self.mode == "auto" and not self.weights
-                    and (data_config.image_size, data_config.channels) == (28, 1))
+                    and tuple(image_shape) == (28, 28, 1) and data_config is not None)
         try:
             return weights_path(self.weights, download=not optional)
         except ValueError as err:
@@ -232,25 +201,44 @@ class InceptionRequest:
             raise
 
 
+def default_out(samples_path: str, has_manifest: bool) -> str:
+    """Where ``evaluate`` writes by default: ``evaluation.json`` beside this project's
+    ``samples.npz``, else ``<set>.evaluation.json`` beside the npz, folder or zip."""
+    path = files.absolute(samples_path).rstrip("/")
+    if has_manifest:
+        return files.join(files.dirname(path), "evaluation.json")
+    stem, extension = os.path.splitext(path)
+    return (stem if extension.lower() in (".npz", ".zip") else path) + ".evaluation.json"
+
+
 def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
              filter_band: str | None = None, max_reference: int = 10_000,
-             num_subsets: int = 100, subset_size: int = 1000, classifier: Any = None,
-             model_units: bool = False, inception: InceptionRequest | None = None
+             num_subsets: int = 100, subset_size: int = 1000, classifier: str = "auto",
+             model_units: bool = False, inception: InceptionRequest | None = None, *,
+             config: Any = None, overwrite: bool = False, classifier_recipe: Any = None
              ) -> dict[str, Any]:
-    """Compute the metrics that apply and write them to ``out`` (default: ``evaluation.json``
-    beside the samples; an existing file is never overwritten). Returns the results.
-    ``classifier``: a ``metrics.classifier.Recipe`` other than the documented one (tests);
-    ``model_units``: a float ``arr_0`` holds images in model units (``load_samples``);
-    ``inception``: the Inception metrics' options (default: ``InceptionRequest()``)."""
-    from sagd_jax.metrics.spectra import plot_radial
+    """Judge the sample set at ``samples_path`` (an npz, a PNG/JPEG folder or a zip:
+    ``sagd_jax.sample_files``) and write the results to ``out`` (default ``default_out``);
+    returns them.
+
+    The data judged against: ``config`` (a config, e.g. ``load_config_file``'s), else the run
+    named by the set's ``manifest.json``, else only ``inception.reference_stats`` (Inception
+    FID and IS). When ``out`` exists and holds the results of a set of this size, they are
+    returned as they are; ``overwrite`` computes them again (the old file kept as
+    ``<out>.previous``). ``classifier``: the Fashion-MNIST classifier's FD/KID ``on`` (trained
+    once if the cache lacks it), ``auto`` (only when cached) or ``off``;
+    ``classifier_recipe``: another recipe than the documented one (tests); ``model_units``: a
+    float ``arr_0`` holds images in model units; ``inception``: the Inception metrics' options
+    (default ``InceptionRequest()``). Bad input raises a one-line ``ValueError`` before any
+    work, nothing written."""
+    from sagd_jax import sample_files
     from sagd_jax.spectral import parse_bands
     from sagd_jax.workdir import Workdir
 
-    out = out or files.join(files.dirname(files.absolute(samples_path)), "evaluation.json")
-    files.refuse_existing("--out", out)
     validate.integer("--max_reference", max_reference, 2)
     validate.integer("--num_subsets", num_subsets, 1)
     validate.integer("--subset_size", subset_size, 2)
+    validate.one_of("--classifier", classifier, ("auto", "on", "off"))
     for flag, spec in (("--band", band), ("--filter_band", filter_band)):
         if spec is not None:
             try:
@@ -258,53 +246,106 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
                     raise ValueError("give exactly one band")
             except ValueError as err:
                 raise ValueError(f"{flag}={spec}: {err}") from None
-    samples, manifest = load_samples(samples_path, model_units)
-    if "workdir" not in manifest:
-        raise ValueError(f"--samples={samples_path}: no manifest.json with the run's workdir "
-                         "beside it (made by python -m sagd_jax.sample)")
-    config = Workdir(manifest["workdir"]).saved_config()
-    size, channels = config.data.image_size, config.data.channels
-    if samples.shape[1:] != (size, size, channels):  # before the reference is loaded
-        raise ValueError(f"--samples={samples_path}: images {samples.shape[1:]} but the data "
-                         f"has {(size, size, channels)}")
     inception = inception or InceptionRequest()
-    weights = inception.weights_for(config.data)
+    data_config = None if config is None else config.data
+    channels = None if data_config is None else data_config.channels
+    sample_set = sample_files.load(samples_path, model_units, channels)
+    samples, manifest = sample_set.images, sample_set.manifest
+    where = f"--samples={samples_path}"
+    if data_config is None and "workdir" in manifest:
+        data_config = Workdir(manifest["workdir"]).saved_config().data
+    if data_config is None and inception.reference_stats is None:
+        raise ValueError(f"{where}: no manifest.json beside it naming its run; pass "
+                         "--config=configs/NAME.py (the data to judge against) or "
+                         "--reference_stats=FILE.npz (published Inception statistics)")
+    out = files.normalize(out) if out else default_out(samples_path, bool(manifest))
+    if files.exists(out) and not overwrite:
+        return _stored(out, len(samples))
+    if data_config is not None:
+        size, channels = data_config.image_size, data_config.channels
+        if samples.shape[1:] != (size, size, channels):  # before the reference is loaded
+            raise ValueError(f"{where}: images {samples.shape[1:]} but the data has "
+                             f"{(size, size, channels)}")
+    elif band is not None or filter_band is not None:
+        raise ValueError(f"{'--band' if band else '--filter_band'}: needs reference images "
+                         "(--config or a manifest), not only --reference_stats")
+    if classifier == "on" and not classifier_applies(samples.shape[1:], data_config):
+        raise ValueError(f"--classifier=on: the classifier judges 28x28x1 images of "
+                         f"Fashion-MNIST-like data, not {samples.shape[1:]}"
+                         + ("" if data_config is None else f" {data_config.name}"))
+    weights = inception.weights_for(data_config, samples.shape[1:])
     reference_stats = None
     if weights is not None and inception.reference_stats is not None:
         from sagd_jax.metrics.fid import load_reference
 
         reference_stats = load_reference(inception.reference_stats)
-    console.info("reference: up to %d clean %s images", max_reference, config.data.name)
-    reference, reference_name = reference_images(config.data, max_reference)
-    if samples.shape[1:] != reference.shape[1:]:
-        raise ValueError(f"--samples={samples_path}: images {samples.shape[1:]} but the data "
-                         f"has {reference.shape[1:]}")
-    plot_dir = files.dirname(files.absolute(out))
-    files.makedirs(plot_dir)
-    stem = os.path.splitext(os.path.basename(out))[0]
     results: dict[str, Any] = {"samples": files.absolute(samples_path),
-                               "num_samples": len(samples), "reference": reference_name,
+                               "layout": sample_set.layout, "num_samples": len(samples),
                                "sampling": manifest}
-    results |= image_metrics(samples, reference, reference_name, config.data, band,
-                             filter_band, num_subsets, subset_size, classifier)
+    if sample_set.labels is not None:
+        results["labels"] = {"classes": int(len(np.unique(sample_set.labels)))}
+    if data_config is not None:
+        console.info("reference: up to %d clean %s images", max_reference, data_config.name)
+        reference, reference_name = reference_images(data_config, max_reference)
+        if samples.shape[1:] != reference.shape[1:]:
+            raise ValueError(f"{where}: images {samples.shape[1:]} but the data has "
+                             f"{reference.shape[1:]}")
+        results["reference"] = reference_name
+        results |= image_metrics(samples, reference, reference_name, data_config, band,
+                                 filter_band, num_subsets, subset_size, classifier,
+                                 classifier_recipe)
+    else:
+        results["reference"] = files.absolute(inception.reference_stats)
     if weights is not None:
-        results["inception"] = inception_results(samples, config.data, weights, inception,
+        results["inception"] = inception_results(samples, data_config, weights, inception,
                                                  reference_stats, num_subsets, subset_size)
+    if overwrite and files.exists(out):
+        kept = files.set_aside(out, ".previous")
+        console.info("%s: the earlier results kept as %s", out, os.path.basename(kept))
+    _plot(results, out)
+    files.write_new_json("--out", out, results)
+    console.info("results: %s", out)
+    return results
+
+
+def _stored(out: str, count: int) -> dict[str, Any]:
+    """The results already in ``out`` when they are of a set of ``count`` images; a one-line
+    ``ValueError`` otherwise (a set grown since, or another file)."""
+    try:
+        stored = files.read_json(out)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--out={out}: exists and is unreadable ({one_line(err)}); pass "
+                         "another --out") from None
+    if not isinstance(stored, dict) or stored.get("num_samples") != count:
+        held = stored.get("num_samples") if isinstance(stored, dict) else None
+        raise ValueError(f"--out={out}: holds results of {held} samples, the set has {count}; "
+                         "pass --overwrite (the old file is kept) or another --out")
+    console.info("results: %s (already there; --overwrite computes them again)", out)
+    return stored
+
+
+def _plot(results: dict[str, Any], out: str) -> None:
+    """The spectrum (and grf variance) plots beside ``out``: ``<stem>_spectrum.png``."""
+    from sagd_jax.metrics.spectra import plot_radial
+
+    if "spectrum" not in results:
+        return
+    folder = files.dirname(files.absolute(out))
+    files.makedirs(folder)
+    stem = os.path.splitext(os.path.basename(out))[0]
     spectrum = results["spectrum"]
-    plot_radial(files.join(plot_dir, f"{stem}_spectrum.png"), np.asarray(spectrum["rho"]),
+    plot_radial(files.join(folder, f"{stem}_spectrum.png"), np.asarray(spectrum["rho"]),
                 {"samples": np.asarray(spectrum["samples"]),
                  "data": np.asarray(spectrum["reference"])}, ylabel="power |F x|^2",
                 title=f"radial power spectrum, mean |log ratio| "
                       f"{spectrum['mean_abs_log_ratio']:.3f}")
     if "grf_variance" in results:
         err = results["grf_variance"]
-        plot_radial(files.join(plot_dir, f"{stem}_grf_variance.png"), np.asarray(err["rho"]),
+        plot_radial(files.join(folder, f"{stem}_grf_variance.png"), np.asarray(err["rho"]),
                     {"samples / exact": np.asarray(err["radial_ratio"])},
                     ylabel="variance ratio", logy=False,
                     title=f"grf: mean |log var/c| {err['mean_abs_log_ratio']:.3f} "
                           f"(Monte-Carlo floor {err['monte_carlo_floor']:.3f})")
-    files.write_new_json("--out", out, results)
-    return results
 
 
 def inception_results(samples: np.ndarray, data_config: Any, weights: str,
@@ -327,7 +368,8 @@ def inception_results(samples: np.ndarray, data_config: Any, weights: str,
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of ``evaluate``'s results (what the CLI prints)."""
     out = {k: v for k, v in results.items() if k in ("fd", "band_energy_ratio")}
-    out["spectrum_mean_abs_log_ratio"] = results["spectrum"]["mean_abs_log_ratio"]
+    if "spectrum" in results:
+        out["spectrum_mean_abs_log_ratio"] = results["spectrum"]["mean_abs_log_ratio"]
     if "kid" in results:
         out["kid"] = f"{results['kid']['mean']:.5f} +- {results['kid']['std']:.5f}"
     if "inception" in results:

@@ -13,6 +13,8 @@ from PIL import Image
 
 from sagd_jax import files
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # the image files read as data or sample sets
+
 
 def to_float(images: np.ndarray) -> np.ndarray:
     """uint8 in [0, 255] -> float32 in [-1, 1] (``x / 127.5 - 1``), any shape."""

@@ -2,11 +2,15 @@
 
     python -m sagd_jax.sample --workdir=DIR --num_samples=N --sampler=ddpm --steps=S \\
         [--config=configs/NAME.py] [--seed=K] [--eta=E] [--clip_x0=C] [--checkpoint_step=STEP] \\
-        [--chunk_size=C] [--out=OUTDIR] [--model=ema|exact] \\
-        [--time_grid=auto|uniform|edm|snr|logsnr] [--condition=FILE.npz --known_band=SPEC]
+        [--chunk_size=C] [--out=OUTDIR] [--model=ema|exact] [--float32] [--png_dir=DIR] \\
+        [--keep_chunks] [--time_grid=auto|uniform|edm|snr|logsnr] \\
+        [--condition=FILE.npz --known_band=SPEC]
 
-Writes the sample set ``sagd_jax.sampling`` describes (chunks, ``samples.npz``, ``grid.png``,
-``manifest.json``) and prints its path; a stopped call continues where it stopped, bit for bit.
+Writes the sample set ``sagd_jax.sampling`` describes (``samples.npz``: ``arr_0`` uint8 pixels,
+the layout FID tools read; ``grid.png``; ``manifest.json``) and prints its path; a stopped call
+continues where it stopped, bit for bit, and the same command with a larger ``--num_samples``
+grows the set (its samples unchanged, then the new ones). ``--float32`` also keeps the
+unquantised samples in model units; ``--png_dir`` writes every sample as a PNG file there.
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ def define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_string("known_band", None, "With --condition: the known bins as a band spec "
                         "(noise.bands syntax), e.g. lowpass::0.25.", flag_values=fv)
+    flags.DEFINE_boolean("float32", False, "Also keep the unquantised float32 samples (model "
+                         "units) in samples.npz (a setting of the set).", flag_values=fv)
+    flags.DEFINE_string("png_dir", None, "Also write every sample as DIR/NNNNNN.png (files "
+                        "already there are kept).", flag_values=fv)
+    flags.DEFINE_boolean("keep_chunks", False, "Keep the chunk files once samples.npz is "
+                         "written and verified (default: removed).", flag_values=fv)
     cli.define_distributed(fv)
 
 
@@ -65,9 +75,10 @@ def sample(fv: flags.FlagValues) -> None:
         eta=fv.eta, clip_x0=fv.clip_x0, checkpoint_step=fv.checkpoint_step,
         chunk_size=fv.chunk_size, model=fv.model, time_grid=fv.time_grid,
         condition=fv.condition,
-        known_band=fv.known_band)
+        known_band=fv.known_band, float32=fv.float32)
     cli.initialize_distributed(fv)
-    path = generate(fv.workdir, request, fv.out, fv.config, fv.max_chunks)
+    path = generate(fv.workdir, request, fv.out, fv.config, fv.max_chunks,
+                    png_dir=fv.png_dir, keep_chunks=fv.keep_chunks)
     print(path if path else "stopped early (--max_chunks); run again to continue")
 
 

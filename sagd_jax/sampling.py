@@ -5,11 +5,15 @@ Loads the EMA weights of the latest (or the chosen) checkpoint of ``DIR`` (``--m
 the exact Gaussian model of ``grf`` data, no checkpoint needed) and writes into ``OUTDIR``
 (default ``DIR/generated/<sampler>-<steps>steps-seed<K>-<checkpoint>``):
 
-* ``chunks/chunk_<i>.npz``: float32 samples of chunk i, each written atomically once done;
-* ``samples.npz``: ``arr_0`` uint8 NHWC (the layout FID tools read) and ``float32`` (model
-  units), plus ``grid.png``, when all chunks are there;
-* ``manifest.json``: what was asked for; a later call with other settings is refused;
-* ``lock``: held while a sampler writes here (``sagd_jax.lock``); a second one is refused.
+* ``samples.npz``: ``arr_0`` uint8 NHWC (the layout FID tools read), and with ``float32`` also
+  ``float32`` (model units, unquantised), plus ``grid.png`` of the first 64;
+* ``chunks/chunk_<i>.npz``: the ``chunk_size`` images of chunk i (uint8, or float32 with
+  ``float32``), each written atomically once done, while the set is being made; removed once
+  ``samples.npz`` is written and read back sound (kept with ``keep_chunks``);
+* ``manifest.json``: the settings (everything but ``num_samples``); a later call with other
+  settings is refused, one with the same settings and a larger ``num_samples`` grows the set;
+* ``lock``: held while a sampler writes here (``sagd_jax.lock``); a second one is refused;
+* with ``png_dir``: every sample as ``png_dir/NNNNNN.png`` (``sagd_jax.sample_files``).
 
 Band-conditional generation (``--condition``, ``--known_band``): ``FILE.npz`` holds images
 ``(N, H, W, C)`` of the run's size (its ``images`` array, or its only one; float in model units
@@ -22,12 +26,16 @@ multiply; bins where the mask is >= 0.5 are known). Sample ``j`` keeps the known
 ``DIR`` and ``OUTDIR`` are local paths, ``file://`` URLs or object-store URLs (``gs://``): every
 file goes through ``sagd_jax.files``.
 
-Chunk i's randomness is ``fold_in(seed stream, i)``, so a killed run continues where it stopped
-and gives bit for bit the images of an uninterrupted one. Nothing is trusted for existing: a
-chunk counts as done, and ``samples.npz`` as complete, only if every array reads in full (each
-``.npz`` member carries a CRC-32, checked at the end of the read) with the expected shape and
-dtype. A damaged file is renamed to ``<name>.damaged`` (kept, never deleted) with one warning
-line, then recomputed (a chunk: the same images, bit for bit) or reassembled (``samples.npz``).
+Sample ``j`` is image ``j mod chunk_size`` of chunk ``j // chunk_size``, whose randomness is
+``fold_in(seed stream, chunk)`` over a full chunk of ``chunk_size`` images, whatever
+``num_samples`` is. So a killed run continues where it stopped and gives bit for bit the
+images of an uninterrupted one, and a set grown from N to M samples holds its N unchanged
+(they are copied from the old ``samples.npz``) followed by those a fresh M-sample set has.
+Nothing is trusted for existing: a chunk counts as done, and ``samples.npz`` as complete, only
+if every array reads in full (each ``.npz`` member carries a CRC-32, checked at the end of the
+read) with the expected shape and dtype. A damaged file is renamed to ``<name>.damaged`` (kept,
+never deleted) with one warning line, then recomputed (a chunk: the same images, bit for bit);
+a damaged ``samples.npz`` is set aside and the set made again.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from sagd_jax.console import Progress
 from sagd_jax.errors import one_line
 from sagd_jax.images import save_grid, to_float, to_uint8
 from sagd_jax.lock import Lock
+
+LAYOUT = 2  # 2: chunks of chunk_size uint8 (or float32) images, growable sets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +71,7 @@ class SampleRequest:
     time_grid: str = "auto"  # auto | uniform | edm | snr | logsnr (sagd_jax.time_grids)
     condition: str | None = None  # band-conditional: the known images (.npz)
     known_band: str | None = None  # ... and their known bins (a band spec)
+    float32: bool = False  # also keep the unquantised float32 samples (model units)
 
     def validate(self, device_count: int) -> None:
         from sagd_jax.samplers import SAMPLERS
@@ -162,7 +173,7 @@ def _check_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` in a new ``out_dir``, or refuse one made with other settings."""
     path = files.join(out_dir, "manifest.json")
     if not files.exists(path):
-        files.makedirs(files.join(out_dir, "chunks"))
+        files.makedirs(out_dir)
         try:
             files.write_json(path, manifest, exclusive=True)
             return
@@ -173,6 +184,9 @@ def _check_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
     except (OSError, ValueError) as err:
         raise ValueError(f"--out={out_dir}: unreadable {path} ({one_line(err)}); use "
                          "another --out") from None
+    if isinstance(previous, dict) and previous.get("layout") != manifest["layout"]:
+        raise ValueError(f"--out={out_dir}: holds a sample set of an earlier layout (float32 "
+                         "chunks of num_samples images); use another --out")
     if previous != manifest:
         differing = sorted(k for k in manifest if not isinstance(previous, dict)
                            or previous.get(k) != manifest[k])
@@ -180,10 +194,13 @@ def _check_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
                          f"({', '.join(differing)}); use another --out")
 
 
-def read_verified(path: str, expected: dict[str, tuple[tuple[int, ...], Any]]
-                  ) -> dict[str, np.ndarray]:
+Expected = dict[str, tuple[tuple[int | None, ...], Any]]  # name: (shape, None = any; dtype)
+
+
+def read_verified(path: str, expected: Expected) -> dict[str, np.ndarray]:
     """The arrays ``{name: (shape, dtype)}`` of the ``.npz`` at ``path``, each read in full
-    (which checks its CRC-32); raises ``ValueError`` naming ``path`` and what is wrong."""
+    (which checks its CRC-32); a ``None`` in a shape matches any length. Raises ``ValueError``
+    naming ``path`` and what is wrong."""
     try:
         with np.load(files.loadable(path), allow_pickle=False) as data:
             arrays = {name: data[name] for name in expected}
@@ -192,14 +209,18 @@ def read_verified(path: str, expected: dict[str, tuple[tuple[int, ...], Any]]
         raise ValueError(f"{path}: unreadable ({one_line(err)})") from None
     for name, (shape, dtype) in expected.items():
         got = arrays[name]
-        if got.shape != tuple(shape) or got.dtype != np.dtype(dtype):
+        if (got.dtype != np.dtype(dtype) or got.ndim != len(shape)
+                or any(n is not None and n != g for n, g in zip(shape, got.shape, strict=True))):
+            wanted = tuple("N" if n is None else n for n in shape)
             raise ValueError(f"{path}: {name} is {got.dtype} {got.shape}, expected "
-                             f"{np.dtype(dtype)} {tuple(shape)}")
+                             f"{np.dtype(dtype)} {wanted}".replace("'N'", "N"))
+    lengths = {len(a) for a in arrays.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"{path}: its arrays hold {sorted(lengths)} images")
     return arrays
 
 
-def _sound_or_set_aside(path: str, expected: dict[str, tuple[tuple[int, ...], Any]],
-                        redo: str) -> bool:
+def _sound_or_set_aside(path: str, expected: Expected, redo: str) -> bool:
     """Whether ``path`` is there and sound; a damaged one is renamed to ``<path>.damaged``
     (``.damaged.1``, ... if taken: nothing is deleted) with one warning line."""
     if not files.exists(path):
@@ -219,13 +240,31 @@ def _sound_or_set_aside(path: str, expected: dict[str, tuple[tuple[int, ...], An
     return False
 
 
+def held(path: str) -> int:
+    """How many images the ``samples.npz`` at ``path`` holds (its ``arr_0``'s length, read
+    from the header alone), 0 when there is none."""
+    import zipfile
+
+    if not files.exists(path):
+        return 0
+    with zipfile.ZipFile(files.loadable(path)) as archive, archive.open("arr_0.npy") as f:
+        version = np.lib.format.read_magic(f)
+        header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        return int(header(f)[0][0])
+
+
 def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
-             config: Any = None, max_chunks: int | None = None) -> str | None:
+             config: Any = None, max_chunks: int | None = None, *,
+             png_dir: str | None = None, keep_chunks: bool = False) -> str | None:
     """Generate ``request`` from the run in ``workdir``; returns ``samples.npz``'s path, or None
     if ``max_chunks`` (chunks to compute in this call) stopped it before the end.
 
     ``config``: when given, must have the workdir's data, noise, diffusion and model sections.
-    Raises a one-line ``ValueError`` for bad input before anything is computed or written.
+    ``png_dir``: also write every sample there as a PNG file; ``keep_chunks``: keep the chunk
+    files once ``samples.npz`` is written. A set of the same settings already in ``out_dir``
+    grows to ``num_samples`` (one that holds as many or more is returned as it is). Raises a
+    one-line ``ValueError`` for bad input before anything is computed or written.
     """
     import jax
 
@@ -236,6 +275,8 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     run = Run.from_workdir(workdir)
     if config is not None:
         run.workdir.check_compatible(config, run.config)
+    if png_dir is not None and files.exists(png_dir) and not files.isdir(png_dir):
+        raise ValueError(f"--png_dir={png_dir}: exists and is not a folder")
     condition = None
     if request.condition is not None:
         condition = (load_condition(request.condition, run.image_shape),
@@ -255,10 +296,12 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     out_dir = (files.normalize(out_dir) if out_dir
                else run.workdir.generated(request.default_dirname(step)))
     manifest = {**dataclasses.asdict(request), "checkpoint_step": step,
-                "workdir": files.absolute(workdir), "time_grid": request.grid}
+                "workdir": files.absolute(workdir), "time_grid": request.grid,
+                "layout": LAYOUT}
+    del manifest["num_samples"]  # a set grows: its size is what samples.npz holds
     for key, default in (("clip_x0", None), ("condition", None), ("known_band", None),
                          ("time_grid", "uniform")):
-        if manifest[key] == default:  # manifests written before the option existed stay valid
+        if manifest[key] == default:  # the manifests of sets without the option stay lean
             del manifest[key]
     lock = Lock(files.join(out_dir, "lock"), f"--out={out_dir}", "sampler")
 
@@ -268,7 +311,15 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
 
     on_process0(check_and_lock, "sagd-sample-lock")
     try:
-        return _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks, condition, times)
+        final = _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks, condition, times,
+                             keep_chunks)
+        if final is not None and png_dir is not None and jax.process_index() == 0:
+            from sagd_jax.sample_files import write_pngs
+
+            with np.load(files.loadable(final)) as f:
+                written = write_pngs(f["arr_0"], png_dir)
+            console.info("%s: %d PNG files written", png_dir, written)
+        return final
     finally:
         lock.release()
 
@@ -276,10 +327,11 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
 def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, mesh: Any,
                  max_chunks: int | None,
                  condition: tuple[np.ndarray, np.ndarray] | None = None,
-                 times: np.ndarray | None = None) -> str | None:
+                 times: np.ndarray | None = None, keep_chunks: bool = False) -> str | None:
     """``generate``'s work in ``out_dir`` (locked): verify what is there, compute the chunks
-    that are missing or damaged, assemble ``samples.npz``. ``condition``: (known images,
-    known-bin mask) of band-conditional sampling; ``times``: the sampler's time grid."""
+    that are missing or damaged, assemble ``samples.npz`` (the samples it held, then the new
+    ones). ``condition``: (known images, known-bin mask) of band-conditional sampling;
+    ``times``: the sampler's time grid."""
     import jax
     from jax.experimental import multihost_utils
 
@@ -289,55 +341,85 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, me
     from sagd_jax.sharding import batch_sharding
 
     final = files.join(out_dir, "samples.npz")
+    size, wanted = request.chunk_size, request.num_samples
     chunk_path = [files.join(out_dir, "chunks", f"chunk_{i:05d}.npz")
                   for i in range(request.num_chunks)]
-    counts = [min(request.chunk_size, request.num_samples - i * request.chunk_size)
-              for i in range(request.num_chunks)]
-    chunk_arrays = [{"images": ((count, *run.image_shape), np.float32)} for count in counts]
-    every = (request.num_samples, *run.image_shape)
-    final_arrays = {"arr_0": (every, np.uint8), "float32": (every, np.float32)}
-    if jax.process_index() == 0 and not _sound_or_set_aside(
-            final, final_arrays, "reassembling it from the chunks"):
-        for path, expected in zip(chunk_path, chunk_arrays, strict=True):
-            _sound_or_set_aside(path, expected, "recomputing it")
-    barrier("sagd-sample-verified")  # process 0 has set damaged files aside
-    if files.exists(final):
-        console.info("%s: already complete", final)
+    chunk_dtype = np.float32 if request.float32 else np.uint8
+    chunk_arrays: Expected = {"images": ((size, *run.image_shape), chunk_dtype)}
+    final_arrays: Expected = {"arr_0": ((None, *run.image_shape), np.uint8)}
+    if request.float32:
+        final_arrays["float32"] = ((None, *run.image_shape), np.float32)
+    if jax.process_index() == 0:
+        _sound_or_set_aside(final, final_arrays, "making the set again")
+    barrier("sagd-sample-final-verified")
+    before = held(final)
+    if before >= wanted:
+        console.info("%s: already complete (%d samples%s)", final, before,
+                     f"; the first {wanted} are those asked for" if before > wanted else "")
         return final
-    todo = [i for i in range(request.num_chunks) if not files.exists(chunk_path[i])]
+    needed = range(before // size, request.num_chunks)
+    if jax.process_index() == 0:
+        for i in needed:
+            _sound_or_set_aside(chunk_path[i], chunk_arrays, "recomputing it")
+        files.makedirs(files.join(out_dir, "chunks"))
+    barrier("sagd-sample-verified")  # process 0 has set damaged files aside
+    todo = [i for i in needed if not files.exists(chunk_path[i])]
     barrier("sagd-sample-start")  # all agree on what is done before anyone writes
     sampler = get_sampler(request.sampler)
     options = {k: v for k, v in (("eta", request.eta), ("clip_x0", request.clip_x0))
                if v is not None}
     base = rng.stream_key(request.seed, rng.SAMPLE_CLI)
-    shape = (request.chunk_size, *run.image_shape)
-    progress = Progress("sampling", total=request.num_chunks, unit="chunk",
-                        done=request.num_chunks - len(todo))
+    shape = (size, *run.image_shape)
+    progress = Progress("sampling", total=len(needed), unit="chunk",
+                        done=len(needed) - len(todo))
     for i in todo[:max_chunks] if max_chunks is not None else todo:
         given = None
         if condition is not None:  # sample j keeps the known bands of image j mod N
             known_images, known = condition
-            index = (i * request.chunk_size + np.arange(request.chunk_size)) % len(known_images)
+            index = (i * size + np.arange(size)) % len(known_images)
             given = Condition.create(known_images[index], known)
         images = sampler(run.process, eps_fn, jax.random.fold_in(base, i), shape, request.steps,
                          sharding=batch_sharding(mesh), condition=given, times=times,
                          **options)
         images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
         if jax.process_index() == 0:
-            files.write_npz(chunk_path[i], images=images[:counts[i]].astype(np.float32))
+            files.write_npz(chunk_path[i], images=(images.astype(np.float32) if request.float32
+                                                   else to_uint8(images)))
         progress.update(1)
     barrier("sagd-sample-end")
-    if not all(files.exists(p) for p in chunk_path):
+    if not all(files.exists(chunk_path[i]) for i in needed):
         return None
     if jax.process_index() == 0:
-        try:
-            samples = np.concatenate([
-                read_verified(path, expected)["images"]
-                for path, expected in zip(chunk_path, chunk_arrays, strict=True)])
-        except ValueError as err:  # damaged since it was checked or written: a rerun redoes it
-            raise ValueError(f"{err}; run the same command again to recompute it") from None
-        files.write_npz(final, arr_0=to_uint8(samples), float32=samples)
-        grid = files.join(out_dir, "grid.png")
-        if not files.exists(grid):
-            save_grid(samples[:64], grid)
+        _assemble(final, final_arrays, [chunk_path[i] for i in needed], chunk_arrays,
+                  before, wanted, size, keep_chunks)
+    barrier("sagd-sample-assembled")
     return final
+
+
+def _assemble(final: str, final_arrays: Expected, chunks: list[str], chunk_arrays: Expected,
+              before: int, wanted: int, size: int, keep_chunks: bool) -> None:
+    """Write ``samples.npz`` with the ``before`` samples it holds and those of ``chunks``
+    (the first of which starts at sample ``before // size * size``) up to ``wanted``; read it
+    back, then remove the chunks (unless ``keep_chunks``) and redraw the grid if it grew."""
+    first = before // size * size
+    try:
+        parts = [read_verified(path, chunk_arrays)["images"] for path in chunks]
+    except ValueError as err:  # damaged since it was checked or written: a rerun redoes it
+        raise ValueError(f"{err}; run the same command again to recompute it") from None
+    new = np.concatenate(parts)[before - first:wanted - first]
+    arrays = ({"arr_0": to_uint8(new), "float32": new} if "float32" in final_arrays
+              else {"arr_0": new})
+    if before:
+        old = read_verified(final, final_arrays)
+        arrays = {k: np.concatenate([old[k], arrays[k]]) for k in final_arrays}
+    files.write_npz(final, **arrays)  # atomic: the old set until the new one is whole
+    if held(final) != wanted:
+        raise ValueError(f"{final}: holds {held(final)} samples after writing {wanted}; run "
+                         "the same command again")
+    read_verified(final, final_arrays)
+    if not keep_chunks:
+        files.rmtree(files.join(files.dirname(final), "chunks"))
+    grid = files.join(files.dirname(final), "grid.png")
+    if before < 64 and files.exists(grid):
+        files.remove(grid)  # drawn again from the grown set's first 64
+    save_grid(to_float(arrays["arr_0"][:64]), grid)

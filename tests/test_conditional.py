@@ -193,7 +193,7 @@ def test_sample_cli_conditions_on_known_bands(tmp_path, tiny_config, run_cli):
     args = [f"--workdir={workdir}", "--model=exact", "--num_samples=8", "--sampler=ddim",
             "--steps=10", "--chunk_size=4"]
     result = run_cli("sagd_jax.sample", *args, f"--condition={tmp_path / 'low.npz'}",
-                     "--known_band=lowpass::0.3")
+                     "--known_band=lowpass::0.3", "--float32")
     assert result.returncode == 0, result.stderr[-3000:]
     path = result.stdout.strip().splitlines()[-1]
     assert "given-low-lowpass__0.3" in path

@@ -137,6 +137,13 @@ def test_published_statistics_give_the_fid_of_the_computed_ones(extractor, tmp_p
         rel=1e-9)
 
 
+def _error_line(stderr):
+    """The one error line of a failed download, after its one retry's warning."""
+    *retried, line = stderr.strip().splitlines()
+    assert len(retried) == 1 and retried[0].endswith("; trying again"), retried
+    return line
+
+
 def _rgb_run_with_samples(tmp_path, config):
     from sagd_jax.data import get_source
     from sagd_jax.workdir import Workdir
@@ -176,7 +183,7 @@ def test_evaluate_without_weights_or_network_stops_in_one_line_and_writes_nothin
     before = sorted(os.listdir(folder))
     result = run_cli("sagd_jax.evaluate", f"--samples={folder / 'samples.npz'}")
     assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
+    line = _error_line(result.stderr)
     assert line.startswith("error: Inception weights: no pt_inception-2015-12-05-6726825d.pth "
                            "(download failed:")
     assert inception.WEIGHTS_URL in line and "--inception_weights=PATH" in line
@@ -200,7 +207,8 @@ def test_grayscale_28px_data_keep_the_classifier_metrics_without_inception_weigh
     monkeypatch.setattr(console, "info", lambda msg, *a, **k: said.append(msg % a))
     results = evaluation.evaluate(str(folder / "samples.npz"), max_reference=64,
                                 num_subsets=5, subset_size=20,
-                                classifier=Recipe(epochs=1, max_steps=20))
+                                classifier="on",
+                                classifier_recipe=Recipe(epochs=1, max_steps=20))
     assert "fd" in results and "kid" in results and "inception" not in results
     assert any(m.startswith("inception: skipped (Inception weights: no pt_inception")
                and "downloads are off" in m for m in said), said
@@ -239,7 +247,7 @@ def test_training_without_the_inception_weights_stops_before_writing(tmp_path, r
     result = run_cli("sagd_jax.main", *trainer_flags, "--config.train.eval_every=2",
                      f"--workdir={tmp_path / 'run'}")
     assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
+    line = _error_line(result.stderr)
     assert line.startswith("error: Inception weights: no pt_inception")
     assert not (tmp_path / "run").exists()
 
@@ -253,7 +261,7 @@ def test_the_reference_command_refuses_missing_weights_and_bad_flags_in_one_line
         tmp_path, run_cli):
     missing = run_cli("sagd_jax.fid_reference", *REFERENCE_FLAGS)
     assert missing.returncode == 2 and missing.stdout == ""
-    (line,) = missing.stderr.strip().splitlines()
+    line = _error_line(missing.stderr)
     assert line.startswith("error: Inception weights: no pt_inception-2015-12-05-6726825d.pth")
     bad = run_cli("sagd_jax.fid_reference", *REFERENCE_FLAGS, "--max_images=1")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(

@@ -272,7 +272,8 @@ def test_a_run_trains_and_samples_with_a_per_frequency_schedule(
     assert other.returncode == 2 and "holds a run with" in other.stderr
     out = tmp_path / "exact"
     sampled = run_cli("sagd_jax.sample", f"--workdir={workdir}", "--model=exact",
-                      "--num_samples=16", "--sampler=ddim", "--steps=20", f"--out={out}")
+                      "--num_samples=16", "--sampler=ddim", "--steps=20", f"--out={out}",
+                      "--float32")
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     with np.load(out / "samples.npz") as f:
         images = f["float32"]

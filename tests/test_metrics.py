@@ -195,19 +195,9 @@ def test_evaluate_cli_refuses_a_missing_samples_file_in_one_line(tmp_path, run_c
     result = run_cli("sagd_jax.evaluate", f"--samples={missing}")
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.strip().splitlines() == [f"error: --samples={missing}: no such file"]
-    assert os.listdir(tmp_path) == []
-
-
-def test_evaluate_cli_never_overwrites_its_results(tmp_path, run_cli):
-    out = tmp_path / "evaluation.json"
-    out.write_text("{}")
-    result = run_cli("sagd_jax.evaluate", f"--samples={tmp_path / 'samples.npz'}",
-                     f"--out={out}")
-    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: --out={out}: exists; results are never overwritten"]
-    assert out.read_text() == "{}" and os.listdir(tmp_path) == ["evaluation.json"]
+        f"error: --samples={missing}: no such file or folder"]
+    assert os.listdir(tmp_path) == []
 
 
 def test_evaluate_cli_judges_samples_of_a_run_and_writes_one_results_file(tmp_path, run_cli,
@@ -236,8 +226,25 @@ def test_evaluate_cli_judges_samples_of_a_run_and_writes_one_results_file(tmp_pa
     assert sorted(os.listdir(folder)) == ["evaluation.json", "evaluation_grf_variance.png",
                                           "evaluation_spectrum.png", "manifest.json",
                                           "samples.npz"]
+    out = folder / "evaluation.json"
+    assert f"results: {out}" in result.stderr
+    # Again: the stored results, printed; nothing rewritten.
     again = run_cli("sagd_jax.evaluate", f"--samples={folder / 'samples.npz'}")
-    assert again.returncode == 2
-    assert again.stderr.strip().splitlines() == [
-        f"error: --out={folder / 'evaluation.json'}: exists; results are never overwritten"]
-    assert json.loads((folder / "evaluation.json").read_text()) == report
+    assert again.returncode == 0 and json.loads(again.stdout) == summary
+    assert f"results: {out} (already there" in again.stderr
+    assert json.loads(out.read_text()) == report
+    # --overwrite computes them again and keeps the old file.
+    before = out.read_bytes()
+    redone = run_cli("sagd_jax.evaluate", f"--samples={folder / 'samples.npz'}", "--overwrite")
+    assert redone.returncode == 0 and json.loads(redone.stdout) == summary
+    assert (folder / "evaluation.json.previous").read_bytes() == before
+    # A set grown since (or a file of other results) is refused, nothing written.
+    np.savez(folder / "samples.npz", arr_0=np.zeros((300, *images.shape[1:]), np.uint8),
+             float32=np.concatenate([images, images[:44]]))
+    listing = sorted(os.listdir(folder))
+    grown = run_cli("sagd_jax.evaluate", f"--samples={folder / 'samples.npz'}")
+    assert grown.returncode == 2 and grown.stdout == ""
+    assert grown.stderr.strip().splitlines() == [
+        f"error: --out={out}: holds results of 256 samples, the set has 300; pass --overwrite "
+        "(the old file is kept) or another --out"]
+    assert sorted(os.listdir(folder)) == listing

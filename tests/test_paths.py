@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 from sagd_jax import checkpoint, files
-from sagd_jax.evaluation import load_samples
 from sagd_jax.images import save_grid
 from sagd_jax.lock import Lock
 from sagd_jax.metrics.spectra import plot_radial
 from sagd_jax.run import Run
+from sagd_jax.sample_files import load as load_samples
 from sagd_jax.sampling import read_verified
 from sagd_jax.sharding import make_mesh
 from sagd_jax.workdir import Workdir
@@ -66,7 +66,7 @@ def run_everything(run_cli, args, workdir):
         assert result.returncode == 0, result.stderr[-3000:]
     assert "starting at step 3 of 6" in result.stderr
     result = run_cli("sagd_jax.sample", f"--workdir={workdir}", "--num_samples=6",
-                     "--sampler=ddim", "--steps=3", "--chunk_size=4")
+                     "--sampler=ddim", "--steps=3", "--chunk_size=4", "--float32")
     assert result.returncode == 0, result.stderr[-3000:]
     samples = result.stdout.strip().splitlines()[-1]
     url = "file://" + samples if workdir.startswith("file://") else samples
@@ -385,7 +385,8 @@ def test_samples_grids_and_plots_on_an_object_store(bucket):
     files.write_npz(f"{BUCKET}/gen/samples.npz", arr_0=(images * 127.5 + 127.5).astype(np.uint8),
                     float32=images)
     files.write_json(f"{BUCKET}/gen/manifest.json", {"workdir": f"{BUCKET}/run"})
-    loaded, manifest = load_samples(f"{BUCKET}/gen/samples.npz")
+    loaded = load_samples(f"{BUCKET}/gen/samples.npz")
+    loaded, manifest = loaded.images, loaded.manifest
     np.testing.assert_array_equal(loaded, images)
     assert manifest == {"workdir": f"{BUCKET}/run"}
     (bucket / "gen" / "bad.npz").write_bytes(b"not a zip")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sagd_jax.data import grf_model
 from sagd_jax.data.grf import grf_spectrum
@@ -35,7 +37,8 @@ def trained(tmp_path_factory, tiny_config):
 
 @pytest.mark.slow
 def test_resumed_sampling_equals_uninterrupted_bit_for_bit(trained, tmp_path):
-    request = SampleRequest(num_samples=10, sampler="ddim", steps=3, eta=0.5, chunk_size=4)
+    request = SampleRequest(num_samples=10, sampler="ddim", steps=3, eta=0.5, chunk_size=4,
+                            float32=True)
     straight = generate(trained, request, str(tmp_path / "a"))
     assert generate(trained, request, str(tmp_path / "b"), max_chunks=1) is None
     assert sorted(os.listdir(tmp_path / "b" / "chunks")) == ["chunk_00000.npz"]
@@ -62,7 +65,8 @@ def test_resumed_sampling_equals_uninterrupted_bit_for_bit(trained, tmp_path):
 
 @pytest.mark.slow
 def test_clipped_sampling_has_its_own_folder_and_stays_in_range(trained):
-    request = SampleRequest(num_samples=4, sampler="ddpm", steps=3, chunk_size=4, clip_x0=0.5)
+    request = SampleRequest(num_samples=4, sampler="ddpm", steps=3, chunk_size=4, clip_x0=0.5,
+                            float32=True)
     path = generate(trained, request)
     assert os.path.basename(os.path.dirname(path)) == "ddpm-clip0.5-3steps-seed0-step2"
     manifest = json.load(open(os.path.join(os.path.dirname(path), "manifest.json")))
@@ -71,6 +75,44 @@ def test_clipped_sampling_has_its_own_folder_and_stays_in_range(trained):
         assert np.abs(f["float32"]).max() <= 0.5 + 1e-6
     plain = generate(trained, SampleRequest(num_samples=4, sampler="ddpm", steps=3, chunk_size=4))
     assert "clip_x0" not in json.load(open(os.path.join(os.path.dirname(plain), "manifest.json")))
+
+
+@pytest.mark.slow
+def test_a_set_grows_keeping_its_samples_bit_for_bit_and_equals_a_fresh_one(trained, tmp_path):
+    """48 samples in chunks of 20 (the last chunk partly used), grown to 64: the 48 stay, the
+    rest are those of a fresh 64-sample set; uint8 only, chunks removed, PNGs exported."""
+    small = SampleRequest(num_samples=48, sampler="ddpm", steps=2, chunk_size=20)
+    out = tmp_path / "grown"
+    path = generate(trained, small, str(out))
+    with np.load(path) as f:
+        assert f.files == ["arr_0"]
+        first = f["arr_0"]
+    assert first.shape == (48, 16, 16, 1) and first.dtype == np.uint8
+    assert not (out / "chunks").exists()
+    assert "num_samples" not in json.load(open(out / "manifest.json"))
+    big = dataclasses.replace(small, num_samples=64)
+    assert generate(trained, big, str(out), png_dir=str(tmp_path / "png")) == path
+    with np.load(path) as f:
+        grown = f["arr_0"]
+    np.testing.assert_array_equal(grown[:48], first)
+    fresh = generate(trained, big, str(tmp_path / "fresh"), keep_chunks=True)
+    with np.load(fresh) as f:
+        np.testing.assert_array_equal(f["arr_0"], grown)
+    assert sorted(os.listdir(tmp_path / "fresh" / "chunks")) == [f"chunk_{i:05d}.npz"
+                                                                 for i in range(4)]
+    with np.load(tmp_path / "fresh" / "chunks" / "chunk_00003.npz") as f:
+        assert f["images"].shape == (20, 16, 16, 1) and f["images"].dtype == np.uint8
+    pngs = sorted(os.listdir(tmp_path / "png"))
+    assert pngs == [f"{i:06d}.png" for i in range(64)]
+    for i in (0, 47, 63):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "png" / pngs[i])),
+                                      grown[i, ..., 0])
+    # Fewer than it holds: complete as it is; other settings (float32) refused.
+    before = (out / "samples.npz").read_bytes()
+    assert generate(trained, small, str(out)) == path
+    assert (out / "samples.npz").read_bytes() == before
+    with pytest.raises(ValueError, match=r"other settings \(float32\)"):
+        generate(trained, dataclasses.replace(big, float32=True), str(out))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -124,7 +166,7 @@ def test_exact_model_through_the_sample_and_evaluate_clis_hits_the_grf_spectrum(
     n, steps = 4096, 50
     result = run_cli("sagd_jax.sample", f"--workdir={workdir}", "--model=exact",
                      f"--num_samples={n}", "--sampler=ode_heun", f"--steps={steps}",
-                     "--chunk_size=1024")
+                     "--chunk_size=1024", "--float32")
     assert result.returncode == 0, result.stderr[-3000:]
     samples = result.stdout.strip().splitlines()[-1]
     assert samples.endswith("ode_heun-50steps-seed0-exact/samples.npz")
@@ -217,7 +259,7 @@ def test_damaged_chunks_and_samples_npz_are_set_aside_and_redone_bit_for_bit(tra
     def sample():
         result = run_cli("sagd_jax.sample", f"--workdir={trained}", "--num_samples=10",
                          "--sampler=ddim", "--eta=0.5", "--steps=3", "--chunk_size=4",
-                         f"--out={out}")
+                         f"--out={out}", "--float32", "--keep_chunks")
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.strip().splitlines()[-1] == str(final)
         assert not (out / "lock").exists()
@@ -231,7 +273,7 @@ def test_damaged_chunks_and_samples_npz_are_set_aside_and_redone_bit_for_bit(tra
     truncated = final.read_bytes()[: final.stat().st_size // 2]
     final.write_bytes(truncated)
     (line,) = sample()
-    assert line.startswith(f"warning: {final}: damaged (") and "reassembling" in line, line
+    assert line.startswith(f"warning: {final}: damaged (") and "making the set again" in line
     assert (out / "samples.npz.damaged").read_bytes() == truncated
     _assert_same_bits(_arrays(final), whole)
     # One flipped byte inside arr_0's data: the CRC-32 catches it.

@@ -18,8 +18,8 @@ import numpy as np
 from sagd_jax import validate
 from sagd_jax.data.config import get_channels, get_root
 from sagd_jax.data.sources import ImageSource, check_indices
+from sagd_jax.images import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _MODES = {1: "L", 3: "RGB"}
 
 

@@ -169,6 +169,20 @@ class FeatureExtractor:
         return apply_in_batches(self._features, images).astype(np.float64)
 
 
+def _cache_files(recipe: Recipe) -> tuple[str, str]:
+    """The weights and the sidecar that marks them complete, in the user cache."""
+    folder = os.path.join(files.cache_dir(), "classifier")
+    return (os.path.join(folder, f"{recipe.name}.msgpack"),
+            os.path.join(folder, f"{recipe.name}.json"))
+
+
+def cached(recipe: Recipe | None = None) -> str | None:
+    """The weights file of ``recipe``'s (default: the documented one) trained classifier when
+    the cache holds it complete, else None (``load_or_train`` would train it)."""
+    weights, sidecar = _cache_files(recipe or Recipe())
+    return weights if files.exists(weights) and files.exists(sidecar) else None
+
+
 def load_or_train(recipe: Recipe | None = None, log: Callable[[str], None] | None = None
                   ) -> FeatureExtractor:
     """The cached classifier of ``recipe`` (default recipe), trained first if absent.
@@ -177,9 +191,7 @@ def load_or_train(recipe: Recipe | None = None, log: Callable[[str], None] | Non
     from sagd_jax.data.fashion_mnist import load_labeled_fashion_mnist
 
     recipe = recipe or Recipe()
-    folder = os.path.join(files.cache_dir(), "classifier")
-    weights = os.path.join(folder, f"{recipe.name}.msgpack")
-    sidecar = os.path.join(folder, f"{recipe.name}.json")
+    weights, sidecar = _cache_files(recipe)
     template = FeatureNet(recipe.width).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     say = console.info if log is None else log
     if files.exists(weights) and files.exists(sidecar):
