@@ -8,6 +8,7 @@ terminal and prints every few items when the output is a file; ``table`` formats
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -15,7 +16,7 @@ import os
 import sys
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 LOGGER = logging.getLogger("sagd_jax")
@@ -24,6 +25,7 @@ _NOISY = ("absl", "orbax", "jax", "tensorflow", "tensorstore", "etils", "h5py", 
 
 
 _verbosity = QUIET
+_silent = False  # quiet(): no progress lines either
 
 
 def import_quietly(module: str) -> types.ModuleType:
@@ -82,6 +84,24 @@ def setup(verbosity: int = QUIET) -> None:
         LOGGER.addHandler(handler)
         LOGGER.propagate = False
     LOGGER.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
+
+
+@contextlib.contextmanager
+def quiet(silent: bool = False) -> Iterator[None]:
+    """The console of a Python API call: this project's lines and progress as the tools print
+    them, the libraries' INFO logs off (``setup``, unless already done); ``silent``: warnings
+    only."""
+    global _silent
+    if not LOGGER.handlers:
+        setup(QUIET)
+    saved = LOGGER.level, _silent
+    LOGGER.setLevel(logging.WARNING if silent else logging.INFO)
+    _silent = silent
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(saved[0])
+        _silent = saved[1]
 
 
 class _OrbaxFailures(logging.Filter):
@@ -187,7 +207,7 @@ class Progress:
         first = self.first is None
         if first:
             self.first = (now, self.done)
-        if not self.active:
+        if not self.active or _silent:
             return
         finished, rate = self.done >= self.total, self.rate(now)
         line = f"{self.label}: {self.done}/{self.total} {self.unit}s"
@@ -206,7 +226,7 @@ class Progress:
     def close(self, note: str = "") -> None:
         """A closing line for work stopped short of ``total`` (items done, time taken);
         nothing when the last line already said it."""
-        if self.active and self.done < self.total:
+        if self.active and not _silent and self.done < self.total:
             self._write(f"{self.label}: {self.done}/{self.total} {self.unit}s in "
                         f"{duration(self.clock() - self.start)}" + (f"  {note}" if note else ""),
                         True, True)

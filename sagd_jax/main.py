@@ -1,4 +1,5 @@
-"""Train or resume a run: ``python -m sagd_jax.main --config=configs/NAME.py --workdir=DIR``.
+"""Train or resume a run: ``python -m sagd_jax.main --config=configs/NAME.py --workdir=DIR``
+(``--config=NAME``: the built-in config of that name, from any directory).
 
 Config values are overridden on the command line (``--config.noise.gamma=2``); a variant is
 chosen with ``--config=configs/NAME.py:VARIANT``. On a workdir that already has checkpoints the
@@ -24,7 +25,8 @@ from sagd_jax import cli
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-    cli.define_config(fv, help_text="Training config file (configs/*.py[:variant]).")
+    cli.define_config(fv, help_text="Training config: a file (configs/*.py[:variant]) or a "
+                      "built-in name (quickstart, cifar10_ddpmpp:cpu, ...).")
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and metrics.",
                         flag_values=fv, required=True)
     cli.define_distributed(fv)

@@ -84,6 +84,12 @@ def tiny_config() -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="session")
+def tiny_overrides() -> dict[str, Any]:
+    """``TINY_OVERRIDES``: dotted keys and values of a tiny grf run (a copy)."""
+    return dict(TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
 def tiny_cli_overrides() -> list[str]:
     """``TINY_OVERRIDES`` without the data keys as ``--config.KEY=VALUE`` flags (the
     quickstart config's own data: real Fashion-MNIST)."""

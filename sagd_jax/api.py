@@ -1,0 +1,108 @@
+"""The Python API of a notebook: train a run, sample it, judge the samples (``sagd_jax.train``,
+``sagd_jax.sample``, ``sagd_jax.evaluate``; ``sagd_jax.Run`` for anything else).
+
+    import sagd_jax
+
+    sagd_jax.train("quickstart", "workdirs/quickstart", {"train.num_steps": 200})
+    samples = sagd_jax.sample("workdirs/quickstart", num_samples=64, steps=100)
+    results = sagd_jax.evaluate(samples)
+
+The same work as the command lines, with their checks: bad input raises a one-line
+``ValueError`` before anything is written. Each call prints the run's progress to stderr as the
+tools do (the libraries' INFO logs stay off); ``quiet=True`` leaves only warnings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from sagd_jax import console
+
+Overrides = Mapping[str, Any]
+
+
+def load_config(config: Any, overrides: Overrides | None = None) -> Any:
+    """A config: a ``ConfigDict`` (copied), a built-in name (``"quickstart"``,
+    ``"cifar10_ddpmpp:cpu"``) or a file (``"configs/NAME.py[:VARIANT]"``), with the dotted
+    ``overrides`` (``{"train.num_steps": 100}``) set; an unknown key is a one-line
+    ``ValueError`` naming the closest ones."""
+    from sagd_jax.config import check_keys, load_config_file
+
+    config = (load_config_file(config) if isinstance(config, str)
+              else config.copy_and_resolve_references())
+    overrides = dict(overrides or {})
+    check_keys(list(overrides), config)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        try:
+            node[leaf] = value
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{key}={value!r}: {str(err).splitlines()[0]}") from None
+    return config
+
+
+def train(config: Any, workdir: str, overrides: Overrides | None = None, *,
+          quiet: bool = False) -> Any:
+    """Train (or resume) the run of ``config`` (as ``load_config`` takes it) in ``workdir``;
+    returns the final ``TrainState``. As ``python -m sagd_jax.main``: a workdir of another run
+    is refused, a finished one returns at once."""
+    from sagd_jax.train.loop import train_and_evaluate
+
+    config = load_config(config, overrides)
+    with console.quiet(quiet):
+        return train_and_evaluate(config, workdir)
+
+
+def sample(workdir: str, num_samples: int, sampler: str = "ddpm", steps: int = 250, *,
+           out: str | None = None, png_dir: str | None = None, keep_chunks: bool = False,
+           quiet: bool = False, **options: Any) -> str:
+    """Draw ``num_samples`` images from the run in ``workdir``; returns the path of the set's
+    ``samples.npz``. ``options``: the rest of ``sampling.SampleRequest`` (``seed``, ``eta``,
+    ``clip_x0``, ``checkpoint_step``, ``chunk_size``, ``model``, ``time_grid``, ``float32``,
+    ``condition``, ``known_band``); ``out``, ``png_dir``, ``keep_chunks`` as
+    ``python -m sagd_jax.sample`` takes them. A set of the same settings grows."""
+    from sagd_jax.sampling import SampleRequest, generate
+
+    _known("sample", options, [f.name for f in dataclasses.fields(SampleRequest)])
+    request = SampleRequest(num_samples=num_samples, sampler=sampler, steps=steps, **options)
+    with console.quiet(quiet):
+        path = generate(workdir, request, out, png_dir=png_dir, keep_chunks=keep_chunks)
+    assert path is not None  # only max_chunks stops early
+    return path
+
+
+def evaluate(samples: str, config: Any = None, *, out: str | None = None,
+             classifier: str = "auto", inception: str = "auto",
+             inception_weights: str | None = None, reference_stats: str | None = None,
+             overwrite: bool = False, quiet: bool = False, **options: Any) -> dict[str, Any]:
+    """Judge the sample set ``samples`` (an npz, a PNG/JPEG folder or a zip) against
+    ``config``'s data (as ``load_config`` takes it; default: the run in the set's manifest);
+    returns the results, also written to ``out`` (default beside the set). ``options``:
+    ``band``, ``filter_band``, ``max_reference``, ``num_subsets``, ``subset_size``,
+    ``model_units``, as ``python -m sagd_jax.evaluate`` takes them."""
+    from sagd_jax.evaluation import InceptionRequest
+    from sagd_jax.evaluation import evaluate as judge
+
+    _known("evaluate", options, EVALUATE_OPTIONS)
+    request = InceptionRequest(inception, inception_weights, reference_stats)
+    config = None if config is None else load_config(config)
+    with console.quiet(quiet):
+        return judge(samples, out, classifier=classifier, inception=request, config=config,
+                     overwrite=overwrite, **options)
+
+
+EVALUATE_OPTIONS = ("band", "filter_band", "max_reference", "num_subsets", "subset_size",
+                    "model_units")
+
+
+def _known(function: str, options: Mapping[str, Any], known: Any) -> None:
+    """A one-line ``ValueError`` for an option ``function`` does not take."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{function}: no option {', '.join(unknown)} (options: "
+                         f"{', '.join(sorted(known))})")
