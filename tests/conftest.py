@@ -31,6 +31,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
 # CPU only: where libtpu is installed (the test extra, for the deviceless TPU compiles of
 # test_compile) JAX would otherwise try, and fail, to start a TPU backend in every process.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])  # jax read the variable at import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"

@@ -229,3 +229,50 @@ def test_classifier_auto_skips_an_untrained_classifier_with_a_note_and_trains_no
     assert any(m.startswith("classifier FD/KID: skipped (no trained classifier in ")
                and "--classifier=on trains it once, 5 to 10 minutes" in m for m in said), said
     assert json.loads((tmp_path / "edm.evaluation.json").read_text()) == results
+
+
+def _listing(root):
+    return sorted(os.path.relpath(os.path.join(folder, name), root)
+                  for folder, _, names in os.walk(root) for name in names)
+
+
+def test_the_evaluate_cli_refuses_a_corrupt_png_a_bare_npz_and_a_wrong_hash_in_one_line(
+        tmp_path, run_cli, monkeypatch):
+    """Exit 2, one line naming the file, nothing written (the cache included)."""
+    import hashlib
+
+    from sagd_jax.metrics import inception
+
+    monkeypatch.setenv("SAGD_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(inception.ENV_VAR, raising=False)
+    folder = _png_folder(tmp_path / "png", _pixels(size=32))
+    broken = (folder / "000002.png").read_bytes()[:60]
+    (folder / "000002.png").write_bytes(broken)
+    np.savez(tmp_path / "bare.npz", images=_pixels(size=32))
+    weights = b"not the network" * 50
+    wrong = "0123abcd" if not hashlib.sha256(weights).hexdigest().startswith("0") else "fedc4321"
+    mirror = tmp_path / "mirror" / f"pt_inception-2015-12-05-{wrong}.pth"
+    mirror.parent.mkdir()
+    mirror.write_bytes(weights)
+    monkeypatch.setenv(inception.URL_ENV_VAR, mirror.as_uri())
+    np.savez(tmp_path / "good.npz", arr_0=_pixels(size=32))
+    config = "--config=configs/quickstart.py"
+    before = _listing(tmp_path)
+    cases = [
+        ([f"--samples={folder}", config, "--config.data.name=natural_patches",
+          "--config.data.image_size=32", "--config.data.channels=3"],
+         f"error: --samples={folder}: 000002.png: not a readable image ("),
+        ([f"--samples={tmp_path / 'bare.npz'}", config],
+         f"error: --samples={tmp_path / 'bare.npz'}: no arr_0 array (has: images)"),
+        ([f"--samples={tmp_path / 'good.npz'}", config, "--config.data.name=natural_patches",
+          "--config.data.image_size=32", "--config.data.channels=3", "--inception=on"],
+         "error: Inception weights: no pt_inception-2015-12-05-6726825d.pth"),
+    ]
+    for args, start in cases:
+        result = run_cli("sagd_jax.evaluate", *args)
+        assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
+        lines = [line for line in result.stderr.strip().splitlines()
+                 if not line.startswith("inception weights: downloading")]
+        assert len(lines) == 1 and lines[0].startswith(start), lines
+        assert _listing(tmp_path) == before
+    assert wrong in lines[0] and hashlib.sha256(weights).hexdigest() in lines[0]
