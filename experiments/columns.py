@@ -39,18 +39,23 @@ def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | N
                                      reference_images=cfg.reference_images,
                                      batch_size=cfg.batch_size)
     return evaluate(samples, out, band=band, filter_band=filter_band, inception=inception,
-                    **judging(tiny))
+                    **judging(tiny, Workdir(workdir).saved_config().data))
 
 
-def judging(tiny: bool) -> dict[str, Any]:
+def judging(tiny: bool, data_config: Any) -> dict[str, Any]:
     """Evaluation settings: the documented protocol, or seconds-long ones for ``--tiny`` (a
-    classifier trained for 20 steps: enough to exercise the path)."""
+    classifier trained for 20 steps: enough to exercise the path); the classifier's FD/KID
+    wherever it judges the data (trained once if the cache lacks it)."""
+    from sagd_jax.evaluation import classifier_applies
+
+    shape = (data_config.image_size, data_config.image_size, data_config.channels)
+    settings = {"classifier": "on" if classifier_applies(shape, data_config) else "off"}
     if not tiny:
-        return {"max_reference": 10_000, "classifier": "on"}
+        return settings | {"max_reference": 10_000}
     from sagd_jax.metrics.classifier import Recipe
 
-    return {"max_reference": 64, "num_subsets": 5, "subset_size": 8, "classifier": "on",
-            "classifier_recipe": Recipe(max_steps=20)}
+    return settings | {"max_reference": 64, "num_subsets": 5, "subset_size": 8,
+                       "classifier_recipe": Recipe(max_steps=20)}
 
 
 def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[str, Any]:
@@ -64,7 +69,7 @@ def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[st
     config = run.config
     n = 16 if tiny else exp.num_samples
     images = load_batch(run.source, config.data, seed=0, step=0, global_batch_size=n)
-    settings = judging(tiny)
+    settings = judging(tiny, config.data)
     reference, name = reference_images(config.data, settings.pop("max_reference"))
     metrics = image_metrics(images, reference, name, config.data, band, band, **settings)
     row = summary_row(f"data: {arm.variant} (train)", metrics) | {

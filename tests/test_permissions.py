@@ -59,8 +59,9 @@ def test_written_files_get_the_umasks_permissions(tmp_path, mask, file_mode, dir
 @pytest.mark.slow
 def test_a_training_run_and_its_samples_are_readable_by_others(tmp_path, run_cli,
                                                                tiny_cli_overrides):
-    """Under umask 022, everything a tiny run (checkpoints, logs, TensorBoard, sample grids)
-    and a sample set write is readable by others, every folder listable."""
+    """Under umask 022, everything a tiny run (checkpoints, logs, TensorBoard, sample grids),
+    a sample set (with its PNG files) and its evaluation write is readable by others, every
+    folder listable."""
     workdir, samples = tmp_path / "run", tmp_path / "samples"
     with _umask(0o022):
         result = run_cli("sagd_jax.main", "--config=configs/quickstart.py",
@@ -70,7 +71,11 @@ def test_a_training_run_and_its_samples_are_readable_by_others(tmp_path, run_cli
                          "--config.train.sample_every=2")
         assert result.returncode == 0, result.stderr[-3000:]
         result = run_cli("sagd_jax.sample", f"--workdir={workdir}", "--num_samples=4",
-                         "--sampler=ddim", "--steps=2", "--chunk_size=2", f"--out={samples}")
+                         "--sampler=ddim", "--steps=2", "--chunk_size=2", f"--out={samples}",
+                         f"--png_dir={samples / 'png'}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        result = run_cli("sagd_jax.evaluate", f"--samples={samples / 'samples.npz'}",
+                         "--max_reference=16", "--num_subsets=2", "--subset_size=4")
         assert result.returncode == 0, result.stderr[-3000:]
     seen = {"files": 0, "json": 0, "npz": 0}
     for top in (workdir, samples):
@@ -86,4 +91,5 @@ def test_a_training_run_and_its_samples_are_readable_by_others(tmp_path, run_cli
     # The walk saw what this project writes itself (config.json, the samples), not only
     # Orbax's and TensorBoard's files.
     assert os.path.isfile(workdir / "config.json") and seen["npz"] >= 1, seen
+    assert os.path.isfile(samples / "evaluation.json") and len(os.listdir(samples / "png")) == 4
     assert seen["files"] >= 10 and seen["json"] >= 2, seen
