@@ -88,7 +88,9 @@ class Condition:
 
     @classmethod
     def create(cls, images: jax.Array, known: jax.Array | np.ndarray) -> Condition:
-        """Check shapes and that ``known`` is a 0/1 mask on the half-plane of ``images``."""
+        """Check shapes and that ``known`` is a 0/1 mask on the half-plane of ``images``, even:
+        the bins of columns 0 and ``W / 2`` (``W`` even) that are each other's mirror images
+        (rows ``i`` and ``-i mod H``, the same frequency's two halves) known together."""
         images = jnp.asarray(images, jnp.float32)
         known = np.asarray(known, np.float32)
         if images.ndim != 4:
@@ -99,6 +101,14 @@ class Condition:
                              f"{known.shape}")
         if not np.isin(known, (0.0, 1.0)).all():
             raise ValueError("known bands: the mask must be 0 or 1 in every bin")
+        mirrored = (0, width // 2) if width % 2 == 0 else (0,)
+        rows = (-np.arange(height)) % height
+        for column in mirrored:
+            odd = np.flatnonzero(known[:, column] != known[rows, column])
+            if odd.size:
+                raise ValueError(f"known bands: the mask is not even: bin ({odd[0]}, {column}) "
+                                 f"is {known[odd[0], column]:g} but its mirror "
+                                 f"({rows[odd[0]]}, {column}) is {known[rows[odd[0]], column]:g}")
         return cls(images=images, known=jnp.asarray(known))
 
     def start(self, process: DiffusionProcess, x: jax.Array, key: jax.Array) -> jax.Array:

@@ -168,6 +168,17 @@ def test_condition_input_errors():
         Condition.create(images, np.full((8, 5), 0.5))
     with pytest.raises(ValueError, match=r"expected \(B, H, W, C\)"):
         Condition.create(jnp.zeros((H, W, 1)), KNOWN)
+    # A frequency's two halves on the half-plane (rows i and -i of columns 0 and W/2) are
+    # known together; one without the other would be kept at half its value.
+    for column in (0, W // 2):
+        odd = np.zeros((H, W // 2 + 1), np.float32)
+        odd[1, column] = 1.0
+        with pytest.raises(ValueError, match=rf"not even: bin \(1, {column}\) is 1 but its "
+                                             rf"mirror \(7, {column}\) is 0"):
+            Condition.create(images, odd)
+    inner = np.zeros((H, W // 2 + 1), np.float32)
+    inner[1, 1] = 1.0  # an inner column has no mirror on the half-plane
+    Condition.create(images, inner)
     process = DiffusionProcess(cov=SpectralCovariance.create(H, W), schedule=VPSDE())
     data = GaussianData.power_law(H, W)
     with pytest.raises(ValueError, match=r"condition images \(2, 8, 8, 1\): expected"):
