@@ -299,13 +299,35 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
     if weights is not None:
         results["inception"] = inception_results(samples, data_config, weights, inception,
                                                  reference_stats, num_subsets, subset_size)
+    _plot(results, out)
+    results = strict_json(results, out)
     if overwrite and files.exists(out):
         kept = files.set_aside(out, ".previous")
         console.info("%s: the earlier results kept as %s", out, os.path.basename(kept))
-    _plot(results, out)
     files.write_new_json("--out", out, results)
     console.info("results: %s", out)
     return results
+
+
+def strict_json(value: Any, where: str) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN or
+    Infinity: ``null``), and one warning line naming the keys that had one."""
+    keys: dict[str, None] = {}
+
+    def clean(item: Any, key: str) -> Any:
+        if isinstance(item, float) and not np.isfinite(item):
+            keys[key] = None
+            return None
+        if isinstance(item, dict):
+            return {k: clean(v, f"{key}.{k}" if key else str(k)) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [clean(v, key) for v in item]
+        return item
+
+    cleaned = clean(value, "")
+    if keys:
+        console.warning("%s: non-finite values written as null: %s", where, ", ".join(keys))
+    return cleaned
 
 
 def _stored(out: str, count: int) -> dict[str, Any]:
@@ -370,15 +392,18 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in results.items() if k in ("fd", "band_energy_ratio")}
     if "spectrum" in results:
         out["spectrum_mean_abs_log_ratio"] = results["spectrum"]["mean_abs_log_ratio"]
+    def pm(stats: dict[str, Any], digits: int) -> str:  # null (non-finite) printed as nan
+        return " +- ".join("nan" if stats[k] is None else f"{stats[k]:.{digits}f}"
+                           for k in ("mean", "std"))
+
     if "kid" in results:
-        out["kid"] = f"{results['kid']['mean']:.5f} +- {results['kid']['std']:.5f}"
+        out["kid"] = pm(results["kid"], 5)
     if "inception" in results:
         inc = results["inception"]
         out["inception_fid"] = inc["fid"]
         if "kid" in inc:
-            out["inception_kid"] = f"{inc['kid']['mean']:.5f} +- {inc['kid']['std']:.5f}"
-        out["inception_score"] = (f"{inc['inception_score']['mean']:.3f} +- "
-                                  f"{inc['inception_score']['std']:.3f}")
+            out["inception_kid"] = pm(inc["kid"], 5)
+        out["inception_score"] = pm(inc["inception_score"], 3)
     if "grf_variance" in results:
         out["grf_variance_mean_abs_log_ratio"] = results["grf_variance"]["mean_abs_log_ratio"]
     return out
@@ -445,5 +470,6 @@ def likelihood(workdir: str, model: str = "ema", num_images: int = 256, steps: i
     results["bits_per_dim"] = mean_sem(lk.bits_per_dim(log_px, dims,
                                                        lk.BIN_WIDTH if quantised else 1.0))
     files.makedirs(files.dirname(out))
+    results = strict_json(results, out)
     files.write_json(out, results, exclusive=True)
     return results

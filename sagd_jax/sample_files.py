@@ -17,6 +17,7 @@ converted to RGB (alpha dropped). ``channels`` forces one or the other. Any prob
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 import zipfile
@@ -96,12 +97,54 @@ def _load_npz(where: str, path: str, model_units: bool) -> SampleSet:
         images = as_model_units(arr_0)
     elif not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"{where}: float32 is {images.dtype}, not float images")
+    else:  # the two members are one set: arr_0 is what the FID tools read
+        _agree(where, arr_0, images)
     images = _checked(where, images)
     if labels is not None and (labels.ndim != 1 or len(labels) != len(images)
                                or not np.issubdtype(labels.dtype, np.integer)):
         raise ValueError(f"{where}: arr_1 (labels) is {labels.dtype} {labels.shape}; expected "
                          f"{len(images)} integers, one per image")
-    return SampleSet(images, _manifest(where, path), labels, "npz")
+    manifest = _manifest(where, path)
+    if manifest:
+        _check_sum(where, path)
+    return SampleSet(images, manifest, labels, "npz")
+
+
+CHECKSUMS = "checksums.json"  # beside samples.npz: what sagd_jax.sample wrote
+
+
+def sha256(path: str) -> str:
+    """The SHA-256 hex digest of the file at ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with files.open_file(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_sum(where: str, path: str) -> None:
+    """Refuse a set whose file is not the one its sampler recorded in ``checksums.json``."""
+    recorded = files.join(files.dirname(path), CHECKSUMS)
+    if not files.exists(recorded):
+        return  # a set from before the checksums, or made elsewhere
+    try:
+        expected = files.read_json(recorded)[os.path.basename(path)]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{where}: unreadable {recorded} ({one_line(err)})") from None
+    if sha256(path) != expected:
+        raise ValueError(f"{where}: not the file its sampler wrote (SHA-256 differs from "
+                         f"{CHECKSUMS}): changed since; make the set again (same command)")
+
+
+def _agree(where: str, arr_0: np.ndarray, images: np.ndarray) -> None:
+    """Refuse an npz whose ``arr_0`` is not the uint8 pixels of its ``float32`` member."""
+    if arr_0.dtype != np.uint8 or arr_0.shape != images.shape:
+        raise ValueError(f"{where}: arr_0 is {arr_0.dtype} {arr_0.shape}, float32 is "
+                         f"{images.dtype} {images.shape}: arr_0 must be their uint8 pixels")
+    differ = int(np.count_nonzero((to_uint8(images) != arr_0).any(axis=(1, 2, 3))))
+    if differ:
+        raise ValueError(f"{where}: arr_0 and float32 disagree in {differ} of {len(arr_0)} "
+                         "images: the set was changed since it was made")
 
 
 def _load_zip(where: str, path: str, channels: int | None) -> SampleSet:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from sagd_jax.config import default_config
+from sagd_jax.images import to_uint8
 from sagd_jax.metrics import fid, inception
 from sagd_jax.metrics.features import GaussianStats, frechet_distance
 
@@ -154,7 +155,7 @@ def _rgb_run_with_samples(tmp_path, config):
     images = np.clip(images + np.random.default_rng(0).normal(0, 0.2, images.shape), -1, 1)
     folder = tmp_path / "generated"
     folder.mkdir()
-    np.savez(folder / "samples.npz", arr_0=np.zeros(images.shape, np.uint8),
+    np.savez(folder / "samples.npz", arr_0=to_uint8(images),
              float32=images.astype(np.float32))
     (folder / "manifest.json").write_text(json.dumps({"workdir": workdir.path}))
     return folder

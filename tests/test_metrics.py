@@ -12,6 +12,7 @@ import scipy.linalg
 from sagd_jax.data import default_data_config, get_source
 from sagd_jax.data.grf import grf_spectrum
 from sagd_jax.evaluation import remove_band
+from sagd_jax.images import to_uint8
 from sagd_jax.metrics.features import (
     GaussianStats,
     frechet_distance,
@@ -211,7 +212,7 @@ def test_evaluate_cli_judges_samples_of_a_run_and_writes_one_results_file(tmp_pa
     images = 2.0 * get_source(config.data).get(np.arange(256)).astype(np.float32)
     folder = tmp_path / "generated"
     folder.mkdir()
-    np.savez(folder / "samples.npz", arr_0=np.zeros(images.shape, np.uint8), float32=images)
+    np.savez(folder / "samples.npz", arr_0=to_uint8(images), float32=images)
     (folder / "manifest.json").write_text(f'{{"workdir": "{workdir.path}"}}')
     result = run_cli("sagd_jax.evaluate", f"--samples={folder / 'samples.npz'}",
                      "--max_reference=256")
@@ -239,8 +240,8 @@ def test_evaluate_cli_judges_samples_of_a_run_and_writes_one_results_file(tmp_pa
     assert redone.returncode == 0 and json.loads(redone.stdout) == summary
     assert (folder / "evaluation.json.previous").read_bytes() == before
     # A set grown since (or a file of other results) is refused, nothing written.
-    np.savez(folder / "samples.npz", arr_0=np.zeros((300, *images.shape[1:]), np.uint8),
-             float32=np.concatenate([images, images[:44]]))
+    grown = np.concatenate([images, images[:44]])
+    np.savez(folder / "samples.npz", arr_0=to_uint8(grown), float32=grown)
     listing = sorted(os.listdir(folder))
     grown = run_cli("sagd_jax.evaluate", f"--samples={folder / 'samples.npz'}")
     assert grown.returncode == 2 and grown.stdout == ""

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from sagd_jax import checkpoint, files
-from sagd_jax.images import save_grid
+from sagd_jax.images import save_grid, to_uint8
 from sagd_jax.lock import Lock
 from sagd_jax.metrics.spectra import plot_radial
 from sagd_jax.run import Run
@@ -382,7 +382,7 @@ def test_locks_on_an_object_store(bucket):
 def test_samples_grids_and_plots_on_an_object_store(bucket):
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (5, 8, 8, 1)).astype(np.float32)
-    files.write_npz(f"{BUCKET}/gen/samples.npz", arr_0=(images * 127.5 + 127.5).astype(np.uint8),
+    files.write_npz(f"{BUCKET}/gen/samples.npz", arr_0=to_uint8(images),
                     float32=images)
     files.write_json(f"{BUCKET}/gen/manifest.json", {"workdir": f"{BUCKET}/run"})
     loaded = load_samples(f"{BUCKET}/gen/samples.npz")

@@ -276,3 +276,50 @@ def test_the_evaluate_cli_refuses_a_corrupt_png_a_bare_npz_and_a_wrong_hash_in_o
         assert len(lines) == 1 and lines[0].startswith(start), lines
         assert _listing(tmp_path) == before
     assert wrong in lines[0] and hashlib.sha256(weights).hexdigest() in lines[0]
+
+
+def test_an_npz_whose_members_disagree_or_that_changed_since_its_sampler_wrote_it_is_refused(
+        tmp_path):
+    pixels = _pixels()
+    images = to_float(pixels)
+    np.savez(tmp_path / "float_arr_0.npz", arr_0=images, float32=images)
+    with pytest.raises(ValueError, match=r"arr_0 is float32 \(6, 8, 8, 3\), float32 is "
+                                         r"float32 \(6, 8, 8, 3\): arr_0 must be their uint8"):
+        sample_files.load(str(tmp_path / "float_arr_0.npz"))
+    changed = pixels.copy()
+    changed[2, 0, 0, 0] ^= 1
+    np.savez(tmp_path / "disagree.npz", arr_0=changed, float32=images)
+    with pytest.raises(ValueError, match="arr_0 and float32 disagree in 1 of 6 images"):
+        sample_files.load(str(tmp_path / "disagree.npz"))
+    # A set with its sampler's manifest and checksums: the file must be the one recorded.
+    folder = tmp_path / "set"
+    folder.mkdir()
+    np.savez(folder / "samples.npz", arr_0=pixels)
+    (folder / "manifest.json").write_text(json.dumps({"workdir": str(tmp_path)}))
+    (folder / "checksums.json").write_text(json.dumps(
+        {"samples.npz": {"sha256": sample_files.sha256(str(folder / "samples.npz"))}}))
+    assert sample_files.load(str(folder / "samples.npz")).layout == "npz"
+    np.savez(folder / "samples.npz", arr_0=changed)
+    with pytest.raises(ValueError, match="not the file its sampler wrote"):
+        sample_files.load(str(folder / "samples.npz"))
+
+
+def test_evaluate_writes_strict_json_null_for_non_finite_with_one_warning(tmp_path, run_cli):
+    huge = np.full((8, 16, 16, 1), 3e38, np.float32)  # finite, but its power overflows
+    huge[::2] *= -1
+    np.savez(tmp_path / "huge.npz", arr_0=huge)
+    result = run_cli("sagd_jax.evaluate", f"--samples={tmp_path / 'huge.npz'}", "--model_units",
+                     "--config=configs/quickstart.py", "--config.data.name=grf",
+                     "--config.data.image_size=16", "--max_reference=16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = tmp_path / "huge.evaluation.json"
+
+    def refuse(token):
+        raise AssertionError(f"not strict JSON: {token}")
+
+    results = json.loads(out.read_text(), parse_constant=refuse)
+    assert results["spectrum"]["mean_abs_log_ratio"] is None
+    (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning.startswith(f"warning: {out}: non-finite values written as null: spectrum.")
+    assert json.loads(result.stdout, parse_constant=refuse)["spectrum_mean_abs_log_ratio"] is None
+    assert "RuntimeWarning" not in result.stderr

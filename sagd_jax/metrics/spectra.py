@@ -101,7 +101,9 @@ def variance_error(images: np.ndarray, spectrum: np.ndarray) -> dict[str, Any]:
     real = half_plane_multiplicity(height, width) == 1
     sd = np.where(np.broadcast_to(real, c.shape), np.sqrt(2.0 / (n * channels)),
                   np.sqrt(1.0 / (n * channels)))
-    return {"mean_abs_log_ratio": float(np.mean(np.abs(np.log(ratio[ok])))),
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 or inf power: an inf error
+        error = float(np.mean(np.abs(np.log(ratio[ok]))))
+    return {"mean_abs_log_ratio": error,
             "monte_carlo_floor": float(np.mean(np.sqrt(2.0 / np.pi) * sd[ok])),
             "ratio": ratio}
 
