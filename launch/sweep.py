@@ -21,8 +21,11 @@ one-line error and exit status 2, nothing written.
 A trainer that exits 75 (stopped by a signal after saving) leaves its point "stopped
 (resumable)" and no further point starts. SIGTERM or SIGINT (Ctrl-C) to the sweep goes on to
 the running trainer, which saves and stops; the sweep waits for it and starts no further point.
+A trainer started by the sweep stops (saving, as on SIGTERM) when the sweep dies, even by
+SIGKILL (Linux); a point whose workdir a live trainer still holds (one of an earlier sweep) is
+reported ``running (pid N)`` and not started again.
 Exit status: 0 every point finished, 75 stopped (run the same command again to resume), 1 a run
-failed.
+failed or still runs.
 """
 
 from __future__ import annotations
@@ -44,7 +47,13 @@ from absl import flags
 
 from sagd_jax import cli, console, files
 from sagd_jax.config import check_keys, load_config_file
-from sagd_jax.train_subprocess import StopSignals, follow_log, train, trainer_command
+from sagd_jax.train_subprocess import (
+    StopSignals,
+    follow_log,
+    running_holder,
+    train,
+    trainer_command,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +266,12 @@ def sweep(fv: flags.FlagValues) -> int:
                 statuses[point.index] = "finished" if finished else "todo"
                 if finished and not fv.dry_run:
                     console.info("%s: finished, skipped", where)
+                continue
+            holder = running_holder(point.workdir)
+            if holder is not None:  # a trainer of an earlier sweep still at work there
+                statuses[point.index] = f"running (pid {holder['pid']})"
+                console.warning("%s: its trainer pid %s (started %s) is still running; not "
+                                "started again", where, holder["pid"], holder.get("started", "?"))
                 continue
             name = os.path.basename(point.workdir)
             log_path = os.path.join(root, "logs", f"{name}.log")

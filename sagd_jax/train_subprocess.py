@@ -26,6 +26,47 @@ from typing import Any
 
 from sagd_jax import files
 
+PARENT_ENV = "SAGD_JAX_PARENT_PID"  # set by ``train`` for its child: the caller's pid
+
+
+def die_with_parent() -> None:
+    """In a trainer started by ``train``: SIGTERM when the caller dies (a sweep killed by
+    SIGKILL leaves no orphan; the trainer saves and stops as on any SIGTERM). Linux only
+    (``prctl(PR_SET_PDEATHSIG)``); elsewhere, and outside ``train``, nothing."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the caller died before prctl: stop as it would have
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def running_holder(workdir: str) -> dict[str, Any] | None:
+    """The lock record of a trainer on this host that still runs in ``workdir`` (started by
+    an earlier sweep, say), else None."""
+    import socket
+
+    try:
+        record = files.read_json(files.join(workdir, "lock"))
+        pid, host = int(record["pid"]), str(record["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return record
+
 
 def trainer_command(config_spec: str, workdir: str,
                     overrides: Iterable[tuple[str, str]] = ()) -> list[str]:
@@ -97,7 +138,8 @@ def train(command: Sequence[str], log_path: str, stops: StopSignals, *,
     start = time.perf_counter()
     with open(log_path, "a") as log:
         child = subprocess.Popen(list(command), cwd=cwd, stdout=log, stderr=log,
-                                 start_new_session=True)
+                                 start_new_session=True,
+                                 env={**os.environ, PARENT_ENV: str(os.getpid())})
         try:
             stops.wait(child)
         finally:

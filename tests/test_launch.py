@@ -412,3 +412,61 @@ def test_sweep_shows_each_points_progress_while_it_trains(tmp_path, sweep, monke
                                               f"[{i + 1}/2] {name} | a last line without its "
                                               "newline"], lines
         assert lines[start + 4].startswith(f"[{i + 1}/2] {root}/{name}: "), lines
+
+
+def test_a_trainer_stops_when_the_sweep_that_started_it_is_killed(tmp_path):
+    """SIGKILL to the caller of ``train_subprocess.train``: its child gets SIGTERM (it saves
+    and stops), no orphan is left."""
+    child_code = ("import signal, sys, time\n"
+                  "from sagd_jax.train_subprocess import die_with_parent\n"
+                  "def stop(signum, frame):\n"
+                  "    open(sys.argv[1], 'w').write(str(signum)); sys.exit(75)\n"
+                  "signal.signal(signal.SIGTERM, stop)\n"
+                  "die_with_parent()\n"
+                  "open(sys.argv[1] + '.started', 'w').close()\n"
+                  "time.sleep(30)\n")
+    got = tmp_path / "got"
+    caller = ("import sys\n"
+              "from sagd_jax.train_subprocess import StopSignals, train\n"
+              "train([sys.executable, '-c', sys.argv[1], sys.argv[2]], sys.argv[3], "
+              "StopSignals())\n")
+    proc = subprocess.Popen([sys.executable, "-c", caller, child_code, str(got),
+                             str(tmp_path / "log")])
+    deadline = time.time() + 60
+    while not (tmp_path / "got.started").exists():
+        assert time.time() < deadline and proc.poll() is None, "the child did not start"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    while not got.exists():
+        assert time.time() < deadline, "the child outlived its caller without a SIGTERM"
+        time.sleep(0.05)
+    assert got.read_text() == str(int(signal.SIGTERM))
+
+
+def test_a_point_whose_trainer_still_runs_is_reported_running_not_started(
+        tmp_path, sweep, monkeypatch):
+    import socket
+
+    import launch.sweep
+
+    monkeypatch.setattr(launch.sweep.Point, "trainer_command",
+                        lambda self, spec: [sys.executable, "-c", FAKE_TRAINER, self.workdir])
+    monkeypatch.setenv("FAKE_TRAINER_SEED_1", "finishing")
+    root = tmp_path / "sweep"
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (root / "seed-0").mkdir(parents=True)
+        (root / "seed-0" / "lock").write_text(json.dumps(
+            {"host": socket.gethostname(), "pid": holder.pid, "holder": "trainer",
+             "started": "2026-12-07T08:00:00"}))
+        result = sweep(f"--root={root}", "--sweep=seed=0,1", f"--json={tmp_path}/s.json")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1, result.stderr
+    rows = json.load(open(tmp_path / "s.json"))
+    assert [(r["seed"], r["status"]) for r in rows] == [
+        ("0", f"running (pid {holder.pid})"), ("1", "finished")]
+    assert (f"its trainer pid {holder.pid} (started 2026-12-07T08:00:00) is still running; "
+            "not started again") in result.stderr
