@@ -2,12 +2,18 @@
 state's fingerprint.
 
 Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it once
-complete), so a process killed during a save leaves the previous checkpoints intact. A save
+complete), so a process killed during a save leaves the previous checkpoints intact. A step
+folder counts as a checkpoint only with Orbax's completion markers (``commit_success.txt`` and a
+``_CHECKPOINT_METADATA`` with a commit time, ``incomplete``): an empty or unfinished ``<step>/``
+is never a step of the run, and a save of that step sets it aside first. A save
 that fails (a full disk) is noticed at the next step (``Checkpointer.check``): its partial
 folder is removed and the run stops with one line (``RunError``). Restores go straight onto
 the requested shardings and are verified: the fingerprint (a position-weighted sum of the bits
 of every array, computed on device at save time) must match what was read back, so a
 truncated, missing or altered file is reported (``DamagedCheckpoint``) instead of trusted.
+A checkpoint whose metadata lists a fingerprint but that has none is damaged likewise; only one
+saved before fingerprints existed (its metadata lists no fingerprint item: sagd-jax before
+2026-11-30) is restored unverified, with one warning line.
 The workdir may be any path of ``sagd_jax.files`` (local, ``gs://``): Orbax gets the same string.
 """
 
@@ -20,12 +26,14 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from sagd_jax import files
+from sagd_jax import console, files
 from sagd_jax.errors import DamagedCheckpoint, RunError
 
 CHECKPOINTS = "checkpoints"  # WORKDIR/checkpoints/<step>/{state,config,fingerprint}
 DAMAGED = ".damaged"  # a damaged checkpoint set aside: checkpoints/<step>.damaged
 PARTIAL = "orbax-checkpoint-tmp"  # in the name of a save's folder until it is complete
+COMMITTED = "commit_success.txt"  # Orbax's marker of a complete step folder
+METADATA = "_CHECKPOINT_METADATA"  # Orbax's record of a step: its items and commit time
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -33,13 +41,86 @@ def checkpoint_dir(workdir: str) -> str:
     return files.join(files.absolute(workdir), CHECKPOINTS)
 
 
-def saved_steps(workdir: str) -> list[int]:
-    """The steps of a workdir's complete checkpoints, ascending (reads the folder only: an
-    unfinished save is a temporary folder whose name is not a number)."""
+def _metadata(path: str) -> dict[str, Any] | None:
+    """Orbax's ``_CHECKPOINT_METADATA`` of the step folder ``path`` (None if unreadable)."""
+    try:
+        metadata = files.read_json(files.join(path, METADATA))
+    except (OSError, ValueError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def incomplete(path: str) -> str | None:
+    """Why the step folder ``path`` is not a complete checkpoint (None if it is): Orbax
+    writes ``commit_success.txt`` and the commit time into ``_CHECKPOINT_METADATA`` only once
+    every item of the step is written."""
+    if not files.isfile(files.join(path, COMMITTED)):
+        return f"no {COMMITTED}"
+    metadata = _metadata(path)
+    if metadata is None:
+        return f"no readable {METADATA}"
+    if not isinstance(metadata.get("commit_timestamp_nsecs"), int):
+        return f"no commit time in {METADATA}"
+    return None
+
+
+def _step_folders(workdir: str) -> list[tuple[int, str]]:
+    """``(step, path)`` of every folder named by a step number, ascending."""
     directory = checkpoint_dir(workdir)
     if not files.isdir(directory):
         return []
-    return sorted(int(name) for name in files.listdir(directory) if name.isdigit())
+    return sorted((int(name), files.join(directory, name))
+                  for name in files.listdir(directory) if name.isdigit())
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """The steps of a workdir's complete checkpoints, ascending (an unfinished save is a
+    temporary folder whose name is not a number; a step folder without Orbax's completion
+    markers is not a checkpoint, see ``incomplete``)."""
+    return [step for step, path in _step_folders(workdir) if incomplete(path) is None]
+
+
+def incomplete_steps(workdir: str) -> dict[int, str]:
+    """``{step: why}`` of the step folders that are not complete checkpoints."""
+    out = {}
+    for step, path in _step_folders(workdir):
+        why = incomplete(path)
+        if why is not None:
+            out[step] = why
+    return out
+
+
+def fingerprinted(path: str) -> bool:
+    """Whether the checkpoint ``path`` was saved with a fingerprint. Orbax's metadata lists
+    the items saved: only a list with the state but no fingerprint is a checkpoint from before
+    fingerprints; anything else must have one."""
+    items = (_metadata(path) or {}).get("item_handlers")
+    return not (isinstance(items, dict) and "state" in items and "fingerprint" not in items)
+
+
+class _CompleteSteps:
+    """Orbax's standard step names, finding only complete checkpoints (``incomplete``): an
+    empty ``<step>/`` is neither restored, counted as the latest step nor kept by
+    ``max_to_keep`` (a later step would otherwise not be saved at all)."""
+
+    def __init__(self) -> None:
+        self._standard = ocp.path.step.standard_name_format()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._standard, name)
+
+    def build_name(self, step: int) -> str:
+        return self._standard.build_name(step)
+
+    def find_all(self, base_path: Any) -> Any:
+        return (m for m in self._standard.find_all(base_path) if incomplete(str(m.path)) is None)
+
+    def find_step(self, base_path: Any, step: int) -> Any:
+        metadata = self._standard.find_step(base_path, step)
+        why = incomplete(str(metadata.path))
+        if why is not None:
+            raise ValueError(f"{metadata.path}: not a complete checkpoint ({why})")
+        return metadata
 
 
 def saved_config(workdir: str, step: int) -> dict[str, Any]:
@@ -119,8 +200,8 @@ class Checkpointer:
         self.workdir = workdir
         self.directory = checkpoint_dir(workdir)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True
-        )
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+            step_name_format=_CompleteSteps())
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "config", "fingerprint")
         )
@@ -140,6 +221,11 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         self.wait()  # the previous save first: a failure is reported at its own step
         config_dict = json.loads(config.to_json_best_effort())
+        where = files.join(self.directory, str(step))
+        why = incomplete(where) if files.exists(where) else None  # not one: in the way
+        if why is not None and jax.process_index() == 0:
+            console.warning("%s: not a complete checkpoint (%s); set aside as %s", where, why,
+                            set_aside(self.workdir, step))
         self._pending = step
         try:
             self.manager.save(
@@ -179,14 +265,21 @@ class Checkpointer:
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:
         """Restore onto ``abstract_state`` (``jax.ShapeDtypeStruct`` leaves with shardings)
-        and verify it against the saved fingerprint (checkpoints written before fingerprints
-        existed are restored unverified); ``DamagedCheckpoint`` names the step and the file
-        or array that does not read back."""
+        and verify it against the saved fingerprint; ``DamagedCheckpoint`` names the step and
+        the file or array that does not read back, or the missing fingerprint. Only a
+        checkpoint from before fingerprints (``fingerprinted``) is restored unverified, with
+        one warning line."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
         where = files.join(self.directory, str(step))
         verified = files.isdir(files.join(where, "fingerprint"))
+        if not verified and fingerprinted(where):
+            raise DamagedCheckpoint(f"checkpoint {where}: its fingerprint is missing (no "
+                                    f"{files.join(where, 'fingerprint')}); not trusted unverified")
+        if not verified:
+            console.warning("checkpoint %s was saved before checkpoints had fingerprints: "
+                            "restored unverified", where)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if verified:
             items["fingerprint"] = ocp.args.JsonRestore()

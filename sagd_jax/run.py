@@ -92,13 +92,15 @@ class Run:
 
     @classmethod
     def from_config(cls, config: Any, workdir: str | Workdir | None = None, *,
-                    load_data: bool = True, device_count: int | None = None) -> Run:
+                    load_data: bool = True, device_count: int | None = None,
+                    writable: bool = True) -> Run:
         """Normalise ``config`` onto the defaults and validate every section, across sections
-        too; ``load_data=False`` skips opening the data source (benchmarks on shapes only).
-        Raises a one-line ``ValueError``; writes nothing."""
+        too; ``load_data=False`` skips opening the data source (benchmarks on shapes only);
+        ``writable``: the workdir must take writes (a run to train). Raises a one-line
+        ``ValueError``; writes nothing."""
         if isinstance(workdir, str):
             workdir = Workdir(workdir)
-        if workdir is not None:
+        if workdir is not None and writable:
             workdir.check_writable()
         config = normalize(config)
         validate_config(config, device_count)
@@ -130,9 +132,11 @@ class Run:
     def from_workdir(cls, workdir: str | Workdir, **kwargs: Any) -> Run:
         """The run a workdir holds, from its ``config.json`` (on today's defaults), to read on
         any number of devices: the batch's divisibility by the devices is the trainer's
-        check (``device_count=1`` unless given)."""
+        check (``device_count=1`` unless given). Reading needs no writes: a read-only workdir
+        is fine (``writable=True`` to require them)."""
         workdir = Workdir(workdir) if isinstance(workdir, str) else workdir
         kwargs.setdefault("device_count", 1)
+        kwargs.setdefault("writable", False)
         return cls.from_config(workdir.saved_config(), workdir, **kwargs)
 
     # --- data -----------------------------------------------------------------------------
@@ -222,9 +226,18 @@ class Run:
         """Checkpoint ``step`` (latest by default) of the workdir, restored onto its shardings
         on ``mesh`` and verified. With ``step=None`` a damaged checkpoint is reported in one
         warning line and the previous complete one is tried (``set_aside_damaged``: the
-        damaged one is renamed ``<step>.damaged``, so the run can save that step again). A
+        damaged one is renamed ``<step>.damaged``, so the run can save that step again). A step
+        folder that is not a complete checkpoint is one warning line, ignored (set aside
+        likewise with ``set_aside_damaged``). A
         one-line ``ValueError`` when there is no such checkpoint, or none that reads back."""
         workdir = self._require_workdir()
+        for bad, why in checkpoint.incomplete_steps(workdir.path).items():  # not checkpoints
+            where = files.join(workdir.checkpoint_dir, str(bad))
+            if set_aside_damaged and jax.process_index() == 0:
+                console.warning("%s: not a complete checkpoint (%s); set aside as %s", where,
+                                why, checkpoint.set_aside(workdir.path, bad))
+            else:
+                console.warning("%s: not a complete checkpoint (%s); ignored", where, why)
         steps = workdir.checkpoint_steps()
         if not steps or (step is not None and step not in steps):
             raise ValueError(f"--workdir={workdir.path}: no checkpoint"

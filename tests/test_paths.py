@@ -341,6 +341,10 @@ def test_checkpoint_folders_on_an_object_store(bucket):
     folder = bucket / "run" / "checkpoints"
     for name in ("3", "6", "9.orbax-checkpoint-tmp-1"):
         (folder / name / "config").mkdir(parents=True)
+    for name in ("3", "6"):  # complete saves: Orbax's markers (an empty 12 is no checkpoint)
+        (folder / name / "commit_success.txt").write_text("")
+        (folder / name / "_CHECKPOINT_METADATA").write_text('{"commit_timestamp_nsecs": 1}')
+    (folder / "12").mkdir()
     (folder / "6" / "config" / "metadata").write_text(json.dumps({"seed": 1}))
     (folder / "3" / "config" / "metadata").write_text('{"seed": ')
     run = f"{BUCKET}/run"
@@ -352,7 +356,7 @@ def test_checkpoint_folders_on_an_object_store(bucket):
         checkpoint.saved_config(run, 3)
     assert checkpoint.set_aside(run, 3) == f"{BUCKET}/run/checkpoints/3.damaged"
     assert checkpoint.remove_partial(run) == [f"{BUCKET}/run/checkpoints/9.orbax-checkpoint-tmp-1"]
-    assert sorted(os.listdir(folder)) == ["3.damaged", "6"]
+    assert sorted(os.listdir(folder)) == ["12", "3.damaged", "6"]
     assert Workdir(run).checkpoint_steps() == [6]
 
 
