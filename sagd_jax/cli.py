@@ -12,23 +12,29 @@ A tool defines its flags in a function and hands it, with its body, to ``run``:
 
 Each call parses into a fresh ``FlagValues``, so a tool can run many times in one process
 (tests, drivers). Exit statuses (``EXIT_STATUSES``): 0 done, 1 a run that failed for a reason
-outside its input (``errors.RunError``: a checkpoint that could not be written), 2 bad input
-(flags, config keys, files: one line ``error: ...``, nothing written), 3 a run stopped by a
-non-finite loss, 75 a run stopped by a signal after saving its state (resumable: run the same
-command again), 130 a second Ctrl-C (stopped at once).
+outside its input (``errors.RunError``: a checkpoint that could not be written; any OS, storage
+or memory error reaching the top: a full disk or quota, a permission, storage that cannot be
+reached, out of host or device memory), 2 bad input (flags, config keys, files, a path that is
+missing or a file where a folder is needed: one line ``error: ...``, nothing written), 3 a run
+stopped by a non-finite loss, 75 a run stopped by a signal after saving its state (resumable:
+run the same command again), 130 Ctrl-C where no handler saves (start-up, the sampler: finished
+work such as the sampler's chunks is kept) or the trainer's second Ctrl-C (stopped at once).
+Every failure is one line naming the file and the cause; ``--verbosity=1`` (debug) prints the
+traceback of an OS, storage or memory error above it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import flags
 
 from sagd_jax import console
-from sagd_jax.errors import RunError
+from sagd_jax.errors import RunError, StoppedAtOnce, environment_error
 
 FlagValues = flags.FlagValues
 FAILED, BAD_INPUT, NONFINITE, STOPPED, INTERRUPTED = 1, 2, 3, 75, 130  # 75: EX_TEMPFAIL
@@ -88,6 +94,27 @@ def config_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
         elif name.startswith(("config.", "noconfig.")):
             overrides.append(f"{name.split('.', 1)[1]}={value}")
     return spec, overrides
+
+
+def _last_overrides(argv: list[str]) -> list[str]:
+    """``argv`` (program first) with every ``--config.KEY`` (``--noconfig.KEY``) but the last
+    of each key dropped, with its value: a repeated override takes its last value, like every
+    absl flag (``config_flags`` would append a tuple's values to the earlier ones)."""
+    spans, seen, i = [], set(), 1
+    while i < len(argv):  # (start, end, key) of each override, as ``config_args`` reads them
+        name, equals, _ = argv[i].lstrip("-").partition("=")
+        end = i + 1
+        if not equals and end < len(argv) and not argv[end].startswith("-"):
+            end += 1
+        if argv[i].startswith("-") and name.startswith(("config.", "noconfig.")):
+            spans.append((i, end, name.split(".", 1)[1]))
+        i = end if argv[i].startswith("-") else i + 1
+    drop = set()
+    for start, end, key in reversed(spans):
+        if key in seen:
+            drop.update(range(start, end))
+        seen.add(key)
+    return [arg for j, arg in enumerate(argv) if j not in drop]
 
 
 def _with_default_config(fv: FlagValues, argv: list[str]) -> list[str]:
@@ -157,12 +184,15 @@ def parse(define_flags: Callable[[FlagValues], None], argv: Sequence[str]) -> Fl
     fv = _flag_values(define_flags)
     argv = _with_default_config(fv, list(argv))
     _check_config(argv[1:])  # errors name the spec as given
-    argv = _resolve_config(argv)
+    argv = _last_overrides(_resolve_config(argv))
     with _argv(argv):  # config_flags reads the overrides from sys.argv
         try:
             rest = fv(argv)
         except flags.Error as err:
             raise ValueError(str(err).splitlines()[0]) from None
+        except SystemExit as err:  # the config file exits when config_flags loads it
+            raise ValueError(f"--config: loading the config called sys.exit({err.code!r})"
+                             ) from None
         except (OSError, AttributeError, KeyError, TypeError) as err:  # config or override
             message = str(err).strip().splitlines()
             raise ValueError(f"--config: {message[0] if message else type(err).__name__}"
@@ -177,7 +207,9 @@ def parse(define_flags: Callable[[FlagValues], None], argv: Sequence[str]) -> Fl
 def run(doc: str | None, define_flags: Callable[[FlagValues], None],
         body: Callable[[FlagValues], int | None], argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv``), set the console up, run ``body(flags)``; returns
-    the exit status. ``ValueError`` -> ``error: ...`` and 2; ``FloatingPointError`` -> 3."""
+    the exit status. ``ValueError`` -> ``error: ...`` and 2; ``FloatingPointError`` -> 3; an
+    OS, storage or memory error -> one line (``errors.environment_error``) and 1, or 2 for a
+    path missing or of the wrong kind."""
     argv = list(sys.argv if argv is None else argv)
     console.quiet_native_logs(_early_verbosity(argv))
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
@@ -189,6 +221,8 @@ def run(doc: str | None, define_flags: Callable[[FlagValues], None],
         fv = parse(define_flags, argv)
     except ValueError as err:
         return _fail(err, BAD_INPUT)
+    except KeyboardInterrupt:
+        return _fail("interrupted: stopped before any work", INTERRUPTED)
     console.setup(fv.verbosity)
     try:
         status = body(fv)
@@ -198,8 +232,16 @@ def run(doc: str | None, define_flags: Callable[[FlagValues], None],
         return _fail(err, NONFINITE)
     except RunError as err:
         return _fail(err, FAILED)
-    except KeyboardInterrupt:
-        return _fail("interrupted (a second Ctrl-C): stopped without saving", INTERRUPTED)
+    except KeyboardInterrupt as err:
+        return _fail("interrupted (a second Ctrl-C): stopped without saving the current step; "
+                     "run the same command to resume from the last checkpoint"
+                     if isinstance(err, StoppedAtOnce) else "interrupted: stopped; finished "
+                     "work is kept (run the same command to continue)", INTERRUPTED)
+    except Exception as err:  # OS, storage, memory: one line (a traceback with --verbosity=1)
+        found = environment_error(err)
+        if found is None:
+            raise
+        return _fail(found[0], BAD_INPUT if found[1] else FAILED, err, fv.verbosity > 0)
     return 0 if status is None else int(status)
 
 
@@ -213,7 +255,12 @@ def _early_verbosity(argv: Sequence[str]) -> int:
     return console.QUIET
 
 
-def _fail(err: Exception | str, status: int) -> int:
+def _fail(err: Exception | str, status: int, cause: BaseException | None = None,
+          trace: bool = False) -> int:
+    """``error: err`` on stderr (after ``cause``'s traceback when ``trace``); returns
+    ``status``."""
     sys.stdout.flush()
+    if trace and cause is not None:
+        traceback.print_exception(cause, file=sys.stderr)
     print(f"error: {err}", file=sys.stderr, flush=True)
     return status

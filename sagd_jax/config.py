@@ -12,6 +12,8 @@ themselves: ``data`` (``sagd_jax.data``), ``noise`` and ``diffusion`` (``Diffusi
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
 import difflib
 import importlib.machinery
 import importlib.util
@@ -20,7 +22,9 @@ import math
 import os
 import pathlib
 import re
+import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -33,6 +37,25 @@ from sagd_jax.time_grids import GRIDS
 
 NONFINITE_POLICIES = ("stop", "skip")
 FREE_FORM = "diffusion.schedule_kwargs"  # keyword arguments of the schedule: any keys
+
+# The resume-identity rule (``Workdir.prepare``; docs/training.md, "Changing the config of a
+# run"): keys (and sections) a resume may change silently, because no step computes anything
+# else with them. The structural keys (``sagd_jax.workdir.STRUCTURAL_KEYS``) never change;
+# every other key is the run's identity: a change needs ``--allow_config_change``.
+RESUME_MAY_CHANGE = (
+    "train.num_steps",  # how long: the steps that run are the same
+    # what is observed and kept: logs, checkpoints, sample grids, profiles, evaluations
+    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.sample_every",
+    "train.num_samples", "train.sampler", "train.sample_steps", "train.time_grid",
+    "train.profile_steps", "train.eval_every", "eval",
+    "train.nonfinite",  # what follows a non-finite step (dropped under both policies)
+    # where and how fast: the same global batch laid out over devices and microbatches
+    "mesh", "train.grad_accum_steps", "train.compilation_cache_dir", "data.num_workers",
+    "data.prefetch", "data.download",
+)
+# Whether ``Workdir.prepare`` may resume with changed identity keys (``allowing_config_change``).
+ALLOW_CONFIG_CHANGE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sagd_allow_config_change", default=False)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -133,6 +156,48 @@ def unknown_key_error(key: str, known: list[str], flag: str = "--config.") -> Va
             closest = difflib.get_close_matches(f"{near[0]}.{leaf}", known, n=3, cutoff=0.0)
     hint = f"; closest: {', '.join(closest)}" if closest else ""
     return ValueError(f"{flag}{key}: no such config key{hint}")
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Every dotted leaf of a JSON-like dict (empty dicts are leaves)."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _under(key: str, prefixes: Any) -> bool:
+    """Whether ``key`` is one of ``prefixes`` or inside one of those sections."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def identity_changes(saved: dict[str, Any], current: dict[str, Any], skip: Any = ()
+                     ) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old, new)}`` for each dotted leaf where the JSON configs ``saved`` and
+    ``current`` differ, outside ``RESUME_MAY_CHANGE`` and the sections in ``skip``."""
+    old, new = _leaves(saved), _leaves(current)
+    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key) and not _under(key, (*RESUME_MAY_CHANGE, *skip))}
+
+
+def change_record(step: int | None, changes: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """The line of ``config_changes.jsonl`` for ``changes`` allowed at ``step`` (UTC time)."""
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": step,
+            "changes": {key: {"old": old, "new": new} for key, (old, new) in changes.items()}}
+
+
+@contextlib.contextmanager
+def allowing_config_change(allowed: bool) -> Iterator[None]:
+    """Within the block, ``Workdir.prepare`` resumes a run whose identity keys changed (and
+    records the change) instead of refusing it: the trainer's ``--allow_config_change``."""
+    token = ALLOW_CONFIG_CHANGE.set(bool(allowed))
+    try:
+        yield
+    finally:
+        ALLOW_CONFIG_CHANGE.reset(token)
 
 
 def check_keys(keys: Any, config: Any, flag: str = "--config.") -> None:
@@ -326,6 +391,8 @@ def load_config_file(spec: str, overrides: Any = ()) -> ml_collections.ConfigDic
     _check_variant(flag, module, get_config, args)
     try:
         config = get_config(*args)
+    except SystemExit as err:  # not a way out of the tool: bad input like any other
+        raise ValueError(f"{flag}: get_config() called sys.exit({err.code!r})") from None
     except Exception as err:  # noqa: BLE001 - the user's code: any error is bad input
         if isinstance(err, ValueError):  # the config's own refusal reads as it is
             raise ValueError(f"{flag}: {_first_line(err)}") from None
@@ -349,6 +416,9 @@ def _load_module(flag: str, path: str) -> Any:
         line = f":{err.lineno}" if err.lineno else ""
         raise ValueError(f"{flag}: syntax error at {err.filename or path}{line}: {err.msg}"
                          ) from None
+    except SystemExit as err:  # not a way out of the tool: bad input like any other
+        raise ValueError(f"{flag}: loading the file called sys.exit({err.code!r})"
+                         f"{_where(err, path)}") from None
     except Exception as err:  # noqa: BLE001 - the user's code: any error is bad input
         raise ValueError(f"{flag}: loading the file raised {type(err).__name__}: "
                          f"{_first_line(err)}{_where(err, path)}") from None

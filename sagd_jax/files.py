@@ -17,15 +17,19 @@ Writes never leave half a file where a reader looks:
   sees the old object or the new one, never a part); an exclusive write checks that the name
   is free before writing and again before the rename (two writers racing inside that window
   are not told apart: one writer per workdir is ``sagd_jax.lock``'s job);
-* logs (``append_jsonl``): a local file is appended to, earlier lines are never rewritten; an
+* logs (``append_jsonl``): a local file is appended to, earlier lines are never rewritten, a
+  record never lands on a torn last line (a writer killed mid-append: it is ended first); an
   object store cannot append, so the file is read and rewritten whole with the new line
   (atomically, as above; O(size) per record: one record per ``train.log_every`` steps).
+  ``scan_jsonl`` reads past lines that are not JSON, ``read_jsonl`` only past a torn last one.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
+import errno
 import glob as glob_lib
 import io
 import json
@@ -214,21 +218,76 @@ def loadable(p: str | os.PathLike[str]) -> str | IO[bytes]:
     return normalize(p) if is_local(p) else io.BytesIO(read_bytes(p))
 
 
+@dataclasses.dataclass
+class JsonLines:
+    """What a JSON-lines file holds: ``records``, each line that is a JSON object, in order;
+    ``bad``, the number (from 1) and bytes of each line that is not (a torn write, garbage);
+    ``lines``, how many lines it has; ``unterminated``, whether its last line lacks the newline
+    (a write cut short, or in progress). A record appended onto a torn one (``{"step": 4,
+    "lo{"step": 4, ...}``) is read as that record, its torn start as a bad line."""
+
+    records: list[dict[str, Any]]
+    bad: list[tuple[int, bytes]]
+    lines: int
+    unterminated: bool
+
+    def bad_text(self, most: int = 5) -> str:
+        """The bad lines in words: ``line 4 is not a JSON record``, ``lines 4, 9 are ...``."""
+        numbers = [str(number) for number, _ in self.bad[:most]]
+        if len(self.bad) > most:
+            numbers.append(f"... ({len(self.bad)} in all)")
+        plural = len(self.bad) > 1
+        return (f"line{'s' * plural} {', '.join(numbers)} {'are' if plural else 'is'} not "
+                f"{'JSON records' if plural else 'a JSON record'}")
+
+
+def _json_object(text: bytes) -> dict[str, Any] | None:
+    """``text`` as a JSON object, or None if it is not one."""
+    try:
+        value = json.loads(text.decode("utf-8"))
+    except ValueError:  # not UTF-8, not JSON
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def scan_jsonl(p: str | os.PathLike[str]) -> JsonLines:
+    """Every line of the JSON-lines file ``p`` sorted into records and bad lines, raising for
+    none of them (blank lines skipped); an ``OSError`` if ``p`` cannot be read (a folder:
+    ``IsADirectoryError``)."""
+    if is_local(p) and os.path.isdir(normalize(p)):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), normalize(p))
+    lines = read_bytes(p).split(b"\n")
+    unterminated = lines[-1] != b""
+    if not unterminated:
+        lines.pop()
+    content = JsonLines([], [], len(lines), unterminated)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        record, start = _json_object(line), 0
+        while record is None:  # a record appended onto a torn one: the first "{" to parse
+            start = line.find(b"{", start + 1)
+            if start < 0:
+                break
+            record = _json_object(line[start:])
+        if record is None or start > 0:
+            content.bad.append((number, line if record is None else line[:start]))
+        if record is not None:
+            content.records.append(record)
+    return content
+
+
 def read_jsonl(p: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of a JSON-lines file (``[]`` if it does not exist); blank lines skipped, and
-    a torn last line (a process killed mid-append) too."""
+    a torn last line (a process killed mid-append) too; a ``ValueError`` naming any other line
+    that is not a JSON object (``scan_jsonl`` reads past them)."""
     if not exists(p):
         return []
-    with open_file(p) as f:
-        lines = [line for line in f if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1 or line.endswith("\n"):
-                raise ValueError(f"{normalize(p)}: line {i + 1} is not JSON") from None
-    return records
+    content = scan_jsonl(p)
+    for number, _ in content.bad:
+        if number < content.lines or not content.unterminated:
+            raise ValueError(f"{normalize(p)}: line {number} is not JSON")
+    return content.records
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -259,9 +318,11 @@ def atomic_open(p: str | os.PathLike[str], mode: str = "w", *, exclusive: bool =
             os.unlink(tmp)
         else:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, target) from err  # a full disk: name it
         raise
 
 
@@ -328,15 +389,21 @@ def write_npz(p: str | os.PathLike[str], *, exclusive: bool = False, **arrays: n
 
 
 def append_jsonl(p: str | os.PathLike[str], record: dict[str, Any]) -> None:
-    """Append one JSON record (a line) to ``p``. Local: earlier lines are never rewritten;
-    object store: the file is rewritten whole with the line added, atomically."""
-    line = json.dumps(record) + "\n"
+    """Append one JSON record (a line) to ``p``, on a line of its own (a torn last line gets its
+    newline first). Local: earlier lines are never rewritten; object store: the file is
+    rewritten whole with the line added, atomically."""
+    line = (json.dumps(record) + "\n").encode()
     if is_local(p):
-        with builtins.open(normalize(p), "a") as f:
+        with builtins.open(normalize(p), "ab+") as f:  # writes go to the end whatever the seek
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":  # never onto a torn last line: it ends first
+                    line = b"\n" + line
             f.write(line)
         return
     before = read_bytes(p) if exists(p) else b""
-    write_bytes(p, before + line.encode())
+    write_bytes(p, before + (b"\n" if before and not before.endswith(b"\n") else b"") + line)
 
 
 def unwritable(p: str | os.PathLike[str]) -> str | None:
@@ -376,6 +443,19 @@ def _remote_unwritable(url: str) -> str | None:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         return f"not writable ({existing}: {' '.join(reason.split())[:200]})"
     return None
+
+
+def write_beside(p: str | os.PathLike[str], suffix: str, data: bytes) -> str:
+    """``data`` in a new file ``<p><suffix>`` (``.1``, ``.2``, ... added when taken, as in
+    ``set_aside``), never overwriting one; returns its path."""
+    target, n = f"{normalize(p)}{suffix}", 0
+    while True:
+        try:
+            write_bytes(target, data, exclusive=True)
+            return target
+        except FileExistsError:
+            n += 1
+            target = f"{normalize(p)}{suffix}.{n}"
 
 
 def set_aside(p: str | os.PathLike[str], suffix: str = ".damaged") -> str:

@@ -1,7 +1,9 @@
 """A run's workdir and everything in it: the one place that knows its layout.
 
-    WORKDIR/config.json            the run's identity: its config, written once, never
-                                   rewritten (recovered from the latest checkpoint if lost)
+    WORKDIR/config.json            the run's identity: its config, written once, rewritten
+                                   only by a resume with --allow_config_change (recovered
+                                   from the latest checkpoint if lost)
+    WORKDIR/config_changes.jsonl   each such change: step, keys, old and new values
     WORKDIR/lock                   held by the trainer while it runs (``sagd_jax.lock``)
     WORKDIR/checkpoints/<step>/    Orbax checkpoints (``sagd_jax.checkpoint``)
     WORKDIR/metrics.jsonl          every logged record, appended (cut back to the restored
@@ -24,7 +26,7 @@ from typing import Any
 import ml_collections
 
 from sagd_jax import checkpoint, console, files, noise_fit
-from sagd_jax.config import normalize
+from sagd_jax.config import ALLOW_CONFIG_CHANGE, change_record, identity_changes, normalize
 from sagd_jax.errors import DamagedCheckpoint
 from sagd_jax.lock import Lock
 
@@ -122,30 +124,61 @@ class Workdir:
                     f"--workdir={self.path}: holds a run with {key}={previous[key]!r}, this "
                     f"config has {current[key]!r}; use a new workdir")
 
-    def prepare(self, config: Any, is_writer: bool = True) -> None:
-        """Create the workdir and write ``config.json`` on a first start, or check that the run
-        already in it has a compatible config. ``config.json`` is never rewritten; a lost one
-        is written back from the latest checkpoint's config (not from ``config``)."""
+    def prepare(self, config: Any, is_writer: bool = True, allow_change: bool | None = None
+                ) -> None:
+        """Create the workdir and write ``config.json`` on a first start, or check a resume
+        against the run's identity (``_resume``: structural keys never change; identity keys
+        only with ``allow_change``, default ``ALLOW_CONFIG_CHANGE``, the trainer's
+        ``--allow_config_change``). A lost ``config.json`` is written back from the latest
+        checkpoint's config (with the allowed changes)."""
+        allow = ALLOW_CONFIG_CHANGE.get() if allow_change is None else allow_change
         if files.exists(self.config_path):
-            self.check_compatible(config)
+            self._resume(config, self.saved_config(), allow, is_writer)
             return
         try:
             if self.latest_step() is not None:
-                saved = self._checkpoint_config()
-                self.check_compatible(config, saved)
-                if is_writer:
-                    files.write_json(self.config_path, saved, exclusive=True)
-                    console.warning("%s was missing: written back from the config of "
-                                    "checkpoint %d", self.config_path, self.latest_step())
+                self._resume(config, self._checkpoint_config(), allow, is_writer, missing=True)
                 return
             files.makedirs(self.path)
             if is_writer:  # atomically: other processes may be reading it already
                 files.write_json(self.config_path, _as_dict(config), exclusive=True)
         except FileExistsError:  # another start wrote it meanwhile
-            self.check_compatible(config)
+            self._resume(config, self.saved_config(), allow, is_writer)
         except OSError as err:
             raise ValueError(f"--workdir={self.path}: not writable "
                              f"({err.strerror or err})") from None
+
+    def _resume(self, config: Any, saved: Any, allow: bool, is_writer: bool,
+                missing: bool = False) -> None:
+        """The resume-identity rule: ``config`` against the run's ``saved`` one. A structural
+        change is refused (``check_compatible``); a change of a key outside
+        ``config.RESUME_MAY_CHANGE`` is refused in one line naming each key with its old and
+        new value, unless ``allow``: then the writer appends it to ``config_changes.jsonl``
+        and rewrites ``config.json`` with ``config`` (the new identity). ``missing``: there is
+        no ``config.json``; it is written (``saved``, or ``config`` after a change)."""
+        self.check_compatible(config, saved)
+        changes = identity_changes(_as_dict(normalize(saved)), _as_dict(config),
+                                   STRUCTURAL_KEYS)
+        text = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        if changes and not allow:
+            raise ValueError(f"--workdir={self.path}: the run was started with other values of "
+                             f"keys a resume may not change ({text}); give "
+                             "--allow_config_change to resume with the new values (recorded in "
+                             "config_changes.jsonl), or use a new workdir")
+        if not is_writer:
+            return
+        step = self.latest_step()
+        if changes:
+            path = files.join(self.path, "config_changes.jsonl")
+            files.append_jsonl(path, change_record(step, changes))
+            console.warning("resuming at step %s with a changed config (%s): recorded in %s",
+                            step, text, path)
+        if changes or missing:
+            files.write_json(self.config_path, _as_dict(config if changes else saved),
+                             exclusive=missing)
+        if missing:
+            console.warning("%s was missing: written back from the config of checkpoint %d",
+                            self.config_path, step)
 
     def lock(self) -> Lock:
         """The trainer's lock on this workdir (not yet taken)."""
@@ -186,18 +219,49 @@ class Workdir:
         files.append_jsonl(self.metrics_path, record)
 
     def truncate_metrics(self, step: int) -> int:
-        """Drop the logged records of steps after ``step`` (a resume redoes them), atomically;
-        returns how many were dropped."""
-        records = self.metrics()
+        """Ready the log for a start at ``step``: drop the records of later steps (redone), and
+        move lines that are not JSON records (a torn write, anywhere) to a new
+        ``metrics.jsonl.torn`` with one warning line, so that nothing is appended onto them;
+        rewritten atomically, only if something changes. Returns how many records were
+        dropped. A one-line ``ValueError`` for a log that is a folder or cannot be read."""
+        if not files.exists(self.metrics_path):
+            return 0
+        try:
+            content = files.scan_jsonl(self.metrics_path)
+        except IsADirectoryError:
+            raise ValueError(f"{self.metrics_path}: a folder, not the run's log file; move it "
+                             "away to go on") from None
+        except OSError as err:
+            raise ValueError(f"{self.metrics_path}: cannot be read "
+                             f"({err.strerror or err})") from None
+        records = content.records
         keep = [r for r in records if not isinstance(r.get("step"), int) or r["step"] <= step]
-        if len(keep) < len(records):
+        if content.bad:  # kept first, then gone from the log: never lost, never appended onto
+            aside = files.write_beside(self.metrics_path, ".torn",
+                                       b"".join(line + b"\n" for _, line in content.bad))
+            console.warning("%s: %s (a write cut short): moved to %s", self.metrics_path,
+                            content.bad_text(), aside)
+        if len(keep) < len(records) or content.bad or content.unterminated:
             with files.atomic_open(self.metrics_path) as f:
                 f.writelines(json.dumps(r) + "\n" for r in keep)
         return len(records) - len(keep)
 
     def metrics(self) -> list[dict[str, Any]]:
-        """Every logged record (``[]`` before the first)."""
-        return files.read_jsonl(self.metrics_path)
+        """Every logged record that reads back (``[]`` before the first): a line that is not a
+        JSON record is skipped, a log that cannot be read (a folder) read as empty, each with
+        one warning line; never raises (a resume repairs the log: ``truncate_metrics``)."""
+        if not files.exists(self.metrics_path):
+            return []
+        try:
+            content = files.scan_jsonl(self.metrics_path)
+        except OSError as err:
+            console.warning("%s: cannot be read (%s); no metrics from it", self.metrics_path,
+                            "a folder" if files.isdir(self.metrics_path)
+                            else err.strerror or err)
+            return []
+        if content.bad:
+            console.warning("%s: %s; skipped", self.metrics_path, content.bad_text())
+        return content.records
 
     def last_metrics(self) -> dict[str, Any]:
         """The last logged step's records merged (training scalars and, when that step was

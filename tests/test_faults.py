@@ -306,7 +306,7 @@ def test_a_lost_config_json_is_recovered_from_the_checkpoint_never_from_the_new_
     assert "holds a run with model=" in error_line(result.stderr)
     assert snapshot(workdir) == before  # no config.json written, nothing else either
     result = run_cli("sagd_jax.main", *args, f"--workdir={workdir}",
-                     "--config.train.num_steps=9", "--config.optim.learning_rate=0.002")
+                     "--config.train.num_steps=9", "--config.train.log_every=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "config.json was missing: written back from the config of checkpoint 6" in (
         result.stderr)

@@ -5,7 +5,8 @@
   ch               int >= 4, base channel count
   ch_mult          non-empty sequence of positive ints, per-resolution channel multipliers
   num_res_blocks   positive int, residual blocks per resolution
-  attn_resolutions sequence of positive ints, feature-map sides with self-attention
+  attn_resolutions sequence of positive ints, feature-map sides with self-attention (a
+                   warning when none is a side of the network)
   dropout          float in [0, 1)
   num_groups       positive int, group-norm groups (capped at channels // 4)
   dtype            "float32" or "bfloat16", the compute dtype
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 
 from sagd_jax import validate
 from sagd_jax.models.stats import count_params, flops_per_image
-from sagd_jax.models.unet import UNet, check_image_size
+from sagd_jax.models.unet import UNet, check_attn_resolutions, check_image_size
 
 __all__ = ["UNet", "build_model", "count_params", "flops_per_image"]
 
@@ -53,6 +54,7 @@ def build_model(model_config: Any, image_shape: Sequence[int]) -> UNet:
     if len(shape) != 3 or not all(validate.is_int(s) and s > 0 for s in shape):
         raise validate.fail("image_shape", shape, "must be (H, W, C) positive ints")
     check_image_size(shape[0], shape[1], ch_mult)
+    check_attn_resolutions(shape[0], shape[1], ch_mult, attn_resolutions)
 
     return UNet(
         ch=ch,

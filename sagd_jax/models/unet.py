@@ -51,6 +51,23 @@ def check_image_size(height: int, width: int, ch_mult: tuple[int, ...]) -> None:
         )
 
 
+def check_attn_resolutions(height: int, width: int, ch_mult: tuple[int, ...],
+                           attn_resolutions: tuple[int, ...]) -> None:
+    """One warning line when ``attn_resolutions`` is not empty and names none of the
+    feature-map sides (heights) of an H x W image's levels: the network has no attention,
+    though attention was asked for. A warning, not a refusal: one config serves several image
+    sizes (``experiments/configs/paper.py``, the tests' tiny overrides), each size using the
+    entries that exist for it."""
+    from sagd_jax import console
+
+    sides = [height // 2**level for level in range(len(ch_mult))]
+    if attn_resolutions and not set(attn_resolutions) & set(sides):
+        console.warning(
+            "model.attn_resolutions=%s: no such feature-map side, so no attention layer; the "
+            "%dx%d images with model.ch_mult=%s have %s", tuple(attn_resolutions), height,
+            width, tuple(ch_mult), ", ".join(map(str, sides)))
+
+
 class ResBlock(nn.Module):
     """DDPM++ residual block, optionally resampling and with self-attention.
 

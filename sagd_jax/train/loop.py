@@ -181,9 +181,11 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
     resuming = run.workdir.latest_step() is not None
     state = (run.restore(mesh, set_aside_damaged=True) if resuming else run.init_state(mesh))
     start = int(jax.device_get(state.step))
-    if is_writer and resuming and run.workdir.truncate_metrics(start):
-        console.info("resuming at step %d: the log's records after it are dropped (redone)",
-                     start)
+    # every start: a log left by a start killed before its first checkpoint is cut back too,
+    # a torn line set aside, a folder in its place refused (one line) before any step
+    if is_writer and run.workdir.truncate_metrics(start):
+        console.info("%s at step %d: the log's records after it are dropped (redone)",
+                     "resuming" if resuming else "starting", start)
     checkpointer = run.workdir.checkpointer(keep=cfg.keep_checkpoints)
     writer = metric_writers.create_default_writer(run.workdir.path, just_logging=not is_writer)
     if start == 0:
@@ -316,6 +318,12 @@ def write_samples(run: Run, state: TrainState, data_spectrum: np.ndarray,
     ``samples/``, both also as TensorBoard images, and the spectrum error as a scalar."""
     step = int(jax.device_get(state.step))
     images = run.periodic_samples(state.ema_params, step)
+    bad = int(np.size(images) - np.count_nonzero(np.isfinite(images)))
+    if bad:  # diverged EMA weights (train.nonfinite=skip goes on): no grid of NaN images
+        console.warning("step %d: the samples hold %d non-finite values (the EMA weights have "
+                        "diverged?); no grid or spectrum written", step, bad)
+        writer.write_scalars(step, {"sample_spectrum_log_error": float("nan")})
+        return
     centers, power = radial_power_spectrum(images)
     error = spectrum_log_error(power, data_spectrum)
     writer.write_scalars(step, {"sample_spectrum_log_error": error})
