@@ -1,10 +1,13 @@
 """Exclusive lock files: one writer per workdir (a trainer) or per sample set (a sampler).
 
-A lock is a JSON file ``{"host", "pid", "started", "holder"}`` created with ``O_EXCL``; while
+A lock is a JSON file ``{"host", "pid", "started", "holder"}`` created exclusively; while
 held, a daemon thread touches it every ``HEARTBEAT_S`` seconds. A lock is stale, and taken over
 with a warning line, when its process is gone (same host: the pid is not running) or, for a
 holder on another host, when its heartbeat is older than ``STALE_AFTER_S``. Any other lock
-refuses the second writer with one line saying who holds it and how to clear it.
+refuses the second writer with one line saying who holds it and how to clear it. A lock file
+without a record (empty or garbled, which a failed write of an older version left) is stale
+once ``UNREADABLE_STALE_S`` old; the record is written under a temporary name and linked into
+place, so a failed write (a full disk) leaves no lock file.
 
 On an object store (a ``gs://`` workdir) there is no ``O_EXCL`` and no inode: the lock is best
 effort. It is created if absent (``files.atomic_open(exclusive=True)``: a check before and
@@ -28,9 +31,11 @@ import time
 from typing import Any
 
 from sagd_jax import console, files
+from sagd_jax.errors import one_line
 
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 120.0  # heartbeat age after which a lock of another host counts as stale
+UNREADABLE_STALE_S = 5.0  # age after which an empty or garbled lock file counts as stale
 
 
 def _running(pid: int) -> bool:
@@ -83,15 +88,19 @@ class Lock:
         raise ValueError(f"{self.what}: could not take the lock {self.path}")
 
     def _create(self, record: dict[str, Any]) -> bool:
-        """Write ``record`` as the lock file if there is none; whether it is ours now."""
+        """Write ``record`` as the lock file if there is none; whether it is ours now. Written
+        under a temporary name and linked into place, so a failed write (a full disk) leaves
+        no lock file; an ``OSError`` other than the lock's existence is raised."""
         if files.is_local(self.path):
             try:
-                fd = os.open(files.normalize(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY,
-                             0o666)
+                with files.atomic_open(self.path, "w", exclusive=True) as f:
+                    json.dump(record, f)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
+            except OSError as err:  # a failed write names no file: this one
+                if err.filename is not None or err.errno is None:
+                    raise
+                raise OSError(err.errno, err.strerror, self.path) from err
             return True
         try:  # an object store: create if absent, then read back (best effort)
             with files.atomic_open(self.path, "w", exclusive=True) as f:
@@ -114,9 +123,9 @@ class Lock:
             host, pid = str(other["host"]), int(other["pid"])
         except FileNotFoundError:  # released meanwhile
             return
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ValueError(f"{self.what}: unreadable lock file {self.path}; if no other "
-                             f"process writes here, remove it") from None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            self._clear_if_unreadable(err)
+            return
         same_host = host == socket.gethostname()
         gone = (not _running(pid)) if same_host else age > STALE_AFTER_S
         who = (f"{other.get('holder', 'a process')} pid {pid} on {host}, started "
@@ -131,6 +140,26 @@ class Lock:
             if self._identity() == mark:  # still the lock we judged
                 files.remove(self.path)
         console.warning("%s: removed the stale lock of %s (%s)", self.what, who, reason)
+
+    def _clear_if_unreadable(self, err: BaseException) -> None:
+        """Remove a lock file that does not hold a lock record (empty or garbled: a write that
+        failed) once it is ``UNREADABLE_STALE_S`` old, with one warning line; refuse a younger
+        one (a writer of an older version may still be writing it)."""
+        try:
+            mark, age = self._identity(), time.time() - files.mtime(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as stat_err:
+            raise ValueError(f"{self.what}: unreadable lock file {self.path} "
+                             f"({one_line(stat_err)})") from None
+        if age < UNREADABLE_STALE_S:
+            raise ValueError(f"{self.what}: unreadable lock file {self.path} ({one_line(err)}, "
+                             f"written {age:.0f} s ago); run again in a few seconds")
+        with contextlib.suppress(FileNotFoundError):
+            if self._identity() == mark:  # still the file we judged
+                files.remove(self.path)
+        console.warning("%s: removed the unreadable lock file %s (%s, %.0f s old)", self.what,
+                        self.path, one_line(err), age)
 
     def _heartbeat(self) -> None:
         local = files.is_local(self.path)

@@ -11,7 +11,10 @@ the exact Gaussian model of ``grf`` data, no checkpoint needed) and writes into 
   ``float32``), each written atomically once done, while the set is being made; removed once
   ``samples.npz`` is written and read back sound (kept with ``keep_chunks``);
 * ``manifest.json``: the settings (everything but ``num_samples``); a later call with other
-  settings is refused, one with the same settings and a larger ``num_samples`` grows the set;
+  settings is refused once the folder holds samples (before that, a failed first attempt's
+  manifest is replaced), one with the same settings and a larger ``num_samples`` grows it;
+* ``checksums.json``: the SHA-256 of ``samples.npz`` as written; a file that no longer matches
+  is set aside and the set made again (``sagd_jax.evaluate`` refuses it);
 * ``lock``: held while a sampler writes here (``sagd_jax.lock``); a second one is refused;
 * with ``png_dir``: every sample as ``png_dir/NNNNNN.png`` (``sagd_jax.sample_files``).
 
@@ -169,14 +172,28 @@ def load_condition(path: str, image_shape: tuple[int, ...]) -> np.ndarray:
     return images.astype(np.float32)
 
 
-def _check_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
-    """Write ``manifest.json`` in a new ``out_dir``, or refuse one made with other settings."""
+def _holds_samples(out_dir: str) -> bool:
+    """Whether ``out_dir`` holds anything of a sample set beyond its manifest and lock: a
+    chunk, ``samples.npz`` (sound or set aside), ... (hidden temporaries do not count)."""
+    for folder, skip in ((out_dir, {"manifest.json", "lock", "chunks"}),
+                         (files.join(out_dir, "chunks"), set())):
+        if files.isdir(folder) and any(not name.startswith(".") and name not in skip
+                                       for name in files.listdir(folder)):
+            return True
+    return False
+
+
+def _check_manifest(out_dir: str, manifest: dict[str, Any], replace: bool = False) -> bool:
+    """Write ``manifest.json`` in a new ``out_dir``, or refuse one made with other settings
+    when the folder holds samples. Returns whether the manifest there is of other settings
+    but nothing was made with them (a failed first attempt): with ``replace`` (under the
+    lock) it is then replaced, with one info line."""
     path = files.join(out_dir, "manifest.json")
     if not files.exists(path):
         files.makedirs(out_dir)
         try:
             files.write_json(path, manifest, exclusive=True)
-            return
+            return False
         except FileExistsError:  # another sampler wrote it first: compare with that one
             pass
     try:
@@ -187,11 +204,18 @@ def _check_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
     if isinstance(previous, dict) and previous.get("layout") != manifest["layout"]:
         raise ValueError(f"--out={out_dir}: holds a sample set of an earlier layout (float32 "
                          "chunks of num_samples images); use another --out")
-    if previous != manifest:
-        differing = sorted(k for k in manifest if not isinstance(previous, dict)
-                           or previous.get(k) != manifest[k])
+    if previous == manifest:
+        return False
+    differing = sorted(k for k in manifest if not isinstance(previous, dict)
+                       or previous.get(k) != manifest[k])
+    if _holds_samples(out_dir):
         raise ValueError(f"--out={out_dir}: holds samples made with other settings "
                          f"({', '.join(differing)}); use another --out")
+    if replace:
+        files.write_json(path, manifest)
+        console.info("%s: no samples made yet with its settings; %s replaced (%s now as "
+                     "given)", out_dir, "manifest.json", ", ".join(differing))
+    return True
 
 
 Expected = dict[str, tuple[tuple[int | None, ...], Any]]  # name: (shape, None = any; dtype)
@@ -238,6 +262,23 @@ def _sound_or_set_aside(path: str, expected: Expected, redo: str) -> bool:
     console.warning("%s: damaged (%s); moved to %s, %s", path, reason,
                     os.path.basename(aside), redo)
     return False
+
+
+def _set_aside_if_changed(final: str) -> None:
+    """A sound ``samples.npz`` that is not the file recorded in ``checksums.json`` (rewritten
+    since) is set aside like a damaged one, with one warning line."""
+    from sagd_jax.sample_files import CHECKSUMS, sha256
+
+    recorded = files.join(files.dirname(final), CHECKSUMS)
+    try:
+        expected = files.read_json(recorded)["samples.npz"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # none recorded (an earlier set): the arrays' own checks stand
+    if sha256(final) != expected:
+        aside = files.set_aside(final)
+        console.warning("%s: not the file this sampler wrote (SHA-256 differs from %s); moved "
+                        "to %s, making the set again", final, CHECKSUMS,
+                        os.path.basename(aside))
 
 
 def held(path: str) -> int:
@@ -306,13 +347,25 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     lock = Lock(files.join(out_dir, "lock"), f"--out={out_dir}", "sampler")
 
     def check_and_lock() -> None:
-        _check_manifest(out_dir, manifest)
-        lock.acquire()
+        if not _check_manifest(out_dir, manifest):
+            lock.acquire()
+            return
+        lock.acquire()  # other settings, nothing made with them: replaced once locked
+        try:
+            _check_manifest(out_dir, manifest, replace=True)
+        except BaseException:
+            lock.release()
+            raise
 
     on_process0(check_and_lock, "sagd-sample-lock")
     try:
-        final = _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks, condition, times,
-                             keep_chunks)
+        try:
+            final = _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks, condition,
+                                 times, keep_chunks)
+        except jax.errors.JaxRuntimeError as err:
+            if "RESOURCE_EXHAUSTED" not in str(err):
+                raise
+            raise ValueError(_out_of_memory(out_dir, request)) from None
         if final is not None and png_dir is not None and jax.process_index() == 0:
             from sagd_jax.sample_files import write_pngs
 
@@ -322,6 +375,17 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
         return final
     finally:
         lock.release()
+
+
+def _out_of_memory(out_dir: str, request: SampleRequest) -> str:
+    """The one line for a chunk that does not fit in device memory."""
+    import jax
+
+    where = ("with another --out (this one holds samples of this chunk size)"
+             if _holds_samples(out_dir) else "(the same --out takes it: it holds no samples)")
+    return (f"out of device memory sampling --chunk_size={request.chunk_size} images "
+            f"({request.chunk_size // jax.device_count()} per device on "
+            f"{jax.device_count()} device(s)); try a smaller --chunk_size {where}")
 
 
 def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, mesh: Any,
@@ -349,8 +413,9 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, me
     final_arrays: Expected = {"arr_0": ((None, *run.image_shape), np.uint8)}
     if request.float32:
         final_arrays["float32"] = ((None, *run.image_shape), np.float32)
-    if jax.process_index() == 0:
-        _sound_or_set_aside(final, final_arrays, "making the set again")
+    if jax.process_index() == 0 and _sound_or_set_aside(final, final_arrays,
+                                                        "making the set again"):
+        _set_aside_if_changed(final)
     barrier("sagd-sample-final-verified")
     before = held(final)
     if before >= wanted:
@@ -417,6 +482,10 @@ def _assemble(final: str, final_arrays: Expected, chunks: list[str], chunk_array
         raise ValueError(f"{final}: holds {held(final)} samples after writing {wanted}; run "
                          "the same command again")
     read_verified(final, final_arrays)
+    from sagd_jax.sample_files import CHECKSUMS, sha256
+
+    files.write_json(files.join(files.dirname(final), CHECKSUMS),
+                     {"samples.npz": {"sha256": sha256(final), "num_samples": wanted}})
     if not keep_chunks:
         files.rmtree(files.join(files.dirname(final), "chunks"))
     grid = files.join(files.dirname(final), "grid.png")

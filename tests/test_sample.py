@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+import pathlib
 import re
 import socket
 import subprocess
@@ -113,6 +114,13 @@ def test_a_set_grows_keeping_its_samples_bit_for_bit_and_equals_a_fresh_one(trai
     assert (out / "samples.npz").read_bytes() == before
     with pytest.raises(ValueError, match=r"other settings \(float32\)"):
         generate(trained, dataclasses.replace(big, float32=True), str(out))
+    # Rewritten since (another arr_0, sound as an npz): not the file the sampler recorded, so
+    # set aside and made again, not taken as complete.
+    np.savez(out / "samples.npz", arr_0=255 - grown)
+    assert generate(trained, big, str(out)) == path
+    with np.load(path) as f:
+        np.testing.assert_array_equal(f["arr_0"], grown)
+    assert (out / "samples.npz.damaged").exists()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -464,3 +472,25 @@ def test_evaluate_refuses_bad_sample_files_in_one_line_before_any_work(
     assert result.stdout == ""
     assert sorted(os.listdir(folder)) == ["manifest.json", "samples.npz"]
     assert path.read_bytes() == content
+
+
+def test_a_read_only_workdir_is_sampled_and_evaluated_into_a_writable_out(trained, tmp_path,
+                                                                          monkeypatch, run_cli):
+    """Reading a run needs no writes: a workdir the user may not write (here: as
+    ``files.unwritable`` reports it; the tests run as root, whom permissions do not stop) is
+    sampled and judged into folders of their own."""
+    from sagd_jax import files
+
+    real = files.unwritable
+    monkeypatch.setattr(files, "unwritable", lambda p: "read-only file system"
+                        if os.path.abspath(str(p)).startswith(trained) else real(p))
+    before = sorted(str(p) for p in pathlib.Path(trained).rglob("*"))
+    out = tmp_path / "out"
+    result = run_cli("sagd_jax.sample", f"--workdir={trained}", "--num_samples=4",
+                     "--sampler=ddpm", "--steps=2", "--chunk_size=4", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    judged = run_cli("sagd_jax.evaluate", f"--samples={out / 'samples.npz'}",
+                     f"--out={tmp_path / 'judged.json'}", "--max_reference=16",
+                     "--num_subsets=2", "--subset_size=4")
+    assert judged.returncode == 0, judged.stderr[-3000:]
+    assert sorted(str(p) for p in pathlib.Path(trained).rglob("*")) == before

@@ -285,3 +285,45 @@ def test_progress_lines_leave_out_compilation_and_the_run_ends_with_where_things
     assert lines[-2].endswith(f"(wall time), loss {records[-1]['loss']:.4f}"), lines
     assert lines[-1] == (f"workdir {workdir}: checkpoints/ (step 4), samples/, metrics.jsonl, "
                          "TensorBoard events"), lines
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_sigterm_sighup_and_a_first_ctrl_c_ask_the_loop_to_save_and_stop(sig, repo):
+    """SIGHUP (a closed terminal, a dropped ssh session) is a stop request like SIGTERM: the
+    loop checkpoints and exits 75, where the default would kill it with nothing saved."""
+    code = ("import os, sys\n"
+            "from sagd_jax.train.preemption import PreemptionFlag\n"
+            "with PreemptionFlag() as flag:\n"
+            f"    os.kill(os.getpid(), {int(sig)})\n"
+            "print(flag.requested, flag.signal_name)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["True", sig.name], out
+
+
+def test_diverged_samples_write_no_grid_and_no_numpy_warnings(tmp_path, monkeypatch):
+    """``train.nonfinite=skip`` can go on with diverged EMA weights: their NaN samples give one
+    warning line, no PNG of NaN images, no spectrum file, no numpy RuntimeWarnings."""
+    import types
+    import warnings
+
+    from sagd_jax import console
+    from sagd_jax.train.loop import write_samples
+
+    said, scalars = [], {}
+    monkeypatch.setattr(console, "warning", lambda msg, *a: said.append(msg % a))
+    images = np.full((4, 8, 8, 1), np.nan, np.float32)
+    run = types.SimpleNamespace(
+        periodic_samples=lambda params, step: images,
+        workdir=types.SimpleNamespace(sample_grid_path=lambda s: str(tmp_path / f"{s}.png"),
+                                      spectrum_path=lambda s: str(tmp_path / f"{s}.json"),
+                                      samples_dir=str(tmp_path)))
+    writer = types.SimpleNamespace(write_scalars=lambda step, d: scalars.update(d),
+                                   write_images=lambda step, d: None)
+    state = types.SimpleNamespace(step=np.int32(4), ema_params=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_samples(run, state, np.ones(5), writer, is_writer=True)
+    assert said == ["step 4: the samples hold 256 non-finite values (the EMA weights have "
+                    "diverged?); no grid or spectrum written"]
+    assert os.listdir(tmp_path) == [] and np.isnan(scalars["sample_spectrum_log_error"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from sagd_jax import validate
 from sagd_jax.data.config import entry, get_root
 from sagd_jax.data.sources import ArraySource, ImageSource
+from sagd_jax.errors import one_line
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 SPLIT_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
@@ -61,11 +63,16 @@ def parse_idx(data: bytes, what: str = "IDX data") -> np.ndarray:
 
 
 def read_idx(path: str) -> np.ndarray:
-    """Read an IDX file, gzipped or not (detected from its first bytes)."""
+    """Read an IDX file, gzipped or not (detected from its first bytes); a damaged gzip file
+    (truncated, altered) raises a one-line ``ValueError`` naming ``path``."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+            raise ValueError(f"{path}: damaged gzip file ({one_line(err)}); replace it with "
+                             "a good copy") from None
     return parse_idx(data, what=path)
 
 

@@ -49,10 +49,15 @@ class Reference:
     name: str
 
 
-def load_reference(path: str) -> Reference:
-    """A reference ``.npz``: ours (with features), pytorch-fid's or EDM's (``mu``, ``sigma``).
-    One-line ``ValueError`` naming ``path`` when it is not one."""
+def load_reference(path: str, dim: int = 2048) -> Reference:
+    """A reference ``.npz``: ours (with features), pytorch-fid's or EDM's (``mu``, ``sigma``)
+    of ``dim``-d features (the FID Inception's 2048). One-line ``ValueError`` naming ``path``
+    when it is not one, or of another feature size."""
     stats = load_reference_stats(path)
+    if len(stats.mean) != dim:
+        raise ValueError(f"{path}: statistics of {len(stats.mean)}-d features (mu "
+                         f"{stats.mean.shape}, sigma {stats.cov.shape}), the FID Inception's "
+                         f"are {dim}-d; use a reference of its pool features")
     features = None
     with np.load(path, allow_pickle=False) as data:
         if "features" in data.files:
