@@ -37,6 +37,7 @@ import os
 import posixpath
 import re
 import shutil
+import sys
 import tempfile
 import urllib.parse
 import uuid
@@ -91,9 +92,17 @@ def _remote(p: str | os.PathLike[str]) -> str:
 
 
 def path(p: str | os.PathLike[str]) -> epath.Path:
-    """The ``epath.Path`` of ``p``: an absolute local path, or a remote URL."""
+    """The ``epath.Path`` of ``p``: an absolute local path, or a remote URL (its backend,
+    TensorFlow's gfile where installed, imported without its C++ start-up lines)."""
     from etils import epath
 
+    if not is_local(p) and "tensorflow" not in sys.modules:
+        import importlib.util
+
+        from sagd_jax import console
+
+        if importlib.util.find_spec("tensorflow") is not None:
+            console.import_quietly("tensorflow")
     return epath.Path(absolute(p))
 
 

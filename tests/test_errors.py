@@ -310,3 +310,4 @@ def test_only_the_trainers_second_ctrl_c_says_it_stopped_without_saving(capfd):
     assert cli.run(None, lambda fv: None, startup, ["tool"]) == INTERRUPTED
     assert error_line(capfd.readouterr().err) == ("error: interrupted: stopped; finished work is "
                                               "kept (run the same command to continue)")
+
