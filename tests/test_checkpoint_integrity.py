@@ -138,12 +138,15 @@ def test_a_missing_fingerprint_is_damage_for_the_sampler_and_the_trainer(
     assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6", "6.damaged"]
     assert_redone_bit_for_bit(workdir, trained)
 
-    # A checkpoint from before fingerprints (its metadata lists none): one warning line.
-    metadata_path = workdir / "checkpoints" / "6.damaged" / METADATA
+    # A checkpoint from before fingerprints (its metadata lists none): one warning line. Made
+    # from the sound step 6 (the damaged copy's flipped bit may land in compressed data, which
+    # then fails to read at all).
+    shutil.copytree(workdir / "checkpoints" / "6", workdir / "checkpoints" / "9")
+    shutil.rmtree(workdir / "checkpoints" / "9" / "fingerprint", ignore_errors=True)
+    metadata_path = workdir / "checkpoints" / "9" / METADATA
     metadata = json.loads(metadata_path.read_text())
     del metadata["item_handlers"]["fingerprint"]
     metadata_path.write_text(json.dumps(metadata))
-    os.rename(workdir / "checkpoints" / "6.damaged", workdir / "checkpoints" / "9")
     result = run_cli("sagd_jax.sample", f"--workdir={workdir}", "--num_samples=2",
                      "--steps=2", "--chunk_size=2", "--checkpoint_step=9", "--seed=1")
     assert result.returncode == 0, result.stderr[-3000:]
