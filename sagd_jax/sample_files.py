@@ -122,16 +122,33 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _check_sum(where: str, path: str) -> None:
-    """Refuse a set whose file is not the one its sampler recorded in ``checksums.json``."""
+def record_sha256(path: str, **extra: Any) -> None:
+    """Record the SHA-256 of the file at ``path`` (and ``extra``) in ``checksums.json``
+    beside it (the sampler, once ``samples.npz`` is written)."""
+    files.write_json(files.join(files.dirname(path), CHECKSUMS),
+                     {os.path.basename(path): {"sha256": sha256(path), **extra}})
+
+
+def recorded_sha256(path: str) -> str | None:
+    """The SHA-256 recorded for the file at ``path`` by ``record_sha256``; None when none is
+    (a set from before the checksums, or made elsewhere); a ``ValueError`` naming the record
+    when it is unreadable."""
     recorded = files.join(files.dirname(path), CHECKSUMS)
     if not files.exists(recorded):
-        return  # a set from before the checksums, or made elsewhere
+        return None
     try:
-        expected = files.read_json(recorded)[os.path.basename(path)]["sha256"]
+        return str(files.read_json(recorded)[os.path.basename(path)]["sha256"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{where}: unreadable {recorded} ({one_line(err)})") from None
-    if sha256(path) != expected:
+        raise ValueError(f"unreadable {recorded} ({one_line(err)})") from None
+
+
+def _check_sum(where: str, path: str) -> None:
+    """Refuse a set whose file is not the one its sampler recorded in ``checksums.json``."""
+    try:
+        expected = recorded_sha256(path)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    if expected is not None and sha256(path) != expected:
         raise ValueError(f"{where}: not the file its sampler wrote (SHA-256 differs from "
                          f"{CHECKSUMS}): changed since; make the set again (same command)")
 

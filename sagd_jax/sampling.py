@@ -267,14 +267,13 @@ def _sound_or_set_aside(path: str, expected: Expected, redo: str) -> bool:
 def _set_aside_if_changed(final: str) -> None:
     """A sound ``samples.npz`` that is not the file recorded in ``checksums.json`` (rewritten
     since) is set aside like a damaged one, with one warning line."""
-    from sagd_jax.sample_files import CHECKSUMS, sha256
+    from sagd_jax.sample_files import CHECKSUMS, recorded_sha256, sha256
 
-    recorded = files.join(files.dirname(final), CHECKSUMS)
     try:
-        expected = files.read_json(recorded)["samples.npz"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # none recorded (an earlier set): the arrays' own checks stand
-    if sha256(final) != expected:
+        expected = recorded_sha256(final)
+    except ValueError:
+        return  # an unreadable record: the arrays' own checks stand
+    if expected is not None and sha256(final) != expected:
         aside = files.set_aside(final)
         console.warning("%s: not the file this sampler wrote (SHA-256 differs from %s); moved "
                         "to %s, making the set again", final, CHECKSUMS,
@@ -478,14 +477,13 @@ def _assemble(final: str, final_arrays: Expected, chunks: list[str], chunk_array
         old = read_verified(final, final_arrays)
         arrays = {k: np.concatenate([old[k], arrays[k]]) for k in final_arrays}
     files.write_npz(final, **arrays)  # atomic: the old set until the new one is whole
-    if held(final) != wanted:
-        raise ValueError(f"{final}: holds {held(final)} samples after writing {wanted}; run "
-                         "the same command again")
-    read_verified(final, final_arrays)
-    from sagd_jax.sample_files import CHECKSUMS, sha256
+    written = len(read_verified(final, final_arrays)["arr_0"])
+    if written != wanted:
+        raise ValueError(f"{final}: holds {written} samples after writing {wanted}; run the "
+                         "same command again")
+    from sagd_jax.sample_files import record_sha256
 
-    files.write_json(files.join(files.dirname(final), CHECKSUMS),
-                     {"samples.npz": {"sha256": sha256(final), "num_samples": wanted}})
+    record_sha256(final, num_samples=wanted)
     if not keep_chunks:
         files.rmtree(files.join(files.dirname(final), "chunks"))
     grid = files.join(files.dirname(final), "grid.png")
