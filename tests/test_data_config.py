@@ -29,6 +29,8 @@ def test_default_config_holds_every_key():
         "num_examples",
         "seed",
         "image_key",
+        "num_classes",
+        "label_key",
         "download",
         "random_flip",
         "crop",

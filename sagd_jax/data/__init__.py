@@ -11,12 +11,18 @@ Where things live:
   corruption       additive patterns confined to a radial frequency band
   preprocess       resize (antialiased) and crop to data.image_size, from any source size
   pipeline         grain MapDataset of batches, pure functions of (seed, step, process);
-                   batch_options checks the keys it reads, before anything loads
+                   batch_options checks the keys it reads, before anything loads;
+                   batch_labels: the class labels of the same batches (no images read)
 
 Typical use:
     source = get_source(config.data)
     batch = load_batch(source, config.data, seed, step, global_batch, jax.process_index(),
                        jax.process_count())
+
+Class labels (``data.num_classes = K > 0``; sources with ``labels`` / ``class_names``):
+    num_classes = check_labels(source, config.data)       # K, or 0: no labels read
+    labels = batch_labels(source, config.data, seed, global_batch, jax.process_index(),
+                          jax.process_count())[step]       # int32 (B / P,), as batch's rows
 
 More sources plug in with ``register_source(name, factory)``, ``factory(data_config)``
 returning an ``ImageSource``.
@@ -29,7 +35,9 @@ from sagd_jax.data.folder import make_folder
 from sagd_jax.data.grf import grf_model, make_grf
 from sagd_jax.data.natural_patches import make_natural_patches
 from sagd_jax.data.pipeline import (
+    BatchLabels,
     BatchOptions,
+    batch_labels,
     batch_options,
     batches,
     clean_images,
@@ -41,6 +49,7 @@ from sagd_jax.data.preprocess import Preprocess
 from sagd_jax.data.sources import (
     ArraySource,
     ImageSource,
+    check_labels,
     get_source,
     known_sources,
     read_image,
@@ -56,12 +65,15 @@ register_source("grf", make_grf)
 
 __all__ = [
     "ArraySource",
+    "BatchLabels",
     "BatchOptions",
     "Corruption",
     "ImageSource",
     "Preprocess",
+    "batch_labels",
     "batch_options",
     "batches",
+    "check_labels",
     "clean_images",
     "corruption_from_config",
     "default_data_config",

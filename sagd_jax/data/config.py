@@ -29,6 +29,11 @@ def default_data_config() -> ml_collections.ConfigDict:
     num_examples:  size of the virtual natural_patches and grf datasets.
     seed:          seed of the natural_patches crops and grf fields (the dataset, not its order).
     image_key:     TFDS feature holding the image.
+    num_classes:   classes of the labels the pipeline reads (``check_labels``,
+                   ``batch_labels``): 0 = none read (unconditional); K > 0 = the source must
+                   have labels of exactly K classes (fashion_mnist: its label files, 10;
+                   tfds: the feature ``label_key``; folder: one class per sub-folder).
+    label_key:     TFDS feature holding the class label (read only when num_classes > 0).
     download:      allow TFDS to download and prepare a missing dataset.
     random_flip:   random horizontal flips (probability 1/2 per image).
     crop:          "center" or "random": the image_size square taken from each image after
@@ -53,6 +58,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.num_examples = 50_000
     cfg.seed = 0
     cfg.image_key = "image"
+    cfg.num_classes = 0
+    cfg.label_key = "label"
     cfg.download = False
     cfg.random_flip = False
     cfg.crop = "center"
@@ -103,3 +110,13 @@ def get_root(cfg: Any) -> str:
                             "must be a folder path (string) or '' for the default")
     return value
 
+
+
+def get_num_classes(cfg: Any) -> int:
+    """``data.num_classes`` (an integer >= 0; 0: the source's labels are not read)."""
+    return validate.integer(*entry(cfg, "num_classes"), 0)
+
+
+def get_label_key(cfg: Any) -> str:
+    """``data.label_key``: the TFDS feature holding the class label (a non-empty string)."""
+    return validate.text(*entry(cfg, "label_key"))

@@ -2,7 +2,8 @@
 
 Debian's package ``dataset-fashion-mnist`` installs gzipped IDX files in
 ``/usr/share/datasets/fashion-mnist``; ``data.root`` may name another folder holding them
-(plain or ``.gz``). Labels are not read: the sources are label-free.
+(plain or ``.gz``). Labels (``train-labels-idx1-ubyte``, ``t10k-labels-idx1-ubyte``, 10
+classes, ``CLASS_NAMES``) are read only when ``data.num_classes > 0``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sagd_jax import validate
-from sagd_jax.data.config import entry, get_root
+from sagd_jax.data.config import entry, get_num_classes, get_root
 from sagd_jax.data.sources import ArraySource, ImageSource
 from sagd_jax.errors import one_line
 
@@ -23,6 +24,8 @@ DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 SPLIT_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
 SPLIT_SIZES = {"train": 60_000, "test": 10_000}
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot")  # label i is CLASS_NAMES[i]
 
 # IDX element type code -> numpy dtype (big-endian where it matters).
 _IDX_DTYPES = {
@@ -98,6 +101,28 @@ def load_fashion_mnist_images(root: str, split: str) -> np.ndarray:
     return images[..., None]
 
 
+def load_fashion_mnist_labels(root: str, split: str, num_images: int | None = None
+                              ) -> np.ndarray:
+    """int64 labels ``(N,)`` of ``split``, in [0, 10), from the IDX label file in ``root``; a
+    missing, damaged or inconsistent file (``num_images`` labels expected) is a one-line
+    ``ValueError`` naming it."""
+    path = find_idx_file(root, LABEL_FILES[split])
+    if path is None:
+        raise ValueError(f"{os.path.join(root, LABEL_FILES[split])}[.gz]: missing; the labels "
+                         f"of fashion_mnist/{split} (data.num_classes > 0) are read from it")
+    labels = read_idx(path)
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise ValueError(f"{path}: expected uint8 (N,) labels, got {labels.dtype} "
+                         f"{labels.shape}; replace it with a good copy")
+    if num_images is not None and labels.shape[0] != num_images:
+        raise ValueError(f"{path}: {labels.shape[0]} labels for {num_images} images; "
+                         "replace it with a good copy")
+    if labels.size and labels.max() >= len(CLASS_NAMES):
+        raise ValueError(f"{path}: label {int(labels.max())} outside [0, "
+                         f"{len(CLASS_NAMES)}); replace it with a good copy")
+    return labels.astype(np.int64)
+
+
 def load_labeled_fashion_mnist(split: str, root: str | None = None
                                ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images ``(N, 28, 28, 1)`` and int32 labels ``(N,)`` of ``split``, from the IDX
@@ -105,7 +130,8 @@ def load_labeled_fashion_mnist(split: str, root: str | None = None
     root = root or DEBIAN_ROOT
     label_path = find_idx_file(root, LABEL_FILES[split])
     if label_path is not None and find_idx_file(root, SPLIT_FILES[split]) is not None:
-        return load_fashion_mnist_images(root, split), read_idx(label_path).astype(np.int32)
+        images = load_fashion_mnist_images(root, split)
+        return images, load_fashion_mnist_labels(root, split, len(images)).astype(np.int32)
     import tensorflow_datasets as tfds
 
     try:
@@ -119,8 +145,10 @@ def load_labeled_fashion_mnist(split: str, root: str | None = None
 
 
 def make_fashion_mnist(data_config: Any) -> ImageSource:
-    """Factory for ``data.name = "fashion_mnist"`` (keys: split, root, image_size, channels)."""
+    """Factory for ``data.name = "fashion_mnist"`` (keys: split, root, image_size, channels,
+    num_classes: > 0 reads the labels too, with ``CLASS_NAMES``)."""
     split = validate.one_of(*entry(data_config, "split"), tuple(SPLIT_FILES))
+    labelled = get_num_classes(data_config) > 0
     root = get_root(data_config)
     if root:
         if not os.path.isdir(root):
@@ -130,12 +158,16 @@ def make_fashion_mnist(data_config: Any) -> ImageSource:
     elif find_idx_file(DEBIAN_ROOT, SPLIT_FILES[split]) is not None:
         root = DEBIAN_ROOT
     if root:
-        source: ImageSource = ArraySource(
-            f"fashion_mnist/{split}", load_fashion_mnist_images(root, split)
-        )
+        if labelled and find_idx_file(root, LABEL_FILES[split]) is None:
+            load_fashion_mnist_labels(root, split)  # the one line naming the missing file
+        images = load_fashion_mnist_images(root, split)
+        labels = load_fashion_mnist_labels(root, split, len(images)) if labelled else None
+        source: ImageSource = ArraySource(f"fashion_mnist/{split}", images, labels,
+                                          CLASS_NAMES if labelled else None)
     else:  # No local files: fall back to TensorFlow Datasets.
         from sagd_jax.data.tfds_source import TfdsSource
 
         download = validate.boolean(*entry(data_config, "download"))
-        source = TfdsSource("fashion_mnist", split, download=download)
+        source = TfdsSource("fashion_mnist", split, download=download,
+                            label_key="label" if labelled else None)
     return source

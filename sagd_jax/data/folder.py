@@ -6,6 +6,12 @@ crops them, ``sagd_jax.data.preprocess``); each is converted to grayscale (Pillo
 ``data.channels = 1``) or RGB ("RGB", ``data.channels = 3``) when decoded. Every file's header
 is read when the source is built (an unreadable file is named then, before training starts);
 pixels are decoded one image at a time by ``read(i)``, in the pipeline's worker threads.
+
+With ``data.num_classes > 0`` the folder is read by the ImageFolder convention: each immediate
+sub-folder of the root is a class (classes in sorted order of the sub-folder names:
+``class_names``), and each image's label is the class folder it lies under (images found
+recursively below it). An image directly in the root, or a class folder without images, is a
+one-line ``ValueError`` naming it, before any image header is read.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from sagd_jax import validate
-from sagd_jax.data.config import get_channels, get_root
-from sagd_jax.data.sources import ImageSource, check_indices
+from sagd_jax.data.config import get_channels, get_num_classes, get_root
+from sagd_jax.data.sources import ImageSource, as_labels, check_indices
 from sagd_jax.images import IMAGE_EXTENSIONS
 
 _MODES = {1: "L", 3: "RGB"}
@@ -34,14 +40,45 @@ def list_image_files(root: str) -> list[str]:
     return [os.path.join(root, rel) for rel in sorted(found)]
 
 
+def class_folders(root: str, paths: list[str]) -> tuple[list[str], np.ndarray]:
+    """The ImageFolder convention: the sorted names of the immediate sub-folders of ``root``
+    (the classes) and int64 ``(len(paths),)`` labels, the class folder each path lies under.
+    One-line ``ValueError`` naming ``data.root`` for an image directly in the root or a class
+    folder holding no image (``paths``: the images below ``root``, not empty)."""
+    with os.scandir(root) as entries:
+        names = sorted(e.name for e in entries if e.is_dir())
+    kinds = "/".join(IMAGE_EXTENSIONS)
+    loose = [p for p in paths if os.path.dirname(os.path.relpath(p, root)) == ""]
+    if loose:
+        raise validate.fail("data.root", root,
+                            f"{len(loose)} image(s) lie directly in the root (first: "
+                            f"{os.path.basename(loose[0])}); with data.num_classes > 0 each "
+                            "image must lie in a class sub-folder (root/CLASS/...)")
+    index = {name: i for i, name in enumerate(names)}
+    labels = np.array([index[os.path.relpath(p, root).split(os.sep, 1)[0]] for p in paths],
+                      dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(names))
+    empty = [names[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise validate.fail("data.root", root,
+                            f"class folder {empty[0]!r} holds no {kinds} files"
+                            + (f" (nor do {len(empty) - 1} more)" if len(empty) > 1 else "")
+                            + "; with data.num_classes > 0 each sub-folder is a class")
+    return names, labels
+
+
 class FolderSource:
     """uint8 ``(h, w, C)`` images of any size, read with Pillow from the files under ``root``.
 
     ``image_shape``: ``(H, W, C)`` when every image has the same size, else ``None``;
     ``smallest``: ``(path, (h, w, C))`` of the image with the shortest side.
+
+    ``labelled``: one class per immediate sub-folder (``class_folders``): ``labels`` int64
+    ``(N,)`` of each path's class, ``class_names`` the sorted sub-folder names; otherwise
+    both None.
     """
 
-    def __init__(self, root: str, channels: int):
+    def __init__(self, root: str, channels: int, labelled: bool = False):
         from PIL import Image
 
         self._image_module = Image
@@ -52,6 +89,11 @@ class FolderSource:
         if not self.paths:
             raise validate.fail("data.root", root,
                                 f"holds no {'/'.join(IMAGE_EXTENSIONS)} files")
+        self.labels: np.ndarray | None = None
+        self.class_names: list[str] | None = None
+        if labelled:
+            self.class_names, labels = class_folders(root, self.paths)
+            self.labels = as_labels(labels, len(self.paths), self.name)
         sizes = {}
         for path in self.paths:
             try:
@@ -94,8 +136,9 @@ class FolderSource:
 
 
 def make_folder(data_config: Any) -> ImageSource:
-    """Factory for ``data.name = "folder"`` (keys: root, channels)."""
+    """Factory for ``data.name = "folder"`` (keys: root, channels, num_classes: > 0 labels
+    the images by their class sub-folder)."""
     root = get_root(data_config)
     if not root or not os.path.isdir(root):
         raise validate.fail("data.root", root, "the folder source needs an existing folder")
-    return FolderSource(root, get_channels(data_config))
+    return FolderSource(root, get_channels(data_config), get_num_classes(data_config) > 0)

@@ -14,6 +14,10 @@ covers positions ``[s B, (s + 1) B)`` and process p reads only
 and resuming at any step needs no iterator state. ``batches(...)`` is a ``grain.MapDataset``:
 ``batches[s]`` is the batch of step s (random access); ``iterate`` reads ahead with
 ``data.num_workers`` threads.
+
+Class labels (``data.num_classes > 0``) follow the same positions without reading images:
+``batch_labels(...)[s]`` is the labels of ``batches(...)[s]``, example by example (flips and
+crops do not change a label).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from sagd_jax import validate
 from sagd_jax.data.config import entry
 from sagd_jax.data.corruption import Corruption, corruption_from_config
 from sagd_jax.data.preprocess import Preprocess
-from sagd_jax.data.sources import ImageSource, read_image
+from sagd_jax.data.sources import ImageSource, check_labels, read_image
 from sagd_jax.images import as_model_units
 
 _SEED_TAG = 0x5E01  # separates the pipeline's grain seed from the other streams
@@ -113,11 +117,9 @@ class _Transform(grain.transforms.RandomMap):
         return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def batches(source: ImageSource, data_config: Any, seed: int, global_batch_size: int,
-            process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-    """This process's batches: ``batches(...)[s]`` is float32 ``(B / P, S, S, C)`` of step
-    ``s`` (``S = data.image_size``); an endless ``grain.MapDataset``."""
-    options = batch_options(data_config, getattr(source, "image_shape", None), source.name)
+def _stream_arguments(source: ImageSource, seed: int, global_batch_size: int,
+                      process_index: int, process_count: int) -> tuple[int, int]:
+    """``(seed, B / P)``, checked (one line naming the argument)."""
     seed = validate.integer("seed", seed, 0)
     process_count = validate.integer("process_count", process_count, 1)
     if not 0 <= process_index < process_count:
@@ -127,10 +129,85 @@ def batches(source: ImageSource, data_config: Any, seed: int, global_batch_size:
                              process_count)
     if len(source) < 1:
         raise ValueError(f"{source.name}: no examples")
+    return seed, local
+
+
+def batches(source: ImageSource, data_config: Any, seed: int, global_batch_size: int,
+            process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+    """This process's batches: ``batches(...)[s]`` is float32 ``(B / P, S, S, C)`` of step
+    ``s`` (``S = data.image_size``); an endless ``grain.MapDataset``."""
+    options = batch_options(data_config, getattr(source, "image_shape", None), source.name)
+    seed, local = _stream_arguments(source, seed, global_batch_size, process_index,
+                                    process_count)
     grain_seed = (seed * 0x9E3779B1 + _SEED_TAG) % 2**32  # the crops' and flips' generators
     elements = (grain.MapDataset.source(_Stream(source, seed)).seed(grain_seed)
                 .random_map(_Transform(options, source.name)))
     return elements.batch(local, batch_fn=np.stack)[process_index::process_count]
+
+
+class BatchLabels:
+    """The class labels of every step's batch (``batch_labels``): ``[s]`` is int32
+    ``(B / P,)``, the labels of the examples of ``batches(...)[s]`` in the same order.
+
+    Stream position q holds example ``epoch_permutation(N, seed, q // N)[q % N]``; step s of
+    process p covers positions ``s B + p B / P + j``, j = 0 .. B / P - 1. Only labels are
+    read (a lookup in the source's ``(N,)`` array): microseconds per step, no images.
+    ``len()`` is endless (``sys.maxsize``) like the image batches'.
+    """
+
+    def __init__(self, labels: np.ndarray, seed: int, global_batch_size: int,
+                 local_batch_size: int, process_index: int):
+        self.labels = labels.astype(np.int32)
+        self.seed, self.global_batch_size = seed, global_batch_size
+        self.local_batch_size, self.process_index = local_batch_size, process_index
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def positions(self, step: int) -> np.ndarray:
+        """int64 ``(B / P,)``: the stream positions of this process's examples of ``step``."""
+        first = step * self.global_batch_size + self.process_index * self.local_batch_size
+        return first + np.arange(self.local_batch_size, dtype=np.int64)
+
+    def indices(self, step: int) -> np.ndarray:
+        """int64 ``(B / P,)``: the source indices of this process's examples of ``step``."""
+        step = validate.integer("step", step, 0)
+        num_examples = len(self.labels)
+        epochs, offsets = np.divmod(self.positions(step), num_examples)
+        out = np.empty(self.local_batch_size, dtype=np.int64)
+        for epoch in np.unique(epochs):  # a batch spans one epoch, or two at a boundary
+            where = epochs == epoch
+            out[where] = epoch_permutation(num_examples, self.seed, int(epoch))[offsets[where]]
+        return out
+
+    def __getitem__(self, step: int) -> np.ndarray:
+        """int32 ``(B / P,)``: the labels of ``batches(...)[step]``, example by example."""
+        return self.labels[self.indices(step)]
+
+    def __repr__(self) -> str:
+        return (f"BatchLabels(n={len(self.labels)}, seed={self.seed}, "
+                f"batch={self.global_batch_size}, local={self.local_batch_size}, "
+                f"process={self.process_index})")
+
+
+def batch_labels(source: ImageSource, data_config: Any, seed: int, global_batch_size: int,
+                 process_index: int = 0, process_count: int = 1) -> BatchLabels:
+    """This process's class labels per step, matching ``batches(...)`` with the same
+    arguments: ``batch_labels(...)[s]`` is int32 ``(B / P,)``, entry j the label of example j
+    of ``batches(...)[s]`` (shape ``(B / P, S, S, C)``). Reads the source's labels only.
+
+    Needs ``data.num_classes = K > 0`` and a source whose labels pass ``check_labels``
+    (checked here, in one line, before anything is read); values lie in [0, K).
+    """
+    num_classes = check_labels(source, data_config)
+    if num_classes == 0:
+        raise validate.fail("data.num_classes", 0,
+                            "labels per step need data.num_classes > 0 (the number of "
+                            "classes of the source); 0 reads no labels")
+    seed, local = _stream_arguments(source, seed, global_batch_size, process_index,
+                                    process_count)
+    return BatchLabels(np.asarray(source.labels), seed, local * int(process_count), local,
+                       int(process_index))
 
 
 def load_batch(source: ImageSource, data_config: Any, seed: int, step: int,

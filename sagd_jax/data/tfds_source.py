@@ -7,6 +7,11 @@ images share a size (its image feature's shape is fully defined, e.g. ``cifar10`
 once with ``tfds.load`` and kept in memory, up to ``IN_MEMORY_LIMIT`` bytes; any other must be
 rebuilt as ArrayRecord. Nothing is downloaded unless ``data.download`` is True (then prepared
 as ArrayRecord). TensorFlow is imported only when a TFDS source is built.
+
+With ``data.num_classes > 0`` the source also has ``labels`` (int64 ``(N,)``) from the feature
+``data.label_key`` (checked when the source is built; read on first use, ``check_labels``:
+every record once, its images left undecoded), and ``class_names`` from the feature's info
+when it is a ``ClassLabel``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,20 @@ from typing import Any
 import numpy as np
 
 from sagd_jax import console, validate
-from sagd_jax.data.config import entry, get_channels, get_root
-from sagd_jax.data.sources import TFDS_PREFIX, ImageSource, as_nhwc_uint8, check_indices
+from sagd_jax.data.config import (
+    entry,
+    get_channels,
+    get_label_key,
+    get_num_classes,
+    get_root,
+)
+from sagd_jax.data.sources import (
+    TFDS_PREFIX,
+    ImageSource,
+    as_labels,
+    as_nhwc_uint8,
+    check_indices,
+)
 
 IN_MEMORY_LIMIT = 4 * 2**30  # bytes of uint8 pixels the TFRecord fallback may hold
 
@@ -82,6 +99,10 @@ class TfdsSource:
     ``image_shape``: the feature's ``(H, W, C)`` when the dataset info fixes it (e.g. cifar10's
     (32, 32, 3), celeb_a's (218, 178, 3)), else None (sizes vary: lsun, imagenet2012);
     ``channels``: C when the info fixes it, else None.
+
+    ``label_key``: a feature holding each example's class (a ``ClassLabel`` or a scalar
+    integer); then ``labels`` is int64 ``(N,)`` and ``class_names`` the ClassLabel's names
+    (None for a plain integer feature). None (the default): no labels (both None).
     """
 
     def __init__(
@@ -91,12 +112,17 @@ class TfdsSource:
         image_key: str = "image",
         data_dir: str | None = None,
         download: bool = False,
+        label_key: str | None = None,
     ):
         tfds = console.import_quietly("tensorflow_datasets")
         self.dataset = dataset
         self.name = f"{TFDS_PREFIX}{dataset}/{split}"
         self.image_key = image_key
+        self.label_key = label_key
+        self._labels: np.ndarray | None = None
+        self.class_names: list[str] | None = None
         self._images: np.ndarray | None = None
+        self._memory_labels: np.ndarray | None = None
         self._random_access: Any = None
         self._batched_reads = True
         # tfds prepares TFRecord files when data_dir is given, unless told the format.
@@ -116,6 +142,78 @@ class TfdsSource:
             None if None in shape else (int(shape[0]), int(shape[1]), int(shape[2])))
         if len(self) == 0:
             raise ValueError(f"{self.name}: the split is empty")
+        if label_key is not None:
+            self.class_names = self._label_feature(features)
+            self._label_reader = (tfds, split, data_dir, builder_kwargs, features)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """int64 ``(N,)`` classes of the examples (None without ``label_key``); read on first
+        use (every record once, images undecoded; the in-memory copy has them already)."""
+        if self.label_key is None:
+            return None
+        if self._labels is None:
+            labels = self._memory_labels
+            if labels is None:
+                labels = self._read_labels(*self._label_reader)
+            self._labels = as_labels(labels, len(self), self.name)
+        return self._labels
+
+    def _label_feature(self, features: Any) -> list[str] | None:
+        """The class names of the label feature ``label_key`` (None: a plain integer
+        feature, or a ClassLabel without names); one-line ``ValueError`` naming
+        ``data.label_key`` for a missing or non-integer feature."""
+        if self.label_key not in features:
+            raise validate.fail("data.label_key", self.label_key,
+                                f"{self.name} has no such feature; features: "
+                                f"{', '.join(sorted(features.keys()))}")
+        feature = features[self.label_key]
+        if getattr(feature, "num_classes", None) is not None and hasattr(feature, "names"):
+            return [str(n) for n in feature.names]  # a ClassLabel
+        shape = tuple(getattr(feature, "shape", (None,)) or ())
+        dtype = np.dtype(getattr(feature, "np_dtype", np.object_))
+        if shape != () or not np.issubdtype(dtype, np.integer):
+            raise validate.fail("data.label_key", self.label_key,
+                                f"{self.name} feature is {type(feature).__name__} "
+                                f"{dtype.name} {shape}, not a class label (a ClassLabel or "
+                                "scalar integer)")
+        return None
+
+    def _label(self, key: int, record: Any) -> int:
+        value = np.asarray(record[self.label_key])
+        if value.shape != () or not np.issubdtype(value.dtype, np.integer):
+            raise ValueError(f"{self.name}[{key}]: {self.label_key!r} is {value.dtype} "
+                             f"{value.shape}, expected one integer class label")
+        return int(value)
+
+    def _read_labels(self, tfds: Any, split: str, data_dir: str | None,
+                     builder_kwargs: dict[str, Any] | None, features: Any,
+                     chunk: int = 4096) -> np.ndarray:
+        """int64 ``(N,)``: ``label_key`` of every record, read through a second random-access
+        source that leaves the image features undecoded."""
+        image_type = tfds.features.Image
+        skip = {key: tfds.decode.SkipDecoding() for key in features.keys()
+                if key != self.label_key and isinstance(features[key], image_type)}
+        skip[self.image_key] = tfds.decode.SkipDecoding()
+        with _absl_quiet(True):
+            records = tfds.data_source(self.dataset, split=split, data_dir=data_dir,
+                                       download=False, builder_kwargs=builder_kwargs,
+                                       decoders=skip)
+        labels = np.empty(len(self), dtype=np.int64)
+        batched = True
+        for start in range(0, len(self), chunk):
+            keys = list(range(start, min(start + chunk, len(self))))
+            chunk_records = None
+            if batched:
+                try:
+                    chunk_records = records.__getitems__(keys)
+                except (AttributeError, TypeError):  # source without working batched reads
+                    batched = False
+            if chunk_records is None:
+                chunk_records = [records[k] for k in keys]
+            labels[start:start + len(keys)] = [self._label(k, r)
+                                               for k, r in zip(keys, chunk_records, strict=True)]
+        return labels
 
     def _feature_shape(self, features: Any) -> tuple[int | None, int | None, int | None]:
         """The image feature's ``(H, W, C)`` (None where it varies); one-line ``ValueError``
@@ -152,6 +250,8 @@ class TfdsSource:
                              f"`{command}` or set data.download=True")
         features = builder.info.features
         shape = self._feature_shape(features)
+        if self.label_key is not None:
+            self._label_feature(features)  # checked before the dataset is read
         formats = _file_formats(builder)
         if formats is None or formats & _random_access_formats():
             raise ValueError(f"{prefix}: {_first_line(access_err)}")  # not the format
@@ -166,7 +266,8 @@ class TfdsSource:
                              f"{size / 2**30:.2f} GiB in memory (limit "
                              f"{IN_MEMORY_LIMIT / 2**30:.2f} GiB); {fix}")
         try:
-            self._images = self._load_into_memory(tfds, split, data_dir, download)
+            self._images, self._memory_labels = self._load_into_memory(tfds, split, data_dir,
+                                                                       download)
         except Exception as load_err:  # noqa: BLE001 - report both attempts, one line
             raise ValueError(
                 f"{prefix}: cannot open split {split!r} (tfds.data_source: "
@@ -175,17 +276,20 @@ class TfdsSource:
         return features
 
     def _load_into_memory(self, tfds: Any, split: str, data_dir: str | None,
-                          download: bool) -> np.ndarray:
+                          download: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 ``(N, H, W, C)`` images and (with ``label_key``) their ``(N,)`` labels."""
         ds = tfds.load(self.dataset, split=split, data_dir=data_dir, download=download,
                        shuffle_files=False)
-        chunks = [
-            as_nhwc_uint8(np.asarray(batch[self.image_key]), self.name)
-            for batch in tfds.as_numpy(
-                ds.map(lambda ex: {self.image_key: ex[self.image_key]}).batch(1024))
-        ]
+        keys = [self.image_key] + ([self.label_key] if self.label_key is not None else [])
+        chunks, label_chunks = [], []
+        for batch in tfds.as_numpy(ds.map(lambda ex: {k: ex[k] for k in keys}).batch(1024)):
+            chunks.append(as_nhwc_uint8(np.asarray(batch[self.image_key]), self.name))
+            if self.label_key is not None:
+                label_chunks.append(np.asarray(batch[self.label_key]))
         if not chunks:
-            return np.zeros((0, 1, 1, 1), dtype=np.uint8)
-        return np.concatenate(chunks)
+            return np.zeros((0, 1, 1, 1), dtype=np.uint8), None
+        return (np.concatenate(chunks),
+                np.concatenate(label_chunks) if self.label_key is not None else None)
 
     def __len__(self) -> int:
         if self._images is not None:
@@ -242,8 +346,9 @@ def make_tfds(data_config: Any) -> ImageSource:
     """Factory for ``data.name = "tfds:NAME"``.
 
     Keys: split, image_key, root (TFDS data_dir; "" = TFDS default), download, channels
-    (must match the dataset's images where its info fixes their channels). Any image size:
-    the pipeline resizes and crops to ``data.image_size``.
+    (must match the dataset's images where its info fixes their channels), num_classes and
+    label_key (num_classes > 0: the labels are read from the feature label_key). Any image
+    size: the pipeline resizes and crops to ``data.image_size``.
     """
     name = validate.text(*entry(data_config, "name"))
     dataset = name[len(TFDS_PREFIX) :]
@@ -255,6 +360,7 @@ def make_tfds(data_config: Any) -> ImageSource:
         image_key=validate.text(*entry(data_config, "image_key")),
         data_dir=get_root(data_config) or None,
         download=validate.boolean(*entry(data_config, "download")),
+        label_key=get_label_key(data_config) if get_num_classes(data_config) > 0 else None,
     )
     channels = get_channels(data_config)
     if source.channels is not None and source.channels != channels:
