@@ -76,15 +76,19 @@ def lower_programs(run: Any, mesh: jax.sharding.Mesh, network_batch: int
     def train() -> Any:
         batch = _abstract((config.train.batch_size, height, width, channels), jnp.float32,
                           batch_sh)
+        if run.conditional:
+            batch = (batch, _abstract((config.train.batch_size,), jnp.int32, batch_sh))
         return run.train_step(mesh).lower(state, batch)
 
     def network(size: int) -> Callable[[], Any]:
+        # One network evaluation (a conditional model: with labels, unguided).
         def lower() -> Any:
             x = _abstract((size, height, width, channels), jnp.float32, batch_sh)
             t = _abstract((size,), jnp.float32, batch_sh)
-            call = jax.jit(lambda params, x, t: run.eps_fn(params)(x, t),
+            labels = _abstract((size,), jnp.int32, batch_sh) if run.conditional else None
+            call = jax.jit(lambda params, x, t, y: run.eps_fn(params, y)(x, t),
                            out_shardings=batch_sh)
-            return call.lower(state.ema_params, x, t)
+            return call.lower(state.ema_params, x, t, labels)
         return lower
 
     programs = {"train_step": (config.train.batch_size, train),
@@ -111,7 +115,8 @@ def _evaluation_programs(run: Any, mesh: jax.sharding.Mesh, state: Any
         steps = cfg.steps or train.sample_steps
 
         def draw(params: Any, key: jax.Array) -> jax.Array:
-            return sample(run.process, run.eps_fn(params), key, shape, steps, sharding=batch_sh)
+            return sample(run.process, run.sample_eps_fn(params, shape[0]), key, shape, steps,
+                          sharding=batch_sh)
 
         key = _abstract((2,), jnp.uint32, replicated(mesh))
         return jax.jit(draw).lower(state.ema_params, key)

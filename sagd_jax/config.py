@@ -47,7 +47,7 @@ RESUME_MAY_CHANGE = (
     # what is observed and kept: logs, checkpoints, sample grids, profiles, evaluations
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.sample_every",
     "train.num_samples", "train.sampler", "train.sample_steps", "train.time_grid",
-    "train.profile_steps", "train.eval_every", "eval",
+    "train.profile_steps", "train.eval_every", "train.guidance", "eval",
     "train.nonfinite",  # what follows a non-finite step (dropped under both policies)
     # where and how fast: the same global batch laid out over devices and microbatches
     "mesh", "train.grad_accum_steps", "train.compilation_cache_dir", "data.num_workers",
@@ -90,7 +90,11 @@ def default_config() -> ml_collections.ConfigDict:
       ``compilation_cache_dir`` (JAX's persistent compilation cache: "auto" = the user cache
       folder, "" = off, else a folder), ``profile_steps`` (``(first, last)``: a profiler
       trace of those steps in the workdir; ``()`` = none), ``eval_every`` (steps between
-      in-training FID/KID evaluations, 0 = off).
+      in-training FID/KID evaluations, 0 = off); for a class-conditional model
+      (``model.num_classes > 0``): ``label_dropout`` (the probability that a training
+      example's label is replaced by the null label, which trains the unconditional
+      prediction of classifier-free guidance) and ``guidance`` (the guidance weight of the
+      in-training samples and evaluation, which use balanced labels: 1 = none).
     eval: the in-training evaluation (``sagd_jax.train.in_training_eval``): ``num_samples`` from the
       EMA weights in batches of ``batch_size`` through ``sampler`` with ``steps`` ("" / 0:
       ``train.sampler`` / ``train.sample_steps``), FID and KID against the Inception reference
@@ -113,7 +117,7 @@ def default_config() -> ml_collections.ConfigDict:
     )
     c.model = ml_collections.ConfigDict(dict(
         ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,), dropout=0.1,
-        num_groups=32, dtype="float32", remat=False,
+        num_groups=32, dtype="float32", remat=False, num_classes=0,
     ))
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=2e-4, warmup_steps=500, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
@@ -124,7 +128,7 @@ def default_config() -> ml_collections.ConfigDict:
         keep_checkpoints=3, sample_every=2000, num_samples=64, sampler="ddpm", sample_steps=250,
         time_grid="auto",
         nonfinite="stop", grad_accum_steps=1, compilation_cache_dir="auto", profile_steps=(),
-        eval_every=0,
+        eval_every=0, label_dropout=0.0, guidance=1.0,
     ))
     c.eval = ml_collections.ConfigDict(dict(
         num_samples=10_000, batch_size=500, sampler="", steps=0, reference_split="",
@@ -274,6 +278,7 @@ def validate_config(config: Any, device_count: int | None = None) -> None:
         raise validate.fail("eval.batch_size", config.eval.batch_size,
                             f"must be divisible by the device count ({device_count})")
     validate.one_of(*validate.entry(config, "train.nonfinite"), NONFINITE_POLICIES)
+    check_classes(config)
     optim = validate.lookup(config, "optim")
     validate.number("optim.learning_rate", optim["learning_rate"], 0.0, 1.0, open_lo=True)
     validate.integer("optim.warmup_steps", optim["warmup_steps"], 0)
@@ -283,6 +288,28 @@ def validate_config(config: Any, device_count: int | None = None) -> None:
     validate.number("optim.weight_decay", optim["weight_decay"], 0.0, 1.0)
     validate.number("optim.grad_clip", optim["grad_clip"], 0.0, math.inf, open_hi=True)
     validate.number("optim.ema_decay", optim["ema_decay"], 0.0, 1.0, open_hi=True)
+
+
+def check_classes(config: Any) -> int:
+    """``model.num_classes`` checked against ``data.num_classes`` (a conditional model needs
+    the data's labels, of as many classes) and the keys that need labels
+    (``train.label_dropout``, ``train.guidance``); returns ``model.num_classes``."""
+    classes = validate.integer(*validate.entry(config, "model.num_classes"), 0)
+    data_classes = validate.integer(*validate.entry(config, "data.num_classes"), 0)
+    dropout = validate.number(*validate.entry(config, "train.label_dropout"), 0.0, 1.0,
+                              open_hi=True)
+    guidance = validate.number(*validate.entry(config, "train.guidance"), 0.0)
+    if classes and classes != data_classes:
+        raise validate.fail("model.num_classes", classes,
+                            f"needs the data's labels of as many classes: set "
+                            f"data.num_classes={classes} (it is {data_classes})")
+    if not classes and dropout:
+        raise validate.fail("train.label_dropout", dropout,
+                            "needs a class-conditional model (model.num_classes > 0)")
+    if not classes and guidance != 1.0:
+        raise validate.fail("train.guidance", guidance,
+                            "needs a class-conditional model (model.num_classes > 0)")
+    return classes
 
 
 def mesh_axes(config: Any) -> dict[str, int]:

@@ -15,6 +15,7 @@ SAMPLE = 2  # the trainer's periodic EMA samples at step s: fold_in(stream, s)
 INIT = 3  # parameter initialisation (rbg generator, see ``init_key``)
 SAMPLE_CLI = 4  # ``sagd_jax.sample``: chunk i uses fold_in(stream of --seed, i)
 EVAL = 5  # in-training evaluation at step s, batch i: fold_in(fold_in(stream, s), i)
+SAMPLE_LABELS = 6  # ``sagd_jax.sample --labels=random``: chunk i's labels, fold_in(stream, i)
 
 
 def stream_key(seed: int, stream: int) -> jax.Array:

@@ -7,8 +7,9 @@ compiled step. Every CLI, driver and benchmark builds on it.
     state = run.init_state(mesh)                # created directly onto its shardings
     state = run.restore(mesh, step=None)        # a checkpoint (latest by default)
     step = run.train_step(mesh)                 # the jitted, sharded, donated update
-    state, metrics = step(state, run.global_batch(s, mesh))
+    state, metrics = step(state, run.global_batch(s, mesh, labels=run.conditional))
     images = sampler(run.process, run.eps_fn(state.ema_params), key, shape, steps)
+    images = sampler(run.process, run.eps_fn(params, labels, guidance=2.0), ...)  # classes
 
 Everything that can be wrong with the input is checked in ``from_config``, before anything
 is loaded, compiled or written: a one-line ``ValueError`` naming the key.
@@ -29,7 +30,8 @@ import optax
 from sagd_jax import checkpoint, console, files, noise_fit, rng
 from sagd_jax.config import mesh_shape, normalize, validate_config
 from sagd_jax.data import batch_options, batches, get_source, grf_model, iterate, read_image
-from sagd_jax.data.sources import ImageSource
+from sagd_jax.data.pipeline import batch_labels
+from sagd_jax.data.sources import ImageSource, check_labels
 from sagd_jax.errors import DamagedCheckpoint
 from sagd_jax.gaussian import GaussianData
 from sagd_jax.metrics.spectra import radial_power_spectrum
@@ -46,7 +48,7 @@ from sagd_jax.sharding import (
 )
 from sagd_jax.time_grids import make_grid, resolve
 from sagd_jax.train_state import TrainState, create_train_state, make_optimizer
-from sagd_jax.train_step import make_eps_fn, train_step
+from sagd_jax.train_step import make_cond_fn, make_eps_fn, train_step
 from sagd_jax.workdir import Workdir
 
 REFERENCE_IMAGES = 512  # data images behind the reference power spectrum
@@ -88,6 +90,7 @@ class Run:
         self.workdir = workdir
         self._source = source
         self._batches: dict[int, Any] = {}
+        self._labels: dict[int, Any] = {}
         self._power_spectrum: np.ndarray | None = None
 
     @classmethod
@@ -114,6 +117,7 @@ class Run:
                 path, shape = source.smallest
                 what = f"{source.name} (the smallest: {path})"
             batch_options(config.data, shape, what, dtype)
+            check_labels(source, config.data)
         image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
         process = DiffusionProcess.from_config(config, image_shape[0], image_shape[1])
         model = build_model(config.model, image_shape)
@@ -147,6 +151,16 @@ class Run:
         return self._source
 
     @property
+    def num_classes(self) -> int:
+        """The classes of a class-conditional model (``model.num_classes``; 0: unconditional,
+        which reads no labels). The null label of guidance is this number."""
+        return int(self.config.model.num_classes)
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(H, W, C)`` of the run's images."""
         data = self.config.data
@@ -166,14 +180,35 @@ class Run:
         """This process's slice of the batch of ``step`` (``batches(batch_size)[step]``)."""
         return self.batches(batch_size)[step]
 
-    def batch_iterator(self, start: int, stop: int) -> Iterator[np.ndarray]:
-        """The batches of steps ``start .. stop - 1``, read ahead by ``data.num_workers``
-        threads."""
-        data = self.config.data
-        return iterate(self.batches(), start, stop, data.num_workers, data.prefetch)
+    def load_labels(self, step: int, batch_size: int | None = None) -> np.ndarray:
+        """int32 ``(B / processes,)``: the class labels of ``load_batch(step, batch_size)``,
+        example by example (read without the images)."""
+        size = self.config.train.batch_size if batch_size is None else batch_size
+        if size not in self._labels:
+            self._labels[size] = batch_labels(self.source, self.config.data, self.config.seed,
+                                              size, jax.process_index(), jax.process_count())
+        return self._labels[size][step]
 
-    def global_batch(self, step: int, mesh: jax.sharding.Mesh) -> jax.Array:
-        """The batch of ``step`` as one array sharded over the mesh's ``data`` axis."""
+    def training_batches(self) -> Any:
+        """The trainer's inputs per step as a ``grain.MapDataset``: ``[s]`` is
+        ``load_batch(s)``, or ``(load_batch(s), load_labels(s))`` for a conditional model."""
+        dataset = self.batches()
+        if not self.conditional:
+            return dataset
+        return dataset.map_with_index(lambda step, images: (images, self.load_labels(step)))
+
+    def batch_iterator(self, start: int, stop: int) -> Iterator[Any]:
+        """The inputs (``training_batches``) of steps ``start .. stop - 1``, read ahead by
+        ``data.num_workers`` threads."""
+        data = self.config.data
+        return iterate(self.training_batches(), start, stop, data.num_workers, data.prefetch)
+
+    def global_batch(self, step: int, mesh: jax.sharding.Mesh, *, labels: bool = False
+                     ) -> Any:
+        """The batch of ``step`` as one array sharded over the mesh's ``data`` axis; with
+        ``labels`` (a conditional model): ``(images, labels)``, both split so."""
+        if labels:
+            return global_batch((self.load_batch(step), self.load_labels(step)), mesh)
         return global_batch(self.load_batch(step), mesh)
 
     def reference_spectrum(self) -> np.ndarray:
@@ -269,24 +304,49 @@ class Run:
     # --- computation ----------------------------------------------------------------------
     def train_step(self, mesh: jax.sharding.Mesh) -> Any:
         """The jitted update ``(state, batch) -> (state, metrics)``: state on its shardings
-        (donated), batch ``(B, H, W, C)`` split over ``data``, metrics replicated; its
-        randomness is ``fold_in(stream(seed, rng.TRAIN), state.step)``."""
+        (donated), batch ``(B, H, W, C)`` (a conditional model: ``(images, labels)``, labels
+        int32 ``(B,)``) split over ``data``, metrics replicated; its randomness is
+        ``fold_in(stream(seed, rng.TRAIN), state.step)``."""
         config = self.config
         state_sh = self.state_sharding(mesh)
+        conditional = self.conditional
 
-        def step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict[str, Any]]:
-            return train_step(state, batch, rng.stream_key(config.seed, rng.TRAIN),
+        def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Any]]:
+            images, labels = batch if conditional else (batch, None)
+            return train_step(state, images, rng.stream_key(config.seed, rng.TRAIN),
                               model=self.model, tx=self.tx, process=self.process,
                               ema_decay=config.optim.ema_decay,
-                              grad_accum_steps=config.train.grad_accum_steps)
+                              grad_accum_steps=config.train.grad_accum_steps,
+                              labels=labels, label_dropout=config.train.label_dropout)
 
         return jax.jit(step, in_shardings=(state_sh, batch_sharding(mesh)),
                        out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
 
-    def eps_fn(self, params: Any) -> jax.tree_util.Partial:
+    def eps_fn(self, params: Any, labels: Any = None, *, guidance: Any = 1.0,
+               guide: tuple[Run, Any] | None = None) -> jax.tree_util.Partial:
         """The network with ``params`` as a sampler's ``eps_fn(x, t)`` (parameters traced:
-        no recompile per checkpoint)."""
-        return make_eps_fn(self.model, self.process, params)
+        no recompile per checkpoint). A conditional model needs ``labels`` (int ``(B,)`` in
+        0 .. num_classes - 1, the sampling batch's) and takes ``guidance`` (a weight, 1 =
+        none, or a ``Guidance``: classifier-free, in frequency, in an interval); ``guide``:
+        ``(run, params)`` of a weaker model of the same task (autoguidance)."""
+        if not self.conditional and labels is not None:
+            raise ValueError("labels given to an unconditional model (model.num_classes=0)")
+        if self.conditional and labels is None:
+            raise ValueError(f"a class-conditional model (model.num_classes="
+                             f"{self.num_classes}) needs labels")
+        from sagd_jax.guidance import Guidance, guided_eps_fn
+
+        if not isinstance(guidance, Guidance):  # a number: classifier-free, every frequency
+            guidance = Guidance.create(guidance)
+        if guide is None and not self.conditional:
+            if not guidance.unguided:
+                raise ValueError("guidance needs a class-conditional model or a guide model")
+            return make_eps_fn(self.model, self.process, params)
+        guide_fn = None if guide is None else make_cond_fn(guide[0].model, guide[0].process,
+                                                           guide[1])
+        return guided_eps_fn(make_cond_fn(self.model, self.process, params),
+                             None if labels is None else jnp.asarray(labels, jnp.int32),
+                             guidance, self.process, self.num_classes, guide_fn=guide_fn)
 
     def exact_model(self) -> GaussianData:
         """The exact distribution of a ``grf`` run's data (``--model=exact``); a one-line
@@ -329,6 +389,19 @@ class Run:
         sampler = get_sampler(cfg.sampler)
         grid = resolve(cfg.time_grid, cfg.sampler)
         times = None if grid == "uniform" else self.time_grid(cfg.sample_steps, grid)
-        images = sampler(self.process, self.eps_fn(params), key,
+        images = sampler(self.process, self.sample_eps_fn(params, cfg.num_samples), key,
                          (cfg.num_samples, *self.image_shape), cfg.sample_steps, times=times)
         return np.asarray(jax.device_get(images))
+
+    def sample_eps_fn(self, params: Any, count: int, start: int = 0
+                      ) -> jax.tree_util.Partial:
+        """The ``eps_fn`` of the trainer's samples and evaluation for samples ``start ..
+        start + count - 1`` of a set: balanced labels (sample ``i`` has label ``i mod
+        num_classes``) and ``train.guidance`` for a conditional model, the plain network
+        otherwise."""
+        if not self.conditional:
+            return self.eps_fn(params)
+        from sagd_jax.guidance import balanced_labels
+
+        labels = balanced_labels(count, self.num_classes, start)
+        return self.eps_fn(params, labels, guidance=self.config.train.guidance)

@@ -4,13 +4,17 @@
         [--config=configs/NAME.py] [--seed=K] [--eta=E] [--clip_x0=C] [--checkpoint_step=STEP] \\
         [--chunk_size=C] [--out=OUTDIR] [--model=ema|exact] [--float32] [--png_dir=DIR] \\
         [--keep_chunks] [--time_grid=auto|uniform|edm|snr|logsnr] \\
-        [--condition=FILE.npz --known_band=SPEC]
+        [--condition=FILE.npz --known_band=SPEC] \\
+        [--labels=balanced|random|N,M,...] [--guidance=W] [--guidance_interval=LO:HI] \\
+        [--guidance_band=SPEC] [--guide_workdir=DIR [--guide_step=STEP]]
 
 Writes the sample set ``sagd_jax.sampling`` describes (``samples.npz``: ``arr_0`` uint8 pixels,
 the layout FID tools read; ``grid.png``; ``manifest.json``) and prints its path; a stopped call
 continues where it stopped, bit for bit, and the same command with a larger ``--num_samples``
 grows the set (its samples unchanged, then the new ones). ``--float32`` also keeps the
 unquantised samples in model units; ``--png_dir`` writes every sample as a PNG file there.
+A class-conditional run's samples carry their labels (``arr_1``); ``--guidance=W`` guides them
+(classifier-free, or with a weaker run's model: ``--guide_workdir``).
 """
 
 from __future__ import annotations
@@ -66,6 +70,22 @@ def define_flags(fv: flags.FlagValues) -> None:
                         "already there are kept).", flag_values=fv)
     flags.DEFINE_boolean("keep_chunks", False, "Keep the chunk files once samples.npz is "
                          "written and verified (default: removed).", flag_values=fv)
+    flags.DEFINE_string("labels", None, "Class-conditional runs: balanced (default: sample j "
+                        "has class j mod K) | random | N,M,... (sample j has entry j mod the "
+                        "list's length).", flag_values=fv)
+    flags.DEFINE_float("guidance", 1.0, "Guidance weight W of eps_u + W (eps_c - eps_u): 1 = "
+                       "none (the conditional model), 0 = unconditional, > 1 guides.",
+                       flag_values=fv)
+    flags.DEFINE_string("guidance_interval", None, "LO:HI: guide only at noise levels "
+                        "sigma/alpha in [LO, HI] (Kynkaanniemi et al. 2024).", flag_values=fv)
+    flags.DEFINE_string("guidance_band", None, "Guidance shaped in frequency: W inside the "
+                        "band (noise.bands syntax, e.g. lowpass::0.25) or powerlaw:GAMMA[:RHO0], "
+                        "1 outside.", flag_values=fv)
+    flags.DEFINE_string("guide_workdir", None, "Autoguidance: guide with this run's EMA model "
+                        "(a weaker model of the same task: smaller, or trained less) instead "
+                        "of the unconditional prediction.", flag_values=fv)
+    flags.DEFINE_integer("guide_step", None, "The guide's checkpoint (default: its latest).",
+                         flag_values=fv)
     cli.define_distributed(fv)
 
 
@@ -75,7 +95,10 @@ def sample(fv: flags.FlagValues) -> None:
         eta=fv.eta, clip_x0=fv.clip_x0, checkpoint_step=fv.checkpoint_step,
         chunk_size=fv.chunk_size, model=fv.model, time_grid=fv.time_grid,
         condition=fv.condition,
-        known_band=fv.known_band, float32=fv.float32)
+        known_band=fv.known_band, float32=fv.float32, labels=fv.labels,
+        guidance=fv.guidance, guidance_interval=fv.guidance_interval,
+        guidance_band=fv.guidance_band, guide_workdir=fv.guide_workdir,
+        guide_step=fv.guide_step)
     cli.initialize_distributed(fv)
     path = generate(fv.workdir, request, fv.out, fv.config, fv.max_chunks,
                     png_dir=fv.png_dir, keep_chunks=fv.keep_chunks)

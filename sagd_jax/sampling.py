@@ -5,8 +5,9 @@ Loads the EMA weights of the latest (or the chosen) checkpoint of ``DIR`` (``--m
 the exact Gaussian model of ``grf`` data, no checkpoint needed) and writes into ``OUTDIR``
 (default ``DIR/generated/<sampler>-<steps>steps-seed<K>-<checkpoint>``):
 
-* ``samples.npz``: ``arr_0`` uint8 NHWC (the layout FID tools read), and with ``float32`` also
-  ``float32`` (model units, unquantised), plus ``grid.png`` of the first 64;
+* ``samples.npz``: ``arr_0`` uint8 NHWC (the layout FID tools read), for a class-conditional
+  run ``arr_1`` int64 ``(N,)``, each sample's class label (ADM's layout), and with ``float32``
+  also ``float32`` (model units, unquantised), plus ``grid.png`` of the first 64;
 * ``chunks/chunk_<i>.npz``: the ``chunk_size`` images of chunk i (uint8, or float32 with
   ``float32``), each written atomically once done, while the set is being made; removed once
   ``samples.npz`` is written and read back sound (kept with ``keep_chunks``);
@@ -25,6 +26,16 @@ syntax (``lowpass::0.25``: everything up to a quarter of Nyquist; several joined
 multiply; bins where the mask is >= 0.5 are known). Sample ``j`` keeps the known bands of image
 ``j mod N`` and fills in the rest (``sagd_jax.samplers.Condition``): spectral super-resolution
 (a low-pass band known) and band inpainting (a damaged band unknown: ``bandstop:LO:HI``).
+
+Class-conditional runs (``model.num_classes = K > 0``): ``labels`` is ``balanced`` (the
+default: sample ``j`` has class ``j mod K``), ``random`` (uniform, chunk ``i``'s drawn from
+``fold_in(stream(seed, rng.SAMPLE_LABELS), i)``) or a list ``N,M,...`` (sample ``j`` has
+entry ``j mod length``): a pure function of (settings, j), so grown and resumed sets agree.
+``guidance`` is the weight ``W`` of ``eps_u + W (eps_c - eps_u)`` (1: none),
+``guidance_interval`` ``LO:HI`` limits it to noise levels ``sigma / alpha`` in that interval,
+``guidance_band`` shapes it in frequency, and ``guide_workdir`` (``guide_step``: its
+checkpoint, latest by default) guides with that run's EMA model instead of the unconditional
+prediction (autoguidance; unconditional runs take it too). ``sagd_jax.guidance`` has the maths.
 
 ``DIR`` and ``OUTDIR`` are local paths, ``file://`` URLs or object-store URLs (``gs://``): every
 file goes through ``sagd_jax.files``.
@@ -75,6 +86,12 @@ class SampleRequest:
     condition: str | None = None  # band-conditional: the known images (.npz)
     known_band: str | None = None  # ... and their known bins (a band spec)
     float32: bool = False  # also keep the unquantised float32 samples (model units)
+    labels: str | None = None  # conditional runs: balanced (None) | random | N,M,...
+    guidance: float = 1.0  # the guidance weight W (1: none)
+    guidance_interval: str | None = None  # LO:HI in sigma / alpha
+    guidance_band: str | None = None  # the weight shaped in frequency (a band spec, powerlaw)
+    guide_workdir: str | None = None  # autoguidance: the guiding run ...
+    guide_step: int | None = None  # ... and its checkpoint (latest: None)
 
     def validate(self, device_count: int) -> None:
         from sagd_jax.samplers import SAMPLERS
@@ -104,6 +121,14 @@ class SampleRequest:
             given = "--condition" if self.known_band is None else "--known_band"
             raise ValueError(f"{given}: band-conditional sampling needs both --condition and "
                              "--known_band")
+        validate.number("--guidance", self.guidance, 0.0)
+        if self.guide_step is not None and self.guide_workdir is None:
+            raise validate.fail("--guide_step", self.guide_step, "needs --guide_workdir")
+        if self.guidance == 1.0 and (self.guidance_interval or self.guidance_band
+                                     or self.guide_workdir):
+            given = ("--guidance_interval" if self.guidance_interval else "--guidance_band"
+                     if self.guidance_band else "--guide_workdir")
+            raise ValueError(f"{given}: needs a guidance weight (--guidance=W, W != 1)")
         if self.known_band is not None:
             from sagd_jax.spectral import parse_bands
 
@@ -131,8 +156,34 @@ class SampleRequest:
         source = "exact" if self.model == "exact" else f"step{checkpoint_step}"
         conditioned = ("" if self.condition is None else
                        f"-given-{os.path.splitext(os.path.basename(self.condition))[0]}-"
-                       f"{self.known_band.replace(':', '_').replace('+', '_')}")
-        return f"{sampler}-{self.steps}steps-seed{self.seed}-{source}{conditioned}"
+                       f"{_name_part(self.known_band)}")
+        guided = "" if self.guidance == 1.0 else f"-w{self.guidance:g}"
+        guided += "" if self.guidance_band is None else f"-band-{_name_part(self.guidance_band)}"
+        guided += ("" if self.guidance_interval is None
+                   else f"-interval-{_name_part(self.guidance_interval)}")
+        if self.guide_workdir is not None:
+            guide = os.path.basename(os.path.normpath(self.guide_workdir))
+            guided += f"-guide-{guide}" + ("" if self.guide_step is None
+                                           else f"-step{self.guide_step}")
+        labels = "" if self.labels in (None, "balanced") else f"-labels-{_name_part(self.labels)}"
+        return f"{sampler}-{self.steps}steps-seed{self.seed}-{source}{conditioned}{guided}{labels}"
+
+
+def _name_part(spec: str) -> str:
+    """A spec (band, interval, label list) as part of a folder name."""
+    return spec.replace(":", "_").replace("+", "_").replace(",", "_")
+
+
+def chunk_labels(spec: str, seed: int, chunk: int, size: int, num_classes: int) -> np.ndarray:
+    """int64 ``(size,)``: the labels of chunk ``chunk`` (samples ``chunk * size ..``) under
+    ``--labels=spec`` (module docstring); a pure function of its arguments."""
+    import jax
+
+    from sagd_jax import rng
+    from sagd_jax.guidance import parse_labels
+
+    key = jax.random.fold_in(rng.stream_key(seed, rng.SAMPLE_LABELS), chunk)
+    return parse_labels(spec, size, num_classes, key, start=chunk * size).astype(np.int64)
 
 
 def known_bins(spec: str, height: int, width: int) -> np.ndarray:
@@ -321,26 +372,46 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     if request.condition is not None:
         condition = (load_condition(request.condition, run.image_shape),
                      known_bins(request.known_band, *run.image_shape[:2]))
+    labels, guidance, guide_run = _check_guidance(request, run, workdir)
     mesh = run.mesh(fit=True)  # any device count: the run's mesh, else a data mesh
+    guide_step = None
     if request.model == "exact":
         exact = run.exact_model()
-        eps_fn, step = exact.eps_fn(run.process), None
+        plain, step = exact.eps_fn(run.process), None
         spectrum = np.asarray(exact.spectrum)  # the snr grid on the exact model's spectrum
+
+        def eps_for(chunk: int) -> tuple[Any, np.ndarray | None]:
+            return plain, None
     else:
         spectrum = None
         state = run.restore(mesh, request.checkpoint_step)
         step = int(jax.device_get(state.step))
-        eps_fn = run.eps_fn(state.ema_params)
+        guide = None
+        if guide_run is not None:
+            guide_state = guide_run.restore(mesh, request.guide_step)
+            guide_step = int(jax.device_get(guide_state.step))
+            guide = (guide_run, guide_state.ema_params)
+
+        def eps_for(chunk: int) -> tuple[Any, np.ndarray | None]:
+            chunk_labels_ = (None if labels is None else chunk_labels(
+                labels, request.seed, chunk, request.chunk_size, run.num_classes))
+            return run.eps_fn(state.ema_params, chunk_labels_, guidance=guidance,
+                              guide=guide), chunk_labels_
     times = (None if request.grid == "uniform"
              else run.time_grid(request.steps, request.grid, spectrum))
     out_dir = (files.normalize(out_dir) if out_dir
                else run.workdir.generated(request.default_dirname(step)))
     manifest = {**dataclasses.asdict(request), "checkpoint_step": step,
                 "workdir": files.absolute(workdir), "time_grid": request.grid,
-                "layout": LAYOUT}
+                "layout": LAYOUT, "labels": labels,
+                "guide_workdir": (None if guide_run is None
+                                  else files.absolute(request.guide_workdir)),
+                "guide_step": guide_step}
     del manifest["num_samples"]  # a set grows: its size is what samples.npz holds
     for key, default in (("clip_x0", None), ("condition", None), ("known_band", None),
-                         ("time_grid", "uniform")):
+                         ("time_grid", "uniform"), ("labels", None), ("guidance", 1.0),
+                         ("guidance_interval", None), ("guidance_band", None),
+                         ("guide_workdir", None), ("guide_step", None)):
         if manifest[key] == default:  # the manifests of sets without the option stay lean
             del manifest[key]
     lock = Lock(files.join(out_dir, "lock"), f"--out={out_dir}", "sampler")
@@ -359,7 +430,7 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     on_process0(check_and_lock, "sagd-sample-lock")
     try:
         try:
-            final = _sample_into(out_dir, request, run, eps_fn, mesh, max_chunks, condition,
+            final = _sample_into(out_dir, request, run, eps_for, mesh, max_chunks, condition,
                                  times, keep_chunks)
         except jax.errors.JaxRuntimeError as err:
             if "RESOURCE_EXHAUSTED" not in str(err):
@@ -376,6 +447,52 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
         lock.release()
 
 
+def _check_guidance(request: SampleRequest, run: Any, workdir: str
+                    ) -> tuple[str | None, Any, Any]:
+    """The labels spec (None: an unconditional run), the ``Guidance`` and the guide run
+    (None: classifier-free or no guidance) of ``request`` on ``run``, checked: one line for a
+    label out of range, guidance on an unconditional run without a guide, a guide of another
+    image shape, process or class count."""
+    from sagd_jax.guidance import make_guidance
+
+    if not run.conditional:
+        if request.labels is not None:
+            raise ValueError(f"--labels={request.labels}: the run in {workdir} is unconditional "
+                             "(model.num_classes=0)")
+        if request.guidance != 1.0 and request.guide_workdir is None:
+            raise ValueError(f"--guidance={request.guidance:g}: the run in {workdir} is "
+                             "unconditional (model.num_classes=0); guide it with a weaker "
+                             "model instead (--guide_workdir, autoguidance)")
+    labels = None
+    if run.conditional:
+        labels = request.labels or "balanced"
+        chunk_labels(labels, request.seed, 0, 1, run.num_classes)  # a bad list: one line
+    if request.model == "exact" and request.guidance != 1.0:
+        raise ValueError(f"--guidance={request.guidance:g}: not with --model=exact")
+    guidance = make_guidance(request.guidance, *run.image_shape[:2],
+                             band=request.guidance_band, interval=request.guidance_interval)
+    guide_run = None
+    if request.guide_workdir is not None:
+        from sagd_jax.run import Run
+
+        guide_run = Run.from_workdir(request.guide_workdir)
+        where = f"--guide_workdir={request.guide_workdir}"
+        if guide_run.image_shape != run.image_shape:
+            raise ValueError(f"{where}: its images are {guide_run.image_shape}, the run's "
+                             f"{run.image_shape}")
+        if guide_run.num_classes != run.num_classes:
+            raise ValueError(f"{where}: model.num_classes={guide_run.num_classes}, the run's "
+                             f"{run.num_classes}")
+        for section in ("noise", "diffusion"):
+            mine, theirs = run.config[section].to_dict(), guide_run.config[section].to_dict()
+            if mine != theirs:
+                key = next(k for k in sorted(mine.keys() | theirs.keys())
+                           if mine.get(k) != theirs.get(k))
+                raise ValueError(f"{where}: another process ({section}.{key}="
+                                 f"{theirs.get(key)!r}, the run's {mine.get(key)!r})")
+    return labels, guidance, guide_run
+
+
 def _out_of_memory(out_dir: str, request: SampleRequest) -> str:
     """The one line for a chunk that does not fit in device memory."""
     import jax
@@ -387,14 +504,15 @@ def _out_of_memory(out_dir: str, request: SampleRequest) -> str:
             f"{jax.device_count()} device(s)); try a smaller --chunk_size {where}")
 
 
-def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, mesh: Any,
+def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_for: Any, mesh: Any,
                  max_chunks: int | None,
                  condition: tuple[np.ndarray, np.ndarray] | None = None,
                  times: np.ndarray | None = None, keep_chunks: bool = False) -> str | None:
     """``generate``'s work in ``out_dir`` (locked): verify what is there, compute the chunks
     that are missing or damaged, assemble ``samples.npz`` (the samples it held, then the new
-    ones). ``condition``: (known images, known-bin mask) of band-conditional sampling;
-    ``times``: the sampler's time grid."""
+    ones). ``eps_for(i)``: chunk i's ``(eps_fn, labels or None)``; ``condition``: (known
+    images, known-bin mask) of band-conditional sampling; ``times``: the sampler's time
+    grid."""
     import jax
     from jax.experimental import multihost_utils
 
@@ -410,6 +528,9 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, me
     chunk_dtype = np.float32 if request.float32 else np.uint8
     chunk_arrays: Expected = {"images": ((size, *run.image_shape), chunk_dtype)}
     final_arrays: Expected = {"arr_0": ((None, *run.image_shape), np.uint8)}
+    if run.conditional:
+        chunk_arrays["labels"] = ((size,), np.int64)
+        final_arrays["arr_1"] = ((None,), np.int64)
     if request.float32:
         final_arrays["float32"] = ((None, *run.image_shape), np.float32)
     if jax.process_index() == 0 and _sound_or_set_aside(final, final_arrays,
@@ -442,13 +563,15 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_fn: Any, me
             known_images, known = condition
             index = (i * size + np.arange(size)) % len(known_images)
             given = Condition.create(known_images[index], known)
+        eps_fn, labels = eps_for(i)
         images = sampler(run.process, eps_fn, jax.random.fold_in(base, i), shape, request.steps,
                          sharding=batch_sharding(mesh), condition=given, times=times,
                          **options)
         images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
         if jax.process_index() == 0:
             files.write_npz(chunk_path[i], images=(images.astype(np.float32) if request.float32
-                                                   else to_uint8(images)))
+                                                   else to_uint8(images)),
+                            **({} if labels is None else {"labels": labels}))
         progress.update(1)
     barrier("sagd-sample-end")
     if not all(files.exists(chunk_path[i]) for i in needed):
@@ -467,12 +590,15 @@ def _assemble(final: str, final_arrays: Expected, chunks: list[str], chunk_array
     back, then remove the chunks (unless ``keep_chunks``) and redraw the grid if it grew."""
     first = before // size * size
     try:
-        parts = [read_verified(path, chunk_arrays)["images"] for path in chunks]
+        parts = [read_verified(path, chunk_arrays) for path in chunks]
     except ValueError as err:  # damaged since it was checked or written: a rerun redoes it
         raise ValueError(f"{err}; run the same command again to recompute it") from None
-    new = np.concatenate(parts)[before - first:wanted - first]
+    window = slice(before - first, wanted - first)
+    new = np.concatenate([part["images"] for part in parts])[window]
     arrays = ({"arr_0": to_uint8(new), "float32": new} if "float32" in final_arrays
               else {"arr_0": new})
+    if "arr_1" in final_arrays:
+        arrays["arr_1"] = np.concatenate([part["labels"] for part in parts])[window]
     if before:
         old = read_verified(final, final_arrays)
         arrays = {k: np.concatenate([old[k], arrays[k]]) for k in final_arrays}

@@ -39,11 +39,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
-    """This process's slice ``(B / process_count, ...)`` -> the global ``(B, ...)`` array."""
+def global_batch(local_batch: Any, mesh: Mesh) -> Any:
+    """This process's slice ``(B / process_count, ...)`` -> the global ``(B, ...)`` array;
+    a tuple of them (images and labels) -> a tuple of global arrays, each split so."""
     sharding = batch_sharding(mesh)
-    global_shape = (local_batch.shape[0] * jax.process_count(), *local_batch.shape[1:])
-    return jax.make_array_from_process_local_data(sharding, local_batch, global_shape)
+
+    def one(local: np.ndarray) -> jax.Array:
+        global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+    return tuple(map(one, local_batch)) if isinstance(local_batch, tuple) else one(local_batch)
 
 
 def prefetch_to_device(host_batches: Iterable[np.ndarray], mesh: Mesh, size: int = 2

@@ -47,7 +47,8 @@ def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, i
     """Model parameters for ``(H, W, C)`` images, initialised from ``key`` (jit-compiled)."""
     x = jnp.zeros((1, *image_shape), jnp.float32)
     labels = jnp.zeros((1,), jnp.float32)
-    return jax.jit(lambda k: model.init(k, x, labels, train=False)["params"])(key)
+    classes = jnp.zeros((1,), jnp.int32) if getattr(model, "num_classes", 0) else None
+    return jax.jit(lambda k: model.init(k, x, labels, classes, train=False)["params"])(key)
 
 
 def create_train_state(

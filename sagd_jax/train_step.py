@@ -18,19 +18,40 @@ from sagd_jax.train_state import TrainState, ema_decay_at
 
 # Metrics report the loss per noise-level bucket: t in [0, 1/N), ..., [(N-1)/N, 1].
 NUM_LOSS_BUCKETS = 4
+# The label-dropout draw: a stream of its own, folded into the step's key, so the noise
+# levels, noise and dropout of a conditional step are those of an unconditional one.
+_LABEL_DROPOUT_STREAM = 0x6C61626C
 
 
 def network_eps(model: nn.Module, process: DiffusionProcess, params: Any, x: jax.Array,
-                t: jax.Array) -> jax.Array:
-    """The network (deterministic mode) as an ``eps_fn``: ``x: (B, H, W, C)``, ``t: (B,)``."""
-    out = model.apply({"params": params}, *process.network_input(x, t), train=False)
+                t: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    """The network (deterministic mode) as an ``eps_fn``: ``x: (B, H, W, C)``, ``t: (B,)``;
+    ``labels``: int32 ``(B,)`` class labels of a conditional network (its ``num_classes`` is
+    the null label), None for an unconditional one."""
+    image, noise_labels = process.network_input(x, t)
+    out = model.apply({"params": params}, image, noise_labels, labels, train=False)
     return process.eps_from_output(out, x, t)
 
 
 def make_eps_fn(model: nn.Module, process: DiffusionProcess, params: Any
                 ) -> jax.tree_util.Partial:
-    """A sampler-ready ``eps_fn`` whose parameters are traced (no recompile per checkpoint)."""
+    """A sampler-ready ``eps_fn(x, t)`` of an unconditional network whose parameters are
+    traced (no recompile per checkpoint)."""
     return jax.tree_util.Partial(functools.partial(network_eps, model), process, params)
+
+
+def make_cond_fn(model: nn.Module, process: DiffusionProcess, params: Any
+                 ) -> jax.tree_util.Partial:
+    """A conditional network as ``cond_fn(x, t, labels)`` (``sagd_jax.guidance``), parameters
+    traced."""
+    return jax.tree_util.Partial(functools.partial(network_eps, model), process, params)
+
+
+def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
+    """``labels`` (int ``(B,)``) with each replaced by ``null_label`` independently with
+    probability ``rate`` (classifier-free guidance's label dropout)."""
+    drop = jax.random.bernoulli(key, rate, labels.shape)
+    return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
 
 
 def _microbatch(x: jax.Array, index: jax.Array, count: int) -> jax.Array:
@@ -95,8 +116,15 @@ def train_step(
     process: DiffusionProcess,
     ema_decay: float,
     grad_accum_steps: int = 1,
+    labels: jax.Array | None = None,
+    label_dropout: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on ``batch: (B, H, W, C)`` float32.
+
+    ``labels``: int32 ``(B,)`` class labels for a conditional ``model`` (None: unconditional);
+    each is replaced by the null label ``model.num_classes`` with probability
+    ``label_dropout``, drawn from a stream of its own (the rest of the step's randomness is
+    that of an unconditional step).
 
     All randomness (noise levels, noise, dropout) comes from ``fold_in(train_key, state.step)``
     (``train_key``: the run's ``rng.TRAIN`` stream),
@@ -116,17 +144,21 @@ def train_step(
     t = process.sample_time(k_time, batch_size)
     batch = process.training_data(batch)
     x_t, eps = process.marginal_sample(k_noise, batch, t)
+    if labels is not None and label_dropout > 0:
+        labels = drop_labels(jax.random.fold_in(key, _LABEL_DROPOUT_STREAM), labels,
+                             label_dropout, model.num_classes)
 
-    def loss_fn(params: Any, x_t: jax.Array, t: jax.Array, x0: jax.Array, eps: jax.Array
-                ) -> tuple[jax.Array, jax.Array]:
-        out = model.apply({"params": params}, *process.network_input(x_t, t), train=True,
+    def loss_fn(params: Any, x_t: jax.Array, t: jax.Array, x0: jax.Array, eps: jax.Array,
+                labels: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        image, noise_labels = process.network_input(x_t, t)
+        out = model.apply({"params": params}, image, noise_labels, labels, train=True,
                           rngs={"dropout": k_dropout})
         per_example = process.loss(out, x0, eps, t)
         return per_example.mean(), per_example
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if grad_accum_steps == 1:
-        (loss, per_example), grads = grad_fn(state.params, x_t, t, batch, eps)
+        (loss, per_example), grads = grad_fn(state.params, x_t, t, batch, eps, labels)
     else:
         count = grad_accum_steps
         if batch_size % count:
@@ -134,7 +166,8 @@ def train_step(
                              f"({batch_size})")
 
         def accumulate(total: Any, index: jax.Array) -> tuple[Any, jax.Array]:
-            parts = [_microbatch(x, index, count) for x in (x_t, t, batch, eps)]
+            parts = [None if x is None else _microbatch(x, index, count)
+                     for x in (x_t, t, batch, eps, labels)]
             with nn.intercept_methods(_sliced_dropout(batch_size, index, count)):
                 (_, part), grads = grad_fn(state.params, *parts)
             return jax.tree.map(jnp.add, total, grads), part

@@ -117,8 +117,8 @@ def test_sweep_refuses_an_unknown_key_in_one_line_naming_the_closest(tmp_path, s
     assert result.stdout == ""
     name = flag.split("=")[0]
     assert result.stderr.strip().splitlines() == [
-        f"error: {name}=train.nosuchkey: no such config key; closest: train.num_steps, "
-        "train.nonfinite, train.log_every"]
+        f"error: {name}=train.nosuchkey: no such config key; closest: train.guidance, "
+        "train.num_steps, train.nonfinite"]
     assert os.listdir(tmp_path) == []
 
 

@@ -220,11 +220,11 @@ def test_build_model_of_the_default_model_section_is_the_default_unet():
     assert (model.ch, model.ch_mult, model.num_res_blocks, model.attn_resolutions) == (
         section.ch, tuple(section.ch_mult), section.num_res_blocks,
         tuple(section.attn_resolutions))
-    assert (model.dropout, model.num_groups, model.remat) == (
-        section.dropout, section.num_groups, section.remat)
+    assert (model.dropout, model.num_groups, model.remat, model.num_classes) == (
+        section.dropout, section.num_groups, section.remat, section.num_classes)
     assert model.dtype == jnp.float32 and section.dtype == "float32"
     assert set(section.keys()) == {"ch", "ch_mult", "num_res_blocks", "attn_resolutions",
-                                   "dropout", "num_groups", "dtype", "remat"}
+                                   "dropout", "num_groups", "dtype", "remat", "num_classes"}
 
 
 @pytest.mark.parametrize("key", ["ch", "ch_mult", "attn_resolutions", "dropout", "remat"])

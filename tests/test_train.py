@@ -155,7 +155,8 @@ def test_quickstart_cli_end_to_end_with_a_quiet_console(tmp_path, run_subprocess
     ("--config.model.ch_mult=(1,2,2,2)", "model.ch_mult=(1, 2, 2, 2)"),
     ("--config.train.sample_steps=5000", "train.sample_steps=5000:"),
     ("--config.train.nosuchkey=3",
-     "--config.train.nosuchkey: no such config key; closest: train.num_steps"),
+     "--config.train.nosuchkey: no such config key; closest: train.guidance, "
+     "train.num_steps"),
     ("--config.nosection.x=1", "--config.nosection.x: no such config key; closest: "),
     ("--config.trian.batch_size=1", "--config.trian.batch_size: no such config key; closest: "
                                     "train.batch_size"),

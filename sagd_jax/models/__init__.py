@@ -11,6 +11,7 @@
   num_groups       positive int, group-norm groups (capped at channels // 4)
   dtype            "float32" or "bfloat16", the compute dtype
   remat            bool, recompute residual blocks in the backward pass (memory for time)
+  num_classes      int >= 0, class labels the network is conditioned on (0: unconditional)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def build_model(model_config: Any, image_shape: Sequence[int]) -> UNet:
     dropout = validate.number(*entry("dropout"), 0.0, 1.0, open_hi=True)
     dtype = _DTYPES[validate.one_of(*entry("dtype"), tuple(_DTYPES))]
     remat = validate.boolean(*entry("remat"))
+    num_classes = validate.integer(*entry("num_classes"), 0)
 
     shape = tuple(image_shape)
     if len(shape) != 3 or not all(validate.is_int(s) and s > 0 for s in shape):
@@ -65,4 +67,5 @@ def build_model(model_config: Any, image_shape: Sequence[int]) -> UNet:
         num_groups=num_groups,
         dtype=dtype,
         remat=remat,
+        num_classes=num_classes,
     )

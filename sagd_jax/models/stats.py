@@ -37,7 +37,9 @@ def flops_per_image(model: nn.Module, variables: Any, image_shape: tuple[int, ..
     labels = jax.ShapeDtypeStruct((1,), jnp.float32)
 
     def forward(v: Any, images: jax.Array, noise_labels: jax.Array) -> jax.Array:
-        return model.apply(v, images, noise_labels, train=False)
+        classes = (jnp.zeros(noise_labels.shape, jnp.int32)
+                   if getattr(model, "num_classes", 0) else None)
+        return model.apply(v, images, noise_labels, classes, train=False)
 
     compiled = jax.jit(forward).lower(abstract, x, labels).compile()
     return _flops_from_cost(compiled.cost_analysis())

@@ -2,8 +2,11 @@
 
 Layout for ``ch_mult`` of length L, with r = image side / 2**level at each level:
 
-* Noise embedding: sinusoidal embedding of the noise label (``ch`` channels), then two dense
-  layers with SiLU to ``4 * ch`` channels.
+* Noise embedding: sinusoidal embedding of the noise label (``ch`` channels), plus, for a
+  class-conditional network (``num_classes > 0``), a learned embedding of the class label
+  (``num_classes + 1`` rows, the last the null label of classifier-free guidance), as EDM's
+  DDPM++ adds its label map to the noise embedding; then two dense layers with SiLU to
+  ``4 * ch`` channels.
 * Encoder: a 3x3 input conv to ``ch`` channels; at every level below the first, a downsampling
   residual block; then ``num_res_blocks`` residual blocks to ``ch * mult`` channels, with
   self-attention when r is in ``attn_resolutions``. Every encoder output is kept as a skip.
@@ -38,6 +41,10 @@ Dtype = Any
 
 # The noise-embedding MLP is this many times wider than ``ch``.
 EMB_MULT = 4
+# The class embedding's initial scale: that of EDM's label map (a Kaiming-uniform linear layer
+# on one-hot labels scaled by sqrt(num_classes): variance 1/3), beside the sin/cos entries of
+# the noise embedding (variance 1/2).
+LABEL_INIT_STD = 3**-0.5
 
 
 def check_image_size(height: int, width: int, ch_mult: tuple[int, ...]) -> None:
@@ -121,12 +128,16 @@ class UNet(nn.Module):
         num_groups: group-norm groups, capped so each group keeps at least 4 channels.
         dtype: compute dtype (float32 or bfloat16); the output is always float32.
         param_dtype: parameter dtype.
+        num_classes: 0 for an unconditional network (no label input, no label parameters);
+            K > 0: the network takes ``class_labels`` in 0 .. K, K being the null label (the
+            unconditional prediction of classifier-free guidance).
         remat: recompute each residual block's activations in the backward pass instead of
             keeping them (``nn.remat``): less memory for larger batches, one more forward, on
             GPU/TPU; XLA's CPU backend drops the barriers and saves nothing
             (benchmarks/remat_memory.py).
 
-    ``noise_labels`` are unitless scalars (the trainer passes 1000 * t, t in [0, 1]). Height and
+    ``noise_labels`` are unitless scalars (the trainer passes 1000 * t, t in [0, 1]);
+    ``class_labels``: int ``(B,)``, given exactly when ``num_classes > 0``. Height and
     width must be divisible by 2 ** (len(ch_mult) - 1). ``train=True`` with dropout > 0 needs a
     "dropout" rng.
     """
@@ -141,6 +152,7 @@ class UNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    num_classes: int = 0
 
     def _block(self, out_channels: int, name: str, **kwargs: Any) -> ResBlock:
         # Argument 3 of ResBlock.__call__(self, x, emb, train) is a Python bool.
@@ -156,13 +168,20 @@ class UNet(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: jax.Array, noise_labels: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, noise_labels: jax.Array,
+                 class_labels: jax.Array | None = None, train: bool = False) -> jax.Array:
         if x.ndim != 4:
             raise ValueError(f"UNet expects NHWC images of rank 4, got shape {x.shape}")
         if noise_labels.shape != (x.shape[0],):
             raise ValueError(
                 f"noise_labels must have shape ({x.shape[0]},), got {noise_labels.shape}"
             )
+        if (class_labels is None) != (self.num_classes == 0):
+            raise ValueError(f"UNet with num_classes={self.num_classes}: class_labels must be "
+                             + ("given" if self.num_classes else "None"))
+        if class_labels is not None and class_labels.shape != (x.shape[0],):
+            raise ValueError(
+                f"class_labels must have shape ({x.shape[0]},), got {class_labels.shape}")
         _, height, width, in_channels = x.shape
         check_image_size(height, width, self.ch_mult)
         dt, pdt = self.dtype, self.param_dtype
@@ -172,6 +191,10 @@ class UNet(nn.Module):
 
         # Noise-level embedding: (B,) -> (B, EMB_MULT * ch).
         emb = positional_embedding(noise_labels, self.ch)
+        if self.num_classes:
+            table = nn.Embed(self.num_classes + 1, self.ch, param_dtype=pdt, name="map_label",
+                             embedding_init=nn.initializers.normal(LABEL_INIT_STD))
+            emb = emb + table(class_labels).astype(jnp.float32)
         emb = nn.silu(dense(EMB_MULT * self.ch, dt, pdt, "map_layer0")(emb))
         emb = nn.silu(dense(EMB_MULT * self.ch, dt, pdt, "map_layer1")(emb))
 

@@ -61,11 +61,11 @@ class InTrainingEval:
         sampler = get_sampler(self.cfg.sampler or train.sampler)
         steps = self.cfg.steps or train.sample_steps
         base = jax.random.fold_in(rng.stream_key(self.run.config.seed, rng.EVAL), step)
-        eps_fn = self.run.eps_fn(params)
         shape = (self.cfg.batch_size, *self.run.image_shape)
         parts = []
         num_batches = -(-self.cfg.num_samples // self.cfg.batch_size)
-        for i in range(num_batches):
+        for i in range(num_batches):  # balanced labels over the whole set (a conditional run)
+            eps_fn = self.run.sample_eps_fn(params, shape[0], start=i * shape[0])
             images = sampler(self.run.process, eps_fn, jax.random.fold_in(base, i), shape,
                              steps, sharding=batch_sharding(self.mesh))
             shards = sorted(images.addressable_shards, key=lambda s: s.index[0].start or 0)
