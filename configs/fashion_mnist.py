@@ -4,7 +4,11 @@
         [--config.noise.gamma=2 --config.noise.bands=bandstop:0.4:0.6]
 
 Variants (``--config=configs/fashion_mnist.py:VARIANT``): ``sagd`` (default, gamma = 1),
-``iso`` (isotropic diffusion, gamma = 0), ``bandstop`` (gamma = 1 with w = 0 on 0.4..0.6).
+``iso`` (isotropic diffusion, gamma = 0), ``bandstop`` (gamma = 1 with w = 0 on 0.4..0.6),
+``cond`` (``sagd`` made class-conditional on Fashion-MNIST's 10 classes, label dropout 0.1 for
+classifier-free guidance; in-training samples unguided, ``train.guidance = 1``). A ``cond``
+run's samples carry their labels, and ``python -m sagd_jax.evaluate`` reports the classifier's
+``class_accuracy`` under them.
 """
 
 from sagd_jax.config import default_config
@@ -13,6 +17,7 @@ VARIANTS = {
     "sagd": dict(gamma=1.0, bands=""),
     "iso": dict(gamma=0.0, bands=""),
     "bandstop": dict(gamma=1.0, bands="bandstop:0.4:0.6"),
+    "cond": dict(gamma=1.0, bands=""),  # and the classes below
 }
 
 
@@ -26,4 +31,7 @@ def get_config(variant: str = "sagd"):
     c.model.update(dict(ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,),
                         dropout=0.1))
     c.train.update(dict(num_steps=50_000, batch_size=128))
+    if variant == "cond":
+        c.data.num_classes = c.model.num_classes = 10
+        c.train.label_dropout, c.train.guidance = 0.1, 1.0
     return c

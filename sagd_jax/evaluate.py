@@ -25,6 +25,11 @@ Metrics (those that apply):
   ``sem`` includes the sampling noise of the generated set;
   ``--filter_band`` removes a band from both sets before the features, and adds
   ``spectrum_off_band``: the spectrum error over the frequencies outside that band;
+* ``class_accuracy``: for a set with labels (``arr_1``: class-conditional samples) that the
+  classifier judges, the fraction of samples it puts in the class of their own label (of the
+  samples as they are, never band-filtered), and ``class_accuracy_per_class``: that fraction
+  for each label 0..9 (null for a label no sample has). The classifier's accuracy on the
+  real test images, ``classifier_test_accuracy``, is the ceiling; chance, about 0.1;
 * ``fid``/``kid``/``inception_score`` under ``inception``: FID, KID and IS in the FID
   Inception-v3's features (``sagd_jax.metrics.inception``), any RGB or grayscale images,
   against the Inception reference of the data (``--reference_split``, default the training
@@ -47,8 +52,9 @@ the stored results (exit 0); ``--overwrite`` computes them again and keeps the o
 ``<out>.previous``; a set grown since is refused unless ``--overwrite``. The headline numbers
 go to stdout as JSON, progress to stderr. Bad input (a missing, damaged or empty file, a file
 of a folder that does not decode, images of several sizes, float ``arr_0`` without
-``--model_units``, a bad band) stops with a one-line error naming the file or flag and exit
-status 2, before any work, nothing written.
+``--model_units``, a bad band, labels outside the classifier's classes 0..9 when it judges
+the set) stops with a one-line error naming the file or flag and exit status 2, before any
+work, nothing written.
 """
 
 from __future__ import annotations
@@ -75,7 +81,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_boolean("overwrite", False, "Compute the results again when --out exists "
                          "(the old file kept as <out>.previous).", flag_values=fv)
     flags.DEFINE_enum("classifier", "auto", ["auto", "on", "off"], "FD/KID in the "
-                      "Fashion-MNIST classifier's features (28x28x1 data): auto (when cached), "
+                      "Fashion-MNIST classifier's features (28x28x1 data), and its accuracy under "
+                      "the set's labels (arr_1) when it has them: auto (when cached), "
                       "on (trained once if needed, 5-10 min on 2 CPU cores), off.",
                       flag_values=fv)
     flags.DEFINE_string("band", None, "A band (kind:lo:hi[:edge]) whose energy to compare.",

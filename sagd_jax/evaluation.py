@@ -1,8 +1,8 @@
 """The evaluation library: generated images judged against the data of their run
-(``evaluate``: spectra, classifier FD/KID, Inception FID/KID/IS, band energy, grf variance), and
-the negative log-likelihood of a run's held-out images (``likelihood``). The command lines are
-``python -m sagd_jax.evaluate`` and ``python -m sagd_jax.likelihood``; their help texts say
-what each metric and flag means.
+(``evaluate``: spectra, classifier FD/KID and class accuracy, Inception FID/KID/IS, band
+energy, grf variance), and the negative log-likelihood of a run's held-out images
+(``likelihood``). The command lines are ``python -m sagd_jax.evaluate`` and
+``python -m sagd_jax.likelihood``; their help texts say what each metric and flag means.
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ def remove_band(images: np.ndarray, band_spec: str) -> np.ndarray:
 
 
 def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: str,
-                    num_subsets: int, subset_size: int, recipe: Any = None) -> dict[str, Any]:
+                    num_subsets: int, subset_size: int, recipe: Any = None, *,
+                    extractor: Any = None) -> dict[str, Any]:
     """FD and KID in the features of the classifier of ``recipe`` (default: the documented
-    one); the reference features are cached."""
+    one; ``extractor``: that classifier already loaded); the reference features are cached."""
     from sagd_jax.metrics.classifier import load_or_train
     from sagd_jax.metrics.features import (
         GaussianStats,
@@ -62,7 +63,7 @@ def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: 
         kernel_distance_blocks,
     )
 
-    extractor = load_or_train(recipe)
+    extractor = extractor if extractor is not None else load_or_train(recipe)
     path = os.path.join(files.cache_dir(), "reference",
                         f"{reference_name}-{extractor.recipe.name}.npz")
     if files.exists(path):
@@ -86,12 +87,62 @@ def feature_metrics(samples: np.ndarray, reference: np.ndarray, reference_name: 
 
 
 CLASSIFIER_COST = "5 to 10 minutes on 2 CPU cores"  # the documented recipe, as measured
+CLASSIFIER_CLASSES = 10  # the Fashion-MNIST classifier's classes: labels 0..9
+
+
+def check_labels(where: str, labels: np.ndarray) -> None:
+    """Refuse, in one ``ValueError`` line starting ``where``, labels outside the classifier's
+    classes ``[0, 10)`` (``class_accuracy`` compares its predictions with them)."""
+    labels = np.asarray(labels)
+    outside = (labels < 0) | (labels >= CLASSIFIER_CLASSES)
+    if outside.any():
+        raise ValueError(
+            f"{where}: arr_1 (labels) has {int(outside.sum())} of {len(labels)} labels outside "
+            f"the classifier's {CLASSIFIER_CLASSES} classes [0, {CLASSIFIER_CLASSES}) (first: "
+            f"{int(labels[outside][0])}): class_accuracy needs Fashion-MNIST's class labels; "
+            "--classifier=off judges the set without the classifier")
+
+
+def class_accuracy(extractor: Any, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """How often the classifier of ``extractor`` (a ``FeatureExtractor``) puts the images
+    ``(N, 28, 28, 1)`` (uint8, or float in model units) in the class of their own ``labels``
+    (``N`` integers in ``[0, 10)``): ``class_accuracy``, the fraction whose predicted class
+    (the arg-max of the logits) is their label, and ``class_accuracy_per_class``, that
+    fraction among the images of each label 0..9 (None for a label no image has)."""
+    import jax
+
+    from sagd_jax.metrics.classifier import FeatureNet, apply_in_batches
+
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),):
+        raise ValueError(f"labels: {labels.shape} for {len(images)} images; expected one each")
+    check_labels("labels", labels)
+    model = FeatureNet(extractor.recipe.width)
+    # the weights as an argument, not constants folded into the program: XLA's CPU compiler
+    # has been seen to miscompile (NaN) such constants when the last kernel is all zeros
+    logits_fn = jax.jit(lambda params, x: model.apply({"params": params}, x)[1])
+    logits = apply_in_batches(lambda x: logits_fn(extractor.params, x), np.asarray(images))
+    correct = np.argmax(logits, axis=-1) == labels
+    per_class = [float(correct[labels == k].mean()) if np.any(labels == k) else None
+                 for k in range(CLASSIFIER_CLASSES)]
+    return {"class_accuracy": float(correct.mean()), "class_accuracy_per_class": per_class}
 
 
 def classifier_applies(image_shape: tuple[int, ...], data_config: Any) -> bool:
     """Whether the in-project Fashion-MNIST classifier judges these images (28x28x1 data)."""
     return tuple(image_shape) == (28, 28, 1) and (data_config is None
                                                   or data_config.name != "grf")
+
+
+def _classifier_judges(mode: str, image_shape: tuple[int, ...], data_config: Any,
+                       recipe: Any) -> bool:
+    """Whether ``evaluate`` will use the classifier (as ``image_metrics`` decides), without
+    announcing or training anything: ``on``, or ``auto`` with the classifier cached."""
+    from sagd_jax.metrics.classifier import cached
+
+    return (data_config is not None and mode != "off"
+            and classifier_applies(image_shape, data_config)
+            and (mode == "on" or cached(recipe) is not None))
 
 
 def _classifier_ready(mode: str, recipe: Any) -> bool:
@@ -115,13 +166,16 @@ def _classifier_ready(mode: str, recipe: Any) -> bool:
 def image_metrics(images: np.ndarray, reference: np.ndarray, reference_name: str,
                   data_config: Any, band: str | None = None, filter_band: str | None = None,
                   num_subsets: int = 100, subset_size: int = 1000, classifier: str = "auto",
-                  classifier_recipe: Any = None) -> dict[str, Any]:
+                  classifier_recipe: Any = None, labels: np.ndarray | None = None
+                  ) -> dict[str, Any]:
     """The metrics of ``evaluate`` for any images ``(N, H, W, C)`` in model units against the
     clean ``reference`` of the run's ``data_config`` (generated samples, or data itself as a
     floor): ``spectrum``, ``band_energy_ratio``, ``spectrum_off_band`` (with
     ``filter_band``), ``fd``/``kid``/``kid_blocks`` (28x28x1 data; ``classifier``: ``on``
     trains the classifier of ``classifier_recipe`` if the cache lacks it, ``auto`` uses it
-    only when cached, ``off``), ``grf_variance`` (grf data). Writes nothing but the cache."""
+    only when cached, ``off``), with ``labels`` (one per image, in ``[0, 10)``) also
+    ``class_accuracy``/``class_accuracy_per_class`` (``class_accuracy``: of the images as
+    given, never band-filtered), ``grf_variance`` (grf data). Writes nothing but the cache."""
     from sagd_jax.data.grf import grf_spectrum
     from sagd_jax.metrics.spectra import (
         band_energy_ratio,
@@ -149,12 +203,19 @@ def image_metrics(images: np.ndarray, reference: np.ndarray, reference_name: str
         results["spectrum_off_band"] = radial_spectrum_error_off_band(images, reference, b)
     if classifier != "off" and classifier_applies(images.shape[1:], data_config) and (
             _classifier_ready(classifier, classifier_recipe)):
+        from sagd_jax.metrics.classifier import load_or_train
+
+        extractor = load_or_train(classifier_recipe)
         s, r, name = images, reference, reference_name
         if filter_band is not None:
             s, r = remove_band(s, filter_band), remove_band(r, filter_band)
             name = f"{name}-without-{filter_band}".replace(":", "_")
             results["filter_band"] = filter_band
-        results |= feature_metrics(s, r, name, num_subsets, subset_size, classifier_recipe)
+        results |= feature_metrics(s, r, name, num_subsets, subset_size, classifier_recipe,
+                                   extractor=extractor)
+        if labels is not None:
+            console.info("class accuracy: %d samples under their own labels", len(images))
+            results |= class_accuracy(extractor, images, labels)
     if data_config.name == "grf":
         err = variance_error(images, grf_spectrum(data_config))
         ratio = err.pop("ratio")
@@ -225,8 +286,9 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
     named by the set's ``manifest.json``, else only ``inception.reference_stats`` (Inception
     FID and IS). When ``out`` exists and holds the results of a set of this size, they are
     returned as they are; ``overwrite`` computes them again (the old file kept as
-    ``<out>.previous``). ``classifier``: the Fashion-MNIST classifier's FD/KID ``on`` (trained
-    once if the cache lacks it), ``auto`` (only when cached) or ``off``;
+    ``<out>.previous``). ``classifier``: the Fashion-MNIST classifier's FD/KID (and, for a
+    set with labels, ``class_accuracy``) ``on`` (trained once if the cache lacks it), ``auto``
+    (only when cached) or ``off``;
     ``classifier_recipe``: another recipe than the documented one (tests); ``model_units``: a
     float ``arr_0`` holds images in model units; ``inception``: the Inception metrics' options
     (default ``InceptionRequest()``). Bad input raises a one-line ``ValueError`` before any
@@ -273,6 +335,9 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
         raise ValueError(f"--classifier=on: the classifier judges 28x28x1 images of "
                          f"Fashion-MNIST-like data, not {samples.shape[1:]}"
                          + ("" if data_config is None else f" {data_config.name}"))
+    if sample_set.labels is not None and _classifier_judges(classifier, samples.shape[1:],
+                                                            data_config, classifier_recipe):
+        check_labels(where, sample_set.labels)
     weights = inception.weights_for(data_config, samples.shape[1:])
     reference_stats = None
     if weights is not None and inception.reference_stats is not None:
@@ -293,7 +358,7 @@ def evaluate(samples_path: str, out: str | None = None, band: str | None = None,
         results["reference"] = reference_name
         results |= image_metrics(samples, reference, reference_name, data_config, band,
                                  filter_band, num_subsets, subset_size, classifier,
-                                 classifier_recipe)
+                                 classifier_recipe, sample_set.labels)
     else:
         results["reference"] = files.absolute(inception.reference_stats)
     if weights is not None:
@@ -398,6 +463,9 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
 
     if "kid" in results:
         out["kid"] = pm(results["kid"], 5)
+    if "class_accuracy" in results:
+        out["class_accuracy"] = results["class_accuracy"]
+        out["class_accuracy_per_class"] = results["class_accuracy_per_class"]
     if "inception" in results:
         inc = results["inception"]
         out["inception_fid"] = inc["fid"]

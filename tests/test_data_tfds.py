@@ -193,8 +193,8 @@ def _config_specs() -> list[str]:
         loader_spec.loader.exec_module(module)
         rel = os.path.relpath(path, REPO)
         # cifar10_ddpmpp.py names its variants in its refusal, not in VARIANTS.
-        known = getattr(module, "VARIANTS", ("full", "cpu") if rel.endswith("cifar10_ddpmpp.py")
-                        else None)
+        known = getattr(module, "VARIANTS", ("full", "cpu", "cond")
+                        if rel.endswith("cifar10_ddpmpp.py") else None)
         specs += [f"{rel}:{v}" for v in known] if known else [rel]
     return specs
 
@@ -210,7 +210,8 @@ def test_every_config_and_variant_builds_a_run(spec, monkeypatch):
     # model.num_groups must divide every group norm's channels (checked only when the network
     # is traced, by group_count): trace its init, shapes only.
     x, labels = jnp.zeros((1, *run.image_shape)), jnp.zeros((1,))
-    variables = jax.eval_shape(lambda: run.model.init(jax.random.key(0), x, labels))
+    classes = jnp.zeros((1,), jnp.int32) if run.conditional else None
+    variables = jax.eval_shape(lambda: run.model.init(jax.random.key(0), x, labels, classes))
     assert jax.tree.leaves(variables["params"])
 
 
