@@ -48,7 +48,7 @@ from sagd_jax.sharding import (
 )
 from sagd_jax.time_grids import make_grid, resolve
 from sagd_jax.train_state import TrainState, create_train_state, make_optimizer
-from sagd_jax.train_step import make_cond_fn, make_eps_fn, train_step
+from sagd_jax.train_step import make_eps_fn, train_step
 from sagd_jax.workdir import Workdir
 
 REFERENCE_IMAGES = 512  # data images behind the reference power spectrum
@@ -342,9 +342,9 @@ class Run:
             if not guidance.unguided:
                 raise ValueError("guidance needs a class-conditional model or a guide model")
             return make_eps_fn(self.model, self.process, params)
-        guide_fn = None if guide is None else make_cond_fn(guide[0].model, guide[0].process,
+        guide_fn = None if guide is None else make_eps_fn(guide[0].model, guide[0].process,
                                                            guide[1])
-        return guided_eps_fn(make_cond_fn(self.model, self.process, params),
+        return guided_eps_fn(make_eps_fn(self.model, self.process, params),
                              None if labels is None else jnp.asarray(labels, jnp.int32),
                              guidance, self.process, self.num_classes, guide_fn=guide_fn)
 

@@ -33,18 +33,19 @@ def network_eps(model: nn.Module, process: DiffusionProcess, params: Any, x: jax
     return process.eps_from_output(out, x, t)
 
 
+@functools.lru_cache(maxsize=64)
+def _network(model: nn.Module) -> functools.partial:
+    """``network_eps`` bound to ``model``: one object per model (models compare by value), so
+    every ``eps_fn`` of that model has the same static part and reuses compiled samplers."""
+    return functools.partial(network_eps, model)
+
+
 def make_eps_fn(model: nn.Module, process: DiffusionProcess, params: Any
                 ) -> jax.tree_util.Partial:
-    """A sampler-ready ``eps_fn(x, t)`` of an unconditional network whose parameters are
-    traced (no recompile per checkpoint)."""
-    return jax.tree_util.Partial(functools.partial(network_eps, model), process, params)
-
-
-def make_cond_fn(model: nn.Module, process: DiffusionProcess, params: Any
-                 ) -> jax.tree_util.Partial:
-    """A conditional network as ``cond_fn(x, t, labels)`` (``sagd_jax.guidance``), parameters
-    traced."""
-    return jax.tree_util.Partial(functools.partial(network_eps, model), process, params)
+    """The network as a sampler-ready ``eps_fn(x, t)`` (unconditional), or as the
+    ``cond_fn(x, t, labels)`` of ``sagd_jax.guidance`` (conditional), its parameters traced:
+    a new checkpoint, new labels or a new chunk reuse what compiled."""
+    return jax.tree_util.Partial(_network(model), process, params)
 
 
 def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
