@@ -59,12 +59,32 @@ class Experiment:
     tiny: tuple[str, ...] = ()
     # Every arm also sampled and judged with these (sampler, steps): a row each.
     also_sample: tuple[tuple[str, int], ...] = ()
+    # Class-conditional arms: every arm also sampled (with ``sampler`` and ``steps``) and
+    # judged once per (row label, ``SampleRequest`` guidance options), e.g.
+    # ``("W=3, rho<=0.25", {"guidance": 3.0, "guidance_band": "lowpass::0.25"})``: a row each,
+    # named ``<arm> (<label>)``, its samples in their own folder (the request's default name
+    # carries the guidance). The arm's own row is the unguided one (W = 1).
+    guidance: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 def _seeded(arm: Arm, seed: int) -> Arm:
     """``arm`` trained with ``seed``, named ``<name>-seed<seed>``."""
     return dataclasses.replace(arm, name=f"{arm.name}-seed{seed}",
                                overrides=(*arm.overrides, ("seed", str(seed))))
+
+
+def _guidance_rows(weights: tuple[float, ...], band_weight: float, cutoff: float
+                   ) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """``Experiment.guidance`` rows: classifier-free guidance with each of ``weights`` in every
+    frequency bin, then ``band_weight`` only on the low band ``rho <= cutoff`` (1 above) and,
+    for contrast, only on the complementary high band ``rho >= cutoff`` (no bin of a 28x28
+    image lies at exactly 0.25: the two bands share none)."""
+    rows = [(f"W={w:g}", {"guidance": w}) for w in weights]
+    rows += [(f"W={band_weight:g}, rho<={cutoff:g}",
+              {"guidance": band_weight, "guidance_band": f"lowpass::{cutoff:g}"}),
+             (f"W={band_weight:g}, rho>={cutoff:g}",
+              {"guidance": band_weight, "guidance_band": f"highpass:{cutoff:g}"})]
+    return tuple(rows)
 
 
 def _gamma_arms(variant: str, seeds: tuple[int, ...] = (0,)) -> tuple[Arm, ...]:
@@ -155,6 +175,18 @@ EXPERIMENTS = {
         _parameterization_arms("natural_patches"),
         "eps vs v prediction vs EDM preconditioning under DDPM, DDIM and Heun (patches)",
         num_samples=500, also_sample=(("ddim", 100), ("ode_heun", 50)), gaussian_floor=True),
+    # Class-conditional generation on section 1's budget: classifier-free guidance, and
+    # guidance shaped in frequency. The arms' own rows are the unguided ones (W = 1).
+    "guidance_fashion": Experiment(
+        tuple(_seeded(Arm(f"gamma{g}", "fashion_mnist_cond", (("noise.gamma", g),)), seed)
+              for seed in (0, 1) for g in ("0", "1")),  # both gammas of seed 0 first
+        "Class-conditional Fashion-MNIST: classifier-free guidance, everywhere and on one band",
+        # 7 sample sets per arm, 6 of them guided (two network evaluations a step): 500 samples
+        # each with DPM-Solver++(2M), 20 steps on the log-SNR grid (the solver made for guided
+        # sampling, Lu et al. 2022), a fifth of section 1's DDPM-100 network evaluations, so
+        # that the four arms fit a working session on 2 CPU cores.
+        num_samples=500, sampler="dpmpp_2m", steps=20, time_grid="logsnr",
+        guidance=_guidance_rows((1.5, 2.0, 3.0, 5.0), 3.0, 0.25)),
     "omission": Experiment((
         Arm("iso-corrupted", "omission_corrupted", (("noise.gamma", "0"),)),
         Arm("masked-corrupted", "omission_corrupted",

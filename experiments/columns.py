@@ -18,8 +18,12 @@ if TYPE_CHECKING:
 def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | None,
                         filter_band: str | None, model: str = "ema",
                         name: str = "evaluation.json",
-                        clip_x0: float | None = None) -> dict[str, Any]:
-    """Sample the arm (resumable) and judge the samples; ``name``: the cached result's file."""
+                        clip_x0: float | None = None,
+                        guidance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Sample the arm (resumable) and judge the samples; ``name``: the cached result's file;
+    ``guidance``: ``SampleRequest`` guidance options (``Experiment.guidance``), whose samples
+    go to their own folder (the request's default name carries them). Samples of a
+    class-conditional run carry their labels, and the classifier's ``class_accuracy``."""
     from sagd_jax.evaluation import InceptionRequest, evaluate
     from sagd_jax.sampling import SampleRequest, generate
     from sagd_jax.workdir import Workdir
@@ -27,7 +31,8 @@ def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | N
     n = 16 if tiny else exp.num_samples
     request = SampleRequest(num_samples=n, sampler=exp.sampler, steps=2 if tiny else exp.steps,
                             chunk_size=8 if tiny else 250, model=model, clip_x0=clip_x0,
-                            time_grid=exp.time_grid, float32=True)  # outside_range
+                            time_grid=exp.time_grid, float32=True,  # outside_range
+                            **(guidance or {}))
     samples = generate(workdir, request)
     out = os.path.join(os.path.dirname(samples), name)
     if files.exists(out):
@@ -61,17 +66,22 @@ def judging(tiny: bool, data_config: Any) -> dict[str, Any]:
 def data_row(arm: Arm, exp: Experiment, tiny: bool, band: str | None) -> dict[str, Any]:
     """The training data itself (``num_samples`` images of the arm's variant, its corruption
     included, drawn by the training pipeline) judged exactly like the samples: the floor of
-    every metric (a perfect model of the training data scores this)."""
-    from sagd_jax.data import load_batch
+    every metric (a perfect model of the training data scores this); with labels
+    (``data.num_classes``), the classifier's ``class_accuracy`` on the images under their own
+    labels: the ceiling of the samples'."""
+    from sagd_jax.data import batch_labels, load_batch
     from sagd_jax.evaluation import image_metrics, reference_images
 
     run = arm_run(arm, overrides_for(exp, tiny))
     config = run.config
     n = 16 if tiny else exp.num_samples
     images = load_batch(run.source, config.data, seed=0, step=0, global_batch_size=n)
+    labels = (batch_labels(run.source, config.data, seed=0, global_batch_size=n)[0]
+              if config.data.num_classes else None)  # the labels of those images, in order
     settings = judging(tiny, config.data)
     reference, name = reference_images(config.data, settings.pop("max_reference"))
-    metrics = image_metrics(images, reference, name, config.data, band, band, **settings)
+    metrics = image_metrics(images, reference, name, config.data, band, band, labels=labels,
+                            **settings)
     row = summary_row(f"data: {arm.variant} (train)", metrics) | {
         "outside_range": outside_range(images)}
     if exp.judge_off:
@@ -138,6 +148,8 @@ def summary_row(name: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     if "fd" in evaluation:
         row |= {"fd": evaluation["fd"], "kid": kid_text(evaluation),
                 "kid_mean": kid_mean(evaluation)}
+    if "class_accuracy" in evaluation:  # labelled samples: the classifier's accuracy on them
+        row["class_accuracy"] = evaluation["class_accuracy"]
     if "spectrum_off_band" in evaluation:
         row["spectrum_err_off_band"] = evaluation["spectrum_off_band"]["mean_abs_log_ratio"]
     if "band_energy_ratio" in evaluation:

@@ -5,6 +5,7 @@
     python experiments/run.py --experiment=t0_grf
     python experiments/run.py --experiment=fitted_patches       # issue 23
     python experiments/run.py --experiment=ode_params_fashion   # issue 24
+    python experiments/run.py --experiment=guidance_fashion     # class-conditional, guided
     python experiments/run.py --experiment=fid_cifar10      # one GPU: see
     python experiments/run.py --experiment=fid_celeba64     # experiments/configs/fid.py
     python experiments/run.py --list
@@ -25,6 +26,9 @@ regenerated from the runs' outputs. Training wall time per call is appended to
 goes on to the trainer, which checkpoints its current step, then the command stops (exit status
 1, "stopped by signal N; rerun the same command to resume"). ``--tiny`` shrinks everything to
 seconds (the end-to-end test); ``--skip_training`` reports on the arms that finished training.
+A class-conditional experiment (``Experiment.guidance``) samples and judges every arm once
+more per guidance setting (a row each, with the classifier's ``class_accuracy`` of the samples
+under their own labels, and ``samples_guidance.png``: each arm's grids side by side).
 ``--clip_x0=C`` samples with ``x0_hat`` clipped to ``[-C, C]`` (``sagd_jax.samplers``; DDPM and
 DDIM experiments only) into their own folders and reports into ``--out/<experiment>-clipC/``.
 Bad input (an unknown experiment, an arm's invalid config, a clip the sampler cannot do) stops
@@ -33,7 +37,8 @@ status 1 (its ``<arm>/train.log`` says why). ``--check`` validates every arm of 
 experiment (or of ``--experiment`` only), its data opened too, and runs nothing.
 ``--report_only`` regenerates ``table.md`` and the figures of ``--out/<experiment>/`` (with
 ``--clip_x0``: ``-clipC/``) from its own ``results.json``, and trains, samples and reads no
-run (``samples.png`` is redrawn only where every arm's grid is still on disk).
+run (``samples.png`` and ``samples_guidance.png`` are redrawn only where every grid of theirs
+is still on disk).
 
 The experiments themselves are data in ``catalog.py`` (``EXPERIMENTS``); the table's columns
 are computed in ``columns.py`` and the report written by ``report.py``; this module trains
@@ -75,7 +80,7 @@ from experiments.columns import (
     score_error_curve,
     summary_row,
 )
-from experiments.report import report
+from experiments.report import GRIDS, report
 from sagd_jax import cli, console, files, train_subprocess
 from sagd_jax.errors import one_line
 
@@ -154,8 +159,9 @@ def report_again(name: str, out: str, clip_x0: float | None = None) -> str:
         raise ValueError(f"--report_only: {path}: not a report of this driver (needs 'rows', "
                          "each with an 'arm' name)")
     exp = EXPERIMENTS[name] if clip_x0 is None else clipped(EXPERIMENTS[name], clip_x0)
-    if not all(files.exists(row["grid"]) for row in rows if row.get("grid")):
-        rows = [{k: v for k, v in row.items() if k != "grid"} for row in rows]
+    for key in GRIDS:  # a figure is redrawn only where all of its grids are still on disk
+        if not all(files.exists(row[key]) for row in rows if row.get(key)):
+            rows = [{k: v for k, v in row.items() if k != key} for row in rows]
     extra = {k: v for k, v in saved.items() if k not in ("experiment", "rows", "seed_summary")}
     return report(name, exp, rows, folder, extra, write_results=False)
 
@@ -222,6 +228,8 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
         if exp.exact_floor:
             exact = sample_and_evaluate(workdir, exp, tiny, None, None, model="exact")
             extra[f"exact_sampler_floor/{arm.name}"] = exact["grf_variance"]
+        if exp.guidance:
+            row["guidance"] = "W=1"  # the arm's own row: unguided
         rows.append(row)
         for sampler, steps in exp.also_sample:
             other = sample_and_evaluate(workdir, dataclasses.replace(
@@ -231,6 +239,16 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
             with np.load(other["samples"]) as f:
                 also["outside_range"] = outside_range(f["float32"])
             rows.append(also)
+        for label, options in exp.guidance:
+            guided = sample_and_evaluate(workdir, exp, tiny, exp.band, exp.band,
+                                         clip_x0=clip_x0, guidance=options)
+            more = {**summary_row(f"{arm.name} ({label})", guided), "steps": last["step"],
+                    "guidance": label, "guided_of": arm.name,
+                    "guided_grid": os.path.join(os.path.dirname(guided["samples"]),
+                                                "grid.png")}
+            with np.load(guided["samples"]) as f:
+                more["outside_range"] = outside_range(f["float32"])
+            rows.append(more)
     if exp.data_rows and rows:
         first_of_variant: dict[str, Arm] = {}
         for arm in exp.arms[:max_arms]:

@@ -149,7 +149,8 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
 @pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission",
                                   "t0_grf", "fitted_patches", "fitted_fashion",
-                                  "ode_params_fashion", "ode_params_patches"])
+                                  "ode_params_fashion", "ode_params_patches",
+                                  "guidance_fashion"])
 def test_every_arm_of_every_cpu_experiment_has_a_valid_config(run_cli, name):
     # (the FID experiments need their TFDS data: tests/test_experiments_fid.py checks them)
     result = run_cli(DRIVER, "--check", f"--experiment={name}")
@@ -203,6 +204,121 @@ def test_other_experiments_run_their_first_arm_end_to_end(run_experiment, tmp_pa
                                                  "ddpm-clip0.5-2steps-seed0-step2"]
         with np.load(generated / "ddpm-clip0.5-2steps-seed0-step2" / "samples.npz") as f:
             assert np.abs(f["float32"]).max() <= 0.5 + 1e-6  # gamma 0: no projection
+
+
+@pytest.mark.slow
+@pytest.mark.needs_fashion_mnist
+def test_guidance_experiment_samples_each_arm_again_per_guidance_setting(
+        run_experiment, monkeypatch, tmp_path):
+    """guidance_fashion's first arm with one of its guidance rows (the band-shaped one; the
+    whole experiment samples 28 sets, minutes even on tiny settings): the unguided row and
+    the guided one, each from its own sample folder, with the classifier's accuracy on the
+    samples under their own labels, and the data's under theirs."""
+    import dataclasses
+
+    from experiments import catalog
+
+    exp = catalog.EXPERIMENTS["guidance_fashion"]
+    band = exp.guidance[4]
+    assert band == ("W=3, rho<=0.25", {"guidance": 3.0, "guidance_band": "lowpass::0.25"})
+    monkeypatch.setitem(catalog.EXPERIMENTS, "guidance_fashion",
+                        dataclasses.replace(exp, arms=exp.arms[2:3], guidance=(band,)))
+    result, results, out = run_experiment("guidance_fashion")
+    own, guided, data = results["rows"]
+    assert [own["arm"], guided["arm"], data["arm"]] == [
+        "gamma1-seed0", "gamma1-seed0 (W=3, rho<=0.25)", "data: fashion_mnist_cond (train)"]
+    assert (own["guidance"], guided["guidance"], guided["guided_of"]) == (
+        "W=1", "W=3, rho<=0.25", "gamma1-seed0")
+    for row in (own, guided, data):
+        assert 0 <= row["class_accuracy"] <= 1 and row["fd"] >= 0 and row["spectrum_err"] >= 0
+    assert guided["steps"] == 2 and 0 <= guided["outside_range"] <= 1
+    generated = tmp_path / "runs" / "guidance_fashion" / "gamma1-seed0" / "generated"
+    assert sorted(os.listdir(generated)) == ["ddpm-2steps-seed0-step2",
+                                             "ddpm-2steps-seed0-step2-w3-band-lowpass__0.25"]
+    with np.load(generated / "ddpm-2steps-seed0-step2-w3-band-lowpass__0.25" /
+                 "samples.npz") as f:
+        assert list(f["arr_1"]) == [j % 10 for j in range(16)]  # balanced labels
+    header = (out / "table.md").read_text().splitlines()[0]
+    assert header.endswith("| fd | kid | class_accuracy |") and header in result.stdout
+    for figure in ("samples.png", "samples_guidance.png", "spectra_guidance.png"):
+        assert (out / figure).exists()
+
+
+def test_guidance_experiment_is_data():
+    """guidance_fashion: two seeds of gamma 0 and 1, class-conditional on section 1's recipe,
+    each arm also sampled with W = 1.5, 2, 3, 5 in every frequency bin, then W = 3 on the low
+    band only and on the complementary high band only, each setting into its own folder."""
+    from experiments.catalog import EXPERIMENTS, load_arm_config
+    from sagd_jax.guidance import band_weight
+    from sagd_jax.sampling import SampleRequest
+
+    exp = EXPERIMENTS["guidance_fashion"]
+    assert [a.name for a in exp.arms] == ["gamma0-seed0", "gamma1-seed0", "gamma0-seed1",
+                                          "gamma1-seed1"]
+    assert (exp.num_samples, exp.sampler, exp.steps, exp.time_grid, exp.data_rows) == (
+        500, "dpmpp_2m", 20, "logsnr", True)
+    config = load_arm_config(exp.arms[3], [])
+    assert (config.data.num_classes, config.model.num_classes, config.train.label_dropout,
+            config.train.guidance, config.noise.gamma, config.seed) == (10, 10, 0.1, 1.0, 1, 1)
+    plain = load_arm_config(EXPERIMENTS["sagd_vs_iso_fashion"].arms[0], [])
+    for key in ("train.num_steps", "train.batch_size", "model.ch", "optim.learning_rate"):
+        section, name = key.split(".")
+        assert config[section][name] == plain[section][name]  # section 1's recipe
+    assert [label for label, _ in exp.guidance] == [
+        "W=1.5", "W=2", "W=3", "W=5", "W=3, rho<=0.25", "W=3, rho>=0.25"]
+    requests = [SampleRequest(num_samples=exp.num_samples, sampler=exp.sampler,
+                              steps=exp.steps, **options) for _, options in exp.guidance]
+    for request in requests:
+        request.validate(device_count=1)
+    unguided = SampleRequest(num_samples=exp.num_samples, sampler=exp.sampler, steps=exp.steps)
+    assert len({r.default_dirname(900) for r in [unguided, *requests]}) == 7
+    # The two band rows: W = 3 inside, 1 outside, and no 28x28 bin in both bands.
+    low, high = (band_weight(options["guidance_band"], 3.0, 28, 28)
+                 for _, options in exp.guidance[4:])
+    assert set(np.unique(low)) == set(np.unique(high)) == {1.0, 3.0}
+    np.testing.assert_array_equal((low - 1) + (high - 1), 2.0)
+
+
+def test_guided_rows_in_the_report(tmp_path):
+    """Guided rows (``Experiment.guidance``) in the report: ``class_accuracy`` in the table
+    and the seed summary (``<arm>-seed<k> (<setting>)`` rows summarised per setting), the
+    guided grids beside each arm's own, and guided over unguided power per radial bin."""
+    from PIL import Image
+
+    from experiments.catalog import EXPERIMENTS
+    from experiments.columns import summary_row
+    from experiments.report import guidance_ratios, report
+
+    def evaluation(power, accuracy):
+        return {"spectrum": {"rho": [0.1, 0.5, 1.0], "samples": power,
+                             "reference": [1.0, 1.0, 1.0], "mean_abs_log_ratio": 0.1},
+                "fd": 10.0, "kid_blocks": {"mean": 1.0, "sem": 0.1},
+                "class_accuracy": accuracy}
+
+    rows = []
+    for seed, power, accuracy in ((0, 2.0, 0.5), (1, 8.0, 0.6)):
+        arm = f"gamma1-seed{seed}"
+        grid = str(tmp_path / f"{arm}.png")
+        Image.new("L", (20, 20), 128).save(grid)
+        rows += [summary_row(arm, evaluation([1.0, 1.0, 1.0], accuracy))
+                 | {"guidance": "W=1", "grid": grid},
+                 summary_row(f"{arm} (W=3)", evaluation([power, 1.0, 1.0], accuracy + 0.25))
+                 | {"guidance": "W=3", "guided_of": arm, "guided_grid": grid}]
+    rows.append(summary_row("data: fashion_mnist_cond (train)",
+                            evaluation([1.0, 1.0, 1.0], 0.875)))
+    out = tmp_path / "out"
+    table = report("guidance_fashion", EXPERIMENTS["guidance_fashion"], rows, str(out), {})
+    lines = table.splitlines()
+    assert lines[0] == "| arm | spectrum_err | low_freq_power_ratio | fd | kid | class_accuracy |"
+    assert lines[3] == "| gamma1-seed0 (W=3) | 0.1 | 2 | 10 | 1 +- 0.1 | 0.75 |"
+    assert lines[6] == "| data: fashion_mnist_cond (train) | 0.1 | 1 | 10 | 1 +- 0.1 | 0.875 |"
+    assert "| gamma1 (W=3) | 2 | 0.1 +- 0 | 10 +- 0 | 1 +- 0 | 0.8 +- 0.05 |" in lines
+    ratios = guidance_ratios(rows)  # geometric mean over the seeds: sqrt(2 * 8) = 4
+    assert list(ratios) == ["gamma1 (W=3)"]
+    np.testing.assert_allclose(ratios["gamma1 (W=3)"], [4.0, 1.0, 1.0])
+    with Image.open(out / "samples_guidance.png") as figure:  # a line per arm: own, guided
+        assert figure.size == (20 + 8 + 20, 2 * (14 + 20) + 8)
+    assert (out / "samples.png").exists() and (out / "spectra_guidance.png").exists()
 
 
 def test_fitted_arms_report_what_their_fit_chose(tmp_path, tiny_config):

@@ -5,15 +5,19 @@
 Variants (the data): ``fashion_mnist`` (28x28), ``natural_patches`` (32x32 grayscale crops of
 scikit-image's photographs), ``omission_corrupted`` (Fashion-MNIST plus random-phase stripes
 confined to the band 0.45 <= rho <= 0.55), ``omission_clean`` (its clean reference), ``grf``
-(16x16 Gaussian random fields: the exact answer is known). The arms of each experiment
-override ``noise.*`` (see experiments/catalog.py). Equal steps, batch and seed across
-the arms of a comparison.
+(16x16 Gaussian random fields: the exact answer is known), ``fashion_mnist_cond``
+(``fashion_mnist`` made class-conditional on its 10 classes: ``data.num_classes`` and
+``model.num_classes`` 10, label dropout 0.1 so that the same network also learns the
+unconditional prediction of classifier-free guidance; in-training samples unguided). The
+arms of each experiment override ``noise.*`` (see experiments/catalog.py). Equal steps,
+batch and seed across the arms of a comparison.
 """
 
 from sagd_jax.config import default_config
 
 OMISSION_BAND = (0.45, 0.55)
-VARIANTS = ("fashion_mnist", "natural_patches", "omission_corrupted", "omission_clean", "grf")
+VARIANTS = ("fashion_mnist", "natural_patches", "omission_corrupted", "omission_clean", "grf",
+            "fashion_mnist_cond")
 
 
 def get_config(variant: str = "fashion_mnist"):
@@ -29,6 +33,9 @@ def get_config(variant: str = "fashion_mnist"):
                                       amplitude=0.3, seed=0))
     if variant == "grf":
         c.data.name, c.data.image_size, c.data.num_examples = "grf", 16, 50_000
+    if variant == "fashion_mnist_cond":  # section 1's recipe, class-conditional
+        c.data.num_classes = c.model.num_classes = 10
+        c.train.label_dropout, c.train.guidance = 0.1, 1.0
     c.noise.gamma, c.noise.rho0, c.noise.bands = 1.0, 0.1, ""
     # About 1M parameters (experiments/run.py prints the count).
     c.model.update(dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
