@@ -76,14 +76,10 @@ def _seeded(arm: Arm, seed: int) -> Arm:
 def _guidance_rows(weights: tuple[float, ...], band_weight: float, cutoff: float
                    ) -> tuple[tuple[str, dict[str, Any]], ...]:
     """``Experiment.guidance`` rows: classifier-free guidance with each of ``weights`` in every
-    frequency bin, then ``band_weight`` only on the low band ``rho <= cutoff`` (1 above) and,
-    for contrast, only on the complementary high band ``rho >= cutoff`` (no bin of a 28x28
-    image lies at exactly 0.25: the two bands share none)."""
+    frequency bin, then ``band_weight`` only on the low band ``rho <= cutoff`` (1 above)."""
     rows = [(f"W={w:g}", {"guidance": w}) for w in weights]
-    rows += [(f"W={band_weight:g}, rho<={cutoff:g}",
-              {"guidance": band_weight, "guidance_band": f"lowpass::{cutoff:g}"}),
-             (f"W={band_weight:g}, rho>={cutoff:g}",
-              {"guidance": band_weight, "guidance_band": f"highpass:{cutoff:g}"})]
+    rows.append((f"W={band_weight:g}, rho<={cutoff:g}",
+                 {"guidance": band_weight, "guidance_band": f"lowpass::{cutoff:g}"}))
     return tuple(rows)
 
 
@@ -181,12 +177,11 @@ EXPERIMENTS = {
         tuple(_seeded(Arm(f"gamma{g}", "fashion_mnist_cond", (("noise.gamma", g),)), seed)
               for seed in (0, 1) for g in ("0", "1")),  # both gammas of seed 0 first
         "Class-conditional Fashion-MNIST: classifier-free guidance, everywhere and on one band",
-        # 7 sample sets per arm, 6 of them guided (two network evaluations a step): 500 samples
-        # each with DPM-Solver++(2M), 20 steps on the log-SNR grid (the solver made for guided
-        # sampling, Lu et al. 2022), a fifth of section 1's DDPM-100 network evaluations, so
-        # that the four arms fit a working session on 2 CPU cores.
-        num_samples=500, sampler="dpmpp_2m", steps=20, time_grid="logsnr",
-        guidance=_guidance_rows((1.5, 2.0, 3.0, 5.0), 3.0, 0.25)),
+        # 6 sample sets per arm, 5 of them guided (two network evaluations a step): 500 samples
+        # each, DDPM with 50 steps (half of section 1's 100: the deterministic DPM-Solver++
+        # diverged on a fifth of the samples of this eps-prediction model, as the ODE samplers
+        # of section 5 do at this budget).
+        num_samples=500, steps=50, guidance=_guidance_rows((1.5, 2.0, 3.0, 5.0), 3.0, 0.25)),
     "omission": Experiment((
         Arm("iso-corrupted", "omission_corrupted", (("noise.gamma", "0"),)),
         Arm("masked-corrupted", "omission_corrupted",

@@ -7,7 +7,7 @@ compiled step. Every CLI, driver and benchmark builds on it.
     state = run.init_state(mesh)                # created directly onto its shardings
     state = run.restore(mesh, step=None)        # a checkpoint (latest by default)
     step = run.train_step(mesh)                 # the jitted, sharded, donated update
-    state, metrics = step(state, run.global_batch(s, mesh, labels=run.conditional))
+    state, metrics = step(state, run.global_batch(s, mesh))  # (images, labels): conditional
     images = sampler(run.process, run.eps_fn(state.ema_params), key, shape, steps)
     images = sampler(run.process, run.eps_fn(params, labels, guidance=2.0), ...)  # classes
 
@@ -203,11 +203,10 @@ class Run:
         data = self.config.data
         return iterate(self.training_batches(), start, stop, data.num_workers, data.prefetch)
 
-    def global_batch(self, step: int, mesh: jax.sharding.Mesh, *, labels: bool = False
-                     ) -> Any:
-        """The batch of ``step`` as one array sharded over the mesh's ``data`` axis; with
-        ``labels`` (a conditional model): ``(images, labels)``, both split so."""
-        if labels:
+    def global_batch(self, step: int, mesh: jax.sharding.Mesh) -> Any:
+        """The train step's input of ``step`` sharded over the mesh's ``data`` axis: the batch
+        as one array, or for a conditional model ``(images, labels)``, both split so."""
+        if self.conditional:
             return global_batch((self.load_batch(step), self.load_labels(step)), mesh)
         return global_batch(self.load_batch(step), mesh)
 

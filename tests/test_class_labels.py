@@ -5,6 +5,10 @@ guidance)."""
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -179,3 +183,46 @@ def test_label_dropout_trains_the_null_label_toward_the_average_of_the_classes()
     # per-pixel model).
     assert min(to_each) > 0.06, (to_each, to_mean)
     assert to_mean < 0.6 * min(to_each), (to_each, to_mean)
+
+
+FSDP_AND_ACCUMULATION = textwrap.dedent("""
+    import json, os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, numpy as np
+    from sagd_jax.config import normalize
+    from sagd_jax.run import Run
+    from sagd_jax.sharding import make_mesh
+    assert jax.device_count() == 4
+
+    def trained(mesh_fsdp, accum, devices):
+        config = normalize(json.loads({config!r}))
+        config.mesh.data, config.mesh.fsdp = -1, mesh_fsdp
+        config.train.grad_accum_steps = accum
+        run = Run.from_config(config, device_count=len(devices))
+        mesh = run.mesh(devices)
+        state, step = run.init_state(mesh), run.train_step(mesh)
+        for s in range(2):
+            state, _ = step(state, run.global_batch(s, mesh))
+        return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+
+    one = trained(1, 1, jax.devices()[:1])
+    for name, other in (("fsdp", trained(2, 1, jax.devices())),
+                        ("accumulation", trained(1, 2, jax.devices()[:1]))):
+        for a, b in zip(one, other, strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=name)
+    print("ok")
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.needs_fashion_mnist
+def test_a_conditional_run_trains_alike_on_an_fsdp_mesh_and_in_microbatches(tiny_config, repo):
+    """Two steps of a conditional run (labels and label dropout through the step) on a
+    (2, 2) mesh of 4 CPU devices and in 2 microbatches give one device's parameters."""
+    config = tiny_config(**{"data.name": "fashion_mnist", "data.num_classes": 10,
+                            "model.num_classes": 10, "train.label_dropout": 0.3,
+                            "model.ch": 32, "model.num_groups": 4})
+    script = FSDP_AND_ACCUMULATION.format(config=config.to_json_best_effort())
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=600, cwd=repo, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
