@@ -13,9 +13,15 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import numpy as np
-import pytest
+# NumPy's OpenBLAS on one thread (set before NumPy loads it; subprocesses inherit it). With its
+# default of a thread a core, the eigendecompositions of FID's 2048-feature covariances took 6
+# to 12 times as long on the 2-core VM whenever anything ran beside them (the other xdist
+# worker, XLA's threads): its threads wait for each other on cores in use.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # One persistent XLA compilation cache for the whole test session (subprocesses started by the
 # tests inherit it through the environment): the trainer tests compile the same tiny programs
