@@ -417,10 +417,11 @@ def test_sweep_shows_each_points_progress_while_it_trains(tmp_path, sweep, monke
 def test_a_trainer_stops_when_the_sweep_that_started_it_is_killed(tmp_path):
     """SIGKILL to the caller of ``train_subprocess.train``: its child gets SIGTERM (it saves
     and stops), no orphan is left."""
-    child_code = ("import signal, sys, time\n"
+    child_code = ("import os, signal, sys, time\n"
                   "from sagd_jax.train_subprocess import die_with_parent\n"
-                  "def stop(signum, frame):\n"
-                  "    open(sys.argv[1], 'w').write(str(signum)); sys.exit(75)\n"
+                  "def stop(signum, frame):\n"  # written whole, then renamed: never read empty
+                  "    open(sys.argv[1] + '.tmp', 'w').write(str(signum))\n"
+                  "    os.replace(sys.argv[1] + '.tmp', sys.argv[1]); sys.exit(75)\n"
                   "signal.signal(signal.SIGTERM, stop)\n"
                   "die_with_parent()\n"
                   "open(sys.argv[1] + '.started', 'w').close()\n"
