@@ -222,7 +222,7 @@ def test_guidance_experiment_samples_each_arm_again_per_guidance_setting(
     band = exp.guidance[4]
     assert band == ("W=3, rho<=0.25", {"guidance": 3.0, "guidance_band": "lowpass::0.25"})
     monkeypatch.setitem(catalog.EXPERIMENTS, "guidance_fashion",
-                        dataclasses.replace(exp, arms=exp.arms[2:3], guidance=(band,)))
+                        dataclasses.replace(exp, arms=exp.arms[1:2], guidance=(band,)))
     result, results, out = run_experiment("guidance_fashion")
     own, guided, data = results["rows"]
     assert [own["arm"], guided["arm"], data["arm"]] == [
