@@ -51,7 +51,12 @@ from flax import struct
 from sagd_jax import validate
 from sagd_jax.process import DiffusionProcess, expand_to
 from sagd_jax.samplers import as_pytree_fn
-from sagd_jax.spectral import apply_multiplier, radial_frequency, spectral_weights
+from sagd_jax.spectral import (
+    apply_multiplier,
+    first_odd_bin,
+    radial_frequency,
+    spectral_weights,
+)
 
 CondFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 POWERLAW_RHO0 = 0.1  # powerlaw:GAMMA's default rho0 (noise.rho0's default)
@@ -312,14 +317,11 @@ def _check_bin_weight(weight: Any, height: int, width: int) -> None:
                          f"the process's half-plane is {expected}")
     if isinstance(weight, jax.core.Tracer):
         return
-    values = np.asarray(weight)
-    rows = (-np.arange(height)) % height
-    for column in (0, width // 2) if width % 2 == 0 else (0,):
-        odd = np.flatnonzero(values[:, column] != values[rows, column])
-        if odd.size:
-            raise ValueError(f"--guidance_band: the per-bin weight is not even: bin "
-                             f"({odd[0]}, {column}) differs from its mirror "
-                             f"({rows[odd[0]]}, {column})")
+    odd = first_odd_bin(np.asarray(weight), width)
+    if odd is not None:
+        row, column, mirror = odd
+        raise ValueError(f"--guidance_band: the per-bin weight is not even: bin "
+                         f"({row}, {column}) differs from its mirror ({mirror}, {column})")
 
 
 def _check_batch(labels: jax.Array | None, x: jax.Array) -> None:

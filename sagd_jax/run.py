@@ -343,9 +343,8 @@ class Run:
             return make_eps_fn(self.model, self.process, params)
         guide_fn = None if guide is None else make_eps_fn(guide[0].model, guide[0].process,
                                                            guide[1])
-        return guided_eps_fn(make_eps_fn(self.model, self.process, params),
-                             None if labels is None else jnp.asarray(labels, jnp.int32),
-                             guidance, self.process, self.num_classes, guide_fn=guide_fn)
+        return guided_eps_fn(make_eps_fn(self.model, self.process, params), labels, guidance,
+                             self.process, self.num_classes, guide_fn=guide_fn)
 
     def exact_model(self) -> GaussianData:
         """The exact distribution of a ``grf`` run's data (``--model=exact``); a one-line

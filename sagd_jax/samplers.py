@@ -51,6 +51,7 @@ from flax import struct
 from sagd_jax import validate
 from sagd_jax.process import DiffusionProcess, combine, expand_to, safe_divide
 from sagd_jax.schedules import time_grid
+from sagd_jax.spectral import first_odd_bin
 from sagd_jax.time_grids import check_times
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -101,14 +102,12 @@ class Condition:
                              f"{known.shape}")
         if not np.isin(known, (0.0, 1.0)).all():
             raise ValueError("known bands: the mask must be 0 or 1 in every bin")
-        mirrored = (0, width // 2) if width % 2 == 0 else (0,)
-        rows = (-np.arange(height)) % height
-        for column in mirrored:
-            odd = np.flatnonzero(known[:, column] != known[rows, column])
-            if odd.size:
-                raise ValueError(f"known bands: the mask is not even: bin ({odd[0]}, {column}) "
-                                 f"is {known[odd[0], column]:g} but its mirror "
-                                 f"({rows[odd[0]]}, {column}) is {known[rows[odd[0]], column]:g}")
+        odd = first_odd_bin(known, width)
+        if odd is not None:
+            row, column, mirror = odd
+            raise ValueError(f"known bands: the mask is not even: bin ({row}, {column}) is "
+                             f"{known[row, column]:g} but its mirror ({mirror}, {column}) is "
+                             f"{known[mirror, column]:g}")
         return cls(images=images, known=jnp.asarray(known))
 
     def start(self, process: DiffusionProcess, x: jax.Array, key: jax.Array) -> jax.Array:

@@ -483,13 +483,15 @@ def _check_guidance(request: SampleRequest, run: Any, workdir: str
         if guide_run.num_classes != run.num_classes:
             raise ValueError(f"{where}: model.num_classes={guide_run.num_classes}, the run's "
                              f"{run.num_classes}")
-        for section in ("noise", "diffusion"):
-            mine, theirs = run.config[section].to_dict(), guide_run.config[section].to_dict()
-            if mine != theirs:
-                key = next(k for k in sorted(mine.keys() | theirs.keys())
-                           if mine.get(k) != theirs.get(k))
-                raise ValueError(f"{where}: another process ({section}.{key}="
-                                 f"{theirs.get(key)!r}, the run's {mine.get(key)!r})")
+        from sagd_jax.config import identity_changes
+
+        process = ("noise", "diffusion")  # the keys that make the process
+        changes = identity_changes({k: run.config[k].to_dict() for k in process},
+                                   {k: guide_run.config[k].to_dict() for k in process})
+        if changes:
+            key, (mine, theirs) = next(iter(changes.items()))
+            raise ValueError(f"{where}: another process ({key}={theirs!r}, the run's "
+                             f"{mine!r})")
     return labels, guidance, guide_run
 
 

@@ -55,6 +55,19 @@ def half_plane_multiplicity(height: int, width: int) -> np.ndarray:
     return mult
 
 
+def first_odd_bin(values: np.ndarray, width: int) -> tuple[int, int, int] | None:
+    """The first bin ``(row, column, mirror row)`` where a half-plane array ``(H, W // 2 + 1)``
+    is not even: columns 0 and ``W / 2`` (``W`` even) hold both halves of their frequencies,
+    row ``i`` and row ``-i mod H``, which must be equal; None when it is even."""
+    height = values.shape[0]
+    rows = (-np.arange(height)) % height
+    for column in (0, width // 2) if width % 2 == 0 else (0,):
+        odd = np.flatnonzero(values[:, column] != values[rows, column])
+        if odd.size:
+            return int(odd[0]), column, int(rows[odd[0]])
+    return None
+
+
 def full_grid_mean(values: np.ndarray | jax.Array, width: int) -> Any:
     """Mean over all ``H * W`` DFT bins of an even function given on the half-plane."""
     height = values.shape[0]

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from sagd_jax.models import placeholder_labels
+
 
 @struct.dataclass
 class TrainState:
@@ -47,7 +49,7 @@ def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, i
     """Model parameters for ``(H, W, C)`` images, initialised from ``key`` (jit-compiled)."""
     x = jnp.zeros((1, *image_shape), jnp.float32)
     labels = jnp.zeros((1,), jnp.float32)
-    classes = jnp.zeros((1,), jnp.int32) if getattr(model, "num_classes", 0) else None
+    classes = placeholder_labels(model, 1)
     return jax.jit(lambda k: model.init(k, x, labels, classes, train=False)["params"])(key)
 
 

@@ -15,6 +15,7 @@ import pytest
 from sagd_jax.config import load_config_file
 from sagd_jax.data import default_data_config, get_source, load_batch, tfds_source
 from sagd_jax.data import fashion_mnist as fm
+from sagd_jax.models import placeholder_labels
 from sagd_jax.run import Run
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -210,7 +211,7 @@ def test_every_config_and_variant_builds_a_run(spec, monkeypatch):
     # model.num_groups must divide every group norm's channels (checked only when the network
     # is traced, by group_count): trace its init, shapes only.
     x, labels = jnp.zeros((1, *run.image_shape)), jnp.zeros((1,))
-    classes = jnp.zeros((1,), jnp.int32) if run.conditional else None
+    classes = placeholder_labels(run.model, 1)
     variables = jax.eval_shape(lambda: run.model.init(jax.random.key(0), x, labels, classes))
     assert jax.tree.leaves(variables["params"])
 

@@ -23,9 +23,14 @@ import jax.numpy as jnp
 
 from sagd_jax import validate
 from sagd_jax.models.stats import count_params, flops_per_image
-from sagd_jax.models.unet import UNet, check_attn_resolutions, check_image_size
+from sagd_jax.models.unet import (
+    UNet,
+    check_attn_resolutions,
+    check_image_size,
+    placeholder_labels,
+)
 
-__all__ = ["UNet", "build_model", "count_params", "flops_per_image"]
+__all__ = ["UNet", "build_model", "count_params", "flops_per_image", "placeholder_labels"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sagd_jax.models.unet import placeholder_labels
+
 
 def count_params(params: Any) -> int:
     """Total number of scalars in a pytree of arrays (or of jax.ShapeDtypeStruct)."""
@@ -37,9 +39,7 @@ def flops_per_image(model: nn.Module, variables: Any, image_shape: tuple[int, ..
     labels = jax.ShapeDtypeStruct((1,), jnp.float32)
 
     def forward(v: Any, images: jax.Array, noise_labels: jax.Array) -> jax.Array:
-        classes = (jnp.zeros(noise_labels.shape, jnp.int32)
-                   if getattr(model, "num_classes", 0) else None)
-        return model.apply(v, images, noise_labels, classes, train=False)
+        return model.apply(v, images, noise_labels, placeholder_labels(model, 1), train=False)
 
     compiled = jax.jit(forward).lower(abstract, x, labels).compile()
     return _flops_from_cost(compiled.cost_analysis())

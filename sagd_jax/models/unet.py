@@ -75,6 +75,12 @@ def check_attn_resolutions(height: int, width: int, ch_mult: tuple[int, ...],
             width, tuple(ch_mult), ", ".join(map(str, sides)))
 
 
+def placeholder_labels(model: nn.Module, batch: int) -> jax.Array | None:
+    """Class labels ``(batch,)`` of zeros to trace a conditional network with (init, cost
+    estimates); None for an unconditional one, which takes none."""
+    return jnp.zeros((batch,), jnp.int32) if getattr(model, "num_classes", 0) else None
+
+
 class ResBlock(nn.Module):
     """DDPM++ residual block, optionally resampling and with self-attention.
 
