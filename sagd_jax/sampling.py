@@ -388,7 +388,10 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
         step = int(jax.device_get(state.step))
         guide = None
         if guide_run is not None:
-            guide_state = guide_run.restore(mesh, request.guide_step)
+            try:
+                guide_state = guide_run.restore(mesh, request.guide_step)
+            except ValueError as err:
+                raise _guide_error(err, request) from None
             guide_step = int(jax.device_get(guide_state.step))
             guide = (guide_run, guide_state.ema_params)
 
@@ -475,8 +478,11 @@ def _check_guidance(request: SampleRequest, run: Any, workdir: str
     if request.guide_workdir is not None:
         from sagd_jax.run import Run
 
-        guide_run = Run.from_workdir(request.guide_workdir)
         where = f"--guide_workdir={request.guide_workdir}"
+        try:
+            guide_run = Run.from_workdir(request.guide_workdir)
+        except ValueError as err:
+            raise _guide_error(err, request) from None
         if guide_run.image_shape != run.image_shape:
             raise ValueError(f"{where}: its images are {guide_run.image_shape}, the run's "
                              f"{run.image_shape}")
@@ -493,6 +499,15 @@ def _check_guidance(request: SampleRequest, run: Any, workdir: str
             raise ValueError(f"{where}: another process ({key}={theirs!r}, the run's "
                              f"{mine!r})")
     return labels, guidance, guide_run
+
+
+def _guide_error(err: ValueError, request: SampleRequest) -> ValueError:
+    """A workdir's one line (``--workdir=DIR: ...``) about the guide, naming
+    ``--guide_workdir`` instead."""
+    message, prefix = str(err), f"--workdir={request.guide_workdir}: "
+    if message.startswith(prefix):
+        message = f"--guide_workdir={request.guide_workdir}: {message.removeprefix(prefix)}"
+    return ValueError(message)
 
 
 def _out_of_memory(out_dir: str, request: SampleRequest) -> str:

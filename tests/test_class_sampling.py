@@ -126,6 +126,8 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, tiny_config
     Workdir(str(other_process)).prepare(conditional(tiny_config, **{"noise.gamma": 0.0}))
     other_shape = tmp_path / "other_shape"
     Workdir(str(other_shape)).prepare(conditional(tiny_config, **{"data.image_size": 8}))
+    untrained = tmp_path / "untrained"
+    Workdir(str(untrained)).prepare(conditional(tiny_config))
     out = tmp_path / "refused"
     base = ["--num_samples=4", "--steps=2", "--chunk_size=4", f"--out={out}"]
     cases = [
@@ -139,6 +141,10 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, tiny_config
          "its images are (8, 8, 1), the run's (16, 16, 1)"),
         ([f"--workdir={trained}", "--guidance=2", f"--guide_workdir={other_process}"],
          "another process (noise.gamma=0.0, the run's 1.0)"),
+        ([f"--workdir={trained}", "--guidance=2", f"--guide_workdir={tmp_path / 'nosuch'}"],
+         f"--guide_workdir={tmp_path / 'nosuch'}: no config.json"),
+        ([f"--workdir={trained}", "--guidance=2", f"--guide_workdir={untrained}"],
+         f"--guide_workdir={untrained}: no checkpoint"),
         ([f"--workdir={trained}", "--guidance_band=lowpass::0.3"], "needs a guidance weight"),
         ([f"--workdir={trained}", "--guidance=2", "--guidance_interval=5:1"],
          "--guidance_interval"),
