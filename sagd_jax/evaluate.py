@@ -1,6 +1,7 @@
 """Judge a sample set against data; writes one JSON file (and plots), prints the headline.
 
-    python -m sagd_jax.evaluate --samples=SET [--config=configs/NAME.py | --reference_stats=F]
+    python -m sagd_jax.evaluate --samples=SET[,SET2,...] [--fid_sets=K]
+        [--config=configs/NAME.py | --reference_stats=F]
         [--classifier=auto|on|off] [--inception=auto|on|off] [--out=FILE.json] [--overwrite]
         [--band=bandpass:0.45:0.6] [--filter_band=bandstop:0.45:0.6] [--max_reference=10000]
         [--num_subsets=100] [--subset_size=1000] [--model_units] [--inception_weights=PATH]
@@ -55,6 +56,19 @@ of a folder that does not decode, images of several sizes, float ``arr_0`` witho
 ``--model_units``, a bad band, labels outside the classifier's classes 0..9 when it judges
 the set) stops with a one-line error naming the file or flag and exit status 2, before any
 work, nothing written.
+
+Several sets, FID as papers report it (the mean or minimum over sets of different seeds: one
+number cannot be compared): ``--samples=A,B,C`` names them, or ``--samples=SET --fid_sets=K``
+takes the seed-s set ``SET`` of ``python -m sagd_jax.sample --sets=K`` and the K-1 sets of seeds
+s+1 .. s+K-1 it made beside it. Each set is judged as above (its own ``evaluation.json``, reused
+when there); then ``fid_sets_<K>.json`` beside the first set's results (``--out`` to choose)
+holds, for every scalar headline (classifier ``fd``, ``kid``, ``kid_blocks``, class accuracy,
+spectrum errors, ``inception_fid``, ``inception_kid``, ``inception_score``, ...), the mean, the
+standard deviation (ddof=1), min, max and the values set by set, with the seeds; printed as
+JSON. Run again, it prints the stored summary; ``--overwrite`` judges every set again. Refused
+in one line (exit 2, nothing written) before any set is judged: K < 1, a missing set, sets of
+other image shapes or sizes, sets made with other settings than the first's (but the seed) or
+with the same seed.
 """
 
 from __future__ import annotations
@@ -66,18 +80,31 @@ from collections.abc import Sequence
 from absl import flags
 
 from sagd_jax import cli
-from sagd_jax.evaluation import InceptionRequest, evaluate, summary
+from sagd_jax.evaluation import (
+    InceptionRequest,
+    evaluate,
+    evaluate_sets,
+    sets_headline,
+    split_sets,
+    summary,
+)
 
 
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("samples", None, "The set: an .npz (arr_0 uint8 NHWC, or "
                         "sagd_jax.sample's samples.npz), a folder of PNG/JPEG files or a .zip "
-                        "of them.", flag_values=fv)
+                        "of them; A,B,C: several sets of one model (a summary over them).",
+                        flag_values=fv)
+    flags.DEFINE_integer("fid_sets", None, "Judge K sets and summarise them (mean, std with "
+                         "ddof=1, min per metric): --samples's seed-s set of sagd_jax.sample "
+                         "--sets and its siblings of seeds s+1..s+K-1 (or the K sets "
+                         "--samples names).", flag_values=fv)
     cli.define_config(fv, required=False, help_text="The data to judge against: a config "
                       "(configs/NAME.py[:variant] or a built-in name); default: the run in "
                       "the set's manifest.json.")
     flags.DEFINE_string("out", None, "JSON file (default evaluation.json beside a samples.npz "
-                        "with its manifest, else SET.evaluation.json).", flag_values=fv)
+                        "with its manifest, else SET.evaluation.json; several sets: their "
+                        "summary, default fid_sets_<K>.json beside the first's).", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "Compute the results again when --out exists "
                          "(the old file kept as <out>.previous).", flag_values=fv)
     flags.DEFINE_enum("classifier", "auto", ["auto", "on", "off"], "FD/KID in the "
@@ -115,6 +142,14 @@ def evaluate_cli(fv: flags.FlagValues) -> None:
         raise ValueError("--samples: required (likelihood: python -m sagd_jax.likelihood)")
     inception = InceptionRequest(fv.inception, fv.inception_weights, fv.reference_stats,
                                  fv.reference_split, fv.inception_reference_images)
+    if fv.fid_sets is not None or len(split_sets(fv.samples)) > 1:
+        summary_ = evaluate_sets(
+            fv.samples, fv.fid_sets, fv.out, band=fv.band, filter_band=fv.filter_band,
+            max_reference=fv.max_reference, num_subsets=fv.num_subsets,
+            subset_size=fv.subset_size, classifier=fv.classifier, model_units=fv.model_units,
+            inception=inception, config=fv.config, overwrite=fv.overwrite)
+        print(json.dumps(sets_headline(summary_), indent=2))
+        return
     results = evaluate(fv.samples, fv.out, fv.band, fv.filter_band, fv.max_reference,
                        fv.num_subsets, fv.subset_size, fv.classifier,
                        model_units=fv.model_units, inception=inception, config=fv.config,

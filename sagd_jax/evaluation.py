@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -395,19 +396,24 @@ def strict_json(value: Any, where: str) -> Any:
     return cleaned
 
 
-def _stored(out: str, count: int) -> dict[str, Any]:
+def _stored(out: str, count: int, flag: str | None = "--out", log: bool = True
+            ) -> dict[str, Any]:
     """The results already in ``out`` when they are of a set of ``count`` images; a one-line
-    ``ValueError`` otherwise (a set grown since, or another file)."""
+    ``ValueError`` otherwise (a set grown since, or another file), naming ``flag=out`` (or
+    ``out`` alone when no flag names it)."""
+    where = out if flag is None else f"{flag}={out}"
+    other = "" if flag is None else " or another --out"
     try:
         stored = files.read_json(out)
     except (OSError, ValueError) as err:
-        raise ValueError(f"--out={out}: exists and is unreadable ({one_line(err)}); pass "
-                         "another --out") from None
+        raise ValueError(f"{where}: exists and is unreadable ({one_line(err)}); pass "
+                         f"{'--overwrite' if flag is None else 'another --out'}") from None
     if not isinstance(stored, dict) or stored.get("num_samples") != count:
         held = stored.get("num_samples") if isinstance(stored, dict) else None
-        raise ValueError(f"--out={out}: holds results of {held} samples, the set has {count}; "
-                         "pass --overwrite (the old file is kept) or another --out")
-    console.info("results: %s (already there; --overwrite computes them again)", out)
+        raise ValueError(f"{where}: holds results of {held} samples, the set has {count}; "
+                         f"pass --overwrite (the old file is kept){other}")
+    if log:
+        console.info("results: %s (already there; --overwrite computes them again)", out)
     return stored
 
 
@@ -475,6 +481,263 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     if "grf_variance" in results:
         out["grf_variance_mean_abs_log_ratio"] = results["grf_variance"]["mean_abs_log_ratio"]
     return out
+
+
+# --- several sample sets: FID as papers report it ---------------------------------------------
+SET_METRICS = (  # (name in the summary, keys into evaluate's results): the scalar headlines
+    ("fd", ("fd",)), ("kid", ("kid", "mean")), ("kid_blocks", ("kid_blocks", "mean")),
+    ("class_accuracy", ("class_accuracy",)),
+    ("spectrum_mean_abs_log_ratio", ("spectrum", "mean_abs_log_ratio")),
+    ("spectrum_off_band", ("spectrum_off_band", "mean_abs_log_ratio")),
+    ("band_energy_ratio", ("band_energy_ratio",)),
+    ("grf_variance_mean_abs_log_ratio", ("grf_variance", "mean_abs_log_ratio")),
+    ("inception_fid", ("inception", "fid")), ("inception_kid", ("inception", "kid", "mean")),
+    ("inception_score", ("inception", "inception_score", "mean")))
+SAME_JUDGEMENT = (  # what the sets of one summary must have been judged alike in
+    ("reference",), ("num_reference",), ("classifier",), ("band",), ("filter_band",),
+    ("inception", "inception_reference"), ("inception", "inception_weights"))
+STATISTICS = ("mean, std (the sample standard deviation over the sets, ddof=1; null for one "
+              "set), min and max over the sets; values: set by set")
+
+
+@dataclasses.dataclass(frozen=True)
+class SetInfo:
+    """A sample set as ``find_sets`` checked it: its path, image count and shape, and the
+    ``manifest.json`` beside it (``{}``: none)."""
+
+    path: str
+    count: int
+    shape: tuple[int, ...]
+    manifest: dict[str, Any]
+
+
+def split_sets(samples: str | Sequence[str]) -> list[str]:
+    """The sets ``--samples`` names: a list as it is, a string split at its commas
+    (``A,B,C``) unless the whole string names a file or folder."""
+    if isinstance(samples, str):
+        parts = samples.split(",") if "," in samples and not files.exists(samples) else [samples]
+    else:
+        parts = [str(part) for part in samples]
+    if not parts or any(not part.strip() for part in parts):
+        raise ValueError(f"--samples={','.join(parts)}: an empty path in the list")
+    return [part.strip() for part in parts]
+
+
+def find_sets(samples: str | Sequence[str], fid_sets: int | None = None,
+              model_units: bool = False, channels: int | None = None) -> list[SetInfo]:
+    """The sample sets to judge together, each read once and checked: those ``samples`` names
+    (``split_sets``), or with ``fid_sets=K`` and one set (``sagd_jax.sample``'s, of seed s)
+    that set and the K - 1 sets of seeds s+1 .. s+K-1 beside it (``sampling.sibling_set``).
+    One line naming the flag or file, before any work: a missing set, sets of other image
+    shapes or sizes, sets made with other settings than the first's (but the seed), with
+    the same seed, or with a manifest where another has none."""
+    from sagd_jax import sample_files
+    from sagd_jax.sampling import sibling_set
+
+    paths = split_sets(samples)
+    flag = "--samples"
+    if fid_sets is not None:
+        validate.integer("--fid_sets", fid_sets, 1)
+        if len(paths) > 1 and len(paths) != fid_sets:
+            raise ValueError(f"--fid_sets={fid_sets}: --samples names {len(paths)} sets")
+    seen: dict[str, str] = {}
+    for path in paths:
+        if files.absolute(path).rstrip("/") in seen:
+            raise ValueError(f"--samples: {path} named twice")
+        seen[files.absolute(path).rstrip("/")] = path
+
+    def read(path: str) -> SetInfo:
+        loaded = sample_files.load(path, model_units, channels)
+        return SetInfo(path, len(loaded.images), tuple(loaded.images.shape[1:]),
+                       loaded.manifest)
+
+    first = read(paths[0])
+    if fid_sets is not None and len(paths) == 1 and fid_sets > 1:
+        flag = f"--fid_sets={fid_sets}"
+        seed = first.manifest.get("seed")
+        if not isinstance(seed, int):
+            raise ValueError(f"{flag}: --samples={first.path} has no manifest.json of "
+                             "sagd_jax.sample beside it (its seed and settings); name the sets: "
+                             "--samples=A,B,C")
+        for other in range(seed + 1, seed + fid_sets):
+            path = sibling_set(first.path, first.manifest, other)
+            if path is None:
+                raise ValueError(f"{flag}: --samples={first.path} is not in a folder of "
+                                 "sagd_jax.sample --sets (DIR/seed<S>, or its default name); "
+                                 "name the sets: --samples=A,B,C")
+            if not files.exists(path):
+                raise ValueError(f"{flag}: no set of seed {other} beside --samples="
+                                 f"{first.path}: {path} is missing (python -m sagd_jax.sample "
+                                 f"... --seed={seed} --sets={fid_sets} makes them)")
+            paths.append(path)
+    sets, seeds = [first], {first.manifest.get("seed"): first.path}
+    for path in paths[1:]:
+        info = read(path)
+        _check_alike(flag, first, info)
+        seed = info.manifest.get("seed")
+        if info.manifest and seed in seeds:
+            raise ValueError(f"{flag}: {path} has the seed of {seeds[seed]} ({seed}): the same "
+                             "images; the sets of one FID have different seeds")
+        seeds[seed] = path
+        sets.append(info)
+    return sets
+
+
+def _check_alike(flag: str, first: SetInfo, info: SetInfo) -> None:
+    """One line naming ``flag`` and ``info``'s file unless its set is comparable with
+    ``first``'s: the same image shape and count, made with the same settings but the seed."""
+    if info.shape != first.shape:
+        raise ValueError(f"{flag}: {info.path} holds images {info.shape}, {first.path} "
+                         f"{first.shape}")
+    if info.count != first.count:
+        raise ValueError(f"{flag}: {info.path} holds {info.count} images, {first.path} "
+                         f"{first.count}; FID depends on the set size: judge sets of one size")
+    if bool(info.manifest) != bool(first.manifest):
+        without, other = (info, first) if first.manifest else (first, info)
+        raise ValueError(f"{flag}: {without.path} has no manifest.json beside it, {other.path} "
+                         "has; the sets of one FID come from one sampler")
+    differing = sorted(key for key in info.manifest.keys() | first.manifest.keys()
+                       if key != "seed" and info.manifest.get(key) != first.manifest.get(key))
+    if differing:
+        raise ValueError(f"{flag}: {info.path} was made with other settings than {first.path} "
+                         f"({', '.join(differing)}); the sets of one FID differ only in their "
+                         "seed")
+
+
+def default_sets_out(first_path: str, has_manifest: bool, count: int) -> str:
+    """Where ``evaluate_sets`` writes by default: ``fid_sets_<K>.json`` beside the first set's
+    ``evaluation.json`` (``default_out``)."""
+    judged = default_out(first_path, has_manifest)
+    return judged.removesuffix("evaluation.json") + f"fid_sets_{count}.json"
+
+
+def evaluate_sets(samples: str | Sequence[str], fid_sets: int | None = None,
+                  out: str | None = None, *, overwrite: bool = False, config: Any = None,
+                  model_units: bool = False, **options: Any) -> dict[str, Any]:
+    """Judge several sample sets of one model (``find_sets``), each as ``evaluate`` does (its
+    own results file beside it, reused when there), then write their summary
+    (``summarize_sets``) to ``out`` (default ``default_sets_out``) and return it.
+    ``options``: the rest of ``evaluate``'s. A summary already in ``out`` of these sets is
+    returned as it is; ``overwrite`` judges every set again (old files kept as
+    ``.previous``). Bad input raises a one-line ``ValueError`` before any set is judged."""
+    channels = None if config is None else config.data.channels
+    sets = find_sets(samples, fid_sets, model_units, channels)
+    first = sets[0]
+    out = (files.normalize(out) if out
+           else default_sets_out(first.path, bool(first.manifest), len(sets)))
+    if files.exists(out) and not overwrite:
+        return _stored_sets(out, sets)
+    judged = [default_out(info.path, bool(info.manifest)) for info in sets]
+    for info, path in zip(sets, judged, strict=True):  # results of another size: refused now
+        if files.exists(path) and not overwrite:
+            _stored(path, info.count, flag=None, log=False)
+    results = []
+    for i, info in enumerate(sets):
+        console.info("set %d of %d: %s", i + 1, len(sets), info.path)
+        results.append(evaluate(info.path, None, config=config, model_units=model_units,
+                                overwrite=overwrite, **options))
+    summary_ = strict_json(summarize_sets(results, judged), out)
+    if overwrite and files.exists(out):
+        kept = files.set_aside(out, ".previous")
+        console.info("%s: the earlier summary kept as %s", out, os.path.basename(kept))
+    files.makedirs(files.dirname(files.absolute(out)))
+    files.write_new_json("--out", out, summary_)
+    console.info("summary of %d sets: %s", len(sets), out)
+    return summary_
+
+
+def _stored_sets(out: str, sets: Sequence[SetInfo]) -> dict[str, Any]:
+    """The summary already in ``out`` when it is of ``sets`` (paths and sizes); a one-line
+    ``ValueError`` otherwise."""
+    try:
+        stored = files.read_json(out)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--out={out}: exists and is unreadable ({one_line(err)}); pass "
+                         "another --out") from None
+    wanted = [(files.absolute(info.path), info.count) for info in sets]
+    held = (stored.get("sets") if isinstance(stored, dict) else None) or []
+    if [(entry.get("samples") if isinstance(entry, dict) else None, stored.get("num_samples"))
+            for entry in held] != wanted:
+        raise ValueError(f"--out={out}: holds a summary of other sets (or sizes); pass "
+                         "--overwrite (every set judged again, old files kept) or another --out")
+    console.info("summary: %s (already there; --overwrite computes it again)", out)
+    return stored
+
+
+def _dig(results: dict[str, Any], keys: Sequence[str]) -> Any:
+    """``results[k0][k1]...``, or ``KeyError`` when a level is missing."""
+    for key in keys:
+        if not isinstance(results, dict):
+            raise KeyError(key)
+        results = results[key]
+    return results
+
+
+def summarize_sets(results: Sequence[dict[str, Any]],
+                   evaluations: Sequence[str] | None = None) -> dict[str, Any]:
+    """The summary of ``evaluate``'s results of several sets (``evaluations``: their files):
+    for every scalar headline (``SET_METRICS``) that each set has, the ``mean``, ``std`` (the
+    sample standard deviation, ddof=1: null for one set), ``min``, ``max`` and the ``values``
+    set by set (null statistics when a set's value is null, non-finite); the ``seeds``, size
+    and settings of the sets. Papers report the ``min`` (EDM: of 3 sets) or the ``mean``.
+    A one-line ``ValueError`` when the sets were judged unalike (``SAME_JUDGEMENT``)."""
+    first = results[0]
+    for keys in SAME_JUDGEMENT:
+        def get(item: dict[str, Any], keys: Sequence[str] = keys) -> Any:
+            try:
+                return _dig(item, keys)
+            except KeyError:
+                return None
+        for other in results[1:]:
+            if get(other) != get(first):
+                name = ".".join(keys)
+                raise ValueError(f"{other['samples']}: judged with {name}={get(other)!r}, "
+                                 f"{first['samples']} with {get(first)!r}; pass --overwrite to "
+                                 "judge every set alike")
+    metrics: dict[str, Any] = {}
+    for name, keys in SET_METRICS:
+        values = []
+        for item in results:
+            try:
+                values.append(_dig(item, keys))
+            except KeyError:
+                break
+        if len(values) < len(results):
+            if values:
+                console.warning("%s: in %d of %d sets' results only; left out of the summary "
+                                "(--overwrite judges every set alike)", name, len(values),
+                                len(results))
+            continue
+        metrics[name] = _statistics(values)
+    manifest = dict(first.get("sampling") or {})
+    seeds = [(item.get("sampling") or {}).get("seed") for item in results]
+    manifest.pop("seed", None)
+    return {"num_sets": len(results), "seeds": seeds, "num_samples": first["num_samples"],
+            "statistics": STATISTICS, "std_ddof": 1, "metrics": metrics,
+            "sets": [{"samples": item["samples"], "seed": seed,
+                      "evaluation": None if evaluations is None else files.absolute(path)}
+                     for item, seed, path in zip(results, seeds, evaluations or results,
+                                                 strict=True)],
+            "sampling": manifest}
+
+
+def _statistics(values: Sequence[Any]) -> dict[str, Any]:
+    """``mean``, ``std`` (ddof=1), ``min``, ``max`` of ``values`` (None for all when one is
+    None or there is no spread to estimate) and the ``values``."""
+    finite = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                 for v in values)
+    array = np.asarray(values, np.float64) if finite else None
+    return {"mean": None if array is None else float(array.mean()),
+            "std": None if array is None or len(array) < 2 else float(array.std(ddof=1)),
+            "min": None if array is None else float(array.min()),
+            "max": None if array is None else float(array.max()),
+            "values": list(values)}
+
+
+def sets_headline(summary_: dict[str, Any]) -> dict[str, Any]:
+    """What the CLI prints of ``evaluate_sets``' summary: seeds, size and the statistics."""
+    return {"num_sets": summary_["num_sets"], "seeds": summary_["seeds"],
+            "num_samples": summary_["num_samples"], "std_ddof": 1, **summary_["metrics"]}
 
 
 def likelihood(workdir: str, model: str = "ema", num_images: int = 256, steps: int = 100,

@@ -6,7 +6,7 @@
         [--keep_chunks] [--time_grid=auto|uniform|edm|snr|logsnr] \\
         [--condition=FILE.npz --known_band=SPEC] \\
         [--labels=balanced|random|N,M,...] [--guidance=W] [--guidance_interval=LO:HI] \\
-        [--guidance_band=SPEC] [--guide_workdir=DIR [--guide_step=STEP]]
+        [--guidance_band=SPEC] [--guide_workdir=DIR [--guide_step=STEP]] [--sets=K]
 
 Writes the sample set ``sagd_jax.sampling`` describes (``samples.npz``: ``arr_0`` uint8 pixels,
 the layout FID tools read; ``grid.png``; ``manifest.json``) and prints its path; a stopped call
@@ -15,6 +15,13 @@ grows the set (its samples unchanged, then the new ones). ``--float32`` also kee
 unquantised samples in model units; ``--png_dir`` writes every sample as a PNG file there.
 A class-conditional run's samples carry their labels (``arr_1``); ``--guidance=W`` guides them
 (classifier-free, or with a weaker run's model: ``--guide_workdir``).
+
+``--sets=K`` makes K such sets with the seeds ``--seed``, ``--seed``+1, ..., +K-1 (a published FID
+is the mean or minimum over a few seeds: ``python -m sagd_jax.evaluate --fid_sets=K`` judges
+them): each in its default folder (the seed is part of its name), or with ``--out=DIR`` in
+``DIR/seed<S>`` (``--png_dir=P``: ``P/seed<S>``); one path printed per set. A rerun samples only
+what is missing; ``--max_chunks`` counts per set. ``--sets=1`` (the default) is one set, as
+without the flag.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from sagd_jax import cli
-from sagd_jax.sampling import SampleRequest, generate
+from sagd_jax import cli, validate
+from sagd_jax.sampling import SampleRequest, generate_sets
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -52,7 +59,8 @@ def define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_enum("model", "ema", ["ema", "exact"], "EMA network, or the exact Gaussian "
                       "model of grf data (no checkpoint).", flag_values=fv)
-    flags.DEFINE_integer("max_chunks", None, "Compute at most this many chunks in this call.",
+    flags.DEFINE_integer("max_chunks", None, "Compute at most this many chunks in this call "
+                         "(of each set, with --sets).",
                          flag_values=fv)
     flags.DEFINE_enum("time_grid", "auto", ["auto", "uniform", "edm", "snr", "logsnr"],
                       "Sampler times: uniform in t, EDM's rho = 7 noise levels, EDM's rule per "
@@ -86,6 +94,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                         "of the unconditional prediction.", flag_values=fv)
     flags.DEFINE_integer("guide_step", None, "The guide's checkpoint (default: its latest).",
                          flag_values=fv)
+    flags.DEFINE_integer("sets", 1, "Make K sets, seeds --seed .. --seed+K-1 (FID over seeds: "
+                         "sagd_jax.evaluate --fid_sets=K), each in its default folder or, with "
+                         "--out=DIR, in DIR/seed<S>.", flag_values=fv)
     cli.define_distributed(fv)
 
 
@@ -99,10 +110,13 @@ def sample(fv: flags.FlagValues) -> None:
         guidance=fv.guidance, guidance_interval=fv.guidance_interval,
         guidance_band=fv.guidance_band, guide_workdir=fv.guide_workdir,
         guide_step=fv.guide_step)
+    validate.integer("--sets", fv.sets, 1)
     cli.initialize_distributed(fv)
-    path = generate(fv.workdir, request, fv.out, fv.config, fv.max_chunks,
-                    png_dir=fv.png_dir, keep_chunks=fv.keep_chunks)
-    print(path if path else "stopped early (--max_chunks); run again to continue")
+    paths = generate_sets(fv.workdir, request, fv.sets, fv.out, fv.config, fv.max_chunks,
+                          png_dir=fv.png_dir, keep_chunks=fv.keep_chunks)
+    for seed, path in enumerate(paths, fv.seed):
+        stopped = "stopped early (--max_chunks); run again to continue"
+        print(path or (stopped if fv.sets == 1 else f"set of seed {seed}: {stopped}"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

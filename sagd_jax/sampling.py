@@ -37,6 +37,11 @@ entry ``j mod length``): a pure function of (settings, j), so grown and resumed 
 checkpoint, latest by default) guides with that run's EMA model instead of the unconditional
 prediction (autoguidance; unconditional runs take it too). ``sagd_jax.guidance`` has the maths.
 
+Several sets (``generate_sets``, ``--sets=K``): the same settings with the seeds ``seed`` ..
+``seed + K - 1``, each a set as above, in its default folder or in ``OUTDIR/seed<S>``
+(``set_folder``); ``sibling_set`` finds a set's siblings by that layout (``sagd_jax.evaluate
+--fid_sets``).
+
 ``DIR`` and ``OUTDIR`` are local paths, ``file://`` URLs or object-store URLs (``gs://``): every
 file goes through ``sagd_jax.files``.
 
@@ -448,6 +453,60 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
         return final
     finally:
         lock.release()
+
+
+def set_folder(out_dir: str, seed: int) -> str:
+    """The folder of the seed-``seed`` set of several made into ``out_dir`` (``--sets=K``
+    with ``--out=DIR``): ``DIR/seed<S>``."""
+    return files.join(out_dir, f"seed{seed}")
+
+
+def generate_sets(workdir: str, request: SampleRequest, sets: int = 1,
+                  out_dir: str | None = None, config: Any = None,
+                  max_chunks: int | None = None, *, png_dir: str | None = None,
+                  keep_chunks: bool = False) -> list[str | None]:
+    """``sets`` sample sets of ``request`` with seeds ``request.seed, request.seed + 1, ...``
+    (what a published FID is taken over): each ``generate``'s set, in its default folder, or
+    with ``out_dir`` in ``set_folder(out_dir, seed)`` (``png_dir`` likewise); ``sets=1`` is
+    ``generate`` into ``out_dir`` itself. Returns each set's ``samples.npz`` (None: stopped
+    by ``max_chunks``, which counts per set). A finished set is returned as it is, so a rerun
+    samples only what is missing; the sets after the first take the checkpoint it resolved."""
+    validate.integer("--sets", sets, 1)
+    if (sets > 1 and out_dir is not None
+            and files.exists(files.join(out_dir, "manifest.json"))):
+        raise ValueError(f"--out={out_dir}: holds a sample set; --sets={sets} writes "
+                         f"{set_folder(out_dir, request.seed)}, ...: use another --out")
+    paths: list[str | None] = []
+    for seed in range(request.seed, request.seed + sets):
+        one = dataclasses.replace(request, seed=seed)
+        out = out_dir if sets == 1 or out_dir is None else set_folder(out_dir, seed)
+        png = png_dir if sets == 1 or png_dir is None else set_folder(png_dir, seed)
+        path = generate(workdir, one, out, config, max_chunks, png_dir=png,
+                        keep_chunks=keep_chunks)
+        paths.append(path)
+        if (sets > 1 and path is not None and request.checkpoint_step is None
+                and request.model != "exact"):
+            step = files.read_json(files.join(files.dirname(path), "manifest.json"))
+            request = dataclasses.replace(request, checkpoint_step=step["checkpoint_step"])
+    return paths
+
+
+def sibling_set(samples_path: str, manifest: dict[str, Any], seed: int) -> str | None:
+    """Where ``generate_sets`` put the seed-``seed`` set of the settings of the set at
+    ``samples_path`` (whose ``manifest.json`` is ``manifest``): beside it in ``DIR/seed<S>``,
+    or in its default folder (``...-<steps>steps-seed<S>-...``); None when the set is in
+    neither layout."""
+    folder = files.dirname(files.absolute(samples_path))
+    parent, name = files.dirname(folder), os.path.basename(folder)
+    own = manifest.get("seed")
+    if name == f"seed{own}":
+        name = f"seed{seed}"
+    else:
+        mark = f"-{manifest.get('steps')}steps-seed{own}-"
+        if mark not in name:
+            return None
+        name = name.replace(mark, f"-{manifest.get('steps')}steps-seed{seed}-", 1)
+    return files.join(parent, name, os.path.basename(samples_path))
 
 
 def _check_guidance(request: SampleRequest, run: Any, workdir: str
