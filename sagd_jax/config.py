@@ -77,7 +77,12 @@ def default_config() -> ml_collections.ConfigDict:
       (``sagd_jax.frequency_schedule``, off by default): ``noise_exponent_start`` (the noise
       shape ``w^s(t)``, ``s(t) = start + (1 - start) t^noise_exponent_power``; 1 = constant
       ``Sigma``, 0 = white near the data) and ``blur_sigma_max`` (pixels of Gaussian blur of
-      the signal at t = 1, blurring diffusion; 0 = off) with its floor ``blur_min``.
+      the signal at t = 1, blurring diffusion; 0 = off) with its floor ``blur_min``; the loss
+      (``sagd_jax.loss_weighting``, docs/math.md section 13): ``loss_weighting`` (none | snr |
+      min_snr | sigmoid | edm: a weight on each frequency bin's eps error from its own
+      signal-to-noise ratio; none = the plain loss) with ``min_snr_gamma`` and
+      ``sigmoid_bias``, and ``frequency_loss_weights`` ("" = off, or a per-bin weight: bands
+      in the ``noise.bands`` syntax or ``powerlaw:GAMMA[:RHO0]``).
     model: the DDPM++ U-Net (``sagd_jax.models.build_model``).
     optim: AdamW (``learning_rate``, ``warmup_steps``, ``b1``, ``b2``, ``eps``,
       ``weight_decay``), ``grad_clip`` (global norm, 0 = off), ``ema_decay``.
@@ -113,7 +118,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict(
         dict(schedule="vp_sde", prediction="eps", schedule_kwargs=ml_collections.ConfigDict(),
              noise_exponent_start=1.0, noise_exponent_power=1.0, blur_sigma_max=0.0,
-             blur_min=0.001, parameterization="none", sigma_data=0.5)
+             blur_min=0.001, parameterization="none", sigma_data=0.5, loss_weighting="none",
+             min_snr_gamma=5.0, sigmoid_bias=0.0, frequency_loss_weights="")
     )
     c.model = ml_collections.ConfigDict(dict(
         ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,), dropout=0.1,

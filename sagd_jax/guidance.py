@@ -51,15 +51,9 @@ from flax import struct
 from sagd_jax import validate
 from sagd_jax.process import DiffusionProcess, expand_to
 from sagd_jax.samplers import as_pytree_fn
-from sagd_jax.spectral import (
-    apply_multiplier,
-    first_odd_bin,
-    radial_frequency,
-    spectral_weights,
-)
+from sagd_jax.spectral import apply_multiplier, first_odd_bin, frequency_mask
 
 CondFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
-POWERLAW_RHO0 = 0.1  # powerlaw:GAMMA's default rho0 (noise.rho0's default)
 
 
 # --- the guidance weight ---------------------------------------------------------------------
@@ -143,37 +137,11 @@ def band_weight(spec: Any, weight: float, height: int, width: int) -> np.ndarray
     product of the masks, the code the noise bands use, in [0, 1]; "" = every bin), or
     ``powerlaw:GAMMA[:RHO0]``: ``m = ((rho + rho0) / rho0)^-gamma`` (1 at ``rho = 0``, falling
     with frequency; ``GAMMA >= 0``, ``RHO0 > 0``, default 0.1; use a highpass band for the
-    opposite). One-line ``ValueError``s naming ``--guidance_band``.
+    opposite); parsed by ``spectral.frequency_mask``. One-line ``ValueError``s naming
+    ``--guidance_band``.
     """
     weight = validate.number("--guidance", weight)
-    height = validate.integer("height", height, 1)
-    width = validate.integer("width", width, 1)
-    flag = f"--guidance_band={spec!r}"
-    if isinstance(spec, str) and spec.strip().split(":")[0].strip() == "powerlaw":
-        fields = [f.strip() for f in spec.strip().split(":")[1:]]
-        if not 1 <= len(fields) <= 2 or not fields[0]:
-            raise ValueError(f"{flag}: expected powerlaw:GAMMA[:RHO0]")
-        try:
-            gamma = float(fields[0])
-            rho0 = float(fields[1]) if len(fields) == 2 and fields[1] else POWERLAW_RHO0
-        except ValueError:
-            raise ValueError(f"{flag}: GAMMA and RHO0 must be numbers "
-                             "(powerlaw:GAMMA[:RHO0])") from None
-        if not (math.isfinite(gamma) and gamma >= 0):
-            raise ValueError(f"{flag}: GAMMA={gamma:g} must be a finite number >= 0 (a weight "
-                             "falling with frequency; for the opposite use a highpass band)")
-        if not (math.isfinite(rho0) and rho0 > 0):
-            raise ValueError(f"{flag}: RHO0={rho0:g} must be a finite number > 0")
-        rho = radial_frequency(height, width)
-        mask = ((rho + rho0) / rho0) ** -gamma
-    else:
-        if not isinstance(spec, str):
-            raise ValueError(f"{flag}: expected a band spec (kind:lo:hi[:edge]+...) or "
-                             "powerlaw:GAMMA[:RHO0]")
-        try:
-            mask = spectral_weights(height, width, bands=spec, normalize=False)
-        except ValueError as err:
-            raise ValueError(f"{flag}: {err}") from None
+    mask = frequency_mask(spec, height, width, "--guidance_band")
     return (1.0 + (weight - 1.0) * mask).astype(np.float32)
 
 

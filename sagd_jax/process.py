@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from sagd_jax import validate
+from sagd_jax import loss_weighting, validate
 from sagd_jax.frequency_schedule import FrequencySchedule
 from sagd_jax.schedules import Schedule, get_schedule
-from sagd_jax.spectral import SpectralCovariance, apply_multiplier
+from sagd_jax.spectral import SpectralCovariance, apply_multiplier, half_plane_multiplicity
 
 PREDICTIONS = ("eps", "x0", "v")
 PARAMETERIZATIONS = ("none", "edm")
@@ -72,6 +72,12 @@ class DiffusionProcess:
       ``x_t = A_t x0 + S_t eps`` with ``A_t``, ``S_t`` diagonal in frequency
       (``sagd_jax.frequency_schedule``); ``v`` keeps its definition with the scalar
       ``alpha_t``, ``sigma_t`` and the base ``Sigma``, and the loss is unchanged.
+    loss_weighting: ``none`` (the loss of section 3) or a weighting ``lambda(SNR_k)`` of the
+      per-bin eps error (``sagd_jax.loss_weighting``: ``snr``, ``min_snr`` with
+      ``min_snr_gamma``, ``sigmoid`` with ``sigmoid_bias``, ``edm`` with ``sigma_data``),
+      docs/math.md section 13.
+    frequency_loss_weights: ``None`` (off) or a per-bin weight ``f_k``, float32
+      ``(H, W // 2 + 1)`` (a pytree leaf), multiplying the white-space loss in each bin.
     """
 
     cov: SpectralCovariance
@@ -81,9 +87,16 @@ class DiffusionProcess:
     shaping: FrequencySchedule | None = None
     parameterization: str = struct.field(pytree_node=False, default="none")
     sigma_data: float = struct.field(pytree_node=False, default=0.5)
+    loss_weighting: str = struct.field(pytree_node=False, default="none")
+    min_snr_gamma: float = struct.field(pytree_node=False, default=5.0)
+    sigmoid_bias: float = struct.field(pytree_node=False, default=0.0)
+    frequency_loss_weights: jax.Array | None = None
 
     def __post_init__(self) -> None:
         validate.one_of("prediction", self.prediction, PREDICTIONS)
+        validate.one_of("loss_weighting", self.loss_weighting, loss_weighting.WEIGHTINGS)
+        validate.number("min_snr_gamma", self.min_snr_gamma, 0.0, open_lo=True)
+        validate.number("sigmoid_bias", self.sigmoid_bias)
         validate.one_of("parameterization", self.parameterization, PARAMETERIZATIONS)
         validate.number("sigma_data", self.sigma_data, 0.0, open_lo=True)
         if self.parameterization == "edm" and self.prediction != "x0":
@@ -93,8 +106,10 @@ class DiffusionProcess:
     @classmethod
     def from_config(cls, config: Any, height: int, width: int) -> DiffusionProcess:
         """From a config with full ``noise`` (see ``SpectralCovariance.from_config``, and
-        ``project_data``) and ``diffusion`` (``schedule``, ``schedule_kwargs``, ``prediction``)
-        sections, each key read as it is (their one default: ``default_config()``)."""
+        ``project_data``) and ``diffusion`` (``schedule``, ``schedule_kwargs``, ``prediction``,
+        the per-frequency schedule, ``parameterization``, ``sigma_data`` and the loss
+        weighting keys) sections, each key read as it is (their one default:
+        ``default_config()``)."""
         cov = SpectralCovariance.from_config(validate.lookup(config, "noise"), height, width)
         project_data = validate.boolean(*validate.entry(config, "noise.project_data"))
         name = validate.lookup(config, "diffusion.schedule")
@@ -117,8 +132,17 @@ class DiffusionProcess:
         if parameterization == "edm" and prediction != "x0":
             raise ValueError(f"diffusion.parameterization='edm': preconditions an x0 "
                              f"prediction; set diffusion.prediction=x0 (not {prediction!r})")
+        weighting = validate.one_of(*validate.entry(config, "diffusion.loss_weighting"),
+                                    loss_weighting.WEIGHTINGS)
+        min_snr_gamma = validate.number(*validate.entry(config, "diffusion.min_snr_gamma"), 0.0,
+                                        open_lo=True)
+        sigmoid_bias = validate.number(*validate.entry(config, "diffusion.sigmoid_bias"))
+        frequency_weights = loss_weighting.frequency_weights(
+            *validate.entry(config, "diffusion.frequency_loss_weights"), cov)
         return cls(cov=cov, schedule=schedule, prediction=prediction, project_data=project_data,
-                   shaping=shaping, parameterization=parameterization, sigma_data=sigma_data)
+                   shaping=shaping, parameterization=parameterization, sigma_data=sigma_data,
+                   loss_weighting=weighting, min_snr_gamma=min_snr_gamma,
+                   sigmoid_bias=sigmoid_bias, frequency_loss_weights=frequency_weights)
 
     # --- marginals -----------------------------------------------------------------------
     def coefficients(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -227,13 +251,55 @@ class DiffusionProcess:
         output, x0, eps: ``(B, H, W, C)``; returns ``(B,)`` float32. Normalised by the
         number of supported dimensions, so predicting 0 for ``eps`` costs 1 whatever the mask.
         Components off the support never reach ``x_t`` and are excluded by the projector.
+        With a ``loss_weighting`` or ``frequency_loss_weights``: ``weighted_loss``.
         """
+        if self.loss_weighting != "none" or self.frequency_loss_weights is not None:
+            return self.weighted_loss(output, x0, eps, t)
         diff = self._white(self.target(x0, eps, t).astype(jnp.float32)) - self._white(
             output.astype(jnp.float32)
         )
         proj = self.cov.project(diff)
         dims = self.cov.support_fraction * diff.shape[-3] * diff.shape[-2] * diff.shape[-1]
         return jnp.sum(proj**2, axis=(-3, -2, -1)) / dims
+
+    def loss_weights(self, t: jax.Array) -> jax.Array:
+        """The per-bin weight of ``weighted_loss``: ``P_k f_k lambda(SNR_k(t))``, float32,
+        ``t.shape + (H, W // 2 + 1)`` (``lambda = 1`` under ``loss_weighting="none"``, ``f = 1``
+        without ``frequency_loss_weights``)."""
+        support = self.cov.support.astype(jnp.float32)
+        if self.loss_weighting == "none":
+            weights = jnp.broadcast_to(support, jnp.shape(t) + support.shape)
+        else:
+            a, s2 = self.spectral_coefficients(t)
+            weights = support * loss_weighting.bin_weights(
+                self.loss_weighting, a, s2, min_snr_gamma=self.min_snr_gamma,
+                sigmoid_bias=self.sigmoid_bias, sigma_data=self.sigma_data)
+        if self.frequency_loss_weights is not None:
+            weights = weights * self.frequency_loss_weights.astype(jnp.float32)
+        return weights
+
+    def weighted_loss(
+        self, output: jax.Array, x0: jax.Array, eps: jax.Array, t: jax.Array
+    ) -> jax.Array:
+        """``sum_k P_k f_k lambda(SNR_k) |e_k|^2 / (C trace(P))`` per example (docs/math.md
+        section 13), ``(B,)`` float32: ``e`` is the white eps error ``eps - eps_hat``, with
+        ``eps_hat = eps_from_output(output, perturb(x0, eps, t), t)`` for any prediction and
+        parameterization; under ``loss_weighting="none"`` it is the diff of ``loss`` (target
+        minus output, white space) and ``lambda = 1``. The bins' energies come from one
+        ``rfft2`` (Parseval: a half-plane bin stands for itself and its mirror image)."""
+        if self.loss_weighting == "none":
+            diff = self._white(self.target(x0, eps, t).astype(jnp.float32)) - self._white(
+                output.astype(jnp.float32))
+        else:
+            eps_hat = self.eps_from_output(output, self.perturb(x0, eps, t), t)
+            diff = eps.astype(jnp.float32) - eps_hat.astype(jnp.float32)
+        height, width, channels = diff.shape[-3], diff.shape[-2], diff.shape[-1]
+        spectrum = jnp.fft.rfft2(diff, axes=(-3, -2))
+        energy = jnp.sum(spectrum.real**2 + spectrum.imag**2, axis=-1)  # (B, H, W // 2 + 1)
+        mult = jnp.asarray(half_plane_multiplicity(height, width), jnp.float32)
+        total = jnp.sum(energy * self.loss_weights(t) * mult, axis=(-2, -1))
+        dims = self.cov.support_fraction * height * width * channels
+        return total / (height * width) / dims
 
     # --- converting a network output -----------------------------------------------------
     def eps_from_output(self, output: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:

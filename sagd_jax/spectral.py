@@ -29,6 +29,7 @@ BAND_KINDS = ("lowpass", "highpass", "bandpass", "bandstop")
 # Mask values below this are snapped to exactly 0 so that the support {w > 0} is well defined
 # (a raised-cosine edge evaluated in floating point can leave values like 1e-17).
 MASK_FLOOR = 1e-9
+POWERLAW_RHO0 = 0.1  # frequency_mask's powerlaw:GAMMA default rho0 (noise.rho0's default)
 
 
 def radial_frequency(height: int, width: int, *, half: bool = True) -> np.ndarray:
@@ -264,6 +265,46 @@ def spectral_weights(
     if normalize:
         w = w / full_grid_mean(w, width)
     return w
+
+
+def frequency_mask(spec: Any, height: int, width: int, key: str) -> np.ndarray:
+    """A per-bin mask ``m_k`` in ``[0, 1]`` on the rfft half-plane, float64 ``(H, W // 2 + 1)``,
+    from a spec string (``--guidance_band``, ``diffusion.frequency_loss_weights``).
+
+    ``spec``: bands in the ``noise.bands`` syntax (``kind:lo:hi[:edge]`` joined by ``+``; ``m``
+    the product of their masks, the code the noise bands use; "" = 1 in every bin), or
+    ``powerlaw:GAMMA[:RHO0]``: ``m = ((rho + rho0) / rho0)^-gamma`` (1 at ``rho = 0``, falling
+    with frequency; ``GAMMA >= 0``, ``RHO0 > 0``, default ``POWERLAW_RHO0``; a highpass band
+    gives the opposite). ``key`` names the setting in the one-line ``ValueError``s, which read
+    ``KEY='SPEC': ...``.
+    """
+    height = validate.integer("height", height, 1)
+    width = validate.integer("width", width, 1)
+    flag = f"{key}={spec!r}"
+    if isinstance(spec, str) and spec.strip().split(":")[0].strip() == "powerlaw":
+        fields = [f.strip() for f in spec.strip().split(":")[1:]]
+        if not 1 <= len(fields) <= 2 or not fields[0]:
+            raise ValueError(f"{flag}: expected powerlaw:GAMMA[:RHO0]")
+        try:
+            gamma = float(fields[0])
+            rho0 = float(fields[1]) if len(fields) == 2 and fields[1] else POWERLAW_RHO0
+        except ValueError:
+            raise ValueError(f"{flag}: GAMMA and RHO0 must be numbers "
+                             "(powerlaw:GAMMA[:RHO0])") from None
+        if not (math.isfinite(gamma) and gamma >= 0):
+            raise ValueError(f"{flag}: GAMMA={gamma:g} must be a finite number >= 0 (a weight "
+                             "falling with frequency; for the opposite use a highpass band)")
+        if not (math.isfinite(rho0) and rho0 > 0):
+            raise ValueError(f"{flag}: RHO0={rho0:g} must be a finite number > 0")
+        rho = radial_frequency(height, width)
+        return ((rho + rho0) / rho0) ** -gamma
+    if not isinstance(spec, str):
+        raise ValueError(f"{flag}: expected a band spec (kind:lo:hi[:edge]+...) or "
+                         "powerlaw:GAMMA[:RHO0]")
+    try:
+        return spectral_weights(height, width, bands=spec, normalize=False)
+    except ValueError as err:
+        raise ValueError(f"{flag}: {err}") from None
 
 
 def apply_multiplier(x: jax.Array, multiplier: jax.Array) -> jax.Array:

@@ -111,6 +111,22 @@ def tiny_cli_overrides() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def one_line_error() -> Callable[..., str]:
+    """``one_line_error(call, *needles)``: ``call()`` raises a ``ValueError`` of one line
+    holding every needle; returns its message."""
+    def check(call: Callable[[], Any], *needles: str) -> str:
+        with pytest.raises(ValueError) as info:
+            call()
+        message = str(info.value)
+        assert "\n" not in message, message
+        for needle in needles:
+            assert needle in message, message
+        return message
+
+    return check
+
+
+@pytest.fixture(scope="session")
 def params_of() -> Callable[[Any], list[np.ndarray]]:
     """The host arrays of a state's parameters, EMA and optimizer state, in leaf order."""
     def leaves(state: Any) -> list[np.ndarray]:

@@ -586,16 +586,6 @@ def test_traced_labels_weights_and_intervals_do_not_recompile():
 
 
 # --- 6. parsers and their one-line errors --------------------------------------------------
-def one_line_error(call, *needles):
-    with pytest.raises(ValueError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, message
-    return message
-
-
 def test_band_weight_values():
     rho = radial_frequency(H, W)
     lowpass = band_weight("lowpass::0.5", 3.0, H, W)
@@ -611,7 +601,7 @@ def test_band_weight_values():
     assert make_guidance(3.0, H, W, band="powerlaw:1", interval="0.3:2").interval == (0.3, 2.0)
 
 
-def test_band_weight_errors():
+def test_band_weight_errors(one_line_error):
     for spec, needle in [("lowpass:0.2:0.5", "lowpass band uses only hi"),
                          ("wiggle::0.5", "must be one of"),
                          ("lowpass::abc", "bands[0]"),
@@ -625,7 +615,7 @@ def test_band_weight_errors():
     one_line_error(lambda: band_weight("lowpass::0.5", float("nan"), H, W), "--guidance=nan")
 
 
-def test_parse_interval():
+def test_parse_interval(one_line_error):
     assert parse_interval(None) is None and parse_interval("") is None
     assert parse_interval("0.28:2.9") == (0.28, 2.9)
     assert parse_interval("0:inf") == (0.0, np.inf)
@@ -637,7 +627,7 @@ def test_parse_interval():
     one_line_error(lambda: Guidance.create(2.0, (3.0, 1.0)), "--guidance_interval", "HI=1")
 
 
-def test_labels():
+def test_labels(one_line_error):
     np.testing.assert_array_equal(balanced_labels(7, 3), [0, 1, 2, 0, 1, 2, 0])
     assert balanced_labels(7, 3).dtype == np.int32
     drawn = random_labels(0, 500, 4)
@@ -655,7 +645,7 @@ def test_labels():
         one_line_error(lambda spec=spec: parse_labels(spec, 4, 10), "--labels", needle)
 
 
-def test_guidance_and_guided_eps_fn_errors():
+def test_guidance_and_guided_eps_fn_errors(one_line_error):
     process, mixture = make_process(), make_mixture()
     cond = mixture.cond_fn(process)
     one_line_error(lambda: Guidance.create(float("inf")), "--guidance=inf")
@@ -684,7 +674,7 @@ def test_guidance_and_guided_eps_fn_errors():
     assert seen == [None, None]
 
 
-def test_mixture_create_errors():
+def test_mixture_create_errors(one_line_error):
     means = np.zeros((2, 4, 4, 1))
     one_line_error(lambda: GaussianMixture.create(means[0], np.ones((2, 4, 3))), "means")
     one_line_error(lambda: GaussianMixture.create(means, np.ones((2, 4, 4))), "spectra")
