@@ -30,15 +30,16 @@ from sagd_jax import console, files
 from sagd_jax.errors import DamagedCheckpoint, RunError
 
 CHECKPOINTS = "checkpoints"  # WORKDIR/checkpoints/<step>/{state,config,fingerprint}
+EMA_SNAPSHOTS = "ema_snapshots"  # WORKDIR/ema_snapshots/<step>/: post-hoc EMA profiles, alike
 DAMAGED = ".damaged"  # a damaged checkpoint set aside: checkpoints/<step>.damaged
 PARTIAL = "orbax-checkpoint-tmp"  # in the name of a save's folder until it is complete
 COMMITTED = "commit_success.txt"  # Orbax's marker of a complete step folder
 METADATA = "_CHECKPOINT_METADATA"  # Orbax's record of a step: its items and commit time
 
 
-def checkpoint_dir(workdir: str) -> str:
-    """Where a workdir's checkpoints live."""
-    return files.join(files.absolute(workdir), CHECKPOINTS)
+def checkpoint_dir(workdir: str, folder: str = CHECKPOINTS) -> str:
+    """Where a workdir's checkpoints live (``folder=EMA_SNAPSHOTS``: its EMA snapshots)."""
+    return files.join(files.absolute(workdir), folder)
 
 
 def _metadata(path: str) -> dict[str, Any] | None:
@@ -64,26 +65,26 @@ def incomplete(path: str) -> str | None:
     return None
 
 
-def _step_folders(workdir: str) -> list[tuple[int, str]]:
+def _step_folders(workdir: str, folder: str = CHECKPOINTS) -> list[tuple[int, str]]:
     """``(step, path)`` of every folder named by a step number, ascending."""
-    directory = checkpoint_dir(workdir)
+    directory = checkpoint_dir(workdir, folder)
     if not files.isdir(directory):
         return []
     return sorted((int(name), files.join(directory, name))
                   for name in files.listdir(directory) if name.isdigit())
 
 
-def saved_steps(workdir: str) -> list[int]:
+def saved_steps(workdir: str, folder: str = CHECKPOINTS) -> list[int]:
     """The steps of a workdir's complete checkpoints, ascending (an unfinished save is a
     temporary folder whose name is not a number; a step folder without Orbax's completion
     markers is not a checkpoint, see ``incomplete``)."""
-    return [step for step, path in _step_folders(workdir) if incomplete(path) is None]
+    return [step for step, path in _step_folders(workdir, folder) if incomplete(path) is None]
 
 
-def incomplete_steps(workdir: str) -> dict[int, str]:
+def incomplete_steps(workdir: str, folder: str = CHECKPOINTS) -> dict[int, str]:
     """``{step: why}`` of the step folders that are not complete checkpoints."""
     out = {}
-    for step, path in _step_folders(workdir):
+    for step, path in _step_folders(workdir, folder):
         why = incomplete(path)
         if why is not None:
             out[step] = why
@@ -135,15 +136,15 @@ def saved_config(workdir: str, step: int) -> dict[str, Any]:
     return config
 
 
-def set_aside(workdir: str, step: int) -> str:
+def set_aside(workdir: str, step: int, folder: str = CHECKPOINTS) -> str:
     """Rename checkpoint ``step`` to ``<step>.damaged`` (kept for inspection, ignored by
     restores); returns the new path."""
-    return files.set_aside(files.join(checkpoint_dir(workdir), str(step)), DAMAGED)
+    return files.set_aside(files.join(checkpoint_dir(workdir, folder), str(step)), DAMAGED)
 
 
-def remove_partial(workdir: str) -> list[str]:
+def remove_partial(workdir: str, folder: str = CHECKPOINTS) -> list[str]:
     """Remove the folders of unfinished saves (only while no save is running); returns them."""
-    directory = checkpoint_dir(workdir)
+    directory = checkpoint_dir(workdir, folder)
     partial = [files.join(directory, name) for name in
                (files.listdir(directory) if files.isdir(directory) else []) if PARTIAL in name]
     for path in partial:
@@ -194,11 +195,13 @@ def _cause(err: BaseException) -> str:
 
 
 class Checkpointer:
-    """Keeps the last ``keep`` checkpoints of a run (``keep=None``: all)."""
+    """Keeps the last ``keep`` checkpoints of a run (``keep=None``: all); ``folder``:
+    ``EMA_SNAPSHOTS`` keeps the run's EMA snapshots (``train_state.EmaSnapshot``) alike."""
 
-    def __init__(self, workdir: str, keep: int | None = 3, async_save: bool = True):
-        self.workdir = workdir
-        self.directory = checkpoint_dir(workdir)
+    def __init__(self, workdir: str, keep: int | None = 3, async_save: bool = True,
+                 folder: str = CHECKPOINTS):
+        self.workdir, self.folder = workdir, folder
+        self.directory = checkpoint_dir(workdir, folder)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
             step_name_format=_CompleteSteps())
@@ -225,7 +228,7 @@ class Checkpointer:
         why = incomplete(where) if files.exists(where) else None  # not one: in the way
         if why is not None and jax.process_index() == 0:
             console.warning("%s: not a complete checkpoint (%s); set aside as %s", where, why,
-                            set_aside(self.workdir, step))
+                            set_aside(self.workdir, step, self.folder))
         self._pending = step
         try:
             self.manager.save(
@@ -256,11 +259,12 @@ class Checkpointer:
     def _failed(self, err: BaseException) -> None:
         step, self._pending = self._pending, None
         if jax.process_index() == 0:
-            remove_partial(self.workdir)
-        kept = saved_steps(self.workdir)
+            remove_partial(self.workdir, self.folder)
+        kept = saved_steps(self.workdir, self.folder)
+        what = "EMA snapshot" if self.folder == EMA_SNAPSHOTS else "checkpoint"
         raise RunError(
-            f"the checkpoint of step {step} could not be written ({_cause(err)}); the run "
-            f"stopped there, its partial folder removed; complete checkpoints: "
+            f"the {what} of step {step} could not be written ({_cause(err)}); the run "
+            f"stopped there, its partial folder removed; complete {what}s: "
             f"{', '.join(map(str, kept)) or 'none'} in {self.directory}") from None
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:

@@ -32,6 +32,7 @@ import ml_collections
 
 from sagd_jax import noise_fit, validate
 from sagd_jax.data import default_data_config
+from sagd_jax.ema_profiles import std_to_exponent
 from sagd_jax.samplers import SAMPLERS
 from sagd_jax.time_grids import GRIDS
 
@@ -49,6 +50,7 @@ RESUME_MAY_CHANGE = (
     "train.num_samples", "train.sampler", "train.sample_steps", "train.time_grid",
     "train.profile_steps", "train.eval_every", "train.guidance", "eval",
     "train.nonfinite",  # what follows a non-finite step (dropped under both policies)
+    "ema.snapshot_every",  # how often the profiles are kept (whether they exist: posthoc_profiles)
     # where and how fast: the same global batch laid out over devices and microbatches
     "mesh", "train.grad_accum_steps", "train.compilation_cache_dir", "data.num_workers",
     "data.prefetch", "data.download",
@@ -86,6 +88,10 @@ def default_config() -> ml_collections.ConfigDict:
     model: the DDPM++ U-Net (``sagd_jax.models.build_model``).
     optim: AdamW (``learning_rate``, ``warmup_steps``, ``b1``, ``b2``, ``eps``,
       ``weight_decay``), ``grad_clip`` (global norm, 0 = off), ``ema_decay``.
+    ema: post-hoc EMA (Karras et al. 2024; ``sagd_jax.ema_profiles``): ``snapshot_every``
+      (steps between snapshots of the profiles in ``WORKDIR/ema_snapshots``; 0 = off, no
+      profiles kept) and ``posthoc_stds`` (the relative stds of the power-function EMA
+      profiles the train state keeps beside ``optim.ema_decay``'s EMA).
     train: ``num_steps``, ``batch_size`` (global), ``log_every``, ``checkpoint_every``,
       ``keep_checkpoints``, ``sample_every``, ``num_samples``, ``sampler``, ``sample_steps``,
       ``time_grid`` (``auto | uniform | edm | snr | logsnr``: ``sagd_jax.time_grids``; auto:
@@ -129,6 +135,7 @@ def default_config() -> ml_collections.ConfigDict:
         learning_rate=2e-4, warmup_steps=500, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
         grad_clip=1.0, ema_decay=0.999,
     ))
+    c.ema = ml_collections.ConfigDict(dict(snapshot_every=0, posthoc_stds=(0.05, 0.1)))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=10_000, batch_size=128, log_every=100, checkpoint_every=1000,
         keep_checkpoints=3, sample_every=2000, num_samples=64, sampler="ddpm", sample_steps=250,
@@ -294,6 +301,26 @@ def validate_config(config: Any, device_count: int | None = None) -> None:
     validate.number("optim.weight_decay", optim["weight_decay"], 0.0, 1.0)
     validate.number("optim.grad_clip", optim["grad_clip"], 0.0, math.inf, open_hi=True)
     validate.number("optim.ema_decay", optim["ema_decay"], 0.0, 1.0, open_hi=True)
+    posthoc_profiles(config)
+
+
+def posthoc_profiles(config: Any) -> tuple[float, ...]:
+    """The relative stds of the post-hoc EMA profiles the run keeps, checked: ``ema.posthoc_stds``
+    (distinct, each a power-function profile's std) with ``ema.snapshot_every > 0``, else ``()``
+    (no profiles: the plain train state)."""
+    every = validate.integer(*validate.entry(config, "ema.snapshot_every"), 0)
+    key, stds = validate.entry(config, "ema.posthoc_stds")
+    if not isinstance(stds, (tuple, list)) or not stds:
+        raise validate.fail(key, stds, "must be a non-empty tuple of relative stds")
+    stds = tuple(validate.number(key, std) for std in stds)
+    for std in stds:
+        try:
+            std_to_exponent(std)
+        except ValueError as err:
+            raise validate.fail(key, stds, str(err)) from None
+    if len(set(stds)) != len(stds):
+        raise validate.fail(key, stds, "must be distinct")
+    return stds if every > 0 else ()
 
 
 def check_classes(config: Any) -> int:

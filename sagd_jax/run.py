@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from sagd_jax import checkpoint, console, files, noise_fit, rng
-from sagd_jax.config import mesh_shape, normalize, validate_config
+from sagd_jax.config import mesh_shape, normalize, posthoc_profiles, validate_config
 from sagd_jax.data import batch_options, batches, get_source, grf_model, iterate, read_image
 from sagd_jax.data.pipeline import batch_labels
 from sagd_jax.data.sources import ImageSource, check_labels
@@ -230,8 +230,14 @@ class Run:
             fsdp = 1
         return make_mesh(devices, fsdp)
 
+    @property
+    def posthoc_stds(self) -> tuple[float, ...]:
+        """The relative stds of the post-hoc EMA profiles the run keeps (``()``: none)."""
+        return posthoc_profiles(self.config)
+
     def _make_state(self, key: jax.Array) -> TrainState:
-        return create_train_state(self.model, self.tx, key, image_shape=self.image_shape)
+        return create_train_state(self.model, self.tx, key, image_shape=self.image_shape,
+                                  posthoc_profiles=len(self.posthoc_stds))
 
     @functools.cached_property
     def _state_shapes(self) -> TrainState:
@@ -316,7 +322,8 @@ class Run:
                               model=self.model, tx=self.tx, process=self.process,
                               ema_decay=config.optim.ema_decay,
                               grad_accum_steps=config.train.grad_accum_steps,
-                              labels=labels, label_dropout=config.train.label_dropout)
+                              labels=labels, label_dropout=config.train.label_dropout,
+                              posthoc_stds=self.posthoc_stds)
 
         return jax.jit(step, in_shardings=(state_sh, batch_sharding(mesh)),
                        out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)

@@ -6,7 +6,8 @@
         [--keep_chunks] [--time_grid=auto|uniform|edm|snr|logsnr] \\
         [--condition=FILE.npz --known_band=SPEC] \\
         [--labels=balanced|random|N,M,...] [--guidance=W] [--guidance_interval=LO:HI] \\
-        [--guidance_band=SPEC] [--guide_workdir=DIR [--guide_step=STEP]] [--sets=K]
+        [--guidance_band=SPEC] [--guide_workdir=DIR [--guide_step=STEP]] [--sets=K] \\
+        [--params=ema|posthoc:STD]
 
 Writes the sample set ``sagd_jax.sampling`` describes (``samples.npz``: ``arr_0`` uint8 pixels,
 the layout FID tools read; ``grid.png``; ``manifest.json``) and prints its path; a stopped call
@@ -15,6 +16,10 @@ grows the set (its samples unchanged, then the new ones). ``--float32`` also kee
 unquantised samples in model units; ``--png_dir`` writes every sample as a PNG file there.
 A class-conditional run's samples carry their labels (``arr_1``); ``--guidance=W`` guides them
 (classifier-free, or with a weaker run's model: ``--guide_workdir``).
+
+``--params=posthoc:STD`` samples with the post-hoc EMA of relative std STD (a run trained with
+``ema.snapshot_every``; reconstructed once and kept: ``python -m sagd_jax.posthoc_ema``), ending
+at snapshot ``--checkpoint_step`` (default the last); the set's name ends ``-posthoc<STD>``.
 
 ``--sets=K`` makes K such sets with the seeds ``--seed``, ``--seed``+1, ..., +K-1 (a published FID
 is the mean or minimum over a few seeds: ``python -m sagd_jax.evaluate --fid_sets=K`` judges
@@ -94,6 +99,10 @@ def define_flags(fv: flags.FlagValues) -> None:
                         "of the unconditional prediction.", flag_values=fv)
     flags.DEFINE_integer("guide_step", None, "The guide's checkpoint (default: its latest).",
                          flag_values=fv)
+    flags.DEFINE_string("params", "ema", "The network's weights: ema (optim.ema_decay's EMA of "
+                        "--checkpoint_step) | posthoc:STD (the post-hoc EMA of relative std STD "
+                        "ending at snapshot --checkpoint_step, default the last: "
+                        "sagd_jax.posthoc_ema).", flag_values=fv)
     flags.DEFINE_integer("sets", 1, "Make K sets, seeds --seed .. --seed+K-1 (FID over seeds: "
                          "sagd_jax.evaluate --fid_sets=K), each in its default folder or, with "
                          "--out=DIR, in DIR/seed<S>.", flag_values=fv)
@@ -109,7 +118,7 @@ def sample(fv: flags.FlagValues) -> None:
         known_band=fv.known_band, float32=fv.float32, labels=fv.labels,
         guidance=fv.guidance, guidance_interval=fv.guidance_interval,
         guidance_band=fv.guidance_band, guide_workdir=fv.guide_workdir,
-        guide_step=fv.guide_step)
+        guide_step=fv.guide_step, params=fv.params)
     validate.integer("--sets", fv.sets, 1)
     cli.initialize_distributed(fv)
     paths = generate_sets(fv.workdir, request, fv.sets, fv.out, fv.config, fv.max_chunks,

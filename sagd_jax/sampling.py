@@ -97,6 +97,7 @@ class SampleRequest:
     guidance_band: str | None = None  # the weight shaped in frequency (a band spec, powerlaw)
     guide_workdir: str | None = None  # autoguidance: the guiding run ...
     guide_step: int | None = None  # ... and its checkpoint (latest: None)
+    params: str = "ema"  # ema | posthoc:STD (the post-hoc EMA at snapshot checkpoint_step)
 
     def validate(self, device_count: int) -> None:
         from sagd_jax.samplers import SAMPLERS
@@ -119,6 +120,10 @@ class SampleRequest:
                                     "only the ddpm and ddim samplers clip")
             validate.number("--clip_x0", self.clip_x0, 0.0, open_lo=True)
         validate.one_of("--model", self.model, ("ema", "exact"))
+        from sagd_jax.posthoc import parse_params
+
+        if parse_params(self.params) is not None and self.model == "exact":
+            raise validate.fail("--params", self.params, "needs the network (--model=ema)")
         from sagd_jax.time_grids import GRIDS
 
         validate.one_of("--time_grid", self.time_grid, ("auto", *GRIDS))
@@ -158,7 +163,10 @@ class SampleRequest:
         sampler = self.sampler + (f"-eta{self.eta:g}" if self.eta is not None else "")
         sampler += f"-clip{self.clip_x0:g}" if self.clip_x0 is not None else ""
         sampler += f"-{self.grid}" if self.grid != "uniform" else ""
-        source = "exact" if self.model == "exact" else f"step{checkpoint_step}"
+        from sagd_jax.posthoc import params_name
+
+        source = ("exact" if self.model == "exact"
+                  else f"step{checkpoint_step}{params_name(self.params)}")
         conditioned = ("" if self.condition is None else
                        f"-given-{os.path.splitext(os.path.basename(self.condition))[0]}-"
                        f"{_name_part(self.known_band)}")
@@ -364,6 +372,7 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     """
     import jax
 
+    from sagd_jax import posthoc
     from sagd_jax.distributed import on_process0
     from sagd_jax.run import Run
 
@@ -389,8 +398,8 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
             return plain, None
     else:
         spectrum = None
-        state = run.restore(mesh, request.checkpoint_step)
-        step = int(jax.device_get(state.step))
+        params, step, what = posthoc.params(run, mesh, request.params, request.checkpoint_step)
+        console.info("sampling with the %s", what)
         guide = None
         if guide_run is not None:
             try:
@@ -403,7 +412,7 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
         def eps_for(chunk: int) -> tuple[Any, np.ndarray | None]:
             chunk_labels_ = (None if labels is None else chunk_labels(
                 labels, request.seed, chunk, request.chunk_size, run.num_classes))
-            return run.eps_fn(state.ema_params, chunk_labels_, guidance=guidance,
+            return run.eps_fn(params, chunk_labels_, guidance=guidance,
                               guide=guide), chunk_labels_
     times = (None if request.grid == "uniform"
              else run.time_grid(request.steps, request.grid, spectrum))
@@ -419,7 +428,7 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     for key, default in (("clip_x0", None), ("condition", None), ("known_band", None),
                          ("time_grid", "uniform"), ("labels", None), ("guidance", 1.0),
                          ("guidance_interval", None), ("guidance_band", None),
-                         ("guide_workdir", None), ("guide_step", None)):
+                         ("guide_workdir", None), ("guide_step", None), ("params", "ema")):
         if manifest[key] == default:  # the manifests of sets without the option stay lean
             del manifest[key]
     lock = Lock(files.join(out_dir, "lock"), f"--out={out_dir}", "sampler")

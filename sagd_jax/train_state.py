@@ -1,4 +1,5 @@
-"""The train state (step, parameters, EMA parameters, optimizer state) and the optimizer."""
+"""The train state (step, parameters, EMA parameters, optimizer state, and the post-hoc EMA
+profiles of a run that keeps them) and the optimizer."""
 
 from __future__ import annotations
 
@@ -28,6 +29,32 @@ class TrainState:
     opt_state: Any
 
 
+@struct.dataclass
+class PosthocTrainState(TrainState):
+    """The train state of a run keeping post-hoc EMA profiles (``ema.snapshot_every > 0``).
+
+    posthoc: one parameter tree per ``ema.posthoc_stds`` entry, in that order: the
+    power-function EMA of that relative std (``sagd_jax.ema_profiles``), sharded like
+    ``params``. A run without profiles keeps the plain ``TrainState``, so its checkpoints are
+    those of a run from before post-hoc EMA existed.
+    """
+
+    posthoc: tuple[Any, ...] = ()
+
+    def snapshot(self) -> EmaSnapshot:
+        """What an EMA snapshot saves: the step and the profiles."""
+        return EmaSnapshot(step=self.step, profiles=self.posthoc)
+
+
+@struct.dataclass
+class EmaSnapshot:
+    """An EMA snapshot (``WORKDIR/ema_snapshots/<step>/``): ``step`` (int32 scalar) and
+    ``profiles``, the power-function EMAs of the run's ``ema.posthoc_stds`` at that step."""
+
+    step: jax.Array
+    profiles: tuple[Any, ...]
+
+
 def make_optimizer(optim: Any) -> optax.GradientTransformation:
     """AdamW with linear warmup to ``optim.learning_rate`` and global-norm gradient clipping.
 
@@ -55,12 +82,17 @@ def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, i
 
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, int, int], posthoc_profiles: int = 0,
 ) -> TrainState:
-    """Step 0: fresh parameters, EMA equal to them, fresh optimizer state."""
+    """Step 0: fresh parameters, EMA equal to them, fresh optimizer state; with
+    ``posthoc_profiles > 0`` a ``PosthocTrainState`` whose profiles equal the parameters too."""
     params = init_params(model, key, image_shape)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+    if posthoc_profiles <= 0:
+        return state
+    profiles = tuple(jax.tree.map(jnp.copy, params) for _ in range(posthoc_profiles))
+    return PosthocTrainState(**vars(state), posthoc=profiles)
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from sagd_jax.ema_profiles import power_ema_update
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.train_state import TrainState, ema_decay_at
 
@@ -119,6 +120,7 @@ def train_step(
     grad_accum_steps: int = 1,
     labels: jax.Array | None = None,
     label_dropout: float = 0.0,
+    posthoc_stds: tuple[float, ...] = (),
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on ``batch: (B, H, W, C)`` float32.
 
@@ -138,6 +140,10 @@ def train_step(
     microbatches ``k::grad_accum_steps`` one after another (``lax.scan``) and averages their
     gradients: the same update and metrics as the full batch up to float rounding, each example
     seeing the full batch's noise level, noise and dropout mask; ``1`` is the plain step.
+
+    ``posthoc_stds`` (static; a ``PosthocTrainState``'s ``ema.posthoc_stds``): each profile
+    ``state.posthoc[i]`` moves to the new parameters by the power-function EMA of relative std
+    ``posthoc_stds[i]`` at update ``step + 1`` (``ema_profiles.power_ema_update``).
     """
     key = jax.random.fold_in(train_key, state.step)
     k_time, k_noise, k_dropout = jax.random.split(key, 3)
@@ -194,6 +200,13 @@ def train_step(
         ema_params=unless_nonfinite(ema, state.ema_params),
         opt_state=unless_nonfinite(opt_state, state.opt_state),
     )
+    if posthoc_stds:
+        if len(posthoc_stds) != len(state.posthoc):
+            raise ValueError(f"{len(posthoc_stds)} post-hoc EMA stds for the state's "
+                             f"{len(state.posthoc)} profiles")
+        profiles = tuple(power_ema_update(profile, params, state.step + 1, std)
+                         for profile, std in zip(state.posthoc, posthoc_stds, strict=True))
+        new_state = new_state.replace(posthoc=unless_nonfinite(profiles, state.posthoc))
 
     bucket = jnp.clip((t * NUM_LOSS_BUCKETS).astype(jnp.int32), 0, NUM_LOSS_BUCKETS - 1)
     onehot = jax.nn.one_hot(bucket, NUM_LOSS_BUCKETS)

@@ -26,7 +26,13 @@ from typing import Any
 import ml_collections
 
 from sagd_jax import checkpoint, console, files, noise_fit
-from sagd_jax.config import ALLOW_CONFIG_CHANGE, change_record, identity_changes, normalize
+from sagd_jax.config import (
+    ALLOW_CONFIG_CHANGE,
+    change_record,
+    identity_changes,
+    normalize,
+    posthoc_profiles,
+)
 from sagd_jax.errors import DamagedCheckpoint
 from sagd_jax.lock import Lock
 
@@ -123,6 +129,13 @@ class Workdir:
                 raise ValueError(
                     f"--workdir={self.path}: holds a run with {key}={previous[key]!r}, this "
                     f"config has {current[key]!r}; use a new workdir")
+        kept, keeps = posthoc_profiles(saved), posthoc_profiles(config)
+        if kept != keeps:  # the train state's structure: which profiles it carries
+            def says(stds: tuple[float, ...]) -> str:
+                return f"post-hoc EMA profiles {list(stds)}" if stds else "no post-hoc EMA"
+            raise ValueError(f"--workdir={self.path}: holds a run with {says(kept)} "
+                             f"(ema.snapshot_every, ema.posthoc_stds), this config has "
+                             f"{says(keeps)}; use a new workdir")
 
     def prepare(self, config: Any, is_writer: bool = True, allow_change: bool | None = None
                 ) -> None:
@@ -206,6 +219,21 @@ class Workdir:
     def latest_step(self) -> int | None:
         steps = self.checkpoint_steps()
         return steps[-1] if steps else None
+
+    def snapshot_steps(self) -> list[int]:
+        """Steps of the complete post-hoc EMA snapshots (``ema_snapshots/``), ascending."""
+        return checkpoint.saved_steps(self.path, checkpoint.EMA_SNAPSHOTS)
+
+    def snapshotter(self) -> checkpoint.Checkpointer:
+        """The run's EMA snapshots: a ``Checkpointer`` of ``ema_snapshots/`` keeping all."""
+        return checkpoint.Checkpointer(self.path, keep=None, folder=checkpoint.EMA_SNAPSHOTS)
+
+    def set_aside_snapshots_after(self, step: int) -> list[str]:
+        """Set aside (``<step>.redone``) the snapshots of steps after ``step``: a run resumed
+        at ``step`` takes them again; returns the new paths."""
+        directory = checkpoint.checkpoint_dir(self.path, checkpoint.EMA_SNAPSHOTS)
+        return [files.set_aside(files.join(directory, str(later)), ".redone")
+                for later in self.snapshot_steps() if later > step]
 
     def is_finished(self, num_steps: int) -> bool:
         """Whether the run has its final checkpoint (step ``num_steps``)."""

@@ -187,6 +187,12 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
         console.info("%s at step %d: the log's records after it are dropped (redone)",
                      "resuming" if resuming else "starting", start)
     checkpointer = run.workdir.checkpointer(keep=cfg.keep_checkpoints)
+    if run.posthoc_stds and is_writer:  # taken after the resumed step: taken again
+        for path in run.workdir.set_aside_snapshots_after(start):
+            console.warning("%s: an EMA snapshot after the resumed step %d; set aside", path,
+                            start)
+    barrier("sagd-snapshots-set-aside")  # before Orbax lists the snapshot steps
+    snapshots = run.workdir.snapshotter() if run.posthoc_stds else None
     writer = metric_writers.create_default_writer(run.workdir.path, just_logging=not is_writer)
     if start == 0:
         writer.write_hparams(flat_hparams(json.loads(run.config.to_json_best_effort())))
@@ -254,6 +260,9 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
             if itstime(done, cfg.checkpoint_every, cfg.num_steps) or stop:
                 check_finite(metrics, done)
                 checkpointer.save(state, run.config)
+            if snapshots is not None and itstime(done, run.config.ema.snapshot_every,
+                                                 cfg.num_steps):
+                snapshots.save(state.snapshot(), run.config)
             if stop:
                 checkpointer.wait()
                 console.info("%s: checkpointed step %d in %s; stopping (run the same command "
@@ -278,6 +287,9 @@ def _train(run: Run, is_writer: bool, first_step: FirstStep) -> TrainState:
     checkpointer.wait()
     saved = checkpointer.latest_step()
     checkpointer.close()
+    if snapshots is not None:
+        snapshots.wait()
+        snapshots.close()
     writer.flush()
     if done > start:
         if history:  # stopped between two progress lines
