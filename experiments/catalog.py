@@ -65,6 +65,7 @@ class Experiment:
     # named ``<arm> (<label>)``, its samples in their own folder (the request's default name
     # carries the guidance). The arm's own row is the unguided one (W = 1).
     guidance: tuple[tuple[str, dict[str, Any]], ...] = ()
+    posthoc: tuple[float, ...] = ()  # post-hoc EMA stds: a row each (arms keep snapshots)
 
 
 def _seeded(arm: Arm, seed: int) -> Arm:
@@ -182,6 +183,17 @@ EXPERIMENTS = {
         # diverged on a fifth of the samples of this eps-prediction model, as the ODE samplers
         # of section 5 do at this budget).
         num_samples=500, steps=50, guidance=_guidance_rows((1.5, 2.0, 3.0, 5.0), 3.0, 0.25)),
+    # Issue 37: the EMA length chosen after training (post-hoc EMA, snapshots every 50 steps:
+    # 18 over section 1's 900), and a loss weighting, at gamma 0 and 1 on section 1's budget.
+    # The arms' own rows are optim.ema_decay's EMA (0.999).
+    "posthoc_fashion": Experiment(
+        tuple(_seeded(Arm(f"gamma{g}-{weighting}", "fashion_mnist",
+                          (("noise.gamma", g), ("diffusion.loss_weighting", weighting),
+                           ("ema.snapshot_every", "50"))), seed)
+              for seed in (0, 1) for weighting in ("none", "min_snr") for g in ("0", "1")),
+        "Post-hoc EMA (EDM2) and the min-SNR loss weighting on Fashion-MNIST",
+        num_samples=500, steps=50, posthoc=(0.03, 0.05, 0.07, 0.1, 0.15, 0.2),
+        tiny=("train.num_steps=8", "ema.snapshot_every=2")),  # 4 snapshots: stds near 0.07
     "omission": Experiment((
         Arm("iso-corrupted", "omission_corrupted", (("noise.gamma", "0"),)),
         Arm("masked-corrupted", "omission_corrupted",

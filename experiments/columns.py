@@ -21,8 +21,9 @@ def sample_and_evaluate(workdir: str, exp: Experiment, tiny: bool, band: str | N
                         clip_x0: float | None = None,
                         guidance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sample the arm (resumable) and judge the samples; ``name``: the cached result's file;
-    ``guidance``: ``SampleRequest`` guidance options (``Experiment.guidance``), whose samples
-    go to their own folder (the request's default name carries them). Samples of a
+    ``guidance``: more ``SampleRequest`` options (``Experiment.guidance``'s, or the ``params``
+    of a post-hoc EMA row), whose samples go to their own folder (the request's default name
+    carries them). Samples of a
     class-conditional run carry their labels, and the classifier's ``class_accuracy``."""
     from sagd_jax.evaluation import InceptionRequest, evaluate
     from sagd_jax.sampling import SampleRequest, generate

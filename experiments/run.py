@@ -6,6 +6,7 @@
     python experiments/run.py --experiment=fitted_patches       # issue 23
     python experiments/run.py --experiment=ode_params_fashion   # issue 24
     python experiments/run.py --experiment=guidance_fashion     # class-conditional, guided
+    python experiments/run.py --experiment=posthoc_fashion      # post-hoc EMA, min-SNR
     python experiments/run.py --experiment=fid_cifar10      # one GPU: see
     python experiments/run.py --experiment=fid_celeba64     # experiments/configs/fid.py
     python experiments/run.py --list
@@ -28,7 +29,10 @@ goes on to the trainer, which checkpoints its current step, then the command sto
 seconds (the end-to-end test); ``--skip_training`` reports on the arms that finished training.
 A class-conditional experiment (``Experiment.guidance``) samples and judges every arm once
 more per guidance setting (a row each, with the classifier's ``class_accuracy`` of the samples
-under their own labels, and ``samples_guidance.png``: each arm's grids side by side).
+under their own labels, and ``samples_guidance.png``: each arm's grids side by side); one with
+post-hoc EMA stds (``Experiment.posthoc``; its arms train with ``ema.snapshot_every``) once
+more per std, with the EMA of that std reconstructed from the arm's snapshots
+(``sagd_jax.posthoc``; rows ``<arm> (EMA std S)``).
 ``--clip_x0=C`` samples with ``x0_hat`` clipped to ``[-C, C]`` (``sagd_jax.samplers``; DDPM and
 DDIM experiments only) into their own folders and reports into ``--out/<experiment>-clipC/``.
 Bad input (an unknown experiment, an arm's invalid config, a clip the sampler cannot do) stops
@@ -247,6 +251,14 @@ def run_experiment(name: str, root: str, out: str, tiny: bool, skip_training: bo
                     "guided_grid": os.path.join(os.path.dirname(guided["samples"]),
                                                 "grid.png")}
             with np.load(guided["samples"]) as f:
+                more["outside_range"] = outside_range(f["float32"])
+            rows.append(more)
+        for std in exp.posthoc:
+            other = sample_and_evaluate(workdir, exp, tiny, exp.band, exp.band,
+                                        clip_x0=clip_x0, guidance={"params": f"posthoc:{std:g}"})
+            more = {**summary_row(f"{arm.name} (EMA std {std:g})", other),
+                    "steps": last["step"], "posthoc_std": std, "posthoc_of": arm.name}
+            with np.load(other["samples"]) as f:
                 more["outside_range"] = outside_range(f["float32"])
             rows.append(more)
     if exp.data_rows and rows:

@@ -150,7 +150,7 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
 @pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission",
                                   "t0_grf", "fitted_patches", "fitted_fashion",
                                   "ode_params_fashion", "ode_params_patches",
-                                  "guidance_fashion"])
+                                  "guidance_fashion", "posthoc_fashion"])
 def test_every_arm_of_every_cpu_experiment_has_a_valid_config(run_cli, name):
     # (the FID experiments need their TFDS data: tests/test_experiments_fid.py checks them)
     result = run_cli(DRIVER, "--check", f"--experiment={name}")
@@ -275,6 +275,56 @@ def test_guidance_experiment_is_data():
     # The band row: W = 3 inside rho <= 0.25, 1 outside.
     low = band_weight(exp.guidance[4][1]["guidance_band"], 3.0, 28, 28)
     assert set(np.unique(low)) == {1.0, 3.0}
+
+
+def test_posthoc_experiment_is_data():
+    """posthoc_fashion: gamma 0 and 1, each with today's loss and min-SNR weighting, two seeds,
+    on section 1's recipe with snapshots every 50 steps; a row per post-hoc std, each a set
+    of its own."""
+    from experiments.catalog import EXPERIMENTS, load_arm_config
+    from sagd_jax.sampling import SampleRequest
+
+    exp = EXPERIMENTS["posthoc_fashion"]
+    assert [a.name for a in exp.arms] == [
+        f"gamma{g}-{w}-seed{s}" for s in (0, 1) for w in ("none", "min_snr") for g in (0, 1)]
+    assert exp.posthoc == (0.03, 0.05, 0.07, 0.1, 0.15, 0.2) and len(exp.posthoc) >= 5
+    config = load_arm_config(exp.arms[7], [])
+    assert (config.noise.gamma, config.diffusion.loss_weighting, config.ema.snapshot_every,
+            config.seed) == (1, "min_snr", 50, 1)
+    plain = load_arm_config(EXPERIMENTS["sagd_vs_iso_fashion"].arms[0], [])
+    for key in ("train.num_steps", "train.batch_size", "model.ch", "optim.learning_rate",
+                "optim.ema_decay"):
+        section, name = key.split(".")
+        assert config[section][name] == plain[section][name]  # section 1's recipe
+    requests = [SampleRequest(num_samples=500, sampler=exp.sampler, steps=exp.steps,
+                              params=f"posthoc:{std:g}") for std in exp.posthoc]
+    names = {r.default_dirname(900) for r in requests}
+    assert len(names) == len(exp.posthoc) and all("-posthoc0." in n for n in names)
+
+
+@pytest.mark.slow
+@pytest.mark.needs_fashion_mnist
+def test_posthoc_experiment_samples_each_arm_again_per_std(run_experiment, monkeypatch,
+                                                            tmp_path):
+    """posthoc_fashion's first arm with one std (tiny: 8 steps, 4 snapshots): the arm's own
+    row (optim.ema_decay's EMA) and the post-hoc row, each from its own samples."""
+    import dataclasses
+
+    from experiments import catalog
+
+    exp = catalog.EXPERIMENTS["posthoc_fashion"]
+    monkeypatch.setitem(catalog.EXPERIMENTS, "posthoc_fashion",
+                        dataclasses.replace(exp, arms=exp.arms[:1], posthoc=(0.07,)))
+    _, results, _ = run_experiment("posthoc_fashion")
+    own, posthoc_row, _ = results["rows"]
+    assert [own["arm"], posthoc_row["arm"]] == ["gamma0-none-seed0",
+                                                "gamma0-none-seed0 (EMA std 0.07)"]
+    assert (posthoc_row["posthoc_std"], posthoc_row["posthoc_of"]) == (0.07, own["arm"])
+    for row in (own, posthoc_row):
+        assert row["steps"] == 8 and row["fd"] >= 0 and row["spectrum_err"] >= 0
+    generated = tmp_path / "runs" / "posthoc_fashion" / "gamma0-none-seed0" / "generated"
+    assert sorted(os.listdir(generated)) == ["ddpm-2steps-seed0-step8",
+                                             "ddpm-2steps-seed0-step8-posthoc0.07"]
 
 
 def test_guided_rows_in_the_report(tmp_path):
