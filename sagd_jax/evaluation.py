@@ -742,27 +742,32 @@ def sets_headline(summary_: dict[str, Any]) -> dict[str, Any]:
 
 def likelihood(workdir: str, model: str = "ema", num_images: int = 256, steps: int = 100,
                trace: str = "hutchinson", probes: int = 1, seed: int = 0,
-               out: str | None = None, batch_size: int = 64) -> dict[str, Any]:
+               out: str | None = None, batch_size: int = 64, params: str = "ema"
+               ) -> dict[str, Any]:
     """Negative log-likelihood of ``workdir``'s reference images (``python -m
-    sagd_jax.likelihood`` says how); the results, also written to ``out`` (never overwritten)."""
+    sagd_jax.likelihood`` says how); the results, also written to ``out`` (never overwritten).
+    ``params``: the network's weights, ``ema`` or ``posthoc:STD`` (``sagd_jax.posthoc``)."""
     import jax
 
     from sagd_jax import log_density as lk
-    from sagd_jax import rng
+    from sagd_jax import posthoc, rng
     from sagd_jax.run import Run
 
     validate.integer("--num_images", num_images, 1)
     validate.one_of("--trace", trace, lk.TRACES)
     validate.integer("--ode_steps", steps, 1)
     validate.integer("--probes", probes, 1)
+    name = posthoc.params_name(params)
+    if name and model == "exact":
+        raise validate.fail("--params", params, "needs the network (--model=ema)")
     run = Run.from_workdir(workdir)
     if model == "exact":
         eps_fn, step = run.exact_model().eps_fn(run.process), None
     else:
-        state = run.restore(run.mesh(fit=True))
-        eps_fn, step = run.eps_fn(state.ema_params), int(jax.device_get(state.step))
+        weights, step, _ = posthoc.params(run, run.mesh(fit=True), params)
+        eps_fn = run.eps_fn(weights)
     out = out or files.join(run.workdir.path, "likelihood",
-                            f"{model}-{steps}steps-{trace}-seed{seed}.json")
+                            f"{model}{name}-{steps}steps-{trace}-seed{seed}.json")
     if files.exists(out):
         raise ValueError(f"--out={out}: exists; results are never overwritten")
     images, name = reference_images(run.config.data, num_images)

@@ -1,12 +1,14 @@
 """Negative log-likelihood of a run's held-out images through the probability-flow ODE.
 
     python -m sagd_jax.likelihood --workdir=DIR [--model=ema|exact] [--num_images=256] \\
-        [--ode_steps=100] [--trace=hutchinson|exact] [--probes=1] [--seed=0] [--out=FILE]
+        [--ode_steps=100] [--trace=hutchinson|exact] [--probes=1] [--seed=0] [--out=FILE] \\
+        [--params=ema|posthoc:STD]
 
 The negative log-likelihood of the run's reference images (the clean test split for
 Fashion-MNIST and TFDS data, the run's own source otherwise; at most ``--num_images``) through
 the probability-flow ODE (``sagd_jax.log_density``: RK4 on the logsnr grid, exact trace or
-Hutchinson probes), under the EMA weights of the latest checkpoint or, for grf data, the exact
+Hutchinson probes), under the EMA weights of the latest checkpoint (``--params=posthoc:STD``:
+the post-hoc EMA of that relative std, ``sagd_jax.posthoc_ema``) or, for grf data, the exact
 model (``--model=exact``).
 8-bit data is uniformly dequantised (key from ``--seed``) and reported in bits per dimension of
 its levels; grf data (continuous) in bits per dimension of its density (``nats / ln 2``); every
@@ -41,6 +43,8 @@ def define_flags(fv: flags.FlagValues) -> None:
                       "(exact: one JVP per pixel dimension).", flag_values=fv)
     flags.DEFINE_integer("probes", 1, "Hutchinson probes per image.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Dequantisation and probe seed.", flag_values=fv)
+    flags.DEFINE_string("params", "ema", "The network's weights: ema | posthoc:STD (the "
+                        "post-hoc EMA of relative std STD at the last snapshot).", flag_values=fv)
     flags.DEFINE_string("out", None, "JSON file (default DIR/likelihood/<model>-<steps>steps-"
                         "<trace>-seed<K>.json; never overwritten).", flag_values=fv)
 
@@ -49,7 +53,7 @@ def likelihood_cli(fv: flags.FlagValues) -> None:
     from sagd_jax.evaluation import likelihood  # after flag parsing: a fast --help
 
     results = likelihood(fv.workdir, fv.model, fv.num_images, fv.ode_steps, fv.trace,
-                         fv.probes, fv.seed, fv.out)
+                         fv.probes, fv.seed, fv.out, params=fv.params)
     print(json.dumps({k: results[k] for k in ("nats_per_dim", "bits_per_dim")}, indent=2))
 
 

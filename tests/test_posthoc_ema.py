@@ -292,3 +292,19 @@ def test_the_sampler_takes_a_posthoc_ema_and_a_sweep_judges_each_std(snapshot_ru
         with open(os.path.join(os.path.dirname(row["set"]), "evaluation.json")) as f:
             judged = json.load(f)
         assert row["spectrum_mean_abs_log_ratio"] == judged["spectrum"]["mean_abs_log_ratio"]
+
+
+def test_the_likelihood_takes_a_posthoc_ema(snapshot_run, run_cli, tmp_path):
+    """``likelihood --params=posthoc:STD``: its own results file, and another number than the
+    EMA's (the weights differ)."""
+    workdir, _, _ = snapshot_run
+    common = ["--num_images=4", "--ode_steps=2", "--trace=hutchinson"]
+    results = []
+    for params in ("ema", "posthoc:0.1"):
+        result = run_cli("sagd_jax.likelihood", f"--workdir={workdir}", f"--params={params}",
+                         *common)
+        assert result.returncode == 0, result.stderr[-2000:]
+        results.append(json.loads(result.stdout)["nats_per_dim"]["mean"])
+    assert sorted(os.listdir(os.path.join(workdir, "likelihood"))) == [
+        "ema-2steps-hutchinson-seed0.json", "ema-posthoc0.1-2steps-hutchinson-seed0.json"]
+    assert results[0] != results[1]
