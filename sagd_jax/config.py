@@ -54,6 +54,7 @@ RESUME_MAY_CHANGE = (
     # where and how fast: the same global batch laid out over devices and microbatches
     "mesh", "train.grad_accum_steps", "train.compilation_cache_dir", "data.num_workers",
     "data.prefetch", "data.download",
+    "data.latent_cache",  # where a latent run's encoded data lives: the same latents
 )
 # Whether ``Workdir.prepare`` may resume with changed identity keys (``allowing_config_change``).
 ALLOW_CONFIG_CHANGE: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -85,7 +86,11 @@ def default_config() -> ml_collections.ConfigDict:
       signal-to-noise ratio; none = the plain loss) with ``min_snr_gamma`` and
       ``sigmoid_bias``, and ``frequency_loss_weights`` ("" = off, or a per-bin weight: bands
       in the ``noise.bands`` syntax or ``powerlaw:GAMMA[:RHO0]``).
-    model: the DDPM++ U-Net (``sagd_jax.models.build_model``).
+    model: the network (``sagd_jax.models.build_model``): ``name`` ``unet`` (the DDPM++
+      U-Net: ``ch``, ``ch_mult``, ``num_res_blocks``, ``attn_resolutions``, ``num_groups``) or
+      ``dit`` (the Diffusion Transformer: ``patch_size``, ``hidden_size``, ``depth``,
+      ``num_heads``, ``mlp_ratio``; the defaults are DiT-S/2's); both: ``dropout`` (0 for a
+      DiT), ``dtype``, ``remat``, ``num_classes``.
     optim: AdamW (``learning_rate``, ``warmup_steps``, ``b1``, ``b2``, ``eps``,
       ``weight_decay``), ``grad_clip`` (global norm, 0 = off), ``ema_decay``.
     ema: post-hoc EMA (Karras et al. 2024; ``sagd_jax.ema_profiles``): ``snapshot_every``
@@ -128,8 +133,9 @@ def default_config() -> ml_collections.ConfigDict:
              min_snr_gamma=5.0, sigmoid_bias=0.0, frequency_loss_weights="")
     )
     c.model = ml_collections.ConfigDict(dict(
-        ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,), dropout=0.1,
-        num_groups=32, dtype="float32", remat=False, num_classes=0,
+        name="unet", ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,),
+        dropout=0.1, num_groups=32, dtype="float32", remat=False, num_classes=0,
+        patch_size=2, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0,
     ))
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=2e-4, warmup_steps=500, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,

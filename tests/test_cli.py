@@ -113,7 +113,7 @@ def _bad_config(tmp_path, name: str) -> str:
                    "'sagd_jax.nosuchmodule' (at {path}:1)"),
     ("none.py", "get_config() returned NoneType, not a ConfigDict"),
     ("configs/fashion_mnist.py:bandstopp", "no such variant 'bandstopp' (closest: bandstop); "
-                                           "known: sagd, iso, bandstop, cond"),
+                                           "known: sagd, iso, bandstop, cond, dit"),
     ("configs/cifar10_ddpmpp.py:gpu", "config variant 'gpu': known: full, cpu, cond"),
     ("configs/quickstart.py:small", "no variant 'small': this config has none (its "
                                     "get_config() takes no argument)"),

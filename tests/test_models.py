@@ -223,8 +223,13 @@ def test_build_model_of_the_default_model_section_is_the_default_unet():
     assert (model.dropout, model.num_groups, model.remat, model.num_classes) == (
         section.dropout, section.num_groups, section.remat, section.num_classes)
     assert model.dtype == jnp.float32 and section.dtype == "float32"
-    assert set(section.keys()) == {"ch", "ch_mult", "num_res_blocks", "attn_resolutions",
-                                   "dropout", "num_groups", "dtype", "remat", "num_classes"}
+    assert isinstance(model, UNet) and section.name == "unet"
+    assert set(section.keys()) == {"name", "ch", "ch_mult", "num_res_blocks",
+                                   "attn_resolutions", "dropout", "num_groups", "dtype",
+                                   "remat", "num_classes",
+                                   # the DiT's (tests/test_dit.py), unread by the U-Net
+                                   "patch_size", "hidden_size", "depth", "num_heads",
+                                   "mlp_ratio"}
 
 
 @pytest.mark.parametrize("key", ["ch", "ch_mult", "attn_resolutions", "dropout", "remat"])
