@@ -761,6 +761,9 @@ def likelihood(workdir: str, model: str = "ema", num_images: int = 256, steps: i
     if name and model == "exact":
         raise validate.fail("--params", params, "needs the network (--model=ema)")
     run = Run.from_workdir(workdir)
+    if run.latent is not None:  # its density is of latents: the pixels' needs the decoder's
+        raise ValueError(f"--workdir={workdir}: a latent run (data.autoencoder="
+                         f"{run.latent.path}); the likelihood of pixels is not computed for it")
     if model == "exact":
         eps_fn, step = run.exact_model().eps_fn(run.process), None
     else:

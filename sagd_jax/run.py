@@ -11,14 +11,23 @@ compiled step. Every CLI, driver and benchmark builds on it.
     images = sampler(run.process, run.eps_fn(state.ema_params), key, shape, steps)
     images = sampler(run.process, run.eps_fn(params, labels, guidance=2.0), ...)  # classes
 
+Two shapes: ``run.image_shape`` is the model's input (what the model, the process, the train
+step, the samplers and the compile tool see) and ``run.data_shape`` the data's images in
+pixels (what sample sets, grids, spectra and FID hold). They are one shape for a pixel run; a
+latent run (``data.autoencoder``, ``sagd_jax.data.latent_space``) has the latent grid
+``(S / d, S / d, c)`` as ``image_shape``: its batches are cached latents
+(``sagd_jax.data.latent_cache``) and its samples go through ``run.decoder(mesh)`` to pixels.
+
 Everything that can be wrong with the input is checked in ``from_config``, before anything
-is loaded, compiled or written: a one-line ``ValueError`` naming the key.
+is loaded, compiled or written: a one-line ``ValueError`` naming the key (a latent run's
+missing autoencoder file too, naming what to download; not with ``load_data=False``, which
+builds the model and state shapes from the config alone).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -30,12 +39,16 @@ import optax
 from sagd_jax import checkpoint, console, files, noise_fit, rng
 from sagd_jax.config import mesh_shape, normalize, posthoc_profiles, validate_config
 from sagd_jax.data import batch_options, batches, get_source, grf_model, iterate, read_image
+from sagd_jax.data.config import get_channels
+from sagd_jax.data.latent_cache import LatentDataset, encoded_dataset, latent_batches
+from sagd_jax.data.latent_space import LatentDecoder, LatentSpace
 from sagd_jax.data.pipeline import batch_labels
 from sagd_jax.data.sources import ImageSource, check_labels
 from sagd_jax.errors import DamagedCheckpoint
 from sagd_jax.gaussian import GaussianData
 from sagd_jax.metrics.spectra import radial_power_spectrum
 from sagd_jax.models import build_model
+from sagd_jax.models.autoencoder import Autoencoder
 from sagd_jax.process import DiffusionProcess
 from sagd_jax.samplers import get_sampler
 from sagd_jax.schedules import time_grid
@@ -55,26 +68,28 @@ REFERENCE_IMAGES = 512  # data images behind the reference power spectrum
 FIT_CHUNK = 250  # images read at a time to measure the spectrum of noise.fit
 
 
-def _fit_noise(config: ml_collections.ConfigDict, source: ImageSource | None,
+def _fit_noise(config: ml_collections.ConfigDict, examples: int,
+               stream: Callable[[int], Any] | None, width: int,
                workdir: Workdir | None) -> None:
     """Set the fitted keys of ``config.noise`` (``noise.fit``; ``sagd_jax.noise_fit``). A
     workdir that already holds a run with the same fit gives its saved values (a resume,
     sampling: no refit; a run with another fit is left for ``Workdir.prepare`` to refuse);
-    a new run fits them on the first ``noise.fit_images`` training images (the pipeline's
-    stream from (data, seed): the same images on every process and every start)."""
+    a new run fits them on the first ``noise.fit_images`` of the ``examples`` training images
+    (``stream(size)``: the whole batches of the training stream from (data, seed), the same
+    images on every process and every start; a latent run's latents) of ``width`` columns."""
     noise = config.noise
     if workdir is not None and (files.exists(workdir.config_path)
                                 or workdir.latest_step() is not None):
         noise.update(noise_fit.saved_fit(noise, workdir.saved_config().noise))
         return
-    if source is None:
+    if stream is None:
         raise ValueError(f"noise.fit={noise.fit!r}: needs the training data (load_data=False)")
-    count = min(noise.fit_images, len(source))
+    count = min(noise.fit_images, examples)
     chunk = min(count, FIT_CHUNK)
-    stream = batches(source, config.data, config.seed, chunk)
-    parts = (stream[s][:count - s * chunk] for s in range(-(-count // chunk)))
+    batches_ = stream(chunk)
+    parts = (batches_[s][:count - s * chunk] for s in range(-(-count // chunk)))
     power, images = noise_fit.mean_power(parts)
-    values, summary = noise_fit.fit_noise(noise, power, config.data.image_size, images)
+    values, summary = noise_fit.fit_noise(noise, power, width, images)
     noise.update(values)
     console.info("noise: fitted %s", summary)
 
@@ -85,10 +100,15 @@ class Run:
 
     def __init__(self, config: ml_collections.ConfigDict, process: DiffusionProcess,
                  model: Any, tx: optax.GradientTransformation, workdir: Workdir | None,
-                 source: ImageSource | None):
+                 source: ImageSource | None, latent: LatentSpace | None = None,
+                 autoencoder: Autoencoder | None = None):
         self.config, self.process, self.model, self.tx = config, process, model, tx
         self.workdir = workdir
+        self.latent = latent  # None: a pixel run
         self._source = source
+        self._autoencoder = autoencoder
+        self._latent_data: LatentDataset | None = None
+        self._decoders: dict[jax.sharding.Mesh, LatentDecoder] = {}
         self._batches: dict[int, Any] = {}
         self._labels: dict[int, Any] = {}
         self._power_spectrum: np.ndarray | None = None
@@ -99,14 +119,20 @@ class Run:
                     writable: bool = True) -> Run:
         """Normalise ``config`` onto the defaults and validate every section, across sections
         too; ``load_data=False`` skips opening the data source (benchmarks on shapes only);
-        ``writable``: the workdir must take writes (a run to train). Raises a one-line
-        ``ValueError``; writes nothing."""
+        ``writable``: the workdir must take writes (a run to train). A latent run
+        (``data.autoencoder``) reads its autoencoder here unless ``load_data=False``. Raises a
+        one-line ``ValueError``; writes nothing (a new run with ``noise.fit`` and an
+        autoencoder: the latent cache, to fit on)."""
         if isinstance(workdir, str):
             workdir = Workdir(workdir)
         if workdir is not None and writable:
             workdir.check_writable()
         config = normalize(config)
         validate_config(config, device_count)
+        latent = LatentSpace.from_config(config.data)
+        autoencoder = None
+        if load_data and latent is not None:  # the file first: one line if it is missing
+            autoencoder = latent.load_autoencoder(get_channels(config.data))
         source = get_source(config.data) if load_data else None
         if source is None:  # the keys alone
             batch_options(config.data)
@@ -118,7 +144,12 @@ class Run:
                 what = f"{source.name} (the smallest: {path})"
             batch_options(config.data, shape, what, dtype)
             check_labels(source, config.data)
-        image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
+            if latent is not None and np.dtype(dtype) != np.uint8:
+                raise ValueError(f"data.autoencoder={latent.path}: {source.name} gives "
+                                 f"{np.dtype(dtype)} images; the autoencoder encodes uint8 "
+                                 "pixels")
+        image_shape = (latent.shape if latent is not None else
+                       (config.data.image_size, config.data.image_size, config.data.channels))
         process = DiffusionProcess.from_config(config, image_shape[0], image_shape[1])
         model = build_model(config.model, image_shape)
         try:
@@ -126,11 +157,14 @@ class Run:
         except ValueError as err:
             raise ValueError(f"train.sample_steps={config.train.sample_steps}: "
                              f"{str(err).split(': ', 1)[-1]} (diffusion.schedule)") from None
+        run = cls(config, process, model, make_optimizer(config.optim), workdir, source, latent,
+                  autoencoder)
         if config.noise.fit:  # the input is good: now the fit's data may be read
-            _fit_noise(config, source, workdir)
-            process = DiffusionProcess.from_config(config, image_shape[0], image_shape[1])
+            _fit_noise(config, 0 if source is None else len(source),
+                       None if source is None else run._whole_batches, image_shape[1], workdir)
+            run.process = DiffusionProcess.from_config(config, image_shape[0], image_shape[1])
         config.lock()
-        return cls(config, process, model, make_optimizer(config.optim), workdir, source)
+        return run
 
     @classmethod
     def from_workdir(cls, workdir: str | Workdir, **kwargs: Any) -> Run:
@@ -162,18 +196,66 @@ class Run:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """``(H, W, C)`` of the run's images."""
+        """``(H, W, C)`` of the model's images: what the model, the process, the train step
+        and the samplers see. A latent run's latent grid ``(S / d, S / d, c)``, else
+        ``data_shape``."""
+        return self.latent.shape if self.latent is not None else self.data_shape
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        """``(S, S, C)`` of the data's images, in pixels: what sample sets, grids, spectra and
+        FID hold (a latent run's samples decoded)."""
         data = self.config.data
         return (data.image_size, data.image_size, data.channels)
 
+    @property
+    def autoencoder(self) -> Autoencoder:
+        """A latent run's autoencoder (read on first use after ``load_data=False``)."""
+        if self.latent is None:
+            raise ValueError("a pixel run (data.autoencoder='') has no autoencoder")
+        if self._autoencoder is None:
+            self._autoencoder = self.latent.load_autoencoder(get_channels(self.config.data))
+        return self._autoencoder
+
+    @property
+    def latent_data(self) -> LatentDataset:
+        """A latent run's encoded training set, encoded into the cache on first use
+        (``sagd_jax.data.latent_cache``)."""
+        if self._latent_data is None:
+            assert self.latent is not None, "a pixel run has no latents"
+            self._latent_data = encoded_dataset(self.source, self.config.data, self.autoencoder,
+                                                self.latent.shape, self.config.data.random_flip)
+        return self._latent_data
+
+    def decoder(self, mesh: jax.sharding.Mesh | None = None) -> LatentDecoder:
+        """A latent run's decoder on ``mesh`` (default: every device), latents to pixels."""
+        mesh = self.mesh(fit=True) if mesh is None else mesh
+        if mesh not in self._decoders:
+            self._decoders[mesh] = LatentDecoder(self.autoencoder, mesh)
+        return self._decoders[mesh]
+
+    def _make_batches(self, size: int, process_index: int, process_count: int) -> Any:
+        """Process ``process_index``'s slice of the training batches of global size
+        ``size``: images, or a latent run's latents."""
+        data, seed = self.config.data, self.config.seed
+        if self.latent is None:
+            return batches(self.source, data, seed, size, process_index, process_count)
+        return latent_batches(self.latent_data, seed, size, data.random_flip, process_index,
+                              process_count)
+
+    def _whole_batches(self, size: int) -> Any:
+        """The whole training batches of ``size`` (every process the same): the fit's."""
+        return self._make_batches(size, 0, 1)
+
     def batches(self, batch_size: int | None = None) -> Any:
         """This process's batches as a ``grain.MapDataset``: ``[s]`` is float32
-        ``(B / processes, H, W, C)`` of step s, a pure function of (seed, s, process);
-        ``batch_size`` defaults to the global ``train.batch_size``."""
+        ``(B / processes, H, W, C)`` (``image_shape``: a latent run's latents) of step s, a
+        pure function of (seed, s, process); ``batch_size`` defaults to the global
+        ``train.batch_size``."""
         size = self.config.train.batch_size if batch_size is None else batch_size
         if size not in self._batches:
-            self._batches[size] = batches(self.source, self.config.data, self.config.seed,
-                                          size, jax.process_index(), jax.process_count())
+            self._batches[size] = self._make_batches(size, jax.process_index(),
+                                                     jax.process_count())
         return self._batches[size]
 
     def load_batch(self, step: int, batch_size: int | None = None) -> np.ndarray:
@@ -211,9 +293,14 @@ class Run:
         return global_batch(self.load_batch(step), mesh)
 
     def reference_spectrum(self) -> np.ndarray:
-        """Radially averaged power spectrum of a fixed set of training images."""
+        """Radially averaged power spectrum of a fixed set of training images, in pixels
+        (``data_shape``; a latent run's too: its samples are judged decoded)."""
         count = min(len(self.source), REFERENCE_IMAGES)
-        return radial_power_spectrum(self.load_batch(0, count))[1]
+        if self.latent is None:
+            return radial_power_spectrum(self.load_batch(0, count))[1]
+        pixels = batches(self.source, self.config.data, self.config.seed, count,
+                         jax.process_index(), jax.process_count())[0]
+        return radial_power_spectrum(pixels)[1]
 
     # --- state ----------------------------------------------------------------------------
     def mesh(self, devices: list[jax.Device] | None = None, *, fit: bool = False
@@ -362,8 +449,9 @@ class Run:
         return grf_model(self.config.data)
 
     def power_spectrum(self) -> np.ndarray:
-        """Mean power per rfft bin ``(H, W // 2 + 1)`` of the images of ``reference_spectrum``
-        (computed once): the ``snr`` time grid's data spectrum ``c``."""
+        """Mean power per rfft bin ``(H, W // 2 + 1)`` of the first training batch of
+        ``reference_spectrum``'s size on the model's grid (a latent run's latents; computed
+        once): the ``snr`` time grid's data spectrum ``c``."""
         if self._power_spectrum is None:
             count = min(len(self.source), REFERENCE_IMAGES)
             self._power_spectrum, _ = noise_fit.mean_power([self.load_batch(0, count)])
@@ -387,7 +475,8 @@ class Run:
 
     def periodic_samples(self, params: Any, step: int) -> np.ndarray:
         """The trainer's ``train.num_samples`` samples at ``step`` (``train.sampler``,
-        ``train.sample_steps`` on ``train.time_grid``); the key is
+        ``train.sample_steps`` on ``train.time_grid``), float32 ``(N, *data_shape)`` in model
+        units (a latent run's decoded: ``decode_float``, unclipped); the key is
         ``fold_in(stream(seed, rng.SAMPLE), step)``."""
         cfg = self.config.train
         key = jax.random.fold_in(rng.stream_key(self.config.seed, rng.SAMPLE), step)
@@ -396,7 +485,10 @@ class Run:
         times = None if grid == "uniform" else self.time_grid(cfg.sample_steps, grid)
         images = sampler(self.process, self.sample_eps_fn(params, cfg.num_samples), key,
                          (cfg.num_samples, *self.image_shape), cfg.sample_steps, times=times)
-        return np.asarray(jax.device_get(images))
+        images = np.asarray(jax.device_get(images))
+        if self.latent is not None:
+            images = self.decoder()(images, uint8=False)
+        return images
 
     def sample_eps_fn(self, params: Any, count: int, start: int = 0
                       ) -> jax.tree_util.Partial:

@@ -7,7 +7,11 @@ the exact Gaussian model of ``grf`` data, no checkpoint needed) and writes into 
 
 * ``samples.npz``: ``arr_0`` uint8 NHWC (the layout FID tools read), for a class-conditional
   run ``arr_1`` int64 ``(N,)``, each sample's class label (ADM's layout), and with ``float32``
-  also ``float32`` (model units, unquantised), plus ``grid.png`` of the first 64;
+  also ``float32`` (model units, unquantised), plus ``grid.png`` of the first 64. A latent
+  run's (``data.autoencoder``) samples are decoded on the run's devices first: ``arr_0`` holds
+  the autoencoder's ``decode`` of them, of the data's shape, and ``float32`` its
+  ``decode_float`` (the decoder's output in [-1, 1] pixel units, unclipped; ``arr_0`` is then
+  its quantisation), never the latents;
 * ``chunks/chunk_<i>.npz``: the ``chunk_size`` images of chunk i (uint8, or float32 with
   ``float32``), each written atomically once done, while the set is being made; removed once
   ``samples.npz`` is written and read back sound (kept with ``keep_chunks``);
@@ -383,6 +387,10 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
     if png_dir is not None and files.exists(png_dir) and not files.isdir(png_dir):
         raise ValueError(f"--png_dir={png_dir}: exists and is not a folder")
     condition = None
+    if request.condition is not None and run.latent is not None:
+        raise ValueError(f"--condition={request.condition}: not for a latent run "
+                         f"(data.autoencoder={run.latent.path}): its known bands would be "
+                         "latent frequencies")
     if request.condition is not None:
         condition = (load_condition(request.condition, run.image_shape),
                      known_bins(request.known_band, *run.image_shape[:2]))
@@ -398,8 +406,7 @@ def generate(workdir: str, request: SampleRequest, out_dir: str | None = None,
             return plain, None
     else:
         spectrum = None
-        params, step, what = posthoc.params(run, mesh, request.params, request.checkpoint_step)
-        console.info("sampling with the %s", what)
+        params, step, _ = posthoc.params(run, mesh, request.params, request.checkpoint_step)
         guide = None
         if guide_run is not None:
             try:
@@ -611,13 +618,13 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_for: Any, m
     chunk_path = [files.join(out_dir, "chunks", f"chunk_{i:05d}.npz")
                   for i in range(request.num_chunks)]
     chunk_dtype = np.float32 if request.float32 else np.uint8
-    chunk_arrays: Expected = {"images": ((size, *run.image_shape), chunk_dtype)}
-    final_arrays: Expected = {"arr_0": ((None, *run.image_shape), np.uint8)}
+    chunk_arrays: Expected = {"images": ((size, *run.data_shape), chunk_dtype)}
+    final_arrays: Expected = {"arr_0": ((None, *run.data_shape), np.uint8)}
     if run.conditional:
         chunk_arrays["labels"] = ((size,), np.int64)
         final_arrays["arr_1"] = ((None,), np.int64)
     if request.float32:
-        final_arrays["float32"] = ((None, *run.image_shape), np.float32)
+        final_arrays["float32"] = ((None, *run.data_shape), np.float32)
     if jax.process_index() == 0 and _sound_or_set_aside(final, final_arrays,
                                                         "making the set again"):
         _set_aside_if_changed(final)
@@ -653,9 +660,12 @@ def _sample_into(out_dir: str, request: SampleRequest, run: Any, eps_for: Any, m
                          sharding=batch_sharding(mesh), condition=given, times=times,
                          **options)
         images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
+        if run.latent is not None:  # latents -> pixels, decoded on the mesh
+            images = run.decoder(mesh)(images, uint8=not request.float32)
         if jax.process_index() == 0:
             files.write_npz(chunk_path[i], images=(images.astype(np.float32) if request.float32
-                                                   else to_uint8(images)),
+                                                   else to_uint8(images)
+                                                   if images.dtype != np.uint8 else images),
                             **({} if labels is None else {"labels": labels}))
         progress.update(1)
     barrier("sagd-sample-end")

@@ -37,7 +37,8 @@ from sagd_jax.errors import DamagedCheckpoint
 from sagd_jax.lock import Lock
 
 # Config sections that fix what a checkpoint means; a workdir never resumes under others.
-STRUCTURAL_KEYS = ("data.name", "data.image_size", "data.channels", "noise", "diffusion", "model")
+STRUCTURAL_KEYS = ("data.name", "data.image_size", "data.channels", "data.latent_channels",
+                   "data.latent_downsample", "noise", "diffusion", "model")
 
 
 def _as_dict(config: Any) -> dict[str, Any]:

@@ -40,7 +40,12 @@ def test_default_config_holds_every_key():
         "prefetch",
         "grf",
         "corruption",
+        "autoencoder",
+        "latent_channels",
+        "latent_downsample",
+        "latent_cache",
     }
+    assert (cfg.autoencoder, cfg.latent_channels, cfg.latent_downsample) == ("", 4, 8)
     assert set(cfg.grf.keys()) == {"gamma", "rho0", "std"}
     assert set(cfg.corruption.keys()) == {"kind", "lo", "hi", "amplitude", "seed"}
     assert (cfg.name, cfg.split, cfg.image_size, cfg.channels) == ("fashion_mnist", "train", 28, 1)

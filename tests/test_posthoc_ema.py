@@ -46,6 +46,13 @@ def snapshot_run(tiny_config, tmp_path_factory):
     return workdir, train_and_evaluate(config, workdir), config
 
 
+@pytest.fixture(scope="module")
+def plain_run(tiny_config, tmp_path_factory):
+    """3 steps of a tiny run without snapshots (the default): its workdir and final state."""
+    workdir = str(tmp_path_factory.mktemp("plain") / "run")
+    return workdir, train_and_evaluate(tiny_config(**{"train.num_steps": 3}), workdir)
+
+
 def test_the_profiles_follow_the_power_update_and_the_snapshots_hold_them(snapshot_run):
     workdir, state, _ = snapshot_run
     assert isinstance(state, PosthocTrainState) and len(state.posthoc) == len(STDS)
@@ -65,11 +72,11 @@ def test_the_profiles_follow_the_power_update_and_the_snapshots_hold_them(snapsh
     assert 0 < distance[0] < distance[1]
 
 
-def test_a_plain_run_keeps_the_plain_train_state(tiny_config, tmp_path):
+def test_a_plain_run_keeps_the_plain_train_state(plain_run):
     """ema.snapshot_every=0 (the default): no profiles, today's state and checkpoints."""
-    state = train_and_evaluate(tiny_config(**{"train.num_steps": 3}), str(tmp_path / "run"))
+    workdir, state = plain_run
     assert type(state) is TrainState
-    assert not os.path.exists(tmp_path / "run" / checkpoint.EMA_SNAPSHOTS)
+    assert not os.path.exists(os.path.join(workdir, checkpoint.EMA_SNAPSHOTS))
 
 
 def test_the_reconstruction_of_a_kept_std_is_the_kept_profile(snapshot_run):
@@ -180,8 +187,7 @@ def test_a_damaged_snapshot_is_set_aside_and_the_others_reconstruct(snapshot_run
     assert run.workdir.snapshot_steps() == [4, 12]
 
 
-def test_bad_requests_are_one_line_and_write_nothing(snapshot_run, tiny_config, tmp_path,
-                                                     run_cli):
+def test_bad_requests_are_one_line_and_write_nothing(snapshot_run, plain_run, run_cli):
     workdir, _, _ = snapshot_run
     before = sorted(os.listdir(workdir))
     kept = set(os.listdir(os.path.join(workdir, posthoc.POSTHOC_DIR))) if os.path.isdir(
@@ -199,19 +205,18 @@ def test_bad_requests_are_one_line_and_write_nothing(snapshot_run, tiny_config, 
     now = set(os.listdir(os.path.join(workdir, posthoc.POSTHOC_DIR))) if os.path.isdir(
         os.path.join(workdir, posthoc.POSTHOC_DIR)) else set()
     assert now == kept
-    plain = str(tmp_path / "plain")
-    train_and_evaluate(tiny_config(**{"train.num_steps": 3}), plain)
-    result = run_cli("sagd_jax.posthoc_ema", f"--workdir={plain}", "--std=0.07")
+    result = run_cli("sagd_jax.posthoc_ema", f"--workdir={plain_run[0]}", "--std=0.07")
     assert result.returncode == 2
     assert "keeps no post-hoc EMA profiles" in result.stderr.strip().splitlines()[-1]
 
 
-def test_turning_snapshots_on_in_a_resumed_run_is_refused(tiny_config, tmp_path):
-    workdir = str(tmp_path / "run")
-    train_and_evaluate(tiny_config(**{"train.num_steps": 3}), workdir)
+def test_turning_snapshots_on_in_a_resumed_run_is_refused(plain_run, tiny_config):
+    workdir, _ = plain_run
+    before = sorted(os.listdir(workdir))
     config = tiny_config(**{"train.num_steps": 6, "ema.snapshot_every": 3})
     with pytest.raises(ValueError, match="no post-hoc EMA.*ema.snapshot_every"):
         train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(workdir)) == before
 
 
 def test_the_command_line_reconstructs_and_prints_each_std(snapshot_run, run_cli):

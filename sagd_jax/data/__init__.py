@@ -13,6 +13,9 @@ Where things live:
   pipeline         grain MapDataset of batches, pure functions of (seed, step, process);
                    batch_options checks the keys it reads, before anything loads;
                    batch_labels: the class labels of the same batches (no images read)
+  latent_space     data.autoencoder: the latent grid from the keys, the autoencoder checked
+                   against them, its decoder on a mesh (latents -> pixels)
+  latent_cache     the training set encoded once into cached latents; their batches
 
 Typical use:
     source = get_source(config.data)

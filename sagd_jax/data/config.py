@@ -48,6 +48,14 @@ def default_data_config() -> ml_collections.ConfigDict:
     corruption:    additive band-limited pattern (see ``sagd_jax.data.corruption``);
                    lo/hi in radial-frequency units (axis Nyquist = 1), amplitude in [-1, 1]
                    image units, seed fixing each example's pattern.
+    autoencoder:   "" = diffusion in pixel space; else a diffusers ``AutoencoderKL`` folder or
+                   ``.safetensors`` file: diffusion in its latent space
+                   (``sagd_jax.data.latent_space``).
+    latent_channels, latent_downsample: the autoencoder's latent grid, known without its
+                   file: (image_size / latent_downsample)^2 x latent_channels (SD's VAE: 4, 8);
+                   checked against the file when it is loaded.
+    latent_cache:  folder of the encoded training sets ("" = ``files.cache_dir()/latents``;
+                   a shared folder, e.g. ``gs://``, lets the hosts of a run split the encoding).
     """
     cfg = ml_collections.ConfigDict()
     cfg.name = "fashion_mnist"
@@ -77,6 +85,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.corruption.hi = 0.6
     cfg.corruption.amplitude = 0.1
     cfg.corruption.seed = 0
+    cfg.autoencoder = ""
+    cfg.latent_channels = 4
+    cfg.latent_downsample = 8
+    cfg.latent_cache = ""
     return cfg
 
 

@@ -117,9 +117,10 @@ class _Transform(grain.transforms.RandomMap):
         return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _stream_arguments(source: ImageSource, seed: int, global_batch_size: int,
+def stream_arguments(source: Any, seed: int, global_batch_size: int,
                       process_index: int, process_count: int) -> tuple[int, int]:
-    """``(seed, B / P)``, checked (one line naming the argument)."""
+    """``(seed, B / P)``, checked (one line naming the argument); ``source``: sized, with a
+    ``name`` (an ``ImageSource``, a latent dataset)."""
     seed = validate.integer("seed", seed, 0)
     process_count = validate.integer("process_count", process_count, 1)
     if not 0 <= process_index < process_count:
@@ -137,12 +138,19 @@ def batches(source: ImageSource, data_config: Any, seed: int, global_batch_size:
     """This process's batches: ``batches(...)[s]`` is float32 ``(B / P, S, S, C)`` of step
     ``s`` (``S = data.image_size``); an endless ``grain.MapDataset``."""
     options = batch_options(data_config, getattr(source, "image_shape", None), source.name)
-    seed, local = _stream_arguments(source, seed, global_batch_size, process_index,
-                                    process_count)
-    grain_seed = (seed * 0x9E3779B1 + _SEED_TAG) % 2**32  # the crops' and flips' generators
-    elements = (grain.MapDataset.source(_Stream(source, seed)).seed(grain_seed)
-                .random_map(_Transform(options, source.name)))
+    seed, local = stream_arguments(source, seed, global_batch_size, process_index,
+                                   process_count)
+    elements = stream(source, seed).random_map(_Transform(options, source.name))
     return elements.batch(local, batch_fn=np.stack)[process_index::process_count]
+
+
+def stream(source: Any, seed: int) -> grain.MapDataset:
+    """The endless stream of shuffled epochs: ``[q]`` is ``(example index,
+    read_image(source, index))`` of position q, with grain's per-position generator of
+    ``seed`` (the crops' and flips' randomness; ``random_map`` hands it on). ``source``: an
+    ``ImageSource``, or any sized object with ``read(i)`` (the latent datasets)."""
+    grain_seed = (seed * 0x9E3779B1 + _SEED_TAG) % 2**32
+    return grain.MapDataset.source(_Stream(source, seed)).seed(grain_seed)
 
 
 class BatchLabels:
@@ -204,8 +212,8 @@ def batch_labels(source: ImageSource, data_config: Any, seed: int, global_batch_
         raise validate.fail("data.num_classes", 0,
                             "labels per step need data.num_classes > 0 (the number of "
                             "classes of the source); 0 reads no labels")
-    seed, local = _stream_arguments(source, seed, global_batch_size, process_index,
-                                    process_count)
+    seed, local = stream_arguments(source, seed, global_batch_size, process_index,
+                                   process_count)
     return BatchLabels(np.asarray(source.labels), seed, local * int(process_count), local,
                        int(process_index))
 

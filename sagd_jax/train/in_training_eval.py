@@ -7,7 +7,8 @@ starts, before the first step, so a missing file stops the run in one line befor
 training. Samples are drawn sharded over the run's mesh; each process computes the features
 of its own shards on its local devices and the features are gathered, so the cost divides
 over processes. Keys: ``fold_in(fold_in(stream(seed, rng.EVAL), step), batch)``: the same
-samples whatever the device count.
+samples whatever the device count. A latent run's samples are decoded (``Autoencoder.decode``,
+on the mesh) before their features are taken.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class InTrainingEval:
 
     def local_samples(self, params: Any, step: int) -> np.ndarray:
         """This process's share of the ``eval.num_samples`` samples at ``step``, uint8
-        ``(n, H, W, C)``."""
+        ``(n, *data_shape)`` (a latent run's decoded)."""
+        from jax.experimental import multihost_utils
+
         from sagd_jax.samplers import get_sampler
         from sagd_jax.sharding import batch_sharding
 
@@ -69,8 +72,14 @@ class InTrainingEval:
             images = sampler(self.run.process, eps_fn, jax.random.fold_in(base, i), shape,
                              steps, sharding=batch_sharding(self.mesh))
             shards = sorted(images.addressable_shards, key=lambda s: s.index[0].start or 0)
-            parts += [np.asarray(s.data) for s in shards]
-        return to_uint8(np.concatenate(parts))
+            if self.run.latent is None:
+                parts += [np.asarray(s.data) for s in shards]
+                continue
+            latents = np.asarray(multihost_utils.process_allgather(images, tiled=True))
+            pixels = self.run.decoder(self.mesh)(latents, uint8=True)  # every process: all
+            parts += [pixels[s.index[0]] for s in shards]
+        images = np.concatenate(parts)
+        return images if images.dtype == np.uint8 else to_uint8(images)
 
     def __call__(self, params: Any, step: int) -> dict[str, float]:
         """``{"fid", "kid", "kid_std", "eval_seconds"}`` of the samples of ``params`` (every

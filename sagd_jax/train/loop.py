@@ -163,9 +163,10 @@ def _out_of_memory(run: Run, fresh: bool) -> str:
     """The one line for a run that does not fit in device memory."""
     cfg, devices = run.config.train, jax.device_count()
     height, width, channels = run.image_shape
+    what = "images" if run.latent is None else "latents"
     return (f"out of device memory with train.batch_size={cfg.batch_size} "
             f"({cfg.batch_size // devices} per device on {devices} device(s), {height}x{width}"
-            f"x{channels} images); try a smaller --config.train.batch_size, or "
+            f"x{channels} {what}); try a smaller --config.train.batch_size, or "
             f"--config.model.remat=True" + ("; nothing was kept of this new run" if fresh
                                             else ""))
 
