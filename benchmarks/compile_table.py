@@ -36,6 +36,8 @@ CONFIGS = {  # name: (config spec, published batch)
     "imagenet64": ("configs/imagenet64.py", 2048),
     "ffhq64": ("configs/ffhq.py:64", 256),
     "ffhq256": ("configs/ffhq.py:256", 64),
+    "dit_b2_256": ("configs/imagenet256_dit.py:b2", 256),  # 32x32x4 SD-VAE latents
+    "dit_xl2_256": ("configs/imagenet256_dit.py:xl2", 256),
 }
 NOISES = {"sagd": {}, "iso": {"noise.gamma": 0.0, "noise.bands": ""},
           "band": {"noise.gamma": 1.0, "noise.bands": "bandstop:0.4:0.6"}}
@@ -63,6 +65,10 @@ def _cells() -> list[dict[str, Any]]:
     cells += [cell(config, dtype="bfloat16") for config in ("celeba64", "ffhq64", "ffhq256")]
     cells += [cell(config, slice_name) for config in ("celeba64", "ffhq64", "ffhq256")
               for slice_name in ("v6e-8", "v5p-32", "v5e-64")]
+    # Issue 38: DiT-B/2 and XL/2 at 256 px latents, beside the U-Nets, on v5e and v5p.
+    cells += [cell(config, noise=noise) for config in ("dit_b2_256", "dit_xl2_256")
+              for noise in ("sagd", "iso")]
+    cells += [cell(config, "v5p-32") for config in ("dit_b2_256", "dit_xl2_256")]
     return cells
 
 

@@ -206,8 +206,12 @@ def test_every_config_and_variant_builds_a_run(spec, monkeypatch):
     monkeypatch.chdir(REPO)
     run = Run.from_config(load_config_file(spec), load_data=False, device_count=1)
     assert run._source is None  # no data was opened
-    size, channels = run.config.data.image_size, run.config.data.channels
-    assert run.image_shape == (size, size, channels)
+    data = run.config.data
+    size, channels = data.image_size, data.channels
+    assert run.data_shape == (size, size, channels)
+    latent = (size // data.latent_downsample, size // data.latent_downsample,
+              data.latent_channels)  # a latent config's model sees the autoencoder's grid
+    assert run.image_shape == (latent if data.autoencoder else (size, size, channels))
     # model.num_groups must divide every group norm's channels (checked only when the network
     # is traced, by group_count): trace its init, shapes only.
     x, labels = jnp.zeros((1, *run.image_shape)), jnp.zeros((1,))
