@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from sagd_jax.models.embeddings import sincos_2d_embedding, timestep_embedding
-from sagd_jax.models.layers import dense
+from sagd_jax.models.layers import check_inputs, dense
 
 Dtype = Any
 
@@ -204,17 +204,7 @@ class DiT(nn.Module):
     def __call__(self, x: jax.Array, noise_labels: jax.Array,
                  class_labels: jax.Array | None = None, train: bool = False) -> jax.Array:
         del train  # DiT has no dropout
-        if x.ndim != 4:
-            raise ValueError(f"DiT expects NHWC images of rank 4, got shape {x.shape}")
-        if noise_labels.shape != (x.shape[0],):
-            raise ValueError(
-                f"noise_labels must have shape ({x.shape[0]},), got {noise_labels.shape}")
-        if (class_labels is None) != (self.num_classes == 0):
-            raise ValueError(f"DiT with num_classes={self.num_classes}: class_labels must be "
-                             + ("given" if self.num_classes else "None"))
-        if class_labels is not None and class_labels.shape != (x.shape[0],):
-            raise ValueError(
-                f"class_labels must have shape ({x.shape[0]},), got {class_labels.shape}")
+        check_inputs("DiT", x, noise_labels, class_labels, self.num_classes)
         b, height, width, in_channels = x.shape
         p, d = self.patch_size, self.hidden_size
         check_patch_size(height, width, p)

@@ -137,3 +137,20 @@ class SelfAttention(nn.Module):
         a = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(b, h, w, c)
         a = conv(c, 1, ZERO_GAIN, self.dtype, self.param_dtype, "proj")(a)
         return (a + x) * SKIP_SCALE
+
+
+def check_inputs(network: str, x: jax.Array, noise_labels: jax.Array,
+                 class_labels: jax.Array | None, num_classes: int) -> None:
+    """A denoiser's inputs: NHWC ``x``, ``noise_labels`` ``(B,)``, and ``class_labels``
+    ``(B,)`` given exactly when ``num_classes > 0``; a ``ValueError`` naming ``network``."""
+    if x.ndim != 4:
+        raise ValueError(f"{network} expects NHWC images of rank 4, got shape {x.shape}")
+    if noise_labels.shape != (x.shape[0],):
+        raise ValueError(
+            f"noise_labels must have shape ({x.shape[0]},), got {noise_labels.shape}")
+    if (class_labels is None) != (num_classes == 0):
+        raise ValueError(f"{network} with num_classes={num_classes}: class_labels must be "
+                         + ("given" if num_classes else "None"))
+    if class_labels is not None and class_labels.shape != (x.shape[0],):
+        raise ValueError(
+            f"class_labels must have shape ({x.shape[0]},), got {class_labels.shape}")

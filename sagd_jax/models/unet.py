@@ -31,6 +31,7 @@ from sagd_jax.models.layers import (
     ZERO_GAIN,
     GroupNorm,
     SelfAttention,
+    check_inputs,
     conv,
     dense,
     downsample,
@@ -176,18 +177,7 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, noise_labels: jax.Array,
                  class_labels: jax.Array | None = None, train: bool = False) -> jax.Array:
-        if x.ndim != 4:
-            raise ValueError(f"UNet expects NHWC images of rank 4, got shape {x.shape}")
-        if noise_labels.shape != (x.shape[0],):
-            raise ValueError(
-                f"noise_labels must have shape ({x.shape[0]},), got {noise_labels.shape}"
-            )
-        if (class_labels is None) != (self.num_classes == 0):
-            raise ValueError(f"UNet with num_classes={self.num_classes}: class_labels must be "
-                             + ("given" if self.num_classes else "None"))
-        if class_labels is not None and class_labels.shape != (x.shape[0],):
-            raise ValueError(
-                f"class_labels must have shape ({x.shape[0]},), got {class_labels.shape}")
+        check_inputs("UNet", x, noise_labels, class_labels, self.num_classes)
         _, height, width, in_channels = x.shape
         check_image_size(height, width, self.ch_mult)
         dt, pdt = self.dtype, self.param_dtype
