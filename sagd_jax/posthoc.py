@@ -138,12 +138,17 @@ def reconstruct(run: Run, mesh: jax.sharding.Mesh, std: float, step: int | None 
             console.warning("%s; set aside as %s, reconstructing without it", err, aside)
 
 
+@jax.jit
+def _add_scaled(total: Any, tree: Any, c: jax.Array) -> Any:
+    """``total + c * tree`` leaf by leaf (one compiled program for every reconstruction)."""
+    return jax.tree.map(lambda a, p: a + c * p, total, tree)
+
+
 def _combine(run: Run, mesh: jax.sharding.Mesh, recipe: Reconstruction) -> Any:
     abstract = _snapshot_abstract(run, mesh)
     stds = run.posthoc_stds
     coefficient = dict(zip(recipe.profiles, recipe.coefficients, strict=True))
     total = None
-    add = jax.jit(lambda acc, tree, c: jax.tree.map(lambda a, p: a + c * p, acc, tree))
     snapshots = run.workdir.snapshotter()
     try:
         for snap_step in sorted({s for s, _ in recipe.profiles}):
@@ -155,7 +160,7 @@ def _combine(run: Run, mesh: jax.sharding.Mesh, recipe: Reconstruction) -> Any:
                 c = jnp.float32(coefficient[(snap_step, kept)])
                 if total is None:
                     total = jax.tree.map(jnp.zeros_like, profile)
-                total = add(total, profile, c)
+                total = _add_scaled(total, profile, c)
     finally:
         snapshots.close()
     return total
