@@ -1,4 +1,4 @@
-"""Parameter count and forward FLOPs per image (XLA cost analysis) of a config's U-Net.
+"""Parameter count and forward FLOPs per image (XLA cost analysis) of a config's network.
 
     python benchmarks/model_cost.py --config=configs/cifar10_ddpmpp.py:cpu [--json=FILE]
 
@@ -25,16 +25,16 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def measure(fv: flags.FlagValues, command: common.Command) -> dict[str, Any]:
     import jax
-    import jax.numpy as jnp
 
     from sagd_jax.models import count_params, flops_per_image
     from sagd_jax.run import Run
+    from sagd_jax.train_state import init_params
 
     run = Run.from_config(fv.config, load_data=False, device_count=1)
-    shape = run.image_shape
-    x, labels = jnp.zeros((1, *shape)), jnp.zeros((1,))
-    variables = jax.eval_shape(lambda: run.model.init(jax.random.key(0), x, labels))
-    params = count_params(variables["params"])
+    shape = run.image_shape  # a latent run's: its network acts on the latent grid
+    params_tree = jax.eval_shape(lambda: init_params(run.model, jax.random.key(0), shape))
+    variables = {"params": params_tree}
+    params = count_params(params_tree)
     flops = flops_per_image(run.model, variables, shape)
     print(f"{command.config_spec}: image {shape}, {params:,} parameters, {flops / 1e9:.2f} "
           f"GFLOP per image forward (XLA cost analysis on {jax.devices()[0].platform})")

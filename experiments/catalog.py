@@ -194,6 +194,12 @@ EXPERIMENTS = {
         "Post-hoc EMA (EDM2) and the min-SNR loss weighting on Fashion-MNIST",
         num_samples=500, steps=50, posthoc=(0.03, 0.05, 0.07, 0.1, 0.15, 0.2),
         tiny=("train.num_steps=8", "ema.snapshot_every=2")),  # 4 snapshots: stds near 0.07
+    # Issue 38: a Diffusion Transformer in place of section 1's U-Net, same recipe and budget,
+    # one seed per gamma; sampled as section 1 so its rows compare with section 1a's seed 0.
+    "dit_fashion": Experiment(
+        (Arm("gamma0", "fashion_mnist_dit", (("noise.gamma", "0"),)),
+         Arm("gamma1", "fashion_mnist_dit", (("noise.gamma", "1"),))),
+        "A Diffusion Transformer (DiT, 1.3M parameters) on Fashion-MNIST: gamma 0 vs 1"),
     "omission": Experiment((
         Arm("iso-corrupted", "omission_corrupted", (("noise.gamma", "0"),)),
         Arm("masked-corrupted", "omission_corrupted",

@@ -95,6 +95,20 @@ def test_spectral_cost(bench):
             assert positive(row[key]), key
 
 
+def test_model_cost_of_a_conditional_network_counts_its_label_table(run_cli, tmp_path):
+    """A class-conditional network is traced with its labels; it has one more parameter
+    table than the unconditional one: (num_classes + 1) x ch, the null label included."""
+    def cost(name, *args):
+        result = run_cli("benchmarks.model_cost", *TINY, *args, f"--json={tmp_path / name}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads((tmp_path / name).read_text())
+
+    plain = cost("plain.json")
+    cond = cost("cond.json", "--config.data.num_classes=10", "--config.model.num_classes=10")
+    assert cond["params"] - plain["params"] == 11 * 8  # TINY's model.ch = 8
+    assert positive(cond["flops_per_image"]) and cond["image_shape"] == plain["image_shape"]
+
+
 @pytest.mark.slow
 def test_scaling_on_fake_cpu_devices(bench):
     result = bench("scaling", "--devices", "1,2", "--per_device_batch", "2", "--steps", "1")

@@ -150,7 +150,7 @@ def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
 @pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission",
                                   "t0_grf", "fitted_patches", "fitted_fashion",
                                   "ode_params_fashion", "ode_params_patches",
-                                  "guidance_fashion", "posthoc_fashion"])
+                                  "guidance_fashion", "posthoc_fashion", "dit_fashion"])
 def test_every_arm_of_every_cpu_experiment_has_a_valid_config(run_cli, name):
     # (the FID experiments need their TFDS data: tests/test_experiments_fid.py checks them)
     result = run_cli(DRIVER, "--check", f"--experiment={name}")
@@ -300,6 +300,26 @@ def test_posthoc_experiment_is_data():
                               params=f"posthoc:{std:g}") for std in exp.posthoc]
     names = {r.default_dirname(900) for r in requests}
     assert len(names) == len(exp.posthoc) and all("-posthoc0." in n for n in names)
+
+
+def test_dit_experiment_is_data():
+    """dit_fashion: section 1's recipe, budget and sampling with a DiT in place of the U-Net,
+    gamma 0 and 1, seed 0 each (so its rows compare with section 1a's seed-0 arms)."""
+    from experiments.catalog import EXPERIMENTS, load_arm_config
+
+    exp, plain_exp = EXPERIMENTS["dit_fashion"], EXPERIMENTS["sagd_vs_iso_fashion"]
+    assert [a.name for a in exp.arms] == ["gamma0", "gamma1"]
+    assert (exp.num_samples, exp.sampler, exp.steps) == (
+        plain_exp.num_samples, plain_exp.sampler, plain_exp.steps)
+    plain = load_arm_config(plain_exp.arms[0], [])
+    for arm, gamma in zip(exp.arms, (0, 1), strict=True):
+        config = load_arm_config(arm, [])
+        assert (config.model.name, config.model.patch_size, config.noise.gamma,
+                config.seed) == ("dit", 2, gamma, 0)
+        for key in ("train.num_steps", "train.batch_size", "optim.learning_rate",
+                    "optim.ema_decay", "noise.rho0"):
+            section, name = key.split(".")
+            assert config[section][name] == plain[section][name]  # section 1's recipe
 
 
 @pytest.mark.slow
