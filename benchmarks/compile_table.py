@@ -92,7 +92,7 @@ def compile_cell(cell: dict[str, Any]) -> dict[str, Any]:
     fit, at most ``MAX_TRIES``); the tries and the first that fits."""
     from sagd_jax.aot import DoesNotFit, compile_run
     from sagd_jax.chips import parse_topology, topology_devices
-    from sagd_jax.config import load_config_file
+    from sagd_jax.config import load_config_file, parent_of
     from sagd_jax.run import Run
 
     topology = parse_topology(SLICES[cell["slice"]])
@@ -104,8 +104,8 @@ def compile_cell(cell: dict[str, Any]) -> dict[str, Any]:
     while fsdp <= len(devices):
         config = load_config_file(os.path.join(REPO, spec))
         for key, value in NOISES[cell["noise"]].items():
-            section, leaf = key.split(".")
-            config[section][leaf] = value
+            section, leaf = parent_of(config, key)
+            section[leaf] = value
         config.model.dtype = cell["dtype"]
         config.mesh.fsdp, config.train.batch_size = fsdp, batch
         run = Run.from_config(config, load_data=False, device_count=len(devices))
@@ -150,7 +150,7 @@ def operator_costs(config_name: str, slice_name: str) -> dict[str, Any]:
 
     from sagd_jax import program_costs
     from sagd_jax.chips import parse_topology, topology_devices
-    from sagd_jax.config import load_config_file
+    from sagd_jax.config import load_config_file, parent_of
     from sagd_jax.models.conv import traced_for
     from sagd_jax.process import DiffusionProcess
     from sagd_jax.sharding import batch_sharding, make_mesh, replicated
@@ -162,8 +162,8 @@ def operator_costs(config_name: str, slice_name: str) -> dict[str, Any]:
     for noise, overrides in NOISES.items():
         config = load_config_file(os.path.join(REPO, spec))
         for key, value in overrides.items():
-            section, leaf = key.split(".")
-            config[section][leaf] = value
+            section, leaf = parent_of(config, key)
+            section[leaf] = value
         size, channels = config.data.image_size, config.data.channels
         process = DiffusionProcess.from_config(config, size, size)
         images = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32,

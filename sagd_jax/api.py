@@ -30,17 +30,14 @@ def load_config(config: Any, overrides: Overrides | None = None) -> Any:
     ``"cifar10_ddpmpp:cpu"``) or a file (``"configs/NAME.py[:VARIANT]"``), with the dotted
     ``overrides`` (``{"train.num_steps": 100}``) set; an unknown key is a one-line
     ``ValueError`` naming the closest ones."""
-    from sagd_jax.config import check_keys, load_config_file
+    from sagd_jax.config import check_keys, load_config_file, parent_of
 
     config = (load_config_file(config) if isinstance(config, str)
               else config.copy_and_resolve_references())
     overrides = dict(overrides or {})
     check_keys(list(overrides), config)
     for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
+        node, leaf = parent_of(config, key)
         try:
             node[leaf] = value
         except (TypeError, ValueError) as err:

@@ -548,14 +548,21 @@ def parse_value(key: str, text: str, current: Any) -> Any:
         raise ValueError(f"{key}={text}: not a {type(current).__name__}") from None
 
 
-def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
-    """Set ``config[key]`` (dotted) from a command-line string; an unknown key is an error
-    naming the closest known keys."""
-    check_keys([key], config, flag="")
+def parent_of(config: ml_collections.ConfigDict, key: str) -> tuple[Any, str]:
+    """``(section, leaf)`` of a dotted ``key`` (``"train.num_steps"`` -> ``(config.train,
+    "num_steps")``), so that ``section[leaf]`` is the value; the key is assumed known."""
     *parents, leaf = key.split(".")
     node = config
     for part in parents:
         node = node[part]
+    return node, leaf
+
+
+def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Set ``config[key]`` (dotted) from a command-line string; an unknown key is an error
+    naming the closest known keys."""
+    check_keys([key], config, flag="")
+    node, leaf = parent_of(config, key)
     if isinstance(node[leaf], ml_collections.ConfigDict):
         raise ValueError(f"{key}: is a config section, not a value")
     with node.ignore_type():
