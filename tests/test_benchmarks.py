@@ -245,7 +245,9 @@ def test_scripts_run_from_any_directory(script, repo, tmp_path):
 
 @pytest.mark.slow
 def test_compile_cache(bench):
-    """Two trainer processes (cold, then warm on the same cache): the second loads its step."""
+    """Two trainer processes (cold, then warm on the same cache): the second loads its step.
+    Also the persistent compilation cache's end-to-end test (fresh processes, the trainer's
+    own console lines): tests/test_compile_cache.py tests its folder and settings."""
     result = bench("compile_cache", "--batch_size=2", "--nocontrol", "--min_compile_seconds=0")
     starts = {row["start"]: row for row in result["starts"]}
     assert sorted(starts) == ["cold", "warm"] and result["min_compile_seconds"] == 0

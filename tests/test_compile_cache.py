@@ -95,25 +95,3 @@ def test_a_folder_that_cannot_be_written_is_refused_before_anything(run_cli, arg
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: {KEY}=") and "is not a directory" in lines[0]
     assert not workdir.exists() and sorted(os.listdir(tmp_path)) == ["file"]
-
-
-@pytest.mark.slow
-def test_second_start_loads_the_train_step_from_the_cache(run_subprocess, args, tmp_path):
-    """In fresh processes (the test session has its own cache): the first start compiles the
-    train step and writes it to the folder, the second (a resume) loads it from there."""
-    env = {key: value for key, value in os.environ.items()
-           if key != "JAX_COMPILATION_CACHE_DIR"}
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # cache even a fast compile
-    cache = tmp_path / "xla"
-    common = [*args, f"--workdir={tmp_path / 'run'}", f"--config.{KEY}={cache}"]
-    first = run_subprocess("sagd_jax.main", *common, "--config.train.num_steps=1", env=env)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "the train step compiled (compilation cache " f"{cache}; programs: 0 loaded" \
-        in first.stderr
-    steps = [name for name in os.listdir(cache) if name.startswith("jit_step-")]
-    assert len(steps) == 1
-    second = run_subprocess("sagd_jax.main", *common, "--config.train.num_steps=2", env=env)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "starting at step 1 of 2" in second.stderr
-    assert "the train step loaded from the compilation cache" in second.stderr
-    assert [name for name in os.listdir(cache) if name.startswith("jit_step-")] == steps

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -65,46 +64,6 @@ def test_a_workdir_written_before_a_new_option_resumes_with_its_default(tmp_path
     workdir.check_compatible(tiny_config(), saved)
     with pytest.raises(ValueError, match=r"holds a run with noise=.*use a new workdir"):
         workdir.check_compatible(tiny_config(**{"noise.project_data": True}), saved)
-
-
-FOUR_DEVICE_SCRIPT = textwrap.dedent("""
-    import os, sys, json
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    import jax, numpy as np
-    from sagd_jax.config import normalize
-    from sagd_jax.run import Run
-    from sagd_jax.sharding import make_mesh
-    from sagd_jax.train.loop import train_and_evaluate
-    assert jax.device_count() == 4
-    config = normalize(json.loads({config!r}))
-    state = train_and_evaluate(config, {workdir!r})
-    restored = Run.from_workdir({workdir!r}).restore(make_mesh())
-    leaves = lambda s: jax.tree.leaves(jax.device_get((s.params, s.ema_params, s.opt_state)))
-    leaf = jax.tree.leaves(restored.params)[0]
-    assert leaf.sharding.mesh.devices.size == 4 and leaf.sharding.is_fully_replicated
-    for a, b in zip(leaves(state), leaves(restored), strict=True):
-        np.testing.assert_array_equal(a, b)
-    np.savez({out!r}, *leaves(state))
-""")
-
-
-@pytest.mark.slow
-def test_four_devices_match_one_device_and_restore_onto_the_mesh(tmp_path, tiny_config,
-                                                                  params_of, repo):
-    out = str(tmp_path / "four.npz")
-    config = tiny_config(**{"train.num_steps": 3})
-    script = FOUR_DEVICE_SCRIPT.format(config=config.to_json_best_effort(),
-                                       workdir=str(tmp_path / "four"), out=out)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=600, cwd=repo)
-    assert result.returncode == 0, result.stderr[-3000:]
-    one = train_and_evaluate(config, str(tmp_path / "one"))
-    four = np.load(out)
-    leaves = params_of(one)
-    assert len(leaves) == len(four.files)
-    for i, leaf in enumerate(leaves):
-        np.testing.assert_allclose(four[f"arr_{i}"], leaf, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.slow
