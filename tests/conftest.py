@@ -19,6 +19,15 @@ from typing import Any
 # worker, XLA's threads): its threads wait for each other on cores in use.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+# XLA's CPU backend without LLVM's optimisations (set before JAX starts; subprocesses inherit
+# it, and the tests' 4-device scripts add to it): the tests' programs are tiny and run a few
+# steps, so compiling is most of their time. The tiny train step's first step took 16.7 s
+# instead of 37.0 s, its next 10 steps 0.54 s instead of 0.29 s, the same loss (2026-12-07,
+# 2-core Xeon VM). Runs compared bit for bit within a test all compile with the same flags.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -187,7 +187,8 @@ def test_label_dropout_trains_the_null_label_toward_the_average_of_the_classes()
 
 FSDP_AND_ACCUMULATION = textwrap.dedent("""
     import json, os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=4")
     import jax, numpy as np
     from sagd_jax.config import normalize
     from sagd_jax.run import Run

@@ -204,7 +204,8 @@ def test_quickstart_compiles_for_a_slice(run_cli, tmp_path, topology, devices, p
 # sharding: the check tells programs apart.
 SAME_PROGRAM = textwrap.dedent("""
     import os, re
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=4")
     import contextlib
     import jax, jax.numpy as jnp
     from sagd_jax.aot import lower_programs

@@ -469,7 +469,8 @@ def test_a_tiny_dit_run_trains_through_the_jitted_step(tiny_config):
 
 FSDP_TWO_STEPS = textwrap.dedent("""
     import json, os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=4")
     import jax, numpy as np
     from sagd_jax.config import normalize
     from sagd_jax.run import Run

@@ -27,7 +27,8 @@ WIDE = {"model.ch": 32, "model.num_groups": 4, "train.num_steps": 3,
 
 FOUR_DEVICES = textwrap.dedent("""
     import os, json
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=4")
     import jax, numpy as np
     from sagd_jax.config import normalize
     from sagd_jax.run import Run

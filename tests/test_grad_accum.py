@@ -105,7 +105,8 @@ def test_a_batch_the_microbatches_do_not_divide_is_refused(run, tiny_config):
 
 FOUR_DEVICES = textwrap.dedent("""
     import os, json, functools
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=4")
     import jax
     from sagd_jax import rng
     from sagd_jax.config import normalize

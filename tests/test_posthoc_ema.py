@@ -233,7 +233,8 @@ def test_the_command_line_reconstructs_and_prints_each_std(snapshot_run, run_cli
 
 ANOTHER_MESH = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=4")
     import jax, numpy as np
     from sagd_jax import posthoc
     from sagd_jax.run import Run

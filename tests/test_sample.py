@@ -198,7 +198,8 @@ def test_exact_model_through_the_sample_and_evaluate_clis_hits_the_grf_spectrum(
 
 SHARDED_SCRIPT = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=4")
     import jax, numpy as np
     from sagd_jax.gaussian import GaussianData
     from sagd_jax.process import DiffusionProcess
