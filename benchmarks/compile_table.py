@@ -153,6 +153,7 @@ def operator_costs(config_name: str, slice_name: str) -> dict[str, Any]:
     from sagd_jax.config import load_config_file, parent_of
     from sagd_jax.models.conv import traced_for
     from sagd_jax.process import DiffusionProcess
+    from sagd_jax.run import Run
     from sagd_jax.sharding import batch_sharding, make_mesh, replicated
 
     devices = topology_devices(parse_topology(SLICES[slice_name]))
@@ -164,9 +165,12 @@ def operator_costs(config_name: str, slice_name: str) -> dict[str, Any]:
         for key, value in overrides.items():
             section, leaf = parent_of(config, key)
             section[leaf] = value
-        size, channels = config.data.image_size, config.data.channels
-        process = DiffusionProcess.from_config(config, size, size)
-        images = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32,
+        config.train.batch_size = batch
+        # The model's grid: a latent run's operator acts on the latents, not the pixels.
+        height, width, channels = Run.from_config(config, load_data=False,
+                                                  device_count=len(devices)).image_shape
+        process = DiffusionProcess.from_config(config, height, width)
+        images = jax.ShapeDtypeStruct((batch, height, width, channels), jnp.float32,
                                       sharding=batch_sharding(mesh))
         key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(mesh))
         program = jax.jit(lambda k, x, o, p=process: _operator_step(p, jax.random.wrap_key_data(
