@@ -23,14 +23,13 @@ Inception reference statistics of the training split at this same preprocessing 
 centre crop, 64x64); ``--config.train.eval_every=N`` evaluates FID/KID during training.
 """
 
-from sagd_jax.config import default_config
+from sagd_jax.config import check_variant, default_config
 
 VARIANTS = ("full", "cpu")
 
 
 def get_config(variant: str = "full"):
-    if variant not in VARIANTS:
-        raise ValueError(f"config variant {variant!r}: known: {', '.join(VARIANTS)}")
+    check_variant(variant, VARIANTS)
     c = default_config()
     c.data.name, c.data.split = "tfds:celeb_a", "train"
     c.data.image_size, c.data.channels, c.data.random_flip = 64, 3, True

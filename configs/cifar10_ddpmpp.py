@@ -19,12 +19,11 @@ cached) the Inception reference statistics of the training split (the customary 
 statistics); ``--config.train.eval_every=N`` evaluates FID/KID during training.
 """
 
-from sagd_jax.config import default_config
+from sagd_jax.config import check_variant, default_config
 
 
 def get_config(variant: str = "full"):
-    if variant not in ("full", "cpu", "cond"):
-        raise ValueError(f"config variant {variant!r}: known: full, cpu, cond")
+    check_variant(variant, ("full", "cpu", "cond"))
     c = default_config()
     c.data.name = "tfds:cifar10"
     c.data.image_size, c.data.channels, c.data.random_flip = 32, 3, True

@@ -22,15 +22,14 @@ EMA 0.9999, batch 128 and 400,000 steps as the DDPM++ config; DiT has no dropout
 ``data.download=True``.
 """
 
-from sagd_jax.config import default_config
+from sagd_jax.config import check_variant, default_config
 from sagd_jax.models.dit import configure_dit
 
 VARIANTS = {"s2": "S/2", "b2": "B/2", "l2": "L/2", "xl2": "XL/2", "cond": "S/2"}
 
 
 def get_config(variant: str = "s2"):
-    if variant not in VARIANTS:
-        raise ValueError(f"config variant {variant!r}: known: {', '.join(VARIANTS)}")
+    check_variant(variant, VARIANTS)
     c = default_config()
     c.data.name = "tfds:cifar10"
     c.data.image_size, c.data.channels, c.data.random_flip = 32, 3, True

@@ -15,7 +15,7 @@ run's samples carry their labels, and ``python -m sagd_jax.evaluate`` reports th
 ``class_accuracy`` under them.
 """
 
-from sagd_jax.config import default_config
+from sagd_jax.config import check_variant, default_config
 
 VARIANTS = {
     "sagd": dict(gamma=1.0, bands=""),
@@ -27,8 +27,7 @@ VARIANTS = {
 
 
 def get_config(variant: str = "sagd"):
-    if variant not in VARIANTS:
-        raise ValueError(f"config variant {variant!r}: known: {', '.join(VARIANTS)}")
+    check_variant(variant, VARIANTS)
     c = default_config()
     c.data.name = "fashion_mnist"
     c.data.image_size, c.data.channels = 28, 1

@@ -27,14 +27,13 @@ folder at ``data.image_size``); ``--config.train.eval_every=N`` evaluates FID/KI
 training.
 """
 
-from sagd_jax.config import default_config
+from sagd_jax.config import check_variant, default_config
 
 VARIANTS = ("64", "256")
 
 
 def get_config(variant: str = "64"):
-    if variant not in VARIANTS:
-        raise ValueError(f"config variant {variant!r}: known: {', '.join(VARIANTS)}")
+    check_variant(variant, VARIANTS)
     c = default_config()
     c.data.name, c.data.root = "folder", ""  # set data.root to the folder of FFHQ PNGs
     c.data.image_size, c.data.channels, c.data.random_flip = int(variant), 3, True

@@ -26,15 +26,14 @@ Ours: the eps prediction of this project's processes (DiT also learns the varian
 ``vp_sde`` schedule of ``default_config``.
 """
 
-from sagd_jax.config import default_config
+from sagd_jax.config import check_variant, default_config
 from sagd_jax.models.dit import configure_dit
 
 VARIANTS = {"xl2": "XL/2", "b2": "B/2"}
 
 
 def get_config(variant: str = "xl2"):
-    if variant not in VARIANTS:
-        raise ValueError(f"config variant {variant!r}: known: {', '.join(VARIANTS)}")
+    check_variant(variant, VARIANTS)
     c = default_config()
     c.data.name, c.data.split = "tfds:imagenet2012", "train"
     c.data.image_size, c.data.channels, c.data.random_flip = 256, 3, True

@@ -39,7 +39,7 @@ Inception reference statistics of the training split at this same preprocessing;
 ``--config.train.eval_every=N`` evaluates FID/KID during training.
 """
 
-from sagd_jax.config import default_config
+from sagd_jax.config import check_variant, default_config
 
 VARIANTS = ("downsampled", "resized", "cond")
 DATASETS = {"downsampled": "tfds:downsampled_imagenet/64x64", "resized": "tfds:imagenet2012",
@@ -47,8 +47,7 @@ DATASETS = {"downsampled": "tfds:downsampled_imagenet/64x64", "resized": "tfds:i
 
 
 def get_config(variant: str = "downsampled"):
-    if variant not in VARIANTS:
-        raise ValueError(f"config variant {variant!r}: known: {', '.join(VARIANTS)}")
+    check_variant(variant, VARIANTS)
     c = default_config()
     c.data.name, c.data.split = DATASETS[variant], "train"
     c.data.image_size, c.data.channels, c.data.random_flip = 64, 3, True

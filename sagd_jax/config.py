@@ -434,6 +434,13 @@ def resolve_config_spec(spec: str) -> str:
     return f"{builtin_config_dir() / (path + '.py')}{colon}{variant}"
 
 
+def check_variant(variant: str, known: Any) -> None:
+    """A config file's ``get_config(variant)`` guard: an unknown ``variant`` is a one-line
+    ``ValueError`` listing ``known`` (its names, in order)."""
+    if variant not in known:
+        raise ValueError(f"config variant {variant!r}: known: {', '.join(known)}")
+
+
 def load_config_file(spec: str, overrides: Any = ()) -> ml_collections.ConfigDict:
     """``configs/NAME.py[:VARIANT]``, or a built-in config's name ``NAME[:VARIANT]``
     (``resolve_config_spec``) -> its ``get_config([VARIANT])``, as ``--config`` loads it,

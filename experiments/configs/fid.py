@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sagd_jax.config import load_config_file
+from sagd_jax.config import check_variant, load_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs")  # the base configs: configs/cifar10_ddpmpp.py, ...
@@ -60,8 +60,7 @@ EVAL_EVERY = {"cifar10": 50_000, "celeba64": 50_000}  # 8 and 10 FID-10k points 
 
 
 def get_config(variant: str = "cifar10") -> Any:
-    if variant not in VARIANTS:
-        raise ValueError(f"config variant {variant!r}: known: {', '.join(VARIANTS)}")
+    check_variant(variant, VARIANTS)
     c = load_config_file(os.path.join(CONFIGS, BASE[variant]))
     c.noise.gamma, c.noise.rho0, c.noise.bands, c.noise.project_data = 0.0, 0.1, "", False
     c.train.eval_every = EVAL_EVERY[variant]

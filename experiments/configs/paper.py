@@ -16,7 +16,7 @@ arms of each experiment override ``noise.*`` (see experiments/catalog.py). Equal
 batch and seed across the arms of a comparison.
 """
 
-from sagd_jax.config import default_config
+from sagd_jax.config import check_variant, default_config
 
 OMISSION_BAND = (0.45, 0.55)
 VARIANTS = ("fashion_mnist", "natural_patches", "omission_corrupted", "omission_clean", "grf",
@@ -24,8 +24,7 @@ VARIANTS = ("fashion_mnist", "natural_patches", "omission_corrupted", "omission_
 
 
 def get_config(variant: str = "fashion_mnist"):
-    if variant not in VARIANTS:
-        raise ValueError(f"config variant {variant!r}: known: {', '.join(VARIANTS)}")
+    check_variant(variant, VARIANTS)
     c = default_config()
     c.data.name = "fashion_mnist"
     c.data.image_size, c.data.channels = 28, 1
