@@ -35,6 +35,7 @@ def positive(value) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_inception_throughput_records_rates_agreement_and_the_eval_fraction(tmp_path):
     out = tmp_path / "inception.json"
     result = run_script(*TINY, f"--json={out}")

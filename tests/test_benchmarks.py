@@ -35,6 +35,7 @@ def positive(value):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.needs_fashion_mnist  # the loop reads Debian's dataset-fashion-mnist
 def test_train_throughput(bench, repo):
     from sagd_jax.config import load_config_file
@@ -75,6 +76,7 @@ def test_train_throughput(bench, repo):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_sample_throughput(bench):
     result = bench("sample_throughput", "--batch_size", "4", "--steps", "3", "--repeats", "1",
                    "--samplers", "ddim,ode_heun,dpmpp_2m")
@@ -110,6 +112,7 @@ def test_model_cost_of_a_conditional_network_counts_its_label_table(run_cli, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_scaling_on_fake_cpu_devices(bench):
     result = bench("scaling", "--devices", "1,2", "--per_device_batch", "2", "--steps", "1")
     rows = result["rows"]
@@ -118,6 +121,7 @@ def test_scaling_on_fake_cpu_devices(bench):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_remat_memory(bench):
     result = bench("remat_memory", "--batch_size", "2", "--chain_blocks", "3",
                    "--chain_width", "16", "--chain_batch", "32")
@@ -231,6 +235,7 @@ def test_sampling_peer_needs_an_edm_checkout(run_cli, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_run_from_any_directory(script, repo, tmp_path):
     """``python benchmarks/NAME.py`` from another folder finds the repository's packages (a
@@ -244,6 +249,7 @@ def test_scripts_run_from_any_directory(script, repo, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_compile_cache(bench):
     """Two trainer processes (cold, then warm on the same cache): the second loads its step.
     Also the persistent compilation cache's end-to-end test (fresh processes, the trainer's
@@ -262,6 +268,7 @@ def test_compile_cache(bench):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_grad_accum_memory(bench, run_cli):
     result = bench("grad_accum_memory", "--batch_size=4", "--accum=1,2",
                    "--config.model.num_res_blocks=1")
@@ -294,6 +301,7 @@ def test_fsdp_memory(repo, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("what", ["train", "forward"])
 def test_profile_step_sums_the_traced_operations(bench, tmp_path, what):
     result = bench("profile_step", "--batch_size=2", "--steps=1", f"--what={what}",
@@ -305,6 +313,7 @@ def test_profile_step_sums_the_traced_operations(bench, tmp_path, what):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_conv_forward_finds_every_convolution_of_the_forward(bench, repo):
     import jax
 

@@ -125,7 +125,8 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, tiny_config
     other_process = tmp_path / "other_process"
     Workdir(str(other_process)).prepare(conditional(tiny_config, **{"noise.gamma": 0.0}))
     other_shape = tmp_path / "other_shape"
-    Workdir(str(other_shape)).prepare(conditional(tiny_config, **{"data.image_size": 8}))
+    Workdir(str(other_shape)).prepare(conditional(tiny_config, **{"data.image_size": 8,
+                                                           "model.attn_resolutions": (8,)}))
     untrained = tmp_path / "untrained"
     Workdir(str(untrained)).prepare(conditional(tiny_config))
     out = tmp_path / "refused"

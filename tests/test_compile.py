@@ -117,6 +117,7 @@ def test_replica_group_formats(line, group):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_state_arguments_match_their_shardings_and_fsdp_cuts_them():
     """Per-device argument bytes of the compiled train step = the state's arrays (and the
     batch) divided by their shard counts, within 5%; more fsdp, fewer bytes."""
@@ -150,6 +151,7 @@ HUGE = ["--config.data.name=grf", "--config.data.image_size=2", "--config.train.
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_too_large_is_refused_in_one_line_and_fits_with_fsdp(run_cli, tmp_path):
     out = tmp_path / "refused.json"
     result = run_cli("sagd_jax.compile", "--config=configs/quickstart.py", "--topology=v5e:2x2",
@@ -175,6 +177,7 @@ def test_too_large_is_refused_in_one_line_and_fits_with_fsdp(run_cli, tmp_path):
 # images, and the step compiles in 60% of the time it takes on v5e:2x2 (8 a device), for
 # which the tests above compile.
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("topology, devices, per_chip", [("v5e:2x4", 8, 1), ("v4:2x2x1", 8, 2)])
 def test_quickstart_compiles_for_a_slice(run_cli, tmp_path, topology, devices, per_chip):
     out = tmp_path / "report.json"
@@ -272,14 +275,15 @@ def test_roofline_is_the_largest_of_its_three_bounds():
     assert np.isclose(costs.collective_traffic_bytes, 8e9)
 
 
-# The CUDA plugin without NVIDIA's libraries, installed beside the environment by the README's
-# test command (pip --target): only the processes given it on their path load it (its start-up
-# lines would otherwise reach every tool's console).
+# The CUDA plugin without NVIDIA's libraries, installed beside the environment for the heavy
+# tier (pip --target, the README's heavy-tier command): only the processes given it on their
+# path load it (its start-up lines would otherwise reach every tool's console).
 CUDA_PLUGIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            ".venv", "cuda-plugin")
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.skipif(not os.path.isdir(CUDA_PLUGIN) or shutil.which("ptxas") is None
                     and not os.path.exists("/usr/local/cuda/bin/ptxas"),
                     reason="the CUDA plugin (.venv/cuda-plugin) or the CUDA toolkit's ptxas "

@@ -35,6 +35,7 @@ def run_experiment(run_cli, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     refused = run_cli(DRIVER, "--experiment=t0_grf", "--tiny", "--arms=masked-band,nope",
                       f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'docs'}")
@@ -159,6 +160,7 @@ def test_every_arm_of_every_cpu_experiment_has_a_valid_config(run_cli, name):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_parameterization_experiment_samples_each_arm_with_every_sampler(run_experiment):
     _, results, _ = run_experiment("ode_params_patches", "--max_arms=1")
     names = [r["arm"] for r in results["rows"]]
@@ -170,6 +172,7 @@ def test_parameterization_experiment_samples_each_arm_with_every_sampler(run_exp
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission"])
 def test_other_experiments_run_their_first_arm_end_to_end(run_experiment, tmp_path, name):
@@ -207,6 +210,7 @@ def test_other_experiments_run_their_first_arm_end_to_end(run_experiment, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.needs_fashion_mnist
 def test_guidance_experiment_samples_each_arm_again_per_guidance_setting(
         run_experiment, monkeypatch, tmp_path):
@@ -323,6 +327,7 @@ def test_dit_experiment_is_data():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.needs_fashion_mnist
 def test_posthoc_experiment_samples_each_arm_again_per_std(run_experiment, monkeypatch,
                                                             tmp_path):

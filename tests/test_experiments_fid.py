@@ -113,6 +113,7 @@ def test_check_opens_the_data_or_names_the_build_command(fid_env, run_cli, monke
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("name,max_arms", [
     # The first arm of CIFAR-10's (an arm costs 40-90 s here); all five arms' configs of both
     # are checked by test_arms_are_the_configs_data, the driver's handling of several arms by

@@ -22,7 +22,8 @@ from sagd_jax.sharding import FSDP_MIN_SIZE, fsdp_spec, make_mesh
 from sagd_jax.train.loop import train_and_evaluate
 
 # Wide enough that the big convolution kernels (>= FSDP_MIN_SIZE elements) are sharded.
-WIDE = {"model.ch": 32, "model.num_groups": 4, "train.num_steps": 3,
+WIDE = {"model.ch": 32, "model.ch_mult": (1, 2), "model.attn_resolutions": (8,),
+        "model.num_groups": 4, "train.num_steps": 3,
         "train.checkpoint_every": 3, "train.keep_checkpoints": 10}
 
 FOUR_DEVICES = textwrap.dedent("""
@@ -104,6 +105,7 @@ def test_mesh_shapes_are_checked_in_one_line(tiny_config, data, fsdp, devices, m
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_data_and_fsdp_meshes_match_one_device_shrink_the_state_and_restore_across_meshes(
         tmp_path, tiny_config, params_of, repo):
     config = tiny_config(**WIDE)

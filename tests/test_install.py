@@ -149,6 +149,7 @@ def _run(*args: str | os.PathLike[str], **kwargs) -> subprocess.CompletedProcess
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_wheel_trains_the_builtin_quickstart_outside_the_checkout(tmp_path,
                                                                       tiny_cli_overrides):
     """``pip install`` of the wheel (not editable) into a fresh venv whose dependencies are the

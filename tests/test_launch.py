@@ -62,6 +62,7 @@ def test_overrides_take_the_config_types_and_reject_unknown_keys(repo):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_sweep_runs_resumes_summarises_and_emits(tmp_path, sweep):
     root = str(tmp_path / "sweep")
     result = sweep(f"--root={root}", "--sweep=seed=0,1", f"--json={tmp_path}/s.json")

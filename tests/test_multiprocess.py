@@ -59,6 +59,7 @@ def restore(workdir, step):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_processes_preempted_and_resumed_match_one_process(tmp_path, args, repo, run_cli):
     workdir = tmp_path / "two"
     errs = finish(start_processes(args, repo, workdir, 3))

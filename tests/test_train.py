@@ -79,7 +79,7 @@ def test_quickstart_cli_end_to_end_with_a_quiet_console(tmp_path, run_subprocess
                             "--config.train.checkpoint_every=25",
                             "--config.train.sample_every=50",
                             "--config.noise.bands=bandstop:0.4:0.6",
-                            "--config.model.attn_resolutions=(14,)")  # a level here
+                            "--config.model.attn_resolutions=(28,)")  # a level here
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.load(open(workdir / "config.json"))
     assert saved["noise"]["bands"] == "bandstop:0.4:0.6" and saved["model"]["ch"] == 8
