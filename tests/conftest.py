@@ -55,8 +55,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 # A U-Net of a few thousand parameters on 16x16 grf data, one level (with its attention): a
-# few seconds to compile and train. (Two levels took twice as long to build: 12.1 s instead of
-# 6.1 s from init to a compiled step. test_models checks the deeper networks.)
+# few seconds to compile and train. (Two levels took twice as long to build at level 0: 20.9 s
+# instead of 10.5 s from init to a compiled train step, 2026-12-07, 2-core Xeon VM with an
+# experiment niced beside it. test_models checks the deeper networks.)
 TINY_OVERRIDES = {
     "data.name": "grf", "data.image_size": 16, "data.channels": 1, "data.num_examples": 256,
     "model.ch": 8, "model.ch_mult": (1,), "model.num_res_blocks": 1,
