@@ -142,6 +142,33 @@ def one_line_error() -> Callable[..., str]:
 
 
 @pytest.fixture(scope="session")
+def damage_an_array() -> Callable[..., None]:
+    """``damage_an_array(item, count=1)``: flip ``count`` bytes (bit 4) in the middle of the
+    largest array chunk an Orbax item folder (``.../checkpoints/6/state``) keeps out of line,
+    found through OCDBT's own b-tree: bytes a restore reads. (A data file also holds the
+    per-process b-tree, which no restore reads: the middle of the largest file can be unread.)
+    """
+    import tensorstore as ts
+
+    def damage(item: str | os.PathLike, count: int = 1) -> None:
+        base = ts.KvStore.open(f"file://{os.path.abspath(item)}/").result()
+        root = ts.ocdbt.dump(base).result()["versions"][-1]["root"]["location"]
+        node = ts.ocdbt.dump(base, root).result()
+        assert node["height"] == 0, "a tiny run's item fits one b-tree leaf"
+        refs = [e["indirect_value"] for e in node["entries"] if "indirect_value" in e]
+        where, offset, length = max((r.rsplit(":", 2) for r in refs), key=lambda r: int(r[2]))
+        path = os.path.join(item, *where.removeprefix("value:").split(":"))
+        data = bytearray(open(path, "rb").read())
+        middle = int(offset) + int(length) // 2
+        assert middle + count <= int(offset) + int(length), (path, length, count)
+        for i in range(middle, middle + count):
+            data[i] ^= 0x10
+        open(path, "wb").write(data)
+
+    return damage
+
+
+@pytest.fixture(scope="session")
 def params_of() -> Callable[[Any], list[np.ndarray]]:
     """The host arrays of a state's parameters, EMA and optimizer state, in leaf order."""
     def leaves(state: Any) -> list[np.ndarray]:

@@ -66,18 +66,6 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
-def flip_a_bit(workdir: Path, step: int) -> None:
-    """One bit in the middle of the largest array file of checkpoint ``step`` (Orbax reads it
-    back without complaint)."""
-    paths = [os.path.join(root, name) for root, _, names in
-             os.walk(workdir / "checkpoints" / str(step) / "state") for name in names
-             if f"{os.sep}d{os.sep}" in os.path.join(root, name)]
-    path = max(paths, key=os.path.getsize)
-    data = bytearray(open(path, "rb").read())
-    data[len(data) // 2] ^= 0x10
-    open(path, "wb").write(data)
-
-
 def logged_steps(workdir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
 
@@ -111,10 +99,11 @@ def test_a_step_folder_without_orbax_completion_markers_is_not_a_checkpoint(tmp_
 
 @pytest.mark.slow
 def test_a_missing_fingerprint_is_damage_for_the_sampler_and_the_trainer(
-        tmp_path: Path, trained: Path, args: list[str], run_cli: Any):
+        tmp_path: Path, trained: Path, args: list[str], run_cli: Any, damage_an_array: Any):
     workdir = copy_of(trained, tmp_path)
     shutil.rmtree(workdir / "checkpoints" / "6" / "fingerprint")
-    flip_a_bit(workdir, 6)  # unverifiable without the fingerprint: must not be used
+    # unverifiable without the fingerprint: must not be used
+    damage_an_array(workdir / "checkpoints" / "6" / "state")
     where = f"checkpoint {workdir}/checkpoints/6: its fingerprint is missing"
 
     result = run_cli("sagd_jax.sample", f"--workdir={workdir}", "--num_samples=2",

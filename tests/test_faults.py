@@ -251,23 +251,6 @@ def largest_array_file(workdir, step):
     return max(files, key=os.path.getsize)
 
 
-def largest_stored_chunk(workdir, step):
-    """``(file, offset, length)`` of the largest array chunk the checkpoint's state keeps out
-    of line, read from OCDBT's own b-tree: bytes a restore reads (a data file also holds the
-    per-process b-tree, which the restore never reads, so a file's middle can be unread)."""
-    import tensorstore as ts
-
-    state = workdir / "checkpoints" / str(step) / "state"
-    base = ts.KvStore.open(f"file://{state}/").result()
-    root = ts.ocdbt.dump(base).result()["versions"][-1]["root"]["location"]
-    node = ts.ocdbt.dump(base, root).result()
-    assert node["height"] == 0, "a tiny run's state fits one b-tree leaf"
-    refs = [e["indirect_value"] for e in node["entries"] if "indirect_value" in e]
-    where, offset, length = max((ref.rsplit(":", 2) for ref in refs), key=lambda r: int(r[2]))
-    prefix, name = where.removeprefix("value:").split(":")
-    return state / prefix / name, int(offset), int(length)
-
-
 @pytest.mark.slow
 def test_a_truncated_checkpoint_is_named_and_the_sampler_uses_the_previous_one(
         tmp_path, trained, run_cli):
@@ -292,12 +275,9 @@ def test_a_truncated_checkpoint_is_named_and_the_sampler_uses_the_previous_one(
 
 @pytest.mark.slow
 def test_a_flipped_bit_is_caught_set_aside_and_the_resume_redoes_the_same_steps(
-        tmp_path, trained, args, run_cli):
+        tmp_path, trained, args, run_cli, damage_an_array):
     workdir = copy_of(trained, tmp_path)
-    path, offset, length = largest_stored_chunk(workdir, 6)
-    data = bytearray(open(path, "rb").read())
-    data[offset + length // 2] ^= 0x10  # one bit of an array: read back without complaint
-    open(path, "wb").write(data)
+    damage_an_array(workdir / "checkpoints" / "6" / "state")  # read back without complaint
     result = run_cli("sagd_jax.main", *args, f"--workdir={workdir}",
                      "--config.train.num_steps=6")
     assert result.returncode == 0, result.stderr[-3000:]

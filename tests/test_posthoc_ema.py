@@ -166,20 +166,15 @@ def test_snapshots_after_the_resumed_checkpoint_are_set_aside_and_taken_again(sn
     _assert_same_snapshots(run_a, run_b, (4, 8, 12))
 
 
-def test_a_damaged_snapshot_is_set_aside_and_the_others_reconstruct(snapshot_run, tmp_path):
+def test_a_damaged_snapshot_is_set_aside_and_the_others_reconstruct(snapshot_run, tmp_path,
+                                                                    damage_an_array):
     import shutil
 
     workdir, _, _ = snapshot_run
     copy = str(tmp_path / "copy")
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(posthoc.POSTHOC_DIR))
     folder = os.path.join(copy, checkpoint.EMA_SNAPSHOTS, "8")
-    data = [os.path.join(root, name) for root, _, names in os.walk(folder)
-            for name in names if "state" in root and os.path.getsize(os.path.join(root, name))
-            > 200]
-    assert data, os.listdir(folder)
-    with open(max(data, key=os.path.getsize), "r+b") as f:  # flip bytes in the largest array
-        f.seek(os.path.getsize(f.name) // 2)
-        f.write(b"\x5a" * 64)
+    damage_an_array(os.path.join(folder, "state"), count=64)
     run = Run.from_workdir(copy, load_data=False)
     _, recipe = posthoc.reconstruct(run, run.mesh(), 0.1)  # 0.07 needs snapshot 8 (0.056)
     assert {s for s, _ in recipe.profiles} == {4, 12}
