@@ -142,11 +142,12 @@ def test_label_dropout_trains_the_null_label_toward_the_average_of_the_classes()
     """A tiny conditional model trained with label dropout 0.3: at a noise level where the
     classes are hard to tell apart from x_t (the exact posterior nearly uniform), its
     unconditional prediction differs from every conditional one and lies near their mean,
-    on the patches where the classes differ."""
+    on the patches where the classes differ. (200 steps at a learning rate of 5e-3 reach the
+    distances of 400 at 2e-3: 0.088 from each class, 0.031 from the mean.)"""
     model = build_model(model_section(num_classes=CLASSES), SHAPE)
     process = process_for(gamma=0.0)
     optim = default_config().optim
-    optim.update(dict(learning_rate=2e-3, warmup_steps=20))
+    optim.update(dict(learning_rate=5e-3, warmup_steps=20))
     tx = make_optimizer(optim)
     state = create_train_state(model, tx, jax.random.key(0), SHAPE)
     key = rng.stream_key(0, rng.TRAIN)
@@ -157,7 +158,7 @@ def test_label_dropout_trains_the_null_label_toward_the_average_of_the_classes()
         return train_step(state, images, key, model=model, tx=tx, process=process,
                           ema_decay=0.99, labels=labels, label_dropout=0.3)
 
-    for s in range(400):
+    for s in range(200):
         state, _ = step(state, jax.random.fold_in(jax.random.key(7), s))
 
     # The time where alpha / sigma = 0.3: two classes' images differ by 0.9 * 0.3 = 0.27
