@@ -142,6 +142,22 @@ def one_line_error() -> Callable[..., str]:
 
 
 @pytest.fixture(scope="session")
+def on_four_devices(repo: str) -> Callable[..., subprocess.CompletedProcess]:
+    """``on_four_devices(script, timeout=600)``: run the Python ``script`` in the repository on
+    4 CPU devices (``--xla_force_host_platform_device_count=4`` added to the inherited XLA
+    flags), its output captured as text. JAX fixes its device count when it starts: a test
+    of a mesh needs its own process."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()}
+
+    def call(script: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script], env=env, cwd=repo,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return call
+
+
+@pytest.fixture(scope="session")
 def damage_an_array() -> Callable[..., None]:
     """``damage_an_array(item, count=1)``: flip ``count`` bytes (bit 4) in the middle of the
     largest array chunk an Orbax item folder (``.../checkpoints/6/state``) keeps out of line,

@@ -5,9 +5,6 @@ guidance)."""
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -187,9 +184,7 @@ def test_label_dropout_trains_the_null_label_toward_the_average_of_the_classes()
 
 
 FSDP_AND_ACCUMULATION = textwrap.dedent("""
-    import json, os
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_force_host_platform_device_count=4")
+    import json
     import jax, numpy as np
     from sagd_jax.config import normalize
     from sagd_jax.run import Run
@@ -218,13 +213,12 @@ FSDP_AND_ACCUMULATION = textwrap.dedent("""
 
 @pytest.mark.slow
 @pytest.mark.needs_fashion_mnist
-def test_a_conditional_run_trains_alike_on_an_fsdp_mesh_and_in_microbatches(tiny_config, repo):
+def test_a_conditional_run_trains_alike_on_an_fsdp_mesh_and_in_microbatches(tiny_config,
+                                                                          on_four_devices):
     """Two steps of a conditional run (labels and label dropout through the step) on a
     (2, 2) mesh of 4 CPU devices and in 2 microbatches give one device's parameters."""
     config = tiny_config(**{"data.name": "fashion_mnist", "data.num_classes": 10,
                             "model.num_classes": 10, "train.label_dropout": 0.3,
                             "model.ch": 32, "model.num_groups": 4})
-    script = FSDP_AND_ACCUMULATION.format(config=config.to_json_best_effort())
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=600, cwd=repo, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    result = on_four_devices(FSDP_AND_ACCUMULATION.format(config=config.to_json_best_effort()))
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

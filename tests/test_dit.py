@@ -5,9 +5,6 @@ remat, the trainer's step on one device and on an FSDP mesh, and its config keys
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -468,9 +465,7 @@ def test_a_tiny_dit_run_trains_through_the_jitted_step(tiny_config):
 
 
 FSDP_TWO_STEPS = textwrap.dedent("""
-    import json, os
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_force_host_platform_device_count=4")
+    import json
     import jax, numpy as np
     from sagd_jax.config import normalize
     from sagd_jax.run import Run
@@ -498,15 +493,13 @@ FSDP_TWO_STEPS = textwrap.dedent("""
 
 @pytest.mark.slow
 @pytest.mark.needs_fashion_mnist
-def test_a_dit_trains_alike_on_an_fsdp_mesh_of_4_devices(tiny_config, repo):
+def test_a_dit_trains_alike_on_an_fsdp_mesh_of_4_devices(tiny_config, on_four_devices):
     """Two steps of a conditional DiT (hidden 64: its weight matrices are sharded) on a
     (1, 4) mesh of 4 CPU devices give one device's parameters."""
     config = tiny_config(**{**TINY_DIT, "model.hidden_size": 64, "model.num_heads": 4,
                             "data.name": "fashion_mnist", "data.num_classes": 10,
                             "model.num_classes": 10, "train.label_dropout": 0.2})
-    script = FSDP_TWO_STEPS.format(config=config.to_json_best_effort())
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=600, cwd=repo, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    result = on_four_devices(FSDP_TWO_STEPS.format(config=config.to_json_best_effort()))
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 

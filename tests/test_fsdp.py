@@ -5,10 +5,7 @@ other mesh shapes and device counts."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -28,8 +25,6 @@ WIDE = {"model.ch": 32, "model.ch_mult": (1, 2), "model.attn_resolutions": (8,),
 
 FOUR_DEVICES = textwrap.dedent("""
     import os, json
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_force_host_platform_device_count=4")
     import jax, numpy as np
     from sagd_jax.config import normalize
     from sagd_jax.run import Run
@@ -107,12 +102,10 @@ def test_mesh_shapes_are_checked_in_one_line(tiny_config, data, fsdp, devices, m
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_data_and_fsdp_meshes_match_one_device_shrink_the_state_and_restore_across_meshes(
-        tmp_path, tiny_config, params_of, repo):
+        tmp_path, tiny_config, params_of, on_four_devices):
     config = tiny_config(**WIDE)
-    script = FOUR_DEVICES.format(config=config.to_json_best_effort(), root=str(tmp_path))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=600, cwd=repo)
+    result = on_four_devices(FOUR_DEVICES.format(config=config.to_json_best_effort(),
+                                                 root=str(tmp_path)))
     assert result.returncode == 0, result.stderr[-3000:]
 
     one = train_and_evaluate(config, str(tmp_path / "one"))

@@ -4,9 +4,6 @@ full batch's update and metrics (same noise levels, noise and dropout masks per 
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -104,9 +101,7 @@ def test_a_batch_the_microbatches_do_not_divide_is_refused(run, tiny_config):
 
 
 FOUR_DEVICES = textwrap.dedent("""
-    import os, json, functools
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_force_host_platform_device_count=4")
+    import json, functools
     import jax
     from sagd_jax import rng
     from sagd_jax.config import normalize
@@ -128,15 +123,13 @@ FOUR_DEVICES = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_microbatches_stay_on_the_devices_of_their_examples(tiny_config, repo):
+def test_microbatches_stay_on_the_devices_of_their_examples(tiny_config, on_four_devices):
     """On 4 devices ``(data=2, fsdp=2)`` microbatch ``k`` = examples ``k::4`` takes 2 examples
     from each device's block of 8: the compiled step moves no batch data between devices (the
     contiguous split ``(4, 8, ...)`` needs all-to-alls, one microbatch per device)."""
     config = tiny_config(**{"train.batch_size": BATCH, "train.grad_accum_steps": 4,
                             "mesh.data": 2, "mesh.fsdp": 2})
-    script = FOUR_DEVICES.format(config=config.to_json_best_effort())
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600, cwd=repo)
+    result = on_four_devices(FOUR_DEVICES.format(config=config.to_json_best_effort()))
     assert result.returncode == 0, result.stderr[-3000:]
     hlo = result.stdout
     assert " while(" in hlo and "all-reduce" in hlo  # the scan; the gradients' sum

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -227,9 +225,6 @@ def test_the_command_line_reconstructs_and_prints_each_std(snapshot_run, run_cli
 
 
 ANOTHER_MESH = textwrap.dedent("""
-    import os
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_force_host_platform_device_count=4")
     import jax, numpy as np
     from sagd_jax import posthoc
     from sagd_jax.run import Run
@@ -244,14 +239,12 @@ ANOTHER_MESH = textwrap.dedent("""
 """)
 
 
-def test_snapshots_restore_onto_another_mesh(snapshot_run, repo, tmp_path):
+def test_snapshots_restore_onto_another_mesh(snapshot_run, on_four_devices, tmp_path):
     """Snapshots taken on one device reconstruct on a (2, 2) FSDP mesh of 4 CPU devices to
     the one-device result (float32 sums in another order: within round-off)."""
     workdir, _, _ = snapshot_run
     out = str(tmp_path / "four.npz")
-    script = ANOTHER_MESH.format(workdir=workdir, out=out)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=600, cwd=repo, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    result = on_four_devices(ANOTHER_MESH.format(workdir=workdir, out=out))
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
     run = Run.from_workdir(workdir, load_data=False)
     one, _ = posthoc.reconstruct(run, run.mesh(), 0.07)

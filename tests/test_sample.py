@@ -10,7 +10,6 @@ import pathlib
 import re
 import socket
 import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -197,9 +196,6 @@ def test_exact_model_through_the_sample_and_evaluate_clis_hits_the_grf_spectrum(
 
 
 SHARDED_SCRIPT = textwrap.dedent("""
-    import os
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_force_host_platform_device_count=4")
     import jax, numpy as np
     from sagd_jax.gaussian import GaussianData
     from sagd_jax.process import DiffusionProcess
@@ -225,10 +221,8 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sharded_sampling_splits_the_batch_and_matches_one_device(repo):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=repo,
-                            capture_output=True, text=True, timeout=300)
+def test_sharded_sampling_splits_the_batch_and_matches_one_device(on_four_devices):
+    result = on_four_devices(SHARDED_SCRIPT, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
