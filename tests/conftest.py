@@ -69,14 +69,16 @@ TINY_OVERRIDES = {
 
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook selects tests by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``needs_fashion_mnist`` are skipped where Debian's files are missing."""
-    if os.path.isdir(FASHION_MNIST):
-        return
+    """A ``heavy`` test is ``slow`` too (so ``-m "not slow"`` never runs one); tests marked
+    ``needs_fashion_mnist`` are skipped where Debian's files are missing."""
     skip = pytest.mark.skip(reason="Debian's dataset-fashion-mnist is not installed "
                                    "(.ci/run installs it)")
     for item in items:
-        if "needs_fashion_mnist" in item.keywords:
+        if "heavy" in item.keywords and "slow" not in item.keywords:
+            item.add_marker(pytest.mark.slow)
+        if "needs_fashion_mnist" in item.keywords and not os.path.isdir(FASHION_MNIST):
             item.add_marker(skip)
 
 

@@ -34,7 +34,6 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_inception_throughput_records_rates_agreement_and_the_eval_fraction(tmp_path):
     out = tmp_path / "inception.json"

@@ -34,7 +34,6 @@ def positive(value):
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 @pytest.mark.needs_fashion_mnist  # the loop reads Debian's dataset-fashion-mnist
 def test_train_throughput(bench, repo):
@@ -75,7 +74,6 @@ def test_train_throughput(bench, repo):
     assert 0.5 < result["conv_flops_per_step"] / (4 * result["flops_per_image"]) < 1.0
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_sample_throughput(bench):
     result = bench("sample_throughput", "--batch_size", "4", "--steps", "3", "--repeats", "1",
@@ -111,7 +109,6 @@ def test_model_cost_of_a_conditional_network_counts_its_label_table(run_cli, tmp
     assert positive(cond["flops_per_image"]) and cond["image_shape"] == plain["image_shape"]
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_scaling_on_fake_cpu_devices(bench):
     result = bench("scaling", "--devices", "1,2", "--per_device_batch", "2", "--steps", "1")
@@ -120,7 +117,6 @@ def test_scaling_on_fake_cpu_devices(bench):
     assert rows[0]["speedup"] == 1.0 and positive(rows[1]["per_device_efficiency"])
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_remat_memory(bench):
     result = bench("remat_memory", "--batch_size", "2", "--chain_blocks", "3",
@@ -234,7 +230,6 @@ def test_sampling_peer_needs_an_edm_checkout(run_cli, tmp_path):
     assert result.stdout == ""  # refused before anything is measured
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_run_from_any_directory(script, repo, tmp_path):
@@ -248,7 +243,6 @@ def test_scripts_run_from_any_directory(script, repo, tmp_path):
         assert "flags:" in done.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_compile_cache(bench):
     """Two trainer processes (cold, then warm on the same cache): the second loads its step.
@@ -267,7 +261,6 @@ def test_compile_cache(bench):
     assert positive(result["cache_bytes"])
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_grad_accum_memory(bench, run_cli):
     result = bench("grad_accum_memory", "--batch_size=4", "--accum=1,2",
@@ -300,7 +293,6 @@ def test_fsdp_memory(repo, tmp_path):
     assert ratios[0] == 1 and 1.9 < ratios[1] < 2 and 3.8 < ratios[2] < 4  # small arrays whole
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 @pytest.mark.parametrize("what", ["train", "forward"])
 def test_profile_step_sums_the_traced_operations(bench, tmp_path, what):
@@ -312,7 +304,6 @@ def test_profile_step_sums_the_traced_operations(bench, tmp_path, what):
     assert all(positive(row["ms_per_step"]) for row in result["top_ops"])
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_conv_forward_finds_every_convolution_of_the_forward(bench, repo):
     import jax

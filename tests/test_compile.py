@@ -114,7 +114,6 @@ def test_replica_group_formats(line, group):
     assert stats[op]["count"] == 1 and stats[op]["traffic_bytes"] == expected
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_state_arguments_match_their_shardings_and_fsdp_cuts_them():
     """Per-device argument bytes of the compiled train step = the state's arrays (and the
@@ -148,7 +147,6 @@ HUGE = ["--config.data.name=grf", "--config.data.image_size=2", "--config.train.
         "--config.model.attn_resolutions=()", "--programs=train_step"]
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_too_large_is_refused_in_one_line_and_fits_with_fsdp(run_cli, tmp_path):
     out = tmp_path / "refused.json"
@@ -174,7 +172,6 @@ def test_too_large_is_refused_in_one_line_and_fits_with_fsdp(run_cli, tmp_path):
 # TensorCore (8 devices, half a chip each). On v5e:2x4 each device's share of the batch is 4
 # images, and the step compiles in 60% of the time it takes on v5e:2x2 (8 a device), for
 # which the tests above compile.
-@pytest.mark.slow
 @pytest.mark.heavy
 @pytest.mark.parametrize("topology, devices, per_chip", [("v5e:2x4", 8, 1), ("v4:2x2x1", 8, 2)])
 def test_quickstart_compiles_for_a_slice(run_cli, tmp_path, topology, devices, per_chip):
@@ -275,7 +272,6 @@ CUDA_PLUGIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            ".venv", "cuda-plugin")
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 @pytest.mark.skipif(not os.path.isdir(CUDA_PLUGIN) or shutil.which("ptxas") is None
                     and not os.path.exists("/usr/local/cuda/bin/ptxas"),

@@ -34,7 +34,6 @@ def run_experiment(run_cli, tmp_path, monkeypatch):
     return call
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_t0_grf_experiment_end_to_end(run_experiment, run_cli, tmp_path):
     refused = run_cli(DRIVER, "--experiment=t0_grf", "--tiny", "--arms=masked-band,nope",
@@ -159,7 +158,6 @@ def test_every_arm_of_every_cpu_experiment_has_a_valid_config(run_cli, name):
     assert result.stdout == f"{name}: ok\n"
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_parameterization_experiment_samples_each_arm_with_every_sampler(run_experiment):
     _, results, _ = run_experiment("ode_params_patches", "--max_arms=1")
@@ -171,7 +169,6 @@ def test_parameterization_experiment_samples_each_arm_with_every_sampler(run_exp
     assert len({row["gaussian_floor"] for row in results["rows"][:3]}) == 3
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 @pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("name", ["sagd_vs_iso_fashion", "sagd_vs_iso_patches", "omission"])
@@ -209,7 +206,6 @@ def test_other_experiments_run_their_first_arm_end_to_end(run_experiment, tmp_pa
             assert np.abs(f["float32"]).max() <= 0.5 + 1e-6  # gamma 0: no projection
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 @pytest.mark.needs_fashion_mnist
 def test_guidance_experiment_samples_each_arm_again_per_guidance_setting(
@@ -326,7 +322,6 @@ def test_dit_experiment_is_data():
             assert config[section][name] == plain[section][name]  # section 1's recipe
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 @pytest.mark.needs_fashion_mnist
 def test_posthoc_experiment_samples_each_arm_again_per_std(run_experiment, monkeypatch,

@@ -112,7 +112,6 @@ def test_check_opens_the_data_or_names_the_build_command(fid_env, run_cli, monke
         "data.download=True"]
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 @pytest.mark.parametrize("name,max_arms", [
     # The first arm of CIFAR-10's (an arm costs 40-90 s here); all five arms' configs of both

@@ -99,7 +99,6 @@ def test_mesh_shapes_are_checked_in_one_line(tiny_config, data, fsdp, devices, m
             mesh_shape(config, devices)
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_data_and_fsdp_meshes_match_one_device_shrink_the_state_and_restore_across_meshes(
         tmp_path, tiny_config, params_of, on_four_devices):

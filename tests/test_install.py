@@ -148,7 +148,6 @@ def _run(*args: str | os.PathLike[str], **kwargs) -> subprocess.CompletedProcess
     return result
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_the_wheel_trains_the_builtin_quickstart_outside_the_checkout(tmp_path,
                                                                       tiny_cli_overrides):

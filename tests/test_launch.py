@@ -61,7 +61,6 @@ def test_overrides_take_the_config_types_and_reject_unknown_keys(repo):
         override(config, "train.num_steps", "ten")
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_sweep_runs_resumes_summarises_and_emits(tmp_path, sweep):
     root = str(tmp_path / "sweep")

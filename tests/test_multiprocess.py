@@ -58,7 +58,6 @@ def restore(workdir, step):
     return jax.tree.leaves(jax.device_get(state))
 
 
-@pytest.mark.slow
 @pytest.mark.heavy
 def test_two_processes_preempted_and_resumed_match_one_process(tmp_path, args, repo, run_cli):
     workdir = tmp_path / "two"
