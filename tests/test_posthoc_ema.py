@@ -172,7 +172,7 @@ def test_a_damaged_snapshot_is_set_aside_and_the_others_reconstruct(snapshot_run
     copy = str(tmp_path / "copy")
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(posthoc.POSTHOC_DIR))
     folder = os.path.join(copy, checkpoint.EMA_SNAPSHOTS, "8")
-    damage_an_array(os.path.join(folder, "state"), count=64)
+    damage_an_array(os.path.join(folder, "state"))
     run = Run.from_workdir(copy, load_data=False)
     _, recipe = posthoc.reconstruct(run, run.mesh(), 0.1)  # 0.07 needs snapshot 8 (0.056)
     assert {s for s, _ in recipe.profiles} == {4, 12}
